@@ -1,0 +1,278 @@
+package cniplugin
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"strings"
+
+	"github.com/containernetworking/plugins/pkg/netlinksafe"
+	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/tern-net/tern/dataplane"
+)
+
+// attach creates the pod's veth pair and configures both ends. It runs in the
+// host network namespace; podNS is the pod's.
+func attach(podNS ns.NetNS, hostIf, contIf string, ips []netip.Addr, mtu int) (Attached, error) {
+	out := Attached{HostIf: hostIf, ContIf: contIf, Sandbox: podNS.Path(), IPs: ips, MTU: mtu, HostMAC: HostVethMAC.String()}
+	hasV6 := false
+	for _, ip := range ips {
+		hasV6 = hasV6 || ip.Is6()
+	}
+
+	// A host veth of the same name is left from an earlier sandbox of the same
+	// pod whose DEL never came: replace it.
+	if old, err := netlinksafe.LinkByName(hostIf); err == nil {
+		if err := netlink.LinkDel(old); err != nil {
+			return out, fmt.Errorf("delete stale host veth %s: %w", hostIf, err)
+		}
+	}
+	veth := &netlink.Veth{
+		LinkAttrs:     netlink.LinkAttrs{Name: hostIf, MTU: mtu, HardwareAddr: HostVethMAC},
+		PeerName:      contIf,
+		PeerNamespace: netlink.NsFd(int(podNS.Fd())),
+	}
+	if err := netlink.LinkAdd(veth); err != nil {
+		if errors.Is(err, unix.EEXIST) {
+			return out, fmt.Errorf("create veth %s/%s: an interface %s already exists in the pod's network namespace: %w", hostIf, contIf, contIf, err)
+		}
+		return out, fmt.Errorf("create veth %s/%s: %w", hostIf, contIf, err)
+	}
+	host, err := netlinksafe.LinkByName(hostIf)
+	if err != nil {
+		return out, fmt.Errorf("find host veth %s: %w", hostIf, err)
+	}
+
+	// Host side: no address, proxy ARP answers for the pod's gateway, forwarding on.
+	sysctls := [][2]string{
+		{"net/ipv4/conf/" + hostIf + "/proxy_arp", "1"},
+		{"net/ipv4/neigh/" + hostIf + "/proxy_delay", "0"},
+		{"net/ipv4/conf/" + hostIf + "/forwarding", "1"},
+	}
+	if hasV6 {
+		sysctls = append(sysctls,
+			[2]string{"net/ipv6/conf/" + hostIf + "/disable_ipv6", "0"},
+			[2]string{"net/ipv6/conf/" + hostIf + "/accept_dad", "0"},
+			[2]string{"net/ipv6/conf/" + hostIf + "/accept_ra", "0"},
+			[2]string{"net/ipv6/conf/" + hostIf + "/forwarding", "1"},
+		)
+	}
+	for _, s := range sysctls {
+		if err := writeSysctl(s[0], s[1]); err != nil {
+			return out, err
+		}
+	}
+	if err := netlink.LinkSetUp(host); err != nil {
+		return out, fmt.Errorf("set %s up: %w", hostIf, err)
+	}
+	for _, ip := range ips {
+		if err := addHostRoute(host, ip); err != nil {
+			return out, err
+		}
+	}
+
+	// Pod side: the address as a host route, the gateway on the link, default via it.
+	err = podNS.Do(func(ns.NetNS) error {
+		link, err := netlinksafe.LinkByName(contIf)
+		if err != nil {
+			return fmt.Errorf("find %s in the pod: %w", contIf, err)
+		}
+		out.ContMAC = link.Attrs().HardwareAddr.String()
+		if hasV6 {
+			// The pod learns its gateway from the host veth's link-local address; no RA.
+			_ = writeSysctl("net/ipv6/conf/"+contIf+"/accept_ra", "0")
+		}
+		for _, ip := range ips {
+			addr := &netlink.Addr{IPNet: ipNet(netip.PrefixFrom(ip, ip.BitLen()))}
+			if ip.Is6() {
+				addr.Flags = unix.IFA_F_NODAD
+			}
+			if err := netlink.AddrAdd(link, addr); err != nil {
+				return fmt.Errorf("add address %s to %s in the pod: %w", ip, contIf, err)
+			}
+		}
+		if err := netlink.LinkSetUp(link); err != nil {
+			return fmt.Errorf("set %s up in the pod: %w", contIf, err)
+		}
+		for _, r := range podRoutes(link.Attrs().Index, ips) {
+			if err := netlink.RouteAdd(r); err != nil {
+				return fmt.Errorf("add route %s in the pod: %w", routeString(r), err)
+			}
+		}
+		return nil
+	})
+	return out, err
+}
+
+// podRoutes are the routes inside the pod: the gateway on the link (IPv4) and
+// the default route via the gateway, per family.
+func podRoutes(linkIndex int, ips []netip.Addr) []*netlink.Route {
+	var out []*netlink.Route
+	v4, v6 := false, false
+	for _, ip := range ips {
+		v4 = v4 || ip.Is4()
+		v6 = v6 || ip.Is6()
+	}
+	if v4 {
+		out = append(out,
+			&netlink.Route{LinkIndex: linkIndex, Dst: ipNet(netip.PrefixFrom(GatewayV4, 32)), Scope: netlink.SCOPE_LINK, Protocol: dataplane.RouteProtocol},
+			&netlink.Route{LinkIndex: linkIndex, Dst: ipNet(netip.MustParsePrefix("0.0.0.0/0")), Gw: GatewayV4.AsSlice(), Protocol: dataplane.RouteProtocol},
+		)
+	}
+	if v6 {
+		out = append(out,
+			&netlink.Route{LinkIndex: linkIndex, Dst: ipNet(netip.MustParsePrefix("::/0")), Gw: GatewayV6.AsSlice(), Protocol: dataplane.RouteProtocol},
+		)
+	}
+	return out
+}
+
+// hostRoute is "<podIP>/32 dev <hostIf> scope link proto 96".
+func hostRoute(linkIndex int, ip netip.Addr) *netlink.Route {
+	return &netlink.Route{
+		LinkIndex: linkIndex,
+		Dst:       ipNet(netip.PrefixFrom(ip, ip.BitLen())),
+		Scope:     netlink.SCOPE_LINK,
+		Protocol:  dataplane.RouteProtocol,
+	}
+}
+
+// addHostRoute adds the host route of ip. A route to the same address that is
+// tern's (left by an earlier sandbox) is replaced; one of another owner is not.
+func addHostRoute(host netlink.Link, ip netip.Addr) error {
+	r := hostRoute(host.Attrs().Index, ip)
+	err := netlink.RouteAdd(r)
+	if err == nil || !errors.Is(err, unix.EEXIST) {
+		if err != nil {
+			return fmt.Errorf("add host route %s: %w", routeString(r), err)
+		}
+		return nil
+	}
+	existing, lerr := netlinksafe.RouteListFiltered(family(ip), &netlink.Route{Dst: r.Dst, Table: unix.RT_TABLE_MAIN},
+		netlink.RT_FILTER_DST|netlink.RT_FILTER_TABLE)
+	if lerr != nil {
+		return fmt.Errorf("add host route %s: %w (and listing the one in the way: %v)", routeString(r), err, lerr)
+	}
+	for _, e := range existing {
+		if e.Protocol != dataplane.RouteProtocol {
+			return fmt.Errorf("add host route %s: a route to %s of protocol %d (not tern's) is in the way", routeString(r), ip, e.Protocol)
+		}
+	}
+	if err := netlink.RouteReplace(r); err != nil {
+		return fmt.Errorf("replace host route %s: %w", routeString(r), err)
+	}
+	return nil
+}
+
+// deleteHostVeth deletes a tern host veth (and with it its peer and routes). A
+// veth that does not exist is not an error.
+func deleteHostVeth(name string) error {
+	if !strings.HasPrefix(name, dataplane.HostIfPrefix) {
+		return fmt.Errorf("refusing to delete %q: not a tern host veth", name)
+	}
+	link, err := netlinksafe.LinkByName(name)
+	if err != nil {
+		var nf netlink.LinkNotFoundError
+		if errors.As(err, &nf) {
+			return nil
+		}
+		return fmt.Errorf("find host veth %s: %w", name, err)
+	}
+	if link.Type() != "veth" {
+		return fmt.Errorf("refusing to delete %s: it is a %s, not a veth", name, link.Type())
+	}
+	if err := netlink.LinkDel(link); err != nil && !errors.Is(err, unix.ENODEV) {
+		return fmt.Errorf("delete host veth %s: %w", name, err)
+	}
+	return nil
+}
+
+// hostVeths lists the tern veths of the host namespace.
+func hostVeths() ([]string, error) {
+	links, err := netlinksafe.LinkList()
+	if err != nil {
+		return nil, fmt.Errorf("list links: %w", err)
+	}
+	var out []string
+	for _, l := range links {
+		if l.Type() == "veth" && strings.HasPrefix(l.Attrs().Name, dataplane.HostIfPrefix) {
+			out = append(out, l.Attrs().Name)
+		}
+	}
+	return out, nil
+}
+
+// uplinkMTU is the MTU of the interface of the default route (IPv4, then IPv6);
+// without a default route, the largest MTU of an up, non-loopback, non-tern
+// interface; 1500 if there is none.
+func uplinkMTU() int {
+	for _, fam := range []int{netlink.FAMILY_V4, netlink.FAMILY_V6} {
+		routes, err := netlinksafe.RouteListFiltered(fam, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
+		if err != nil {
+			continue
+		}
+		for _, r := range routes {
+			if (r.Dst == nil || isDefault(r.Dst)) && r.LinkIndex > 0 {
+				if l, err := netlink.LinkByIndex(r.LinkIndex); err == nil {
+					return l.Attrs().MTU
+				}
+			}
+		}
+	}
+	links, err := netlinksafe.LinkList()
+	best := 0
+	if err == nil {
+		for _, l := range links {
+			a := l.Attrs()
+			if a.Flags&net.FlagUp == 0 || a.Flags&net.FlagLoopback != 0 || strings.HasPrefix(a.Name, dataplane.HostIfPrefix) {
+				continue
+			}
+			best = max(best, a.MTU)
+		}
+	}
+	if best == 0 {
+		return 1500
+	}
+	return best
+}
+
+func isDefault(n *net.IPNet) bool {
+	ones, _ := n.Mask.Size()
+	return ones == 0
+}
+
+func ipNet(p netip.Prefix) *net.IPNet {
+	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
+}
+
+func family(ip netip.Addr) int {
+	if ip.Is4() {
+		return netlink.FAMILY_V4
+	}
+	return netlink.FAMILY_V6
+}
+
+func routeString(r *netlink.Route) string {
+	s := r.Dst.String()
+	if r.Gw != nil {
+		s += " via " + r.Gw.String()
+	}
+	return s
+}
+
+func writeSysctl(name, value string) error {
+	if err := os.WriteFile("/proc/sys/"+name, []byte(value), 0o644); err != nil {
+		return fmt.Errorf("sysctl %s=%s: %w", name, value, err)
+	}
+	return nil
+}
+
+func readSysctl(name string) (string, error) {
+	b, err := os.ReadFile("/proc/sys/" + name)
+	return strings.TrimSpace(string(b)), err
+}

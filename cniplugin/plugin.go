@@ -1,0 +1,293 @@
+package cniplugin
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/netip"
+	"os"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/containernetworking/cni/pkg/skel"
+	"github.com/containernetworking/cni/pkg/types"
+	current "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/containernetworking/plugins/pkg/ns"
+
+	"github.com/tern-net/tern/internal/agentapi"
+)
+
+// ErrCodePoolFull is tern's own CNI error code (100+ are the plugin's) for a
+// node whose pod CIDR has no free address.
+const ErrCodePoolFull uint = 100
+
+// Funcs returns the CNI verbs for skel.
+func Funcs() skel.CNIFuncs {
+	return skel.CNIFuncs{Add: cmdAdd, Del: cmdDel, Check: cmdCheck, Status: cmdStatus, GC: cmdGC}
+}
+
+// invocation is what every verb starts from.
+type invocation struct {
+	conf   *NetConf
+	log    *slog.Logger
+	agent  *agentapi.Client
+	ctx    context.Context
+	cancel context.CancelFunc
+	close  func()
+}
+
+func start(args *skel.CmdArgs, verb string) (*invocation, error) {
+	conf, err := ParseConf(args.StdinData)
+	if err != nil {
+		return nil, err
+	}
+	log, closeLog := newLogger(conf)
+	log = log.With("verb", verb, "containerID", args.ContainerID, "ifName", args.IfName)
+	timeout := time.Duration(conf.TimeoutSeconds) * time.Second
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	return &invocation{
+		conf: conf, log: log, agent: agentapi.NewClient(conf.AgentSocket, timeout),
+		ctx: ctx, cancel: cancel, close: closeLog,
+	}, nil
+}
+
+func (iv *invocation) done() { iv.cancel(); iv.close() }
+
+// agentError turns an agent failure into a CNI error a runtime acts on.
+func (iv *invocation) agentError(what string, err error) error {
+	switch {
+	case errors.Is(err, agentapi.ErrUnreachable):
+		return types.NewError(types.ErrTryAgainLater,
+			fmt.Sprintf("%s: tern-agent is unreachable at %s", what, iv.conf.AgentSocket),
+			"is the tern-agent pod running on this node? check `kubectl -n kube-system get pods -l k8s-app=tern-agent -o wide` and its logs: "+err.Error())
+	case agentapi.IsCode(err, agentapi.CodeNotReady):
+		return types.NewError(types.ErrTryAgainLater, what+": tern-agent is not ready yet", err.Error())
+	case agentapi.IsCode(err, agentapi.CodePoolFull):
+		return types.NewError(ErrCodePoolFull, what+": this node's pod CIDR is full", err.Error()+"; delete pods on this node or give the node a larger pod CIDR")
+	default:
+		return types.NewError(types.ErrInternal, what+": "+err.Error(), "")
+	}
+}
+
+func cmdAdd(args *skel.CmdArgs) error {
+	iv, err := start(args, "ADD")
+	if err != nil {
+		return err
+	}
+	defer iv.done()
+	if iv.conf.PrevResult != nil {
+		return types.NewError(types.ErrInvalidNetworkConfig, "tern must be the first plugin of the conflist",
+			"it creates the pod's interface; put chained plugins such as portmap after it")
+	}
+	pod, err := ParseArgs(args.Args)
+	if err != nil {
+		return err
+	}
+	hostIf := HostIfName(pod, args.ContainerID)
+	podNS, err := ns.GetNS(args.Netns)
+	if err != nil {
+		return types.NewError(types.ErrInvalidEnvironmentVariables,
+			fmt.Sprintf("cannot open the pod's network namespace %q: %v", args.Netns, err), "CNI_NETNS must name an existing network namespace")
+	}
+	defer podNS.Close()
+
+	att := agentapi.Attachment{ContainerID: args.ContainerID, IfName: args.IfName}
+	al, err := iv.agent.Allocate(iv.ctx, agentapi.AllocateRequest{
+		Attachment: att, Namespace: pod.Namespace, Pod: pod.Name, HostIf: hostIf, Netns: args.Netns,
+	})
+	if err != nil {
+		return iv.agentError("allocate pod address", err)
+	}
+	if al.HostIf != "" {
+		hostIf = al.HostIf // a retried ADD keeps the interface of the first
+	}
+	mtu := iv.conf.MTU
+	if mtu == 0 {
+		mtu = uplinkMTU()
+	}
+	a, err := attach(podNS, hostIf, args.IfName, al.IPs, mtu)
+	if err != nil {
+		iv.log.Error("attach failed; rolling back", "hostIf", hostIf, "err", err)
+		if derr := deleteHostVeth(hostIf); derr != nil {
+			iv.log.Error("rollback: delete host veth", "err", derr)
+		}
+		if _, rerr := iv.agent.Release(iv.ctx, att); rerr != nil && !agentapi.IsCode(rerr, agentapi.CodeNotFound) {
+			iv.log.Error("rollback: release address", "err", rerr)
+		}
+		return types.NewError(types.ErrInternal, "attach pod: "+err.Error(), "")
+	}
+	iv.log.Info("attached", "pod", pod.Namespace+"/"+pod.Name, "hostIf", hostIf, "ips", al.IPs, "mtu", mtu)
+	return types.PrintResult(BuildResult(a, iv.conf.DNS), iv.conf.CNIVersion)
+}
+
+func cmdDel(args *skel.CmdArgs) error {
+	iv, err := start(args, "DEL")
+	if err != nil {
+		return err
+	}
+	defer iv.done()
+	pod, _ := ParseArgs(args.Args) // DEL must clean up even with odd args
+	att := agentapi.Attachment{ContainerID: args.ContainerID, IfName: args.IfName}
+
+	hostIfs := []string{HostIfName(pod, args.ContainerID)}
+	rec, gerr := iv.agent.Get(iv.ctx, att)
+	if gerr == nil && rec.HostIf != "" && rec.HostIf != hostIfs[0] {
+		hostIfs = append(hostIfs, rec.HostIf)
+	}
+	// The veth goes first, the address after: an address is never free while a
+	// route to it still points at an old pod.
+	for _, h := range hostIfs {
+		if err := deleteHostVeth(h); err != nil {
+			return types.NewError(types.ErrInternal, "delete pod interface: "+err.Error(), "")
+		}
+	}
+	if gerr != nil && !agentapi.IsCode(gerr, agentapi.CodeNotFound) {
+		return iv.agentError("look up the pod's allocation", gerr)
+	}
+	if _, err := iv.agent.Release(iv.ctx, att); err != nil && !agentapi.IsCode(err, agentapi.CodeNotFound) {
+		return iv.agentError("release pod address", err)
+	}
+	iv.log.Info("detached", "pod", pod.Namespace+"/"+pod.Name, "hostIfs", hostIfs)
+	return nil
+}
+
+func cmdCheck(args *skel.CmdArgs) error {
+	iv, err := start(args, "CHECK")
+	if err != nil {
+		return err
+	}
+	defer iv.done()
+	if iv.conf.PrevResult == nil {
+		return types.NewError(types.ErrInvalidNetworkConfig, "CHECK needs prevResult", "the runtime must pass the cached result of ADD")
+	}
+	prev, err := current.NewResultFromResult(iv.conf.PrevResult)
+	if err != nil {
+		return types.NewError(types.ErrDecodingFailure, "cannot convert prevResult: "+err.Error(), "")
+	}
+	var hostIf string
+	var ips []netip.Addr
+	for _, itf := range prev.Interfaces {
+		if itf.Sandbox == "" && strings.HasPrefix(itf.Name, "tern") {
+			hostIf = itf.Name
+		}
+	}
+	for _, ipc := range prev.IPs {
+		if ipc.Interface != nil && *ipc.Interface < len(prev.Interfaces) && prev.Interfaces[*ipc.Interface].Name == args.IfName {
+			if ip, ok := netip.AddrFromSlice(ipc.Address.IP); ok {
+				ips = append(ips, ip.Unmap())
+			}
+		}
+	}
+	rec, err := iv.agent.Get(iv.ctx, agentapi.Attachment{ContainerID: args.ContainerID, IfName: args.IfName})
+	if err != nil {
+		if agentapi.IsCode(err, agentapi.CodeNotFound) {
+			return types.NewError(types.ErrInternal, "CHECK failed: tern-agent has no allocation for this attachment", "the pod's address is not reserved; delete and recreate the pod")
+		}
+		return iv.agentError("CHECK", err)
+	}
+	var problems []string
+	if !sameAddrs(rec.IPs, ips) {
+		problems = append(problems, fmt.Sprintf("tern-agent has %v for this attachment, the runtime's result has %v", rec.IPs, ips))
+	}
+	if hostIf == "" {
+		hostIf = rec.HostIf
+	}
+	podNS, err := ns.GetNS(args.Netns)
+	if err != nil {
+		return types.NewError(types.ErrInternal, fmt.Sprintf("CHECK failed: the pod's network namespace %q cannot be opened: %v", args.Netns, err), "")
+	}
+	defer podNS.Close()
+	problems = append(problems, checkAttachment(podNS, hostIf, args.IfName, rec.IPs)...)
+	if len(problems) > 0 {
+		return types.NewError(types.ErrInternal, "CHECK failed: "+strings.Join(problems, "; "), "delete and recreate the pod to repair its network")
+	}
+	return nil
+}
+
+func cmdStatus(args *skel.CmdArgs) error {
+	iv, err := start(args, "STATUS")
+	if err != nil {
+		return err
+	}
+	defer iv.done()
+	st, err := iv.agent.Status(iv.ctx)
+	if err != nil {
+		return types.NewError(types.ErrPluginNotAvailable,
+			fmt.Sprintf("tern-agent is unreachable at %s", iv.conf.AgentSocket), err.Error())
+	}
+	if !st.Ready {
+		return types.NewError(types.ErrPluginNotAvailable, "tern-agent is not ready: "+st.Reason, "")
+	}
+	for _, p := range st.Pools {
+		if uint64(p.InUse) >= p.Size {
+			return types.NewError(types.ErrPluginNotAvailable, fmt.Sprintf("pod CIDR %s is full (%d addresses)", p.CIDR, p.Size), "")
+		}
+	}
+	return nil
+}
+
+func cmdGC(args *skel.CmdArgs) error {
+	iv, err := start(args, "GC")
+	if err != nil {
+		return err
+	}
+	defer iv.done()
+	// List the veths before asking the agent: a veth created after this list by a
+	// concurrent ADD is not looked at, and one in the list has its allocation
+	// already, so the agent's answer covers it.
+	veths, lerr := hostVeths()
+	valid := make([]agentapi.Attachment, 0, len(iv.conf.ValidAttachments))
+	for _, v := range iv.conf.ValidAttachments {
+		valid = append(valid, agentapi.Attachment{ContainerID: v.ContainerID, IfName: v.IfName})
+	}
+	resp, err := iv.agent.GC(iv.ctx, valid)
+	if err != nil {
+		return iv.agentError("GC", err)
+	}
+	if lerr != nil {
+		return types.NewError(types.ErrInternal, "GC: "+lerr.Error(), "")
+	}
+	var errs []error
+	deleted := 0
+	for _, v := range veths {
+		if slices.Contains(resp.KeepIfs, v) {
+			continue
+		}
+		if err := deleteHostVeth(v); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		deleted++
+	}
+	iv.log.Info("garbage collected", "released", len(resp.Released), "vethsDeleted", deleted)
+	if err := errors.Join(errs...); err != nil {
+		return types.NewError(types.ErrInternal, "GC: "+err.Error(), "")
+	}
+	return nil
+}
+
+func sameAddrs(a, b []netip.Addr) bool {
+	a, b = slices.Clone(a), slices.Clone(b)
+	slices.SortFunc(a, netip.Addr.Compare)
+	slices.SortFunc(b, netip.Addr.Compare)
+	return slices.Equal(a, b)
+}
+
+// newLogger logs to stderr and, when configured, to the log file.
+func newLogger(conf *NetConf) (*slog.Logger, func()) {
+	var level slog.Level
+	_ = level.UnmarshalText([]byte(conf.LogLevel))
+	var w io.Writer = os.Stderr
+	closeFn := func() {}
+	if conf.LogFile != "" {
+		f, err := os.OpenFile(conf.LogFile, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
+		if err == nil {
+			w = io.MultiWriter(os.Stderr, f)
+			closeFn = func() { f.Close() }
+		}
+	}
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: level})).With("plugin", "tern", "pid", os.Getpid()), closeFn
+}

@@ -1,0 +1,195 @@
+// Package agent wires tern-agent together: the IPAM store and its socket API for
+// the CNI plugin, and the single reconcile loop that writes the node dataplane.
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/tern-net/tern/dataplane"
+	"github.com/tern-net/tern/ipam"
+)
+
+// Config is the agent's configuration, from flags.
+type Config struct {
+	NodeName     string
+	PodCIDRs     []netip.Prefix
+	ClusterCIDRs []netip.Prefix
+	StateDir     string
+	RunDir       string
+	NATOutgoing  bool
+	Resync       time.Duration
+}
+
+// SocketPath is where the agent serves the CNI plugin.
+func (c Config) SocketPath() string { return filepath.Join(c.RunDir, "cni.sock") }
+
+// StorePath is the IPAM database.
+func (c Config) StorePath() string { return filepath.Join(c.StateDir, "ipam.db") }
+
+// Validate checks the configuration.
+func (c Config) Validate() error {
+	if c.NodeName == "" {
+		return errors.New("node name is empty: set --node-name or NODE_NAME")
+	}
+	if len(c.PodCIDRs) == 0 {
+		return errors.New("no pod CIDR: set --pod-cidr")
+	}
+	if c.StateDir == "" || c.RunDir == "" {
+		return errors.New("--state-dir and --run-dir must not be empty")
+	}
+	return nil
+}
+
+// Agent is one node's tern-agent.
+type Agent struct {
+	cfg  Config
+	log  *slog.Logger
+	ipam *ipam.Allocator
+	node *dataplane.Node
+
+	trigger chan struct{}
+
+	mu      sync.Mutex
+	ready   bool
+	lastErr error
+}
+
+// Run starts the agent and blocks until ctx is done. Kernel state it wrote stays
+// in place when it returns, so running pods are not disturbed by a restart.
+func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	if cfg.Resync <= 0 {
+		cfg.Resync = 30 * time.Second
+	}
+	store, err := ipam.OpenBoltStore(cfg.StorePath(), 10*time.Second)
+	if err != nil {
+		return err
+	}
+	defer store.Close()
+	alloc, err := ipam.New(store, cfg.PodCIDRs)
+	if err != nil {
+		return err
+	}
+	a := &Agent{cfg: cfg, log: log, ipam: alloc, node: dataplane.NewNode(log), trigger: make(chan struct{}, 1)}
+
+	ln, err := listenUnix(cfg.SocketPath())
+	if err != nil {
+		return err
+	}
+	srv := &http.Server{Handler: a.handler(), ReadHeaderTimeout: 10 * time.Second}
+	srvErr := make(chan error, 1)
+	go func() { srvErr <- srv.Serve(ln) }()
+	log.Info("tern-agent started", "node", cfg.NodeName, "podCIDRs", cfg.PodCIDRs, "socket", cfg.SocketPath(),
+		"allocations", len(alloc.List()))
+
+	a.Trigger()
+	loopDone := make(chan struct{})
+	go func() { a.reconcileLoop(ctx); close(loopDone) }()
+
+	select {
+	case <-ctx.Done():
+	case err = <-srvErr:
+		err = fmt.Errorf("serve %s: %w", cfg.SocketPath(), err)
+	}
+	shutdown, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_ = srv.Shutdown(shutdown)
+	<-loopDone
+	log.Info("tern-agent stopped; routes and rules stay in place")
+	return err
+}
+
+// Trigger asks the reconcile loop for a pass; requests coalesce.
+func (a *Agent) Trigger() {
+	select {
+	case a.trigger <- struct{}{}:
+	default:
+	}
+}
+
+// reconcileLoop is the one writer of the node dataplane.
+func (a *Agent) reconcileLoop(ctx context.Context) {
+	tick := time.NewTicker(a.cfg.Resync)
+	defer tick.Stop()
+	backoff := time.Duration(0)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-a.trigger:
+		case <-tick.C:
+		}
+		err := a.reconcile()
+		a.mu.Lock()
+		a.lastErr = err
+		if err == nil && !a.ready {
+			a.ready = true
+			a.log.Info("node dataplane programmed; ready")
+		}
+		a.mu.Unlock()
+		if err != nil {
+			a.log.Error("reconcile failed", "err", err)
+			backoff = min(max(2*backoff, 200*time.Millisecond), 10*time.Second)
+			time.AfterFunc(backoff, a.Trigger)
+		} else {
+			backoff = 0
+		}
+	}
+}
+
+func (a *Agent) reconcile() error {
+	plan := dataplane.PlanNode(dataplane.NodeConfig{
+		PodCIDRs: a.ipam.Pools(), ClusterCIDRs: a.cfg.ClusterCIDRs, NATOutgoing: a.cfg.NATOutgoing,
+	})
+	_, err := a.node.Apply(plan)
+	return err
+}
+
+// readiness says whether the CNI plugin may attach pods: only once the node's
+// dataplane has been programmed.
+func (a *Agent) readiness() (bool, string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.ready {
+		return true, ""
+	}
+	if a.lastErr != nil {
+		return false, "node dataplane not programmed yet: " + a.lastErr.Error()
+	}
+	return false, "node dataplane not programmed yet"
+}
+
+// listenUnix serves on path with mode 0600. A socket file left by a dead agent
+// is replaced; the IPAM store's file lock already guarantees one agent per node.
+func listenUnix(path string) (net.Listener, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return nil, fmt.Errorf("create run dir: %w", err)
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("remove stale socket %s: %w", path, err)
+	}
+	old := syscall.Umask(0o177)
+	ln, err := net.Listen("unix", path)
+	syscall.Umask(old)
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s: %w", path, err)
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		ln.Close()
+		return nil, err
+	}
+	return ln, nil
+}

@@ -1,0 +1,173 @@
+package agent
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/netip"
+
+	"github.com/tern-net/tern/internal/agentapi"
+	"github.com/tern-net/tern/ipam"
+)
+
+// handler serves the agent's API on its unix socket.
+func (a *Agent) handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET "+agentapi.PathStatus, a.serveStatus)
+	mux.HandleFunc("POST "+agentapi.PathAllocate, a.serveAllocate)
+	mux.HandleFunc("POST "+agentapi.PathRelease, a.serveRelease)
+	mux.HandleFunc("GET "+agentapi.PathAllocation, a.serveGet)
+	mux.HandleFunc("GET "+agentapi.PathAllocations, a.serveList)
+	mux.HandleFunc("POST "+agentapi.PathGC, a.serveGC)
+	return mux
+}
+
+func (a *Agent) serveStatus(w http.ResponseWriter, _ *http.Request) {
+	st := agentapi.Status{Node: a.cfg.NodeName, PodCIDRs: a.ipam.Pools()}
+	st.Ready, st.Reason = a.readiness()
+	for _, u := range a.ipam.Usage() {
+		st.Pools = append(st.Pools, agentapi.PoolUsage{CIDR: u.Pool, Size: u.Size, InUse: u.InUse})
+	}
+	writeJSON(w, http.StatusOK, st)
+}
+
+func (a *Agent) serveAllocate(w http.ResponseWriter, r *http.Request) {
+	var req agentapi.AllocateRequest
+	if !readJSON(w, r, &req) {
+		return
+	}
+	if req.HostIf == "" {
+		writeError(w, http.StatusBadRequest, agentapi.CodeBadRequest, "hostIf is empty")
+		return
+	}
+	if ready, reason := a.readiness(); !ready {
+		writeError(w, http.StatusServiceUnavailable, agentapi.CodeNotReady, reason)
+		return
+	}
+	al, err := a.ipam.Allocate(ipam.Request{
+		Key:       ipam.Key{ContainerID: req.ContainerID, IfName: req.IfName},
+		Namespace: req.Namespace, Pod: req.Pod, HostIf: req.HostIf, Netns: req.Netns,
+	})
+	switch {
+	case errors.Is(err, ipam.ErrPoolFull) || errors.Is(err, ipam.ErrNoPools):
+		a.log.Warn("allocation refused", "attachment", req.Attachment, "pod", req.Namespace+"/"+req.Pod, "err", err)
+		writeError(w, http.StatusConflict, agentapi.CodePoolFull, err.Error())
+		return
+	case errors.Is(err, ipam.ErrInvalidKey):
+		writeError(w, http.StatusBadRequest, agentapi.CodeBadRequest, err.Error())
+		return
+	case err != nil:
+		a.log.Error("allocation failed", "attachment", req.Attachment, "err", err)
+		writeError(w, http.StatusInternalServerError, agentapi.CodeInternal, err.Error())
+		return
+	}
+	a.log.Debug("allocated", "attachment", req.Attachment, "pod", req.Namespace+"/"+req.Pod, "ips", al.IPs)
+	writeJSON(w, http.StatusOK, toAPI(al))
+}
+
+func (a *Agent) serveRelease(w http.ResponseWriter, r *http.Request) {
+	var req agentapi.Attachment
+	if !readJSON(w, r, &req) {
+		return
+	}
+	al, err := a.ipam.Release(ipam.Key{ContainerID: req.ContainerID, IfName: req.IfName})
+	if errors.Is(err, ipam.ErrNotFound) {
+		writeError(w, http.StatusNotFound, agentapi.CodeNotFound, fmt.Sprintf("no allocation for %s/%s", req.ContainerID, req.IfName))
+		return
+	}
+	if err != nil {
+		a.log.Error("release failed", "attachment", req, "err", err)
+		writeError(w, http.StatusInternalServerError, agentapi.CodeInternal, err.Error())
+		return
+	}
+	a.log.Debug("released", "attachment", req, "ips", al.IPs)
+	writeJSON(w, http.StatusOK, toAPI(al))
+}
+
+func (a *Agent) serveGet(w http.ResponseWriter, r *http.Request) {
+	key := ipam.Key{ContainerID: r.URL.Query().Get("containerID"), IfName: r.URL.Query().Get("ifName")}
+	if err := key.Validate(); err != nil {
+		writeError(w, http.StatusBadRequest, agentapi.CodeBadRequest, err.Error())
+		return
+	}
+	al, err := a.ipam.Get(key)
+	if err != nil {
+		writeError(w, http.StatusNotFound, agentapi.CodeNotFound, fmt.Sprintf("no allocation for %s", key))
+		return
+	}
+	writeJSON(w, http.StatusOK, toAPI(al))
+}
+
+func (a *Agent) serveList(w http.ResponseWriter, _ *http.Request) {
+	list := a.ipam.List()
+	out := make([]agentapi.Allocation, 0, len(list))
+	for _, al := range list {
+		out = append(out, toAPI(al))
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+func (a *Agent) serveGC(w http.ResponseWriter, r *http.Request) {
+	var req agentapi.GCRequest
+	if !readJSON(w, r, &req) {
+		return
+	}
+	valid := map[ipam.Key]bool{}
+	for _, v := range req.Valid {
+		valid[ipam.Key{ContainerID: v.ContainerID, IfName: v.IfName}] = true
+	}
+	resp := agentapi.GCResponse{Released: []agentapi.Allocation{}, KeepIfs: []string{}}
+	var errs []error
+	for _, al := range a.ipam.List() {
+		if valid[al.Key] {
+			resp.KeepIfs = append(resp.KeepIfs, al.HostIf)
+			continue
+		}
+		rel, err := a.ipam.Release(al.Key)
+		if errors.Is(err, ipam.ErrNotFound) {
+			continue // released concurrently
+		}
+		if err != nil {
+			errs = append(errs, err)
+			resp.KeepIfs = append(resp.KeepIfs, al.HostIf)
+			continue
+		}
+		a.log.Info("garbage-collected allocation", "attachment", al.Key, "pod", al.Namespace+"/"+al.Pod, "ips", rel.IPs)
+		resp.Released = append(resp.Released, toAPI(rel))
+	}
+	if err := errors.Join(errs...); err != nil {
+		writeError(w, http.StatusInternalServerError, agentapi.CodeInternal, err.Error())
+		return
+	}
+	writeJSON(w, http.StatusOK, resp)
+}
+
+func toAPI(al ipam.Allocation) agentapi.Allocation {
+	return agentapi.Allocation{
+		Attachment: agentapi.Attachment{ContainerID: al.ContainerID, IfName: al.IfName},
+		Namespace:  al.Namespace, Pod: al.Pod, HostIf: al.HostIf, Netns: al.Netns,
+		IPs: append([]netip.Addr(nil), al.IPs...), Created: al.Created,
+	}
+}
+
+func readJSON(w http.ResponseWriter, r *http.Request, v any) bool {
+	dec := json.NewDecoder(io.LimitReader(r.Body, 1<<20))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		writeError(w, http.StatusBadRequest, agentapi.CodeBadRequest, "malformed request: "+err.Error())
+		return false
+	}
+	return true
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+func writeError(w http.ResponseWriter, status int, code, msg string) {
+	writeJSON(w, status, agentapi.Error{Code: code, Message: msg})
+}
