@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"strings"
 
 	"github.com/containernetworking/plugins/pkg/netlinksafe"
@@ -99,6 +100,16 @@ func attach(podNS ns.NetNS, hostIf, contIf string, ips []netip.Addr, mtu int) (A
 		if err := netlink.LinkSetUp(link); err != nil {
 			return fmt.Errorf("set %s up in the pod: %w", contIf, err)
 		}
+		// The gateway's MAC is fixed: a permanent neighbour entry spares the
+		// first packet an ARP/ND round trip and does not depend on proxy ARP.
+		for _, gw := range gateways(ips) {
+			if err := netlink.NeighSet(&netlink.Neigh{
+				LinkIndex: link.Attrs().Index, Family: family(gw), State: netlink.NUD_PERMANENT,
+				IP: gw.AsSlice(), HardwareAddr: HostVethMAC,
+			}); err != nil {
+				return fmt.Errorf("add neighbour %s in the pod: %w", gw, err)
+			}
+		}
 		for _, r := range podRoutes(link.Attrs().Index, ips) {
 			if err := netlink.RouteAdd(r); err != nil {
 				return fmt.Errorf("add route %s in the pod: %w", routeString(r), err)
@@ -106,7 +117,38 @@ func attach(podNS ns.NetNS, hostIf, contIf string, ips []netip.Addr, mtu int) (A
 		}
 		return nil
 	})
-	return out, err
+	if err != nil {
+		return out, err
+	}
+	// Likewise on the host: the pod's MAC is known now.
+	podMAC, err := net.ParseMAC(out.ContMAC)
+	if err != nil {
+		return out, fmt.Errorf("pod MAC %q: %w", out.ContMAC, err)
+	}
+	for _, ip := range ips {
+		if err := netlink.NeighSet(&netlink.Neigh{
+			LinkIndex: host.Attrs().Index, Family: family(ip), State: netlink.NUD_PERMANENT,
+			IP: ip.AsSlice(), HardwareAddr: podMAC,
+		}); err != nil {
+			return out, fmt.Errorf("add neighbour %s on %s: %w", ip, hostIf, err)
+		}
+	}
+	return out, nil
+}
+
+// gateways are the pod's next hops, one per address family in use.
+func gateways(ips []netip.Addr) []netip.Addr {
+	var out []netip.Addr
+	for _, ip := range ips {
+		gw := GatewayV4
+		if ip.Is6() {
+			gw = GatewayV6
+		}
+		if !slices.Contains(out, gw) {
+			out = append(out, gw)
+		}
+	}
+	return out
 }
 
 // podRoutes are the routes inside the pod: the gateway on the link (IPv4) and

@@ -80,7 +80,7 @@ func (d *iptablesDriver) syncChains(chains []Chain) (int, error) {
 		if c.IPv6 != d.v6 {
 			continue
 		}
-		have, _, err := d.installedHashes(c.Table, c.Name)
+		have, exists, err := d.installedHashes(c.Table, c.Name)
 		if err != nil {
 			return 0, err
 		}
@@ -88,7 +88,7 @@ func (d *iptablesDriver) syncChains(chains []Chain) (int, error) {
 		for i, r := range c.Rules {
 			want[i] = r.Hash(c.Name)
 		}
-		if slices.Equal(have, want) && len(have) > 0 {
+		if exists && slices.Equal(have, want) {
 			continue
 		}
 		if _, seen := byTable[c.Table]; !seen {
@@ -128,21 +128,23 @@ func (d *iptablesDriver) restoreTable(table string, chains []Chain) error {
 }
 
 // ensureJumps inserts each jump at the top of its built-in chain unless present.
-func (d *iptablesDriver) ensureJumps(jumps []Jump) error {
+func (d *iptablesDriver) ensureJumps(jumps []Jump) (int, error) {
+	n := 0
 	for _, j := range jumps {
 		if j.IPv6 != d.v6 {
 			continue
 		}
 		ok, err := d.ipt.Exists(j.Table, j.From, j.Spec()...)
 		if err != nil {
-			return fmt.Errorf("check jump %s/%s -> %s: %w", j.Table, j.From, j.To, err)
+			return n, fmt.Errorf("check jump %s/%s -> %s: %w", j.Table, j.From, j.To, err)
 		}
 		if ok {
 			continue
 		}
 		if err := d.ipt.Insert(j.Table, j.From, 1, j.Spec()...); err != nil {
-			return fmt.Errorf("insert jump %s/%s -> %s: %w", j.Table, j.From, j.To, err)
+			return n, fmt.Errorf("insert jump %s/%s -> %s: %w", j.Table, j.From, j.To, err)
 		}
+		n++
 	}
-	return nil
+	return n, nil
 }

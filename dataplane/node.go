@@ -19,7 +19,7 @@ func NewNode(log *slog.Logger) *Node { return &Node{log: log} }
 
 // ApplyStats says what an Apply changed.
 type ApplyStats struct {
-	RoutesAdded, RoutesDeleted, ChainsWritten int
+	RoutesAdded, RoutesDeleted, ChainsWritten, JumpsInserted int
 }
 
 // Apply brings the node to plan, writing only what differs. It never removes
@@ -47,10 +47,12 @@ func (n *Node) Apply(plan Plan) (ApplyStats, error) {
 		}
 		w, err := d.syncChains(plan.Chains)
 		st.ChainsWritten += w
-		errs = append(errs, err, d.ensureJumps(plan.Jumps))
+		j, err2 := d.ensureJumps(plan.Jumps)
+		st.JumpsInserted += j
+		errs = append(errs, err, err2)
 	}
 	if st != (ApplyStats{}) {
-		n.log.Info("dataplane updated", "routesAdded", st.RoutesAdded, "routesDeleted", st.RoutesDeleted, "chainsWritten", st.ChainsWritten)
+		n.log.Info("dataplane updated", "routesAdded", st.RoutesAdded, "routesDeleted", st.RoutesDeleted, "chainsWritten", st.ChainsWritten, "jumpsInserted", st.JumpsInserted)
 	}
 	return st, errors.Join(errs...)
 }

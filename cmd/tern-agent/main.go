@@ -36,6 +36,7 @@ func run(args []string) error {
 	fs.StringVar(&cfg.StateDir, "state-dir", "/var/lib/tern", "directory of the IPAM database")
 	fs.StringVar(&cfg.RunDir, "run-dir", "/run/tern", "directory of the CNI socket (cni.sock)")
 	fs.BoolVar(&cfg.NATOutgoing, "nat-outgoing", true, "masquerade pod traffic leaving the cluster's pod CIDRs")
+	fs.DurationVar(&cfg.GCMinAge, "gc-min-age", time.Minute, "CNI GC spares allocations younger than this (an ADD may be in flight)")
 	fs.DurationVar(&cfg.Resync, "resync", 30*time.Second, "period of the resync that repairs drift")
 	if err := fs.Parse(args); err != nil {
 		return err

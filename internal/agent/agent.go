@@ -29,6 +29,9 @@ type Config struct {
 	RunDir       string
 	NATOutgoing  bool
 	Resync       time.Duration
+	// GCMinAge spares allocations younger than this from CNI GC, so a GC that
+	// races an ADD in flight does not release the new pod's address.
+	GCMinAge time.Duration
 }
 
 // SocketPath is where the agent serves the CNI plugin.
@@ -63,6 +66,7 @@ type Agent struct {
 	mu      sync.Mutex
 	ready   bool
 	lastErr error
+	writes  uint64
 }
 
 // Run starts the agent and blocks until ctx is done. Kernel state it wrote stays
@@ -154,7 +158,10 @@ func (a *Agent) reconcile() error {
 	plan := dataplane.PlanNode(dataplane.NodeConfig{
 		PodCIDRs: a.ipam.Pools(), ClusterCIDRs: a.cfg.ClusterCIDRs, NATOutgoing: a.cfg.NATOutgoing,
 	})
-	_, err := a.node.Apply(plan)
+	st, err := a.node.Apply(plan)
+	a.mu.Lock()
+	a.writes += uint64(st.RoutesAdded + st.RoutesDeleted + st.ChainsWritten + st.JumpsInserted)
+	a.mu.Unlock()
 	return err
 }
 

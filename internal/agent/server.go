@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"net/netip"
+	"time"
 
 	"github.com/tern-net/tern/internal/agentapi"
 	"github.com/tern-net/tern/ipam"
@@ -27,6 +28,9 @@ func (a *Agent) handler() http.Handler {
 func (a *Agent) serveStatus(w http.ResponseWriter, _ *http.Request) {
 	st := agentapi.Status{Node: a.cfg.NodeName, PodCIDRs: a.ipam.Pools()}
 	st.Ready, st.Reason = a.readiness()
+	a.mu.Lock()
+	st.DataplaneWrites = a.writes
+	a.mu.Unlock()
 	for _, u := range a.ipam.Usage() {
 		st.Pools = append(st.Pools, agentapi.PoolUsage{CIDR: u.Pool, Size: u.Size, InUse: u.InUse})
 	}
@@ -120,8 +124,9 @@ func (a *Agent) serveGC(w http.ResponseWriter, r *http.Request) {
 	}
 	resp := agentapi.GCResponse{Released: []agentapi.Allocation{}, KeepIfs: []string{}}
 	var errs []error
+	youngest := time.Now().Add(-a.cfg.GCMinAge)
 	for _, al := range a.ipam.List() {
-		if valid[al.Key] {
+		if valid[al.Key] || al.Created.After(youngest) {
 			resp.KeepIfs = append(resp.KeepIfs, al.HostIf)
 			continue
 		}

@@ -62,6 +62,9 @@ type Status struct {
 	Node     string         `json:"node"`
 	PodCIDRs []netip.Prefix `json:"podCIDRs"`
 	Pools    []PoolUsage    `json:"pools"`
+	// DataplaneWrites counts the kernel writes (routes added or deleted,
+	// chains rewritten) the agent made since it started.
+	DataplaneWrites uint64 `json:"dataplaneWrites"`
 }
 
 // PoolUsage counts the addresses of one pod CIDR.

@@ -1,0 +1,39 @@
+# tern — `make help` lists the targets.
+SHELL := /bin/bash
+GO ?= go
+BIN := $(CURDIR)/bin
+VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -s -w -X main.version=$(VERSION)
+CNITOOL_VERSION := v1.3.1
+STATICCHECK_VERSION := v0.8.2
+export PATH := $(BIN):$(PATH)
+
+.PHONY: help build deps test test-unit lint bench tools
+.DEFAULT_GOAL := help
+
+help: ## list the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z][a-zA-Z_-]*:.*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+build: ## build bin/tern-agent, bin/tern-cni, bin/ternctl
+	@mkdir -p $(BIN)
+	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/ ./cmd/...
+
+deps: ## install the Debian packages the tests need (root; quiet when present)
+	@if [ "$$(id -u)" = 0 ]; then bash hack/install-deps.sh; else echo "not root: skipping package install; privileged tests will not run" >&2; fi
+
+tools: ## install cnitool into bin/ from the Go module proxy
+	@test -x $(BIN)/cnitool || GOBIN=$(BIN) $(GO) install github.com/containernetworking/cni/cnitool@$(CNITOOL_VERSION)
+
+test: deps build tools ## run every test this machine can run (as root: the network-namespace tests too)
+	$(GO) test -count=1 -timeout 20m ./...
+
+test-unit: ## run the tests that need no root
+	$(GO) test -count=1 -short ./...
+
+lint: ## gofmt check, go vet, and staticcheck when it installs
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+	@if GOBIN=$(BIN) $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) 2>/dev/null; then $(BIN)/staticcheck ./...; else echo "staticcheck did not install; skipped" >&2; fi
+
+bench: deps build ## benchmarks side by side with the reference plugins; writes bench-out/
+	$(GO) test -run '^$$' -bench . -benchtime 1x -count 1 -timeout 30m ./bench/... | tee bench-out.txt

@@ -1,0 +1,350 @@
+// Package nodetest runs a real tern node for tests and benchmarks: a network
+// namespace the test creates, the built tern-agent inside it, and the built CNI
+// plugin called through libcni exactly as a container runtime calls it.
+package nodetest
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/containernetworking/cni/libcni"
+	current "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/containernetworking/plugins/pkg/testutils"
+
+	"github.com/tern-net/tern/internal/agentapi"
+)
+
+// InCI reports whether missing prerequisites must fail rather than skip.
+func InCI() bool { return os.Getenv("CI") == "true" }
+
+// RequireRoot skips the test when not root, or fails it under CI=true.
+func RequireRoot(t testing.TB) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		missing(t, "root (network namespaces)")
+	}
+}
+
+// RequirePath skips the test when path is missing, or fails it under CI=true.
+func RequirePath(t testing.TB, path, what string) {
+	t.Helper()
+	if _, err := os.Stat(path); err != nil {
+		missing(t, fmt.Sprintf("%s (%s; run `make deps`)", what, path))
+	}
+}
+
+func missing(t testing.TB, what string) {
+	t.Helper()
+	if InCI() {
+		t.Fatalf("prerequisite missing under CI=true: %s", what)
+	}
+	t.Skipf("prerequisite missing: %s", what)
+}
+
+// DebianCNIDir holds Debian's containernetworking-plugins.
+const DebianCNIDir = "/usr/lib/cni"
+
+var (
+	buildOnce sync.Once
+	buildDir  string
+	buildErr  error
+)
+
+// Binaries builds tern-agent and the CNI plugin (as "tern") once per test
+// binary and returns their directory.
+func Binaries(t testing.TB) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		buildDir, buildErr = os.MkdirTemp("", "tern-bin-")
+		if buildErr != nil {
+			return
+		}
+		root, err := ModuleRoot()
+		if err != nil {
+			buildErr = err
+			return
+		}
+		for _, b := range [][2]string{{"./cmd/tern-agent", "tern-agent"}, {"./cmd/tern-cni", "tern"}} {
+			cmd := exec.Command("go", "build", "-o", filepath.Join(buildDir, b[1]), b[0])
+			cmd.Dir = root
+			if out, err := cmd.CombinedOutput(); err != nil {
+				buildErr = fmt.Errorf("go build %s: %w\n%s", b[0], err, out)
+				return
+			}
+		}
+	})
+	if buildErr != nil {
+		t.Fatalf("build binaries: %v", buildErr)
+	}
+	return buildDir
+}
+
+// ModuleRoot is the directory of tern's go.mod.
+func ModuleRoot() (string, error) {
+	out, err := exec.Command("go", "env", "GOMOD").Output()
+	if err != nil {
+		return "", fmt.Errorf("go env GOMOD: %w", err)
+	}
+	return filepath.Dir(strings.TrimSpace(string(out))), nil
+}
+
+// Node is a "node": a network namespace with tern-agent running in it.
+type Node struct {
+	t        testing.TB
+	Name     string
+	NS       ns.NetNS
+	Dir      string
+	BinDir   string
+	PodCIDRs string
+	Args     []string // extra agent flags
+	CNI      *libcni.CNIConfig
+
+	agentMu sync.Mutex
+	agent   *exec.Cmd
+	exited  chan struct{}
+}
+
+// NewNode creates the node namespace and starts the agent in it.
+func NewNode(t testing.TB, podCIDRs string, agentArgs ...string) *Node {
+	t.Helper()
+	RequireRoot(t)
+	RequirePath(t, DebianCNIDir+"/portmap", "Debian containernetworking-plugins")
+	bin := Binaries(t)
+	nodeNS, err := testutils.NewNS()
+	if err != nil {
+		t.Fatalf("create node netns: %v", err)
+	}
+	n := &Node{t: t, Name: filepath.Base(nodeNS.Path()), NS: nodeNS, Dir: t.TempDir(), BinDir: bin, PodCIDRs: podCIDRs, Args: agentArgs}
+	t.Cleanup(func() {
+		n.StopAgent()
+		nodeNS.Close()
+		_ = testutils.UnmountNS(nodeNS)
+	})
+	if err := n.Exec("ip", "link", "set", "lo", "up"); err != nil {
+		t.Fatalf("lo up: %v", err)
+	}
+	n.CNI = libcni.NewCNIConfigWithCacheDir([]string{bin, DebianCNIDir}, filepath.Join(n.Dir, "cni-cache"), nil)
+	n.StartAgent()
+	return n
+}
+
+// Socket is the agent's CNI socket.
+func (n *Node) Socket() string { return filepath.Join(n.Dir, "run", "cni.sock") }
+
+// Client returns an agent API client.
+func (n *Node) Client() *agentapi.Client { return agentapi.NewClient(n.Socket(), 10*time.Second) }
+
+// Exec runs a command in the node namespace.
+func (n *Node) Exec(name string, args ...string) error {
+	out, err := n.Command(name, args...).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("%s %s: %w: %s", name, strings.Join(args, " "), err, out)
+	}
+	return nil
+}
+
+// Output runs a command in the node namespace and returns its stdout.
+func (n *Node) Output(name string, args ...string) (string, error) {
+	cmd := n.Command(name, args...)
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return string(out), fmt.Errorf("%s %s: %w: %s", name, strings.Join(args, " "), err, stderr.String())
+	}
+	return string(out), nil
+}
+
+// Command prepares a command that runs in the node namespace.
+func (n *Node) Command(name string, args ...string) *exec.Cmd {
+	return exec.Command("nsenter", append([]string{"--net=" + n.NS.Path(), "--", name}, args...)...)
+}
+
+// StartAgent starts tern-agent in the node namespace and waits until it is ready.
+func (n *Node) StartAgent() {
+	n.t.Helper()
+	n.agentMu.Lock()
+	args := append([]string{"--net=" + n.NS.Path(), "--", filepath.Join(n.BinDir, "tern-agent"),
+		"--node-name", n.Name, "--pod-cidr", n.PodCIDRs,
+		"--state-dir", filepath.Join(n.Dir, "state"), "--run-dir", filepath.Join(n.Dir, "run")}, n.Args...)
+	cmd := exec.Command("nsenter", args...)
+	logf, err := os.OpenFile(filepath.Join(n.Dir, "agent.log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
+	if err != nil {
+		n.agentMu.Unlock()
+		n.t.Fatalf("agent log: %v", err)
+	}
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		n.agentMu.Unlock()
+		n.t.Fatalf("start agent: %v", err)
+	}
+	exited := make(chan struct{})
+	go func() { _ = cmd.Wait(); logf.Close(); close(exited) }()
+	n.agent, n.exited = cmd, exited
+	n.agentMu.Unlock()
+
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		st, err := n.Client().Status(ctx)
+		cancel()
+		if err == nil && st.Ready {
+			return
+		}
+		select {
+		case <-exited:
+			n.t.Fatalf("tern-agent exited at start:\n%s", n.AgentLog())
+		default:
+		}
+		if time.Now().After(deadline) {
+			n.t.Fatalf("tern-agent not ready after 15s (last: %v %+v):\n%s", err, st, n.AgentLog())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// AgentPID is the agent's process ID (nsenter execs the agent in place).
+func (n *Node) AgentPID() int {
+	n.agentMu.Lock()
+	defer n.agentMu.Unlock()
+	if n.agent == nil {
+		return 0
+	}
+	return n.agent.Process.Pid
+}
+
+// KillAgent kills the agent with SIGKILL and waits for it to be gone.
+func (n *Node) KillAgent() { n.signalAgent(syscall.SIGKILL) }
+
+// StopAgent stops the agent with SIGTERM (if it runs) and waits.
+func (n *Node) StopAgent() { n.signalAgent(syscall.SIGTERM) }
+
+func (n *Node) signalAgent(sig syscall.Signal) {
+	n.agentMu.Lock()
+	defer n.agentMu.Unlock()
+	if n.agent == nil {
+		return
+	}
+	_ = n.agent.Process.Signal(sig)
+	select {
+	case <-n.exited:
+	case <-time.After(10 * time.Second):
+		_ = n.agent.Process.Kill()
+		<-n.exited
+	}
+	n.agent = nil
+}
+
+// AgentLog returns what the agent logged.
+func (n *Node) AgentLog() string {
+	b, _ := os.ReadFile(filepath.Join(n.Dir, "agent.log"))
+	return string(b)
+}
+
+// ConfList returns a conflist with tern first, then the given chained plugins.
+func (n *Node) ConfList(cniVersion string, chained ...map[string]any) *libcni.NetworkConfigList {
+	n.t.Helper()
+	plugins := []map[string]any{{"type": "tern", "agentSocket": n.Socket()}}
+	plugins = append(plugins, chained...)
+	raw, err := json.Marshal(map[string]any{"cniVersion": cniVersion, "name": "tern", "plugins": plugins})
+	if err != nil {
+		n.t.Fatalf("marshal conflist: %v", err)
+	}
+	list, err := libcni.NetworkConfFromBytes(raw)
+	if err != nil {
+		n.t.Fatalf("parse conflist: %v\n%s", err, raw)
+	}
+	return list
+}
+
+// Pod is an attached pod.
+type Pod struct {
+	Name   string
+	NS     ns.NetNS
+	Result *current.Result
+	RT     *libcni.RuntimeConf
+}
+
+// IPs returns the pod's addresses from its result.
+func (p *Pod) IPs() []netip.Addr {
+	var out []netip.Addr
+	for _, ipc := range p.Result.IPs {
+		a, _ := netip.AddrFromSlice(ipc.Address.IP)
+		out = append(out, a.Unmap())
+	}
+	return out
+}
+
+// NewPodNS creates a pod network namespace, removed at cleanup.
+func (n *Node) NewPodNS() ns.NetNS {
+	n.t.Helper()
+	podNS, err := testutils.NewNS()
+	if err != nil {
+		n.t.Fatalf("create pod netns: %v", err)
+	}
+	n.t.Cleanup(func() { podNS.Close(); _ = testutils.UnmountNS(podNS) })
+	return podNS
+}
+
+// RuntimeConf is what a runtime passes for pod name (namespace "default") in podNS.
+func RuntimeConf(name string, podNS ns.NetNS) *libcni.RuntimeConf {
+	return &libcni.RuntimeConf{
+		ContainerID: "ctr-" + name,
+		NetNS:       podNS.Path(),
+		IfName:      "eth0",
+		Args:        [][2]string{{"IgnoreUnknown", "1"}, {"K8S_POD_NAMESPACE", "default"}, {"K8S_POD_NAME", name}},
+	}
+}
+
+// Add runs ADD through libcni from inside the node namespace.
+func (n *Node) Add(list *libcni.NetworkConfigList, rt *libcni.RuntimeConf) (*current.Result, error) {
+	var res *current.Result
+	err := n.InNode(func() error {
+		r, err := n.CNI.AddNetworkList(context.Background(), list, rt)
+		if err != nil {
+			return err
+		}
+		res, err = current.NewResultFromResult(r)
+		return err
+	})
+	return res, err
+}
+
+// Del runs DEL through libcni from inside the node namespace.
+func (n *Node) Del(list *libcni.NetworkConfigList, rt *libcni.RuntimeConf) error {
+	return n.InNode(func() error { return n.CNI.DelNetworkList(context.Background(), list, rt) })
+}
+
+// Check runs CHECK through libcni from inside the node namespace.
+func (n *Node) Check(list *libcni.NetworkConfigList, rt *libcni.RuntimeConf) error {
+	return n.InNode(func() error { return n.CNI.CheckNetworkList(context.Background(), list, rt) })
+}
+
+// InNode runs f on an OS thread in the node namespace; processes it starts
+// (the CNI plugins) inherit that namespace.
+func (n *Node) InNode(f func() error) error {
+	return n.NS.Do(func(ns.NetNS) error { return f() })
+}
+
+// MustAdd creates a pod namespace and attaches pod name to it.
+func (n *Node) MustAdd(list *libcni.NetworkConfigList, name string) *Pod {
+	n.t.Helper()
+	podNS := n.NewPodNS()
+	rt := RuntimeConf(name, podNS)
+	res, err := n.Add(list, rt)
+	if err != nil {
+		n.t.Fatalf("ADD %s: %v\nagent log:\n%s", name, err, n.AgentLog())
+	}
+	return &Pod{Name: name, NS: podNS, Result: res, RT: rt}
+}
