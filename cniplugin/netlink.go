@@ -12,39 +12,57 @@ import (
 	"github.com/containernetworking/plugins/pkg/netlinksafe"
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
 	"github.com/tern-net/tern/dataplane"
 )
 
 // attach creates the pod's veth pair and configures both ends. It runs in the
-// host network namespace; podNS is the pod's.
+// host network namespace; podNS is the pod's. It keeps one netlink socket per
+// namespace for all its requests, and reaches into the pod's namespace through
+// its socket rather than by switching the thread's namespace.
 func attach(podNS ns.NetNS, hostIf, contIf string, ips []netip.Addr, mtu int) (Attached, error) {
 	out := Attached{HostIf: hostIf, ContIf: contIf, Sandbox: podNS.Path(), IPs: ips, MTU: mtu, HostMAC: HostVethMAC.String()}
 	hasV6 := false
 	for _, ip := range ips {
 		hasV6 = hasV6 || ip.Is6()
 	}
-
-	// A host veth of the same name is left from an earlier sandbox of the same
-	// pod whose DEL never came: replace it.
-	if old, err := netlinksafe.LinkByName(hostIf); err == nil {
-		if err := netlink.LinkDel(old); err != nil {
-			return out, fmt.Errorf("delete stale host veth %s: %w", hostIf, err)
-		}
+	hostNL, err := netlink.NewHandle(unix.NETLINK_ROUTE)
+	if err != nil {
+		return out, fmt.Errorf("netlink socket: %w", err)
 	}
+	defer hostNL.Close()
+	podNL, err := netlink.NewHandleAt(netns.NsHandle(podNS.Fd()), unix.NETLINK_ROUTE)
+	if err != nil {
+		return out, fmt.Errorf("netlink socket in the pod's namespace: %w", err)
+	}
+	defer podNL.Close()
+
 	veth := &netlink.Veth{
 		LinkAttrs:     netlink.LinkAttrs{Name: hostIf, MTU: mtu, HardwareAddr: HostVethMAC},
 		PeerName:      contIf,
 		PeerNamespace: netlink.NsFd(int(podNS.Fd())),
 	}
-	if err := netlink.LinkAdd(veth); err != nil {
-		if errors.Is(err, unix.EEXIST) {
+	if err := hostNL.LinkAdd(veth); err != nil {
+		if !errors.Is(err, unix.EEXIST) {
+			return out, fmt.Errorf("create veth %s/%s: %w", hostIf, contIf, err)
+		}
+		// A host veth of this name is left from an earlier sandbox of the same
+		// pod whose DEL never came: replace it. Otherwise the pod already has
+		// an interface of that name.
+		old, lerr := hostNL.LinkByName(hostIf)
+		if lerr != nil {
 			return out, fmt.Errorf("create veth %s/%s: an interface %s already exists in the pod's network namespace: %w", hostIf, contIf, contIf, err)
 		}
-		return out, fmt.Errorf("create veth %s/%s: %w", hostIf, contIf, err)
+		if err := hostNL.LinkDel(old); err != nil {
+			return out, fmt.Errorf("delete stale host veth %s: %w", hostIf, err)
+		}
+		if err := hostNL.LinkAdd(veth); err != nil {
+			return out, fmt.Errorf("create veth %s/%s: %w", hostIf, contIf, err)
+		}
 	}
-	host, err := netlinksafe.LinkByName(hostIf)
+	host, err := hostNL.LinkByName(hostIf)
 	if err != nil {
 		return out, fmt.Errorf("find host veth %s: %w", hostIf, err)
 	}
@@ -68,67 +86,61 @@ func attach(podNS ns.NetNS, hostIf, contIf string, ips []netip.Addr, mtu int) (A
 			return out, err
 		}
 	}
-	if err := netlink.LinkSetUp(host); err != nil {
+	if err := hostNL.LinkSetUp(host); err != nil {
 		return out, fmt.Errorf("set %s up: %w", hostIf, err)
 	}
 	for _, ip := range ips {
-		if err := addHostRoute(host, ip); err != nil {
+		if err := addHostRoute(hostNL, host, ip); err != nil {
 			return out, err
 		}
 	}
 
 	// Pod side: the address as a host route, the gateway on the link, default via it.
-	err = podNS.Do(func(ns.NetNS) error {
-		link, err := netlinksafe.LinkByName(contIf)
-		if err != nil {
-			return fmt.Errorf("find %s in the pod: %w", contIf, err)
-		}
-		out.ContMAC = link.Attrs().HardwareAddr.String()
-		if hasV6 {
-			// The pod learns its gateway from the host veth's link-local address; no RA.
-			_ = writeSysctl("net/ipv6/conf/"+contIf+"/accept_ra", "0")
-		}
-		for _, ip := range ips {
-			addr := &netlink.Addr{IPNet: ipNet(netip.PrefixFrom(ip, ip.BitLen()))}
-			if ip.Is6() {
-				addr.Flags = unix.IFA_F_NODAD
-			}
-			if err := netlink.AddrAdd(link, addr); err != nil {
-				return fmt.Errorf("add address %s to %s in the pod: %w", ip, contIf, err)
-			}
-		}
-		if err := netlink.LinkSetUp(link); err != nil {
-			return fmt.Errorf("set %s up in the pod: %w", contIf, err)
-		}
-		// The gateway's MAC is fixed: a permanent neighbour entry spares the
-		// first packet an ARP/ND round trip and does not depend on proxy ARP.
-		for _, gw := range gateways(ips) {
-			if err := netlink.NeighSet(&netlink.Neigh{
-				LinkIndex: link.Attrs().Index, Family: family(gw), State: netlink.NUD_PERMANENT,
-				IP: gw.AsSlice(), HardwareAddr: HostVethMAC,
-			}); err != nil {
-				return fmt.Errorf("add neighbour %s in the pod: %w", gw, err)
-			}
-		}
-		for _, r := range podRoutes(link.Attrs().Index, ips) {
-			if err := netlink.RouteAdd(r); err != nil {
-				return fmt.Errorf("add route %s in the pod: %w", routeString(r), err)
-			}
-		}
-		return nil
-	})
+	link, err := podNL.LinkByName(contIf)
 	if err != nil {
-		return out, err
+		return out, fmt.Errorf("find %s in the pod: %w", contIf, err)
 	}
-	// Likewise on the host: the pod's MAC is known now.
-	podMAC, err := net.ParseMAC(out.ContMAC)
-	if err != nil {
-		return out, fmt.Errorf("pod MAC %q: %w", out.ContMAC, err)
+	out.ContMAC = link.Attrs().HardwareAddr.String()
+	if hasV6 {
+		// The pod learns its gateway from the host veth's link-local address; no RA.
+		err := podNS.Do(func(ns.NetNS) error { return writeSysctl("net/ipv6/conf/"+contIf+"/accept_ra", "0") })
+		if err != nil {
+			return out, err
+		}
 	}
 	for _, ip := range ips {
-		if err := netlink.NeighSet(&netlink.Neigh{
+		addr := &netlink.Addr{IPNet: ipNet(netip.PrefixFrom(ip, ip.BitLen()))}
+		if ip.Is6() {
+			addr.Flags = unix.IFA_F_NODAD
+		}
+		if err := podNL.AddrAdd(link, addr); err != nil {
+			return out, fmt.Errorf("add address %s to %s in the pod: %w", ip, contIf, err)
+		}
+	}
+	if err := podNL.LinkSetUp(link); err != nil {
+		return out, fmt.Errorf("set %s up in the pod: %w", contIf, err)
+	}
+	// The gateway's MAC is fixed: a permanent neighbour entry spares the first
+	// packet an ARP/ND round trip and does not depend on proxy ARP (which
+	// answers only when the node has a route to 169.254.1.1).
+	for _, gw := range gateways(ips) {
+		if err := podNL.NeighSet(&netlink.Neigh{
+			LinkIndex: link.Attrs().Index, Family: family(gw), State: netlink.NUD_PERMANENT,
+			IP: gw.AsSlice(), HardwareAddr: HostVethMAC,
+		}); err != nil {
+			return out, fmt.Errorf("add neighbour %s in the pod: %w", gw, err)
+		}
+	}
+	for _, r := range podRoutes(link.Attrs().Index, ips) {
+		if err := podNL.RouteAdd(r); err != nil {
+			return out, fmt.Errorf("add route %s in the pod: %w", routeString(r), err)
+		}
+	}
+	// Likewise on the host: the pod's MAC is known now.
+	for _, ip := range ips {
+		if err := hostNL.NeighSet(&netlink.Neigh{
 			LinkIndex: host.Attrs().Index, Family: family(ip), State: netlink.NUD_PERMANENT,
-			IP: ip.AsSlice(), HardwareAddr: podMAC,
+			IP: ip.AsSlice(), HardwareAddr: link.Attrs().HardwareAddr,
 		}); err != nil {
 			return out, fmt.Errorf("add neighbour %s on %s: %w", ip, hostIf, err)
 		}
@@ -186,16 +198,16 @@ func hostRoute(linkIndex int, ip netip.Addr) *netlink.Route {
 
 // addHostRoute adds the host route of ip. A route to the same address that is
 // tern's (left by an earlier sandbox) is replaced; one of another owner is not.
-func addHostRoute(host netlink.Link, ip netip.Addr) error {
+func addHostRoute(nl *netlink.Handle, host netlink.Link, ip netip.Addr) error {
 	r := hostRoute(host.Attrs().Index, ip)
-	err := netlink.RouteAdd(r)
+	err := nl.RouteAdd(r)
 	if err == nil || !errors.Is(err, unix.EEXIST) {
 		if err != nil {
 			return fmt.Errorf("add host route %s: %w", routeString(r), err)
 		}
 		return nil
 	}
-	existing, lerr := netlinksafe.RouteListFiltered(family(ip), &netlink.Route{Dst: r.Dst, Table: unix.RT_TABLE_MAIN},
+	existing, lerr := nl.RouteListFiltered(family(ip), &netlink.Route{Dst: r.Dst, Table: unix.RT_TABLE_MAIN},
 		netlink.RT_FILTER_DST|netlink.RT_FILTER_TABLE)
 	if lerr != nil {
 		return fmt.Errorf("add host route %s: %w (and listing the one in the way: %v)", routeString(r), err, lerr)
@@ -205,7 +217,7 @@ func addHostRoute(host netlink.Link, ip netip.Addr) error {
 			return fmt.Errorf("add host route %s: a route to %s of protocol %d (not tern's) is in the way", routeString(r), ip, e.Protocol)
 		}
 	}
-	if err := netlink.RouteReplace(r); err != nil {
+	if err := nl.RouteReplace(r); err != nil {
 		return fmt.Errorf("replace host route %s: %w", routeString(r), err)
 	}
 	return nil
@@ -247,45 +259,6 @@ func hostVeths() ([]string, error) {
 		}
 	}
 	return out, nil
-}
-
-// uplinkMTU is the MTU of the interface of the default route (IPv4, then IPv6);
-// without a default route, the largest MTU of an up, non-loopback, non-tern
-// interface; 1500 if there is none.
-func uplinkMTU() int {
-	for _, fam := range []int{netlink.FAMILY_V4, netlink.FAMILY_V6} {
-		routes, err := netlinksafe.RouteListFiltered(fam, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
-		if err != nil {
-			continue
-		}
-		for _, r := range routes {
-			if (r.Dst == nil || isDefault(r.Dst)) && r.LinkIndex > 0 {
-				if l, err := netlink.LinkByIndex(r.LinkIndex); err == nil {
-					return l.Attrs().MTU
-				}
-			}
-		}
-	}
-	links, err := netlinksafe.LinkList()
-	best := 0
-	if err == nil {
-		for _, l := range links {
-			a := l.Attrs()
-			if a.Flags&net.FlagUp == 0 || a.Flags&net.FlagLoopback != 0 || strings.HasPrefix(a.Name, dataplane.HostIfPrefix) {
-				continue
-			}
-			best = max(best, a.MTU)
-		}
-	}
-	if best == 0 {
-		return 1500
-	}
-	return best
-}
-
-func isDefault(n *net.IPNet) bool {
-	ones, _ := n.Mask.Size()
-	return ones == 0
 }
 
 func ipNet(p netip.Prefix) *net.IPNet {

@@ -95,6 +95,7 @@ func cmdAdd(args *skel.CmdArgs) error {
 	defer podNS.Close()
 
 	att := agentapi.Attachment{ContainerID: args.ContainerID, IfName: args.IfName}
+	t0 := time.Now()
 	al, err := iv.agent.Allocate(iv.ctx, agentapi.AllocateRequest{
 		Attachment: att, Namespace: pod.Namespace, Pod: pod.Name, HostIf: hostIf, Netns: args.Netns,
 	})
@@ -104,9 +105,13 @@ func cmdAdd(args *skel.CmdArgs) error {
 	if al.HostIf != "" {
 		hostIf = al.HostIf // a retried ADD keeps the interface of the first
 	}
+	tAlloc := time.Since(t0)
 	mtu := iv.conf.MTU
 	if mtu == 0 {
-		mtu = uplinkMTU()
+		mtu = al.MTU // the agent reads the uplink's MTU at each resync
+	}
+	if mtu == 0 {
+		mtu = 1500
 	}
 	a, err := attach(podNS, hostIf, args.IfName, al.IPs, mtu)
 	if err != nil {
@@ -119,7 +124,8 @@ func cmdAdd(args *skel.CmdArgs) error {
 		}
 		return types.NewError(types.ErrInternal, "attach pod: "+err.Error(), "")
 	}
-	iv.log.Info("attached", "pod", pod.Namespace+"/"+pod.Name, "hostIf", hostIf, "ips", al.IPs, "mtu", mtu)
+	iv.log.Info("attached", "pod", pod.Namespace+"/"+pod.Name, "hostIf", hostIf, "ips", al.IPs, "mtu", mtu,
+		"allocate", tAlloc, "total", time.Since(t0))
 	return types.PrintResult(BuildResult(a, iv.conf.DNS), iv.conf.CNIVersion)
 }
 

@@ -104,6 +104,8 @@ func TestMTUFollowsUplinkOrConf(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	n.StopAgent() // the agent reads the uplink's MTU as it starts and at each resync
+	n.StartAgent()
 	p := n.MustAdd(n.ConfList("1.0.0"), "uplink")
 	if mtu := linkMTU(t, p.NS, "eth0"); mtu != 1400 {
 		t.Fatalf("pod MTU %d, want the uplink's 1400", mtu)

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"strings"
 
 	"github.com/containernetworking/plugins/pkg/netlinksafe"
 	"github.com/vishvananda/netlink"
@@ -85,3 +86,43 @@ func prefixFromIPNet(n *net.IPNet) (netip.Prefix, bool) {
 	ones, _ := n.Mask.Size()
 	return netip.PrefixFrom(a.Unmap(), ones), true
 }
+
+// UplinkMTU is the MTU of the interface of the default route (IPv4, then IPv6);
+// without a default route, the largest MTU of an up, non-loopback, non-tern
+// interface; 1500 if there is none.
+func UplinkMTU() int {
+	for _, fam := range []int{netlink.FAMILY_V4, netlink.FAMILY_V6} {
+		routes, err := netlinksafe.RouteListFiltered(fam, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
+		if err != nil {
+			continue
+		}
+		for _, r := range routes {
+			if (r.Dst == nil || isDefault(r.Dst)) && r.LinkIndex > 0 {
+				if l, err := netlink.LinkByIndex(r.LinkIndex); err == nil {
+					return l.Attrs().MTU
+				}
+			}
+		}
+	}
+	links, err := netlinksafe.LinkList()
+	best := 0
+	if err == nil {
+		for _, l := range links {
+			a := l.Attrs()
+			if a.Flags&net.FlagUp == 0 || a.Flags&net.FlagLoopback != 0 || strings.HasPrefix(a.Name, HostIfPrefix) {
+				continue
+			}
+			best = max(best, a.MTU)
+		}
+	}
+	if best == 0 {
+		return 1500
+	}
+	return best
+}
+
+func isDefault(n *net.IPNet) bool {
+	ones, _ := n.Mask.Size()
+	return ones == 0
+}
+

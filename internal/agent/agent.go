@@ -67,6 +67,7 @@ type Agent struct {
 	ready   bool
 	lastErr error
 	writes  uint64
+	mtu     int // of the node's uplink, read at each reconcile
 }
 
 // Run starts the agent and blocks until ctx is done. Kernel state it wrote stays
@@ -159,10 +160,19 @@ func (a *Agent) reconcile() error {
 		PodCIDRs: a.ipam.Pools(), ClusterCIDRs: a.cfg.ClusterCIDRs, NATOutgoing: a.cfg.NATOutgoing,
 	})
 	st, err := a.node.Apply(plan)
+	mtu := dataplane.UplinkMTU()
 	a.mu.Lock()
+	a.mtu = mtu
 	a.writes += uint64(st.RoutesAdded + st.RoutesDeleted + st.ChainsWritten + st.JumpsInserted)
 	a.mu.Unlock()
 	return err
+}
+
+// uplinkMTU is the MTU pods get unless their network configuration sets one.
+func (a *Agent) uplinkMTU() int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.mtu
 }
 
 // readiness says whether the CNI plugin may attach pods: only once the node's

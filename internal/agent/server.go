@@ -68,7 +68,9 @@ func (a *Agent) serveAllocate(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	a.log.Debug("allocated", "attachment", req.Attachment, "pod", req.Namespace+"/"+req.Pod, "ips", al.IPs)
-	writeJSON(w, http.StatusOK, toAPI(al))
+	out := toAPI(al)
+	out.MTU = a.uplinkMTU()
+	writeJSON(w, http.StatusOK, out)
 }
 
 func (a *Agent) serveRelease(w http.ResponseWriter, r *http.Request) {

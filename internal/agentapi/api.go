@@ -53,6 +53,9 @@ type Allocation struct {
 	Netns     string       `json:"netns,omitempty"`
 	IPs       []netip.Addr `json:"ips"`
 	Created   time.Time    `json:"created"`
+	// MTU is the MTU of the node's uplink, for the pod's interface (answers
+	// to allocate only).
+	MTU int `json:"mtu,omitempty"`
 }
 
 // Status is the agent's readiness.

@@ -76,7 +76,8 @@ func Binaries(t testing.TB) string {
 			return
 		}
 		for _, b := range [][2]string{{"./cmd/tern-agent", "tern-agent"}, {"./cmd/tern-cni", "tern"}} {
-			cmd := exec.Command("go", "build", "-o", filepath.Join(buildDir, b[1]), b[0])
+			// Built as `make build` builds them.
+			cmd := exec.Command("go", "build", "-trimpath", "-ldflags=-s -w", "-o", filepath.Join(buildDir, b[1]), b[0])
 			cmd.Dir = root
 			if out, err := cmd.CombinedOutput(); err != nil {
 				buildErr = fmt.Errorf("go build %s: %w\n%s", b[0], err, out)

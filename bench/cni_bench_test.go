@@ -1,0 +1,204 @@
+// Package bench measures tern side by side with the reference implementations
+// named in its issues, in the same run, and reports ratios. Run with `make bench`.
+package bench
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/containernetworking/cni/libcni"
+	"github.com/containernetworking/plugins/pkg/ns"
+
+	"github.com/tern-net/tern/internal/agentapi"
+	"github.com/tern-net/tern/internal/nodetest"
+)
+
+const (
+	podCIDR = "10.244.0.0/24"
+	pods    = 200
+)
+
+// latencies summarises one phase of a run.
+type latencies struct {
+	p50, p99 time.Duration
+	perSec   float64
+}
+
+func summarize(d []time.Duration, wall time.Duration) latencies {
+	slices.Sort(d)
+	q := func(p float64) time.Duration { return d[min(len(d)-1, int(p*float64(len(d))))] }
+	return latencies{p50: q(0.50), p99: q(0.99), perSec: float64(len(d)) / wall.Seconds()}
+}
+
+// run attaches then detaches `pods` pods with `workers` concurrent callers.
+func run(b *testing.B, n *nodetest.Node, list *libcni.NetworkConfigList, podNS []ns.NetNS, workers int) (add, del latencies) {
+	phase := func(op func(rt *libcni.RuntimeConf) error) latencies {
+		d := make([]time.Duration, len(podNS))
+		next := make(chan int)
+		var wg sync.WaitGroup
+		var failed sync.Once
+		start := time.Now()
+		for range workers {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := range next {
+					rt := nodetest.RuntimeConf(fmt.Sprintf("bench%03d", i), podNS[i])
+					t0 := time.Now()
+					if err := op(rt); err != nil {
+						failed.Do(func() { b.Errorf("pod %d: %v", i, err) })
+					}
+					d[i] = time.Since(t0)
+				}
+			}()
+		}
+		for i := range podNS {
+			next <- i
+		}
+		close(next)
+		wg.Wait()
+		return summarize(d, time.Since(start))
+	}
+	add = phase(func(rt *libcni.RuntimeConf) error { _, err := n.Add(list, rt); return err })
+	del = phase(func(rt *libcni.RuntimeConf) error { return n.Del(list, rt) })
+	return add, del
+}
+
+type row struct {
+	plugin   string
+	workers  int
+	add, del latencies
+}
+
+// BenchmarkCNI measures CNI ADD and DEL latency (p50, p99) and pods per second
+// for tern and for Debian's ptp + host-local (the CNI project's reference
+// plugins), with 1 and 10 concurrent callers over 200 pods, in the same run.
+func BenchmarkCNI(b *testing.B) {
+	nodetest.RequirePath(b, filepath.Join(nodetest.DebianCNIDir, "ptp"), "Debian ptp plugin")
+	tern := nodetest.NewNode(b, podCIDR)
+	ternList := tern.ConfList("1.0.0")
+
+	ref := nodetest.NewNode(b, "10.245.0.0/24") // its agent is idle; ptp uses host-local
+	ptpConf := fmt.Sprintf(`{"cniVersion":"1.0.0","name":"ptp","plugins":[{"type":"ptp","ipMasq":false,
+		"ipam":{"type":"host-local","ranges":[[{"subnet":%q}]],"routes":[{"dst":"0.0.0.0/0"}],"dataDir":%q}}]}`,
+		podCIDR, filepath.Join(ref.Dir, "host-local"))
+	ptpList, err := libcni.NetworkConfFromBytes([]byte(ptpConf))
+	if err != nil {
+		b.Fatal(err)
+	}
+
+	podNS := make([]ns.NetNS, pods)
+	for i := range podNS {
+		podNS[i] = tern.NewPodNS()
+	}
+	var rows []row
+	for _, workers := range []int{1, 10} {
+		for _, p := range []struct {
+			name string
+			n    *nodetest.Node
+			list *libcni.NetworkConfigList
+		}{{"tern", tern, ternList}, {"ptp+host-local", ref, ptpList}} {
+			// Warm the page cache and the binaries once, untimed.
+			if _, err := p.n.Add(p.list, nodetest.RuntimeConf("warm", podNS[0])); err != nil {
+				b.Fatalf("%s warm-up: %v", p.name, err)
+			}
+			_ = p.n.Del(p.list, nodetest.RuntimeConf("warm", podNS[0]))
+			add, del := run(b, p.n, p.list, podNS, workers)
+			rows = append(rows, row{p.name, workers, add, del})
+			b.Run(fmt.Sprintf("%s/callers=%d", p.name, workers), func(b *testing.B) {
+				b.ReportMetric(ms(add.p50), "add-p50-ms")
+				b.ReportMetric(ms(add.p99), "add-p99-ms")
+				b.ReportMetric(ms(del.p50), "del-p50-ms")
+				b.ReportMetric(ms(del.p99), "del-p99-ms")
+				b.ReportMetric(add.perSec, "attach/s")
+			})
+		}
+	}
+	for i := 0; i+1 < len(rows); i += 2 {
+		t, r := rows[i], rows[i+1]
+		b.Run(fmt.Sprintf("ratio-tern-over-ptp/callers=%d", t.workers), func(b *testing.B) {
+			b.ReportMetric(ms(t.add.p50)/ms(r.add.p50), "add-p50-x")
+			b.ReportMetric(ms(t.del.p50)/ms(r.del.p50), "del-p50-x")
+			b.ReportMetric(t.add.perSec/r.add.perSec, "attach/s-x")
+		})
+	}
+	writeTable(b, rows)
+}
+
+// BenchmarkAgentRSS reports the agent's resident memory holding 1,000
+// allocations (made through its socket API, as the CNI plugin makes them).
+func BenchmarkAgentRSS(b *testing.B) {
+	n := nodetest.NewNode(b, "10.246.0.0/20")
+	c := n.Client()
+	for i := range 1000 {
+		_, err := c.Allocate(context.Background(), agentapi.AllocateRequest{
+			Attachment: agentapi.Attachment{ContainerID: fmt.Sprintf("rss-%04d", i), IfName: "eth0"},
+			Namespace:  "default", Pod: fmt.Sprintf("pod-%04d", i), HostIf: fmt.Sprintf("tern%011d", i),
+		})
+		if err != nil {
+			b.Fatal(err)
+		}
+	}
+	rss := rssMB(b, n.AgentPID())
+	b.ReportMetric(rss, "agent-rss-MB")
+	b.ReportMetric(rss/40, "of-40MB-target-x")
+	appendOut(b, fmt.Sprintf("\nAgent RSS with 1,000 allocations: %.1f MB (target < 40 MB)\n", rss))
+}
+
+func rssMB(b *testing.B, pid int) float64 {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, l := range strings.Split(string(data), "\n") {
+		if f := strings.Fields(l); len(f) >= 2 && f[0] == "VmRSS:" {
+			kb, _ := strconv.ParseFloat(f[1], 64)
+			return kb / 1024
+		}
+	}
+	b.Fatal("no VmRSS")
+	return 0
+}
+
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+
+func writeTable(b *testing.B, rows []row) {
+	var s strings.Builder
+	fmt.Fprintf(&s, "CNI ADD/DEL over %d pods (%s), same run; ms\n\n", pods, time.Now().UTC().Format(time.RFC3339))
+	s.WriteString("| plugin | callers | ADD p50 | ADD p99 | DEL p50 | DEL p99 | attached/s |\n|---|---|---|---|---|---|---|\n")
+	for _, r := range rows {
+		fmt.Fprintf(&s, "| %s | %d | %.2f | %.2f | %.2f | %.2f | %.0f |\n", r.plugin, r.workers,
+			ms(r.add.p50), ms(r.add.p99), ms(r.del.p50), ms(r.del.p99), r.add.perSec)
+	}
+	s.WriteString("\n| callers | ADD p50 tern/ptp | DEL p50 tern/ptp | attached/s tern/ptp |\n|---|---|---|---|\n")
+	for i := 0; i+1 < len(rows); i += 2 {
+		t, r := rows[i], rows[i+1]
+		fmt.Fprintf(&s, "| %d | %.2fx | %.2fx | %.2fx |\n", t.workers, ms(t.add.p50)/ms(r.add.p50), ms(t.del.p50)/ms(r.del.p50), t.add.perSec/r.add.perSec)
+	}
+	appendOut(b, s.String())
+}
+
+// appendOut adds to bench-out/cni.md under the module root and logs it.
+func appendOut(b *testing.B, text string) {
+	b.Log("\n" + text)
+	root, err := nodetest.ModuleRoot()
+	if err != nil {
+		b.Fatal(err)
+	}
+	dir := filepath.Join(root, "bench-out")
+	_ = os.MkdirAll(dir, 0o755)
+	f, err := os.OpenFile(filepath.Join(dir, "cni.md"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer f.Close()
+	_, _ = f.WriteString(text)
+}
