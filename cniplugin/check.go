@@ -62,6 +62,19 @@ func checkAttachment(podNS ns.NetNS, hostIf, contIf string, ips []netip.Addr) []
 				bad("address %s is missing on %s in the pod", ip, contIf)
 			}
 		}
+		for _, gw := range gateways(ips) {
+			neighs, err := netlink.NeighList(link.Attrs().Index, family(gw))
+			if err != nil {
+				return fmt.Errorf("list neighbours in the pod: %w", err)
+			}
+			found := false
+			for _, nb := range neighs {
+				found = found || (nb.IP.Equal(gw.AsSlice()) && nb.HardwareAddr.String() == HostVethMAC.String())
+			}
+			if !found {
+				bad("neighbour %s lladdr %s is missing in the pod", gw, HostVethMAC)
+			}
+		}
 		for _, r := range podRoutes(link.Attrs().Index, ips) {
 			fam := netlink.FAMILY_V4
 			if r.Dst.IP.To4() == nil {

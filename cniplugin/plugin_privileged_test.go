@@ -197,6 +197,14 @@ func TestCheckDetectsBreakage(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "0.0.0.0/0 via 169.254.1.1") {
 		t.Fatalf("CHECK after deleting the pod's default route: %v", err)
 	}
+	r := n.MustAdd(list, "checked3")
+	if _, err := podOutput(r.NS, "ip", "neigh", "del", "169.254.1.1", "dev", "eth0"); err != nil {
+		t.Fatal(err)
+	}
+	err = n.Check(list, r.RT)
+	if err == nil || !strings.Contains(err.Error(), "neighbour 169.254.1.1") {
+		t.Fatalf("CHECK after deleting the gateway's neighbour entry: %v", err)
+	}
 	// The agent lost its record: CHECK says so.
 	if _, err := n.Client().Release(context.Background(), attachment(q)); err != nil {
 		t.Fatal(err)

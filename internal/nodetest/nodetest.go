@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/containernetworking/cni/libcni"
+	"github.com/containernetworking/cni/pkg/invoke"
 	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/containernetworking/plugins/pkg/testutils"
@@ -135,7 +136,13 @@ func NewNode(t testing.TB, podCIDRs string, agentArgs ...string) *Node {
 	if err := n.Exec("ip", "link", "set", "lo", "up"); err != nil {
 		t.Fatalf("lo up: %v", err)
 	}
-	n.CNI = libcni.NewCNIConfigWithCacheDir([]string{bin, DebianCNIDir}, filepath.Join(n.Dir, "cni-cache"), nil)
+	// The plugins' stderr (their logs) goes to a file, not the test's output.
+	pluginLog, err := os.OpenFile(filepath.Join(n.Dir, "plugins.log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
+	if err != nil {
+		t.Fatalf("plugin log: %v", err)
+	}
+	t.Cleanup(func() { pluginLog.Close() })
+	n.CNI = libcni.NewCNIConfigWithCacheDir([]string{bin, DebianCNIDir}, filepath.Join(n.Dir, "cni-cache"), &invoke.DefaultExec{RawExec: &invoke.RawExec{Stderr: pluginLog}})
 	n.StartAgent()
 	return n
 }
@@ -247,6 +254,12 @@ func (n *Node) signalAgent(sig syscall.Signal) {
 	n.agent = nil
 }
 
+// PluginLog returns what the CNI plugins logged on stderr.
+func (n *Node) PluginLog() string {
+	b, _ := os.ReadFile(filepath.Join(n.Dir, "plugins.log"))
+	return string(b)
+}
+
 // AgentLog returns what the agent logged.
 func (n *Node) AgentLog() string {
 	b, _ := os.ReadFile(filepath.Join(n.Dir, "agent.log"))
@@ -345,7 +358,7 @@ func (n *Node) MustAdd(list *libcni.NetworkConfigList, name string) *Pod {
 	rt := RuntimeConf(name, podNS)
 	res, err := n.Add(list, rt)
 	if err != nil {
-		n.t.Fatalf("ADD %s: %v\nagent log:\n%s", name, err, n.AgentLog())
+		n.t.Fatalf("ADD %s: %v\nagent log:\n%s\nplugin log:\n%s", name, err, n.AgentLog(), n.PluginLog())
 	}
 	return &Pod{Name: name, NS: podNS, Result: res, RT: rt}
 }

@@ -1,0 +1,129 @@
+// Command ternctl is the operator's view of a tern node.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/tern-net/tern/internal/agentapi"
+)
+
+const usage = `ternctl: look at a tern node
+
+usage:
+  ternctl [--socket PATH] status          the agent's readiness and pod CIDR usage
+  ternctl [--socket PATH] ipam show       every address allocation on this node
+  ternctl [--socket PATH] ipam release CONTAINER-ID [IFNAME]
+                                          release one allocation by hand (as CNI DEL would)
+
+flags:
+  --socket PATH   the agent's socket (default /run/tern/cni.sock)
+  -o json         print JSON instead of a table
+`
+
+func main() {
+	if err := run(os.Args[1:], os.Stdout); err != nil {
+		fmt.Fprintln(os.Stderr, "ternctl:", err)
+		os.Exit(1)
+	}
+}
+
+func run(args []string, out io.Writer) error {
+	fs := flag.NewFlagSet("ternctl", flag.ContinueOnError)
+	fs.Usage = func() { fmt.Fprint(os.Stderr, usage) }
+	socket := fs.String("socket", agentapi.DefaultSocket, "the agent's socket")
+	format := fs.String("o", "table", "table or json")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c := agentapi.NewClient(*socket, 10*time.Second)
+	cmd := strings.Join(fs.Args(), " ")
+	switch {
+	case cmd == "status":
+		st, err := c.Status(ctx)
+		if err != nil {
+			return hint(err, *socket)
+		}
+		if *format == "json" {
+			return printJSON(out, st)
+		}
+		ready := "yes"
+		if !st.Ready {
+			ready = "no: " + st.Reason
+		}
+		fmt.Fprintf(out, "node:   %s\nready:  %s\n\n", st.Node, ready)
+		w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(w, "POD CIDR\tIN USE\tSIZE")
+		for _, p := range st.Pools {
+			fmt.Fprintf(w, "%s\t%d\t%d\n", p.CIDR, p.InUse, p.Size)
+		}
+		return w.Flush()
+	case cmd == "ipam show":
+		list, err := c.List(ctx)
+		if err != nil {
+			return hint(err, *socket)
+		}
+		if *format == "json" {
+			return printJSON(out, list)
+		}
+		w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(w, "ADDRESSES\tPOD\tHOST VETH\tCONTAINER\tIFNAME\tAGE")
+		for _, al := range list {
+			ips := make([]string, len(al.IPs))
+			for i, ip := range al.IPs {
+				ips[i] = ip.String()
+			}
+			pod := "-"
+			if al.Pod != "" {
+				pod = al.Namespace + "/" + al.Pod
+			}
+			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\n", strings.Join(ips, ","), pod, al.HostIf,
+				short(al.ContainerID), al.IfName, time.Since(al.Created).Round(time.Second))
+		}
+		return w.Flush()
+	case len(fs.Args()) >= 3 && fs.Arg(0) == "ipam" && fs.Arg(1) == "release":
+		ifName := "eth0"
+		if fs.NArg() > 3 {
+			ifName = fs.Arg(3)
+		}
+		al, err := c.Release(ctx, agentapi.Attachment{ContainerID: fs.Arg(2), IfName: ifName})
+		if err != nil {
+			return hint(err, *socket)
+		}
+		fmt.Fprintf(out, "released %v of %s/%s\n", al.IPs, al.ContainerID, al.IfName)
+		return nil
+	default:
+		fs.Usage()
+		return fmt.Errorf("unknown command %q", cmd)
+	}
+}
+
+func hint(err error, socket string) error {
+	if errors.Is(err, agentapi.ErrUnreachable) {
+		return fmt.Errorf("%w\n(is tern-agent running on this node? is %s its socket? use --socket)", err, socket)
+	}
+	return err
+}
+
+func short(id string) string {
+	if len(id) > 12 {
+		return id[:12]
+	}
+	return id
+}
+
+func printJSON(out io.Writer, v any) error {
+	enc := json.NewEncoder(out)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
