@@ -44,6 +44,14 @@ func ParseConf(data []byte) (*NetConf, error) {
 		return nil, types.NewError(types.ErrDecodingFailure, "cannot decode the network configuration: "+err.Error(),
 			"the runtime passed something that is not a JSON object of a CNI plugin configuration")
 	}
+	// "ipam" in any form (even empty) says the author expects an IPAM plugin
+	// to run; tern will not, so say so rather than ignore it.
+	var keys map[string]json.RawMessage
+	if json.Unmarshal(data, &keys) == nil {
+		if _, ok := keys["ipam"]; ok && conf.IPAM.Type == "" {
+			conf.IPAM.Type = "(none)"
+		}
+	}
 	if err := validate(conf); err != nil {
 		return nil, types.NewError(types.ErrInvalidNetworkConfig, "invalid tern network configuration: "+err.Error(),
 			"fix the conflist under the runtime's CNI configuration directory (usually /etc/cni/net.d)")

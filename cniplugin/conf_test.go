@@ -143,6 +143,7 @@ func TestParseConfErrors(t *testing.T) {
 	}{
 		{"type is not tern", `{"cniVersion":"1.0.0","name":"n","type":"bridge"}`, invalid, `"type"`, true},
 		{"ipam is present", `{"cniVersion":"1.0.0","name":"n","type":"tern","ipam":{"type":"host-local"}}`, invalid, `"ipam"`, true},
+		{"ipam is present but empty", `{"cniVersion":"1.0.0","name":"n","type":"tern","ipam":{}}`, invalid, `"ipam"`, true},
 		{"agentSocket is relative", `{"cniVersion":"1.0.0","name":"n","type":"tern","agentSocket":"run/tern.sock"}`, invalid, `"agentSocket"`, true},
 		{"mtu below 576", `{"cniVersion":"1.0.0","name":"n","type":"tern","mtu":575}`, invalid, `"mtu"`, true},
 		{"mtu negative", `{"cniVersion":"1.0.0","name":"n","type":"tern","mtu":-1}`, invalid, `"mtu"`, true},

@@ -83,17 +83,16 @@ func (r Rule) Hash(chain string) string {
 // PlanNode computes the desired node state. It does no I/O.
 func PlanNode(cfg NodeConfig) Plan {
 	var p Plan
-	cluster := cfg.ClusterCIDRs
-	if len(cluster) == 0 {
-		cluster = cfg.PodCIDRs
-	}
 	for _, c := range cfg.PodCIDRs {
 		if c.Addr().Is4() {
 			p.IPv4 = true
 		} else {
 			p.IPv6 = true
 		}
-		p.Routes = append(p.Routes, Route{Dst: c.Masked(), Blackhole: true})
+		r := Route{Dst: c.Masked(), Blackhole: true}
+		if !slices.Contains(p.Routes, r) {
+			p.Routes = append(p.Routes, r)
+		}
 	}
 	slices.SortFunc(p.Routes, func(a, b Route) int { return comparePrefix(a.Dst, b.Dst) })
 
@@ -111,6 +110,11 @@ func PlanNode(cfg NodeConfig) Plan {
 			continue
 		}
 		nat := Chain{IPv6: v6, Table: "nat", Name: ChainNATOutgoing}
+		// Per family, the cluster CIDRs default to the node's pod CIDRs.
+		cluster := familyOf(cfg.ClusterCIDRs, v6)
+		if len(cluster) == 0 {
+			cluster = familyOf(cfg.PodCIDRs, v6)
+		}
 		for _, c := range cluster {
 			if c.Addr().Is6() == v6 {
 				nat.Rules = append(nat.Rules, Rule{"-d", c.Masked().String(), "-j", "RETURN"})
@@ -136,10 +140,10 @@ func DiffRoutes(desired, installed []Route) (add, del []Route) {
 	}
 	want := map[Route]bool{}
 	for _, r := range desired {
-		want[r] = true
-		if !have[r] {
+		if !have[r] && !want[r] {
 			add = append(add, r)
 		}
+		want[r] = true
 	}
 	for _, r := range installed {
 		if !want[r] {
@@ -147,6 +151,16 @@ func DiffRoutes(desired, installed []Route) (add, del []Route) {
 		}
 	}
 	return add, del
+}
+
+func familyOf(ps []netip.Prefix, v6 bool) []netip.Prefix {
+	var out []netip.Prefix
+	for _, p := range ps {
+		if p.Addr().Is6() == v6 {
+			out = append(out, p)
+		}
+	}
+	return out
 }
 
 func comparePrefix(a, b netip.Prefix) int {

@@ -388,3 +388,28 @@ func TestDiffRoutes(t *testing.T) {
 		})
 	}
 }
+
+func TestDiffRoutesAddsADuplicatedDesiredRouteOnce(t *testing.T) {
+	r := Route{Dst: netip.MustParsePrefix("10.0.0.0/24"), Blackhole: true}
+	add, del := DiffRoutes([]Route{r, r}, nil)
+	if len(add) != 1 || len(del) != 0 {
+		t.Fatalf("add %v del %v; want one add", add, del)
+	}
+	if p := PlanNode(NodeConfig{PodCIDRs: prefixes("10.0.0.0/24", "10.0.0.5/24")}); len(p.Routes) != 1 {
+		t.Fatalf("two spellings of one CIDR planned %d routes", len(p.Routes))
+	}
+}
+
+// Cluster CIDRs of one family only: the other family falls back to the node's
+// pod CIDRs, so its pod-to-pod traffic is not masqueraded.
+func TestClusterCIDRsDefaultPerFamily(t *testing.T) {
+	p := PlanNode(NodeConfig{
+		PodCIDRs:     prefixes("10.244.1.0/24", "fd00:10:244:1::/64"),
+		ClusterCIDRs: prefixes("10.244.0.0/16"),
+		NATOutgoing:  true,
+	})
+	c, ok := findChain(p, true, "nat", ChainNATOutgoing)
+	if !ok || len(c.Rules) != 2 || strings.Join(c.Rules[0], " ") != "-d fd00:10:244:1::/64 -j RETURN" {
+		t.Fatalf("IPv6 NAT chain: %+v", c)
+	}
+}

@@ -35,13 +35,32 @@ type Key struct {
 
 func (k Key) String() string { return k.ContainerID + "/" + k.IfName }
 
-// Validate reports whether the key can be stored.
+// Validate reports whether the key is one a CNI runtime can send: a container
+// ID of at most 1024 letters, digits, '_', '.' and '-' (the CNI spec's
+// alphabet), and a Linux interface name (1 to 15 characters, no '/', no space,
+// no control character).
 func (k Key) Validate() error {
 	if k.ContainerID == "" {
 		return fmt.Errorf("%w: container ID is empty", ErrInvalidKey)
 	}
+	if len(k.ContainerID) > 1024 {
+		return fmt.Errorf("%w: container ID is %d characters long (at most 1024)", ErrInvalidKey, len(k.ContainerID))
+	}
+	for _, c := range k.ContainerID {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == '.' || c == '-') {
+			return fmt.Errorf("%w: container ID %q has %q; use letters, digits, '_', '.' and '-'", ErrInvalidKey, k.ContainerID, c)
+		}
+	}
 	if k.IfName == "" {
 		return fmt.Errorf("%w: interface name is empty", ErrInvalidKey)
+	}
+	if len(k.IfName) > 15 || k.IfName == "." || k.IfName == ".." {
+		return fmt.Errorf("%w: %q is not a Linux interface name (1 to 15 characters)", ErrInvalidKey, k.IfName)
+	}
+	for _, c := range k.IfName {
+		if c <= ' ' || c == '/' || c == ':' || c == 0x7f {
+			return fmt.Errorf("%w: interface name %q has %q", ErrInvalidKey, k.IfName, c)
+		}
 	}
 	return nil
 }
@@ -55,6 +74,12 @@ type Allocation struct {
 	Netns     string       `json:"netns,omitempty"`
 	IPs       []netip.Addr `json:"ips"`
 	Created   time.Time    `json:"created"`
+}
+
+// clone returns a copy that shares no memory with al.
+func (al Allocation) clone() Allocation {
+	al.IPs = slices.Clone(al.IPs)
+	return al
 }
 
 // Store persists allocations. Put and Delete must be durable when they return.
@@ -138,10 +163,30 @@ func (a *Allocator) SetPools(pools []netip.Prefix) error {
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	// A pool that stays keeps its cursor; a new one continues after its
+	// newest allocation.
+	kept := map[netip.Prefix]netip.Addr{}
+	for i, p := range a.pools {
+		if c, ok := a.lastUsed[i]; ok {
+			kept[p] = c
+		}
+	}
 	a.pools = slices.Clone(pools)
 	a.lastUsed = map[int]netip.Addr{}
-	for ip := range a.used {
-		a.advanceCursor(ip)
+	allocs := make([]*Allocation, 0, len(a.byKey))
+	for _, al := range a.byKey {
+		allocs = append(allocs, al)
+	}
+	sort.Slice(allocs, func(i, j int) bool { return allocs[i].Created.Before(allocs[j].Created) })
+	for _, al := range allocs {
+		for _, ip := range al.IPs {
+			a.advanceCursor(ip)
+		}
+	}
+	for i, p := range a.pools {
+		if c, ok := kept[p]; ok {
+			a.lastUsed[i] = c
+		}
 	}
 	return nil
 }
@@ -170,7 +215,7 @@ func (a *Allocator) Allocate(req Request) (Allocation, error) {
 			continue
 		}
 		if al, ok := a.byKey[req.Key]; ok {
-			out := *al
+			out := al.clone()
 			a.mu.Unlock()
 			return out, nil
 		}
@@ -210,7 +255,7 @@ func (a *Allocator) Allocate(req Request) (Allocation, error) {
 			a.mu.Unlock()
 			return Allocation{}, fmt.Errorf("persist allocation %s: %w", req.Key, err)
 		}
-		stored := al
+		stored := al.clone()
 		a.byKey[req.Key] = &stored
 		a.mu.Unlock()
 		return al, nil
@@ -225,7 +270,7 @@ func (a *Allocator) Get(key Key) (Allocation, error) {
 	if !ok {
 		return Allocation{}, ErrNotFound
 	}
-	return *al, nil
+	return al.clone(), nil
 }
 
 // List returns every allocation, oldest first.
@@ -234,7 +279,7 @@ func (a *Allocator) List() []Allocation {
 	defer a.mu.Unlock()
 	out := make([]Allocation, 0, len(a.byKey))
 	for _, al := range a.byKey {
-		out = append(out, *al)
+		out = append(out, al.clone())
 	}
 	sort.Slice(out, func(i, j int) bool {
 		if out[i].Created.Equal(out[j].Created) {
@@ -278,16 +323,15 @@ func (a *Allocator) Release(key Key) (Allocation, error) {
 			delete(a.used, ip)
 		}
 		a.mu.Unlock()
-		return *al, nil
+		return al.clone(), nil
 	}
 }
 
 // Stats counts the addresses of one pool.
 type Stats struct {
-	Pool   netip.Prefix `json:"pool"`
-	Size   uint64       `json:"size"`
-	InUse  int          `json:"inUse"`
-	Others int          `json:"outsidePools,omitempty"`
+	Pool  netip.Prefix `json:"pool"`
+	Size  uint64       `json:"size"`
+	InUse int          `json:"inUse"`
 }
 
 // Usage returns per-pool address counts.

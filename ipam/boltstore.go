@@ -96,25 +96,37 @@ func (s *BoltStore) committer() {
 				break drain
 			}
 		}
-		err := s.db.Update(func(tx *bolt.Tx) error {
-			b := tx.Bucket(bucketAllocations)
+		err := s.commit(batch)
+		if err != nil && len(batch) > 1 {
+			// One bad write must not fail the others: commit each alone.
 			for _, w := range batch {
-				var err error
-				if w.value == nil {
-					err = b.Delete(w.key)
-				} else {
-					err = b.Put(w.key, w.value)
-				}
-				if err != nil {
-					return err
-				}
+				w.done <- s.commit([]write{w})
 			}
-			return nil
-		})
+			continue
+		}
 		for _, w := range batch {
 			w.done <- err
 		}
 	}
+}
+
+// commit writes batch in one transaction.
+func (s *BoltStore) commit(batch []write) error {
+	return s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketAllocations)
+		for _, w := range batch {
+			var err error
+			if w.value == nil {
+				err = b.Delete(w.key)
+			} else {
+				err = b.Put(w.key, w.value)
+			}
+			if err != nil {
+				return err
+			}
+		}
+		return nil
+	})
 }
 
 func (s *BoltStore) submit(key, value []byte) error {

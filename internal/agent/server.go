@@ -7,8 +7,10 @@ import (
 	"io"
 	"net/http"
 	"net/netip"
+	"strings"
 	"time"
 
+	"github.com/tern-net/tern/dataplane"
 	"github.com/tern-net/tern/internal/agentapi"
 	"github.com/tern-net/tern/ipam"
 )
@@ -42,8 +44,9 @@ func (a *Agent) serveAllocate(w http.ResponseWriter, r *http.Request) {
 	if !readJSON(w, r, &req) {
 		return
 	}
-	if req.HostIf == "" {
-		writeError(w, http.StatusBadRequest, agentapi.CodeBadRequest, "hostIf is empty")
+	if !strings.HasPrefix(req.HostIf, dataplane.HostIfPrefix) || len(req.HostIf) > 15 {
+		writeError(w, http.StatusBadRequest, agentapi.CodeBadRequest,
+			fmt.Sprintf("hostIf %q is not a tern host veth name (%q and at most 11 more characters)", req.HostIf, dataplane.HostIfPrefix))
 		return
 	}
 	if ready, reason := a.readiness(); !ready {

@@ -238,34 +238,34 @@ func TestAllocateErrors(t *testing.T) {
 		{name: "malformed JSON", body: `{"containerID":`, status: 400, code: agentapi.CodeBadRequest, msgHas: "malformed request"},
 		{name: "not an object", body: `["c1"]`, status: 400, code: agentapi.CodeBadRequest, msgHas: "malformed request"},
 		{name: "empty body", body: ``, status: 400, code: agentapi.CodeBadRequest, msgHas: "malformed request"},
-		{name: "unknown field", body: `{"containerID":"c1","ifName":"eth0","hostIf":"h","bogus":1}`, status: 400, code: agentapi.CodeBadRequest, msgHas: "bogus"},
-		{name: "wrong type", body: `{"containerID":7,"ifName":"eth0","hostIf":"h"}`, status: 400, code: agentapi.CodeBadRequest, msgHas: "malformed request"},
+		{name: "unknown field", body: `{"containerID":"c1","ifName":"eth0","hostIf":"tern","bogus":1}`, status: 400, code: agentapi.CodeBadRequest, msgHas: "bogus"},
+		{name: "wrong type", body: `{"containerID":7,"ifName":"eth0","hostIf":"tern"}`, status: 400, code: agentapi.CodeBadRequest, msgHas: "malformed request"},
 		{name: "empty hostIf", body: allocBody("c1", "eth0", ""), status: 400, code: agentapi.CodeBadRequest, msgHas: "hostIf"},
-		{name: "empty containerID", body: allocBody("", "eth0", "h"), status: 400, code: agentapi.CodeBadRequest, msgHas: "container ID"},
-		{name: "empty ifName", body: allocBody("c1", "", "h"), status: 400, code: agentapi.CodeBadRequest, msgHas: "interface name"},
+		{name: "empty containerID", body: allocBody("", "eth0", "tern"), status: 400, code: agentapi.CodeBadRequest, msgHas: "container ID"},
+		{name: "empty ifName", body: allocBody("c1", "", "tern"), status: 400, code: agentapi.CodeBadRequest, msgHas: "interface name"},
 		{
 			name: "pool full",
 			cfg:  Config{PodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.1.0/30")}}, // .1 and .2
 			setup: func(t *testing.T, ta *testAgent) {
 				for _, c := range []string{"a", "b"} {
-					decode[agentapi.Allocation](t, ta.do(t, "POST", agentapi.PathAllocate, allocBody(c, "eth0", "h"+c)), 200)
+					decode[agentapi.Allocation](t, ta.do(t, "POST", agentapi.PathAllocate, allocBody(c, "eth0", "tern"+c)), 200)
 				}
 			},
-			body: allocBody("c", "eth0", "hc"), status: 409, code: agentapi.CodePoolFull, msgHas: "10.244.1.0/30",
+			body: allocBody("c", "eth0", "ternc"), status: 409, code: agentapi.CodePoolFull, msgHas: "10.244.1.0/30",
 		},
 		{
 			name: "IPv6 pool full refuses the whole attachment",
 			cfg:  Config{PodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.1.0/24"), netip.MustParsePrefix("fd00::/127")}}, // ::1 only
 			setup: func(t *testing.T, ta *testAgent) {
-				decode[agentapi.Allocation](t, ta.do(t, "POST", agentapi.PathAllocate, allocBody("a", "eth0", "ha")), 200)
+				decode[agentapi.Allocation](t, ta.do(t, "POST", agentapi.PathAllocate, allocBody("a", "eth0", "terna")), 200)
 			},
-			body: allocBody("c", "eth0", "hc"), status: 409, code: agentapi.CodePoolFull, msgHas: "fd00::/127",
+			body: allocBody("c", "eth0", "ternc"), status: 409, code: agentapi.CodePoolFull, msgHas: "fd00::/127",
 		},
-		{name: "no pools", noPool: true, body: allocBody("c1", "eth0", "h"), status: 409, code: agentapi.CodePoolFull, msgHas: "no pod CIDR"},
+		{name: "no pools", noPool: true, body: allocBody("c1", "eth0", "tern"), status: 409, code: agentapi.CodePoolFull, msgHas: "no pod CIDR"},
 		{
 			name:  "not ready",
 			setup: func(_ *testing.T, ta *testAgent) { ta.a.ready = false },
-			body:  allocBody("c1", "eth0", "h"), status: 503, code: agentapi.CodeNotReady, msgHas: "not programmed",
+			body:  allocBody("c1", "eth0", "tern"), status: 503, code: agentapi.CodeNotReady, msgHas: "not programmed",
 		},
 		{
 			name: "not ready after a failed reconcile says why",
@@ -273,12 +273,12 @@ func TestAllocateErrors(t *testing.T) {
 				ta.a.ready = false
 				ta.a.lastErr = errors.New("iptables-restore: exit status 4")
 			},
-			body: allocBody("c1", "eth0", "h"), status: 503, code: agentapi.CodeNotReady, msgHas: "exit status 4",
+			body: allocBody("c1", "eth0", "tern"), status: 503, code: agentapi.CodeNotReady, msgHas: "exit status 4",
 		},
 		{
 			name:  "store write fails",
 			setup: func(_ *testing.T, ta *testAgent) { ta.store.putErr = errors.New("disk on fire") },
-			body:  allocBody("c1", "eth0", "h"), status: 500, code: agentapi.CodeInternal, msgHas: "disk on fire",
+			body:  allocBody("c1", "eth0", "tern"), status: 500, code: agentapi.CodeInternal, msgHas: "disk on fire",
 		},
 	}
 	for _, tt := range tests {
@@ -307,11 +307,11 @@ func TestAllocateErrors(t *testing.T) {
 func TestAllocateAfterPoolFullFreed(t *testing.T) {
 	ta := newTestAgent(t, Config{PodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.1.0/31")}}, newFakeStore())
 	for _, c := range []string{"a", "b"} {
-		decode[agentapi.Allocation](t, ta.do(t, "POST", agentapi.PathAllocate, allocBody(c, "eth0", "h"+c)), 200)
+		decode[agentapi.Allocation](t, ta.do(t, "POST", agentapi.PathAllocate, allocBody(c, "eth0", "tern"+c)), 200)
 	}
-	wantError(t, ta.do(t, "POST", agentapi.PathAllocate, allocBody("c", "eth0", "hc")), 409, agentapi.CodePoolFull, "")
+	wantError(t, ta.do(t, "POST", agentapi.PathAllocate, allocBody("c", "eth0", "ternc")), 409, agentapi.CodePoolFull, "")
 	rel := decode[agentapi.Allocation](t, ta.do(t, "POST", agentapi.PathRelease, `{"containerID":"a","ifName":"eth0"}`), 200)
-	got := decode[agentapi.Allocation](t, ta.do(t, "POST", agentapi.PathAllocate, allocBody("c", "eth0", "hc")), 200)
+	got := decode[agentapi.Allocation](t, ta.do(t, "POST", agentapi.PathAllocate, allocBody("c", "eth0", "ternc")), 200)
 	if !slices.Equal(got.IPs, rel.IPs) {
 		t.Errorf("after releasing %v the new pod got %v", rel.IPs, got.IPs)
 	}
@@ -355,7 +355,7 @@ func TestRelease(t *testing.T) {
 
 func TestReleaseStoreFailureKeepsAllocation(t *testing.T) {
 	ta := newTestAgent(t, dualStack, newFakeStore())
-	decode[agentapi.Allocation](t, ta.do(t, "POST", agentapi.PathAllocate, allocBody("c1", "eth0", "h")), 200)
+	decode[agentapi.Allocation](t, ta.do(t, "POST", agentapi.PathAllocate, allocBody("c1", "eth0", "tern")), 200)
 	ta.store.deleteErr = errors.New("disk on fire")
 	wantError(t, ta.do(t, "POST", agentapi.PathRelease, `{"containerID":"c1","ifName":"eth0"}`), 500, agentapi.CodeInternal, "disk on fire")
 	decode[agentapi.Allocation](t, ta.do(t, "GET", agentapi.PathAllocation+"?containerID=c1&ifName=eth0", ""), 200)
@@ -411,7 +411,7 @@ func TestList(t *testing.T) {
 	}
 
 	ta = newTestAgent(t, dualStack, newFakeStore(seed))
-	decode[agentapi.Allocation](t, ta.do(t, "POST", agentapi.PathAllocate, allocBody("c1", "eth0", "h1")), 200)
+	decode[agentapi.Allocation](t, ta.do(t, "POST", agentapi.PathAllocate, allocBody("c1", "eth0", "tern1")), 200)
 	list := decode[[]agentapi.Allocation](t, ta.do(t, "GET", agentapi.PathAllocations, ""), 200)
 	var keys []string
 	for _, al := range list {
@@ -429,7 +429,7 @@ func TestGC(t *testing.T) {
 	old := time.Now().Add(-2 * time.Hour).UTC()
 	seed := func(cid string, ip string) ipam.Allocation {
 		return ipam.Allocation{
-			Key: ipam.Key{ContainerID: cid, IfName: "eth0"}, HostIf: "h-" + cid,
+			Key: ipam.Key{ContainerID: cid, IfName: "eth0"}, HostIf: "tern" + cid,
 			IPs: []netip.Addr{netip.MustParseAddr(ip)}, Created: old,
 		}
 	}
@@ -454,7 +454,7 @@ func TestGC(t *testing.T) {
 			status: 200,
 			want: want{
 				released: []string{"old-stale"},
-				keep:     []string{"h-old-valid", "h-new-stale"},
+				keep:     []string{"ternold-valid", "ternnew-stale"},
 				left:     []string{"old-valid", "new-stale"},
 			},
 		},
@@ -465,7 +465,7 @@ func TestGC(t *testing.T) {
 			status: 200,
 			want: want{
 				released: []string{"old-stale", "new-stale"},
-				keep:     []string{"h-old-valid"},
+				keep:     []string{"ternold-valid"},
 				left:     []string{"old-valid"},
 			},
 		},
@@ -476,7 +476,7 @@ func TestGC(t *testing.T) {
 			status: 200,
 			want: want{
 				released: []string{"old-valid"},
-				keep:     []string{"h-old-stale", "h-new-stale"},
+				keep:     []string{"ternold-stale", "ternnew-stale"},
 				left:     []string{"old-stale", "new-stale"},
 			},
 		},
@@ -487,7 +487,7 @@ func TestGC(t *testing.T) {
 			status: 200,
 			want: want{
 				released: []string{},
-				keep:     []string{"h-old-valid", "h-old-stale", "h-new-stale"},
+				keep:     []string{"ternold-valid", "ternold-stale", "ternnew-stale"},
 				left:     []string{"old-valid", "old-stale", "new-stale"},
 			},
 		},
@@ -498,7 +498,7 @@ func TestGC(t *testing.T) {
 			status: 200,
 			want: want{
 				released: []string{"old-valid", "old-stale"},
-				keep:     []string{"h-new-stale"},
+				keep:     []string{"ternnew-stale"},
 				left:     []string{"new-stale"},
 			},
 		},
@@ -533,7 +533,7 @@ func TestGC(t *testing.T) {
 			valid, stale := seed("old-valid", "10.244.1.10"), seed("old-stale", "10.244.1.11")
 			stale.Created = stale.Created.Add(time.Minute)
 			ta := newTestAgent(t, cfg, newFakeStore(valid, stale))
-			decode[agentapi.Allocation](t, ta.do(t, "POST", agentapi.PathAllocate, allocBody("new-stale", "eth0", "h-new-stale")), 200)
+			decode[agentapi.Allocation](t, ta.do(t, "POST", agentapi.PathAllocate, allocBody("new-stale", "eth0", "ternnew-stale")), 200)
 			if tt.failDels {
 				ta.store.deleteErr = errors.New("disk on fire")
 			}
@@ -622,7 +622,7 @@ func TestStatus(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			ta := newTestAgent(t, Config{NodeName: "worker-3", PodCIDRs: dualStack.PodCIDRs}, newFakeStore())
 			for i := range tt.allocate {
-				decode[agentapi.Allocation](t, ta.do(t, "POST", agentapi.PathAllocate, allocBody(fmt.Sprint("c", i), "eth0", fmt.Sprint("h", i))), 200)
+				decode[agentapi.Allocation](t, ta.do(t, "POST", agentapi.PathAllocate, allocBody(fmt.Sprint("c", i), "eth0", fmt.Sprint("tern", i))), 200)
 			}
 			tt.setup(ta)
 			st := decode[agentapi.Status](t, ta.do(t, "GET", agentapi.PathStatus, ""), 200)
