@@ -16,7 +16,7 @@ help: ## list the targets
 
 build: ## build bin/tern-agent, bin/tern-cni, bin/ternctl
 	@mkdir -p $(BIN)
-	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/ ./cmd/...
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/ ./cmd/...
 
 deps: ## install the Debian packages the tests need (root; quiet when present)
 	@if [ "$$(id -u)" = 0 ]; then bash hack/install-deps.sh; else echo "not root: skipping package install; privileged tests will not run" >&2; fi

@@ -77,8 +77,10 @@ func Binaries(t testing.TB) string {
 			return
 		}
 		for _, b := range [][2]string{{"./cmd/tern-agent", "tern-agent"}, {"./cmd/tern-cni", "tern"}} {
-			// Built as `make build` builds them.
+			// Built as `make build` builds them: static (no dynamic loader at
+			// every exec of the plugin), stripped.
 			cmd := exec.Command("go", "build", "-trimpath", "-ldflags=-s -w", "-o", filepath.Join(buildDir, b[1]), b[0])
+			cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 			cmd.Dir = root
 			if out, err := cmd.CombinedOutput(); err != nil {
 				buildErr = fmt.Errorf("go build %s: %w\n%s", b[0], err, out)
