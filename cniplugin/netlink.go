@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/tern-net/tern/dataplane"
+	"github.com/tern-net/tern/internal/agentapi"
 )
 
 // attach creates the pod's veth pair and configures both ends. It runs in the
@@ -221,6 +222,52 @@ func addHostRoute(nl *netlink.Handle, host netlink.Link, ip netip.Addr) error {
 		return fmt.Errorf("replace host route %s: %w", routeString(r), err)
 	}
 	return nil
+}
+
+// unrouteHostVeth finds the host veth paired with the pod's interface contIf
+// in the namespace at netnsPath, and deletes the host routes to the pod's
+// addresses through it. It returns a zero HostLink when there is no such veth:
+// the namespace or the interface is gone, or its peer is not a tern veth.
+func unrouteHostVeth(netnsPath, contIf string) (agentapi.HostLink, error) {
+	var none agentapi.HostLink
+	podNS, err := ns.GetNS(netnsPath)
+	if err != nil {
+		return none, nil // gone: its veth went with it
+	}
+	defer podNS.Close()
+	podNL, err := netlink.NewHandleAt(netns.NsHandle(podNS.Fd()), unix.NETLINK_ROUTE)
+	if err != nil {
+		return none, fmt.Errorf("netlink socket in the pod's namespace: %w", err)
+	}
+	defer podNL.Close()
+	cont, err := podNL.LinkByName(contIf)
+	if err != nil || cont.Type() != "veth" || cont.Attrs().ParentIndex <= 0 {
+		return none, nil
+	}
+	addrs, err := podNL.AddrList(cont, netlink.FAMILY_ALL)
+	if err != nil {
+		return none, fmt.Errorf("list addresses of %s in the pod: %w", contIf, err)
+	}
+	hostNL, err := netlink.NewHandle(unix.NETLINK_ROUTE)
+	if err != nil {
+		return none, fmt.Errorf("netlink socket: %w", err)
+	}
+	defer hostNL.Close()
+	host, err := hostNL.LinkByIndex(cont.Attrs().ParentIndex)
+	if err != nil || host.Type() != "veth" || !strings.HasPrefix(host.Attrs().Name, dataplane.HostIfPrefix) {
+		return none, nil
+	}
+	for _, a := range addrs {
+		ip, ok := netip.AddrFromSlice(a.IP)
+		if !ok || ip.Unmap().IsLinkLocalUnicast() {
+			continue
+		}
+		err := hostNL.RouteDel(hostRoute(host.Attrs().Index, ip.Unmap()))
+		if err != nil && !errors.Is(err, unix.ESRCH) {
+			return none, fmt.Errorf("delete host route to %s: %w", ip, err)
+		}
+	}
+	return agentapi.HostLink{Name: host.Attrs().Name, Index: host.Attrs().Index}, nil
 }
 
 // deleteHostVeth deletes a tern host veth (and with it its peer and routes). A

@@ -17,6 +17,7 @@ import (
 	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/containernetworking/plugins/pkg/ns"
 
+	"github.com/tern-net/tern/dataplane"
 	"github.com/tern-net/tern/internal/agentapi"
 )
 
@@ -138,25 +139,30 @@ func cmdDel(args *skel.CmdArgs) error {
 	pod, _ := ParseArgs(args.Args) // DEL must clean up even with odd args
 	att := agentapi.Attachment{ContainerID: args.ContainerID, IfName: args.IfName}
 
-	hostIfs := []string{HostIfName(pod, args.ContainerID)}
-	rec, gerr := iv.agent.Get(iv.ctx, att)
-	if gerr == nil && rec.HostIf != "" && rec.HostIf != hostIfs[0] {
-		hostIfs = append(hostIfs, rec.HostIf)
+	// The host veth to remove is the peer of the pod's interface, found from
+	// the pod's side: never a veth of the same name made for a newer sandbox
+	// of the pod. Without the pod's namespace there is none: a veth dies with
+	// its namespace. Its routes go now, so that the address is routed nowhere
+	// once released; the veth itself the agent deletes after answering.
+	host, err := unrouteHostVeth(args.Netns, args.IfName)
+	if err != nil {
+		return types.NewError(types.ErrInternal, "detach pod: "+err.Error(), "")
 	}
-	// The veth goes first, the address after: an address is never free while a
-	// route to it still points at an old pod.
-	for _, h := range hostIfs {
-		if err := deleteHostVeth(h); err != nil {
-			return types.NewError(types.ErrInternal, "delete pod interface: "+err.Error(), "")
+	var dispose []agentapi.HostLink
+	if host.Index > 0 {
+		dispose = append(dispose, host)
+	}
+	_, err = iv.agent.Release(iv.ctx, att, dispose...)
+	if err != nil && !agentapi.IsCode(err, agentapi.CodeNotFound) {
+		// The agent cannot delete it: do it here, then let the runtime retry.
+		if host.Index > 0 {
+			if derr := dataplane.DeleteHostVeth(host.Name, host.Index); derr != nil {
+				iv.log.Error("delete host veth", "err", derr)
+			}
 		}
-	}
-	if gerr != nil && !agentapi.IsCode(gerr, agentapi.CodeNotFound) {
-		return iv.agentError("look up the pod's allocation", gerr)
-	}
-	if _, err := iv.agent.Release(iv.ctx, att); err != nil && !agentapi.IsCode(err, agentapi.CodeNotFound) {
 		return iv.agentError("release pod address", err)
 	}
-	iv.log.Info("detached", "pod", pod.Namespace+"/"+pod.Name, "hostIfs", hostIfs)
+	iv.log.Info("detached", "pod", pod.Namespace+"/"+pod.Name, "hostIf", host.Name)
 	return nil
 }
 

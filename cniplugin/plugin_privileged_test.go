@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/containernetworking/cni/libcni"
 	"github.com/containernetworking/cni/pkg/types"
@@ -126,15 +127,20 @@ func TestDelCleansEverythingAndIsIdempotent(t *testing.T) {
 	if err := n.Del(list, p.RT); err != nil {
 		t.Fatalf("DEL: %v", err)
 	}
-	if out, _ := n.Output("ip", "-o", "link", "show"); strings.Contains(out, hostIf) {
-		t.Fatalf("host veth %s still there after DEL:\n%s", hostIf, out)
-	}
+	// When DEL returns, the pod's address is routed nowhere and free; the veth
+	// pair goes a moment later (the agent deletes it after answering).
 	if out, _ := n.Output("ip", "route", "show", "proto", "96"); strings.Contains(out, p.IPs()[0].String()+" ") {
 		t.Fatalf("host route still there after DEL:\n%s", out)
 	}
-	if out, _ := podOutput(p.NS, "ip", "-o", "link", "show"); strings.Contains(out, "eth0") {
-		t.Fatalf("eth0 still in the pod after DEL:\n%s", out)
-	}
+	eventually(t, 5*time.Second, func() error {
+		if out, _ := n.Output("ip", "-o", "link", "show"); strings.Contains(out, hostIf) {
+			return fmt.Errorf("host veth %s still there after DEL:\n%s", hostIf, out)
+		}
+		if out, _ := podOutput(p.NS, "ip", "-o", "link", "show"); strings.Contains(out, "eth0") {
+			return fmt.Errorf("eth0 still in the pod after DEL:\n%s", out)
+		}
+		return nil
+	})
 	allocs, err := n.Client().List(context.Background())
 	if err != nil || len(allocs) != 0 {
 		t.Fatalf("allocations after DEL: %v, %v", allocs, err)
@@ -540,6 +546,22 @@ func gcOnly(n *nodetest.Node, list *libcni.NetworkConfigList, valid []types.GCAt
 	})
 }
 
+// eventually retries check until it passes or timeout runs out.
+func eventually(t *testing.T, timeout time.Duration, check func() error) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		err := check()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal(err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
 func nsCommand(podNS ns.NetNS, name string, args ...string) *exec.Cmd {
 	return exec.Command("nsenter", append([]string{"--net=" + podNS.Path(), "--", name}, args...)...)
 }
@@ -557,4 +579,34 @@ func mustJSON(t *testing.T, v any) string {
 		t.Fatal(err)
 	}
 	return string(b)
+}
+
+// A pod's new sandbox takes the host veth name of the old one; the late DEL of
+// the old sandbox must leave the new sandbox's network alone.
+func TestLateDelOfOldSandboxSparesTheNewOne(t *testing.T) {
+	n := nodetest.NewNode(t, podCIDR)
+	list := n.ConfList("1.0.0")
+	oldNS, newNS := n.NewPodNS(), n.NewPodNS()
+	oldRT := nodetest.RuntimeConf("web", oldNS)
+	oldRT.ContainerID = "sandbox-1"
+	newRT := nodetest.RuntimeConf("web", newNS)
+	newRT.ContainerID = "sandbox-2"
+	if _, err := n.Add(list, oldRT); err != nil {
+		t.Fatal(err)
+	}
+	res, err := n.Add(list, newRT)
+	if err != nil {
+		t.Fatalf("ADD of the new sandbox over the old one's veth name: %v", err)
+	}
+	if err := n.Del(list, oldRT); err != nil {
+		t.Fatalf("late DEL of the old sandbox: %v", err)
+	}
+	time.Sleep(200 * time.Millisecond) // the agent's disposal of veths, if any
+	if err := n.Check(list, newRT); err != nil {
+		t.Fatalf("the new sandbox was damaged by the old one's DEL: %v", err)
+	}
+	allocs, _ := n.Client().List(context.Background())
+	if len(allocs) != 1 || allocs[0].ContainerID != "sandbox-2" || allocs[0].IPs[0].String() != res.IPs[0].Address.IP.String() {
+		t.Fatalf("allocations: %+v", allocs)
+	}
 }

@@ -125,3 +125,23 @@ func isDefault(n *net.IPNet) bool {
 	ones, _ := n.Mask.Size()
 	return ones == 0
 }
+
+// DeleteHostVeth deletes the tern veth with this name and index. A link that is
+// gone, or whose index now belongs to another name, is left alone.
+func DeleteHostVeth(name string, index int) error {
+	link, err := netlink.LinkByIndex(index)
+	if err != nil {
+		var nf netlink.LinkNotFoundError
+		if errors.As(err, &nf) || errors.Is(err, unix.ENODEV) {
+			return nil
+		}
+		return fmt.Errorf("find link %d: %w", index, err)
+	}
+	if link.Attrs().Name != name || link.Type() != "veth" || !strings.HasPrefix(name, HostIfPrefix) {
+		return nil
+	}
+	if err := netlink.LinkDel(link); err != nil && !errors.Is(err, unix.ENODEV) {
+		return fmt.Errorf("delete %s: %w", name, err)
+	}
+	return nil
+}

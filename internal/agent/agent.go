@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/tern-net/tern/dataplane"
+	"github.com/tern-net/tern/internal/agentapi"
 	"github.com/tern-net/tern/ipam"
 )
 
@@ -61,7 +62,8 @@ type Agent struct {
 	ipam *ipam.Allocator
 	node *dataplane.Node
 
-	trigger chan struct{}
+	trigger  chan struct{}
+	disposal chan agentapi.HostLink
 
 	mu      sync.Mutex
 	ready   bool
@@ -88,7 +90,9 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	a := &Agent{cfg: cfg, log: log, ipam: alloc, node: dataplane.NewNode(log), trigger: make(chan struct{}, 1)}
+	a := &Agent{cfg: cfg, log: log, ipam: alloc, node: dataplane.NewNode(log), trigger: make(chan struct{}, 1),
+		disposal: make(chan agentapi.HostLink, 1024)}
+	go a.disposeLoop(ctx)
 
 	ln, err := listenUnix(cfg.SocketPath())
 	if err != nil {
@@ -115,6 +119,38 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	<-loopDone
 	log.Info("tern-agent stopped; routes and rules stay in place")
 	return err
+}
+
+// dispose queues host veths for deletion; with the queue full, it deletes
+// them at once.
+func (a *Agent) dispose(links []agentapi.HostLink) {
+	for _, l := range links {
+		select {
+		case a.disposal <- l:
+		default:
+			a.deleteHostLink(l)
+		}
+	}
+}
+
+// disposeLoop deletes queued host veths one by one (the kernel serialises
+// them anyway). A veth still queued when the agent stops has no route and is
+// removed with its pod's namespace, or by CNI GC.
+func (a *Agent) disposeLoop(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case l := <-a.disposal:
+			a.deleteHostLink(l)
+		}
+	}
+}
+
+func (a *Agent) deleteHostLink(l agentapi.HostLink) {
+	if err := dataplane.DeleteHostVeth(l.Name, l.Index); err != nil {
+		a.log.Warn("delete host veth", "link", l.Name, "index", l.Index, "err", err)
+	}
 }
 
 // Trigger asks the reconcile loop for a pass; requests coalesce.

@@ -78,21 +78,30 @@ func (a *Agent) serveAllocate(w http.ResponseWriter, r *http.Request) {
 }
 
 func (a *Agent) serveRelease(w http.ResponseWriter, r *http.Request) {
-	var req agentapi.Attachment
+	var req agentapi.ReleaseRequest
 	if !readJSON(w, r, &req) {
 		return
 	}
+	for _, l := range req.Dispose {
+		if !strings.HasPrefix(l.Name, dataplane.HostIfPrefix) || l.Index <= 0 {
+			writeError(w, http.StatusBadRequest, agentapi.CodeBadRequest, fmt.Sprintf("dispose: %+v is not a tern host veth", l))
+			return
+		}
+	}
 	al, err := a.ipam.Release(ipam.Key{ContainerID: req.ContainerID, IfName: req.IfName})
+	if err == nil || errors.Is(err, ipam.ErrNotFound) {
+		a.dispose(req.Dispose)
+	}
 	if errors.Is(err, ipam.ErrNotFound) {
 		writeError(w, http.StatusNotFound, agentapi.CodeNotFound, fmt.Sprintf("no allocation for %s/%s", req.ContainerID, req.IfName))
 		return
 	}
 	if err != nil {
-		a.log.Error("release failed", "attachment", req, "err", err)
+		a.log.Error("release failed", "attachment", req.Attachment, "err", err)
 		writeError(w, http.StatusInternalServerError, agentapi.CodeInternal, err.Error())
 		return
 	}
-	a.log.Debug("released", "attachment", req, "ips", al.IPs)
+	a.log.Debug("released", "attachment", req.Attachment, "ips", al.IPs)
 	writeJSON(w, http.StatusOK, toAPI(al))
 }
 
