@@ -19,131 +19,160 @@ import (
 	"github.com/tern-net/tern/internal/agentapi"
 )
 
-// attach creates the pod's veth pair and configures both ends. It runs in the
-// host network namespace; podNS is the pod's. It keeps one netlink socket per
-// namespace for all its requests, and reaches into the pod's namespace through
-// its socket rather than by switching the thread's namespace.
-func attach(podNS ns.NetNS, hostIf, contIf string, ips []netip.Addr, mtu int) (Attached, error) {
-	out := Attached{HostIf: hostIf, ContIf: contIf, Sandbox: podNS.Path(), IPs: ips, MTU: mtu, HostMAC: HostVethMAC.String()}
-	hasV6 := false
-	for _, ip := range ips {
-		hasV6 = hasV6 || ip.Is6()
-	}
+// pair is a pod's veth pair under construction. Its methods run in the host
+// network namespace; it keeps one netlink socket per namespace for all its
+// requests, and reaches into the pod's namespace through its socket rather
+// than by switching the thread's namespace.
+type pair struct {
+	podNS          ns.NetNS
+	hostIf, contIf string
+	hostNL, podNL  *netlink.Handle
+	host, cont     netlink.Link
+}
+
+func newPair(podNS ns.NetNS, hostIf, contIf string) (*pair, error) {
 	hostNL, err := netlink.NewHandle(unix.NETLINK_ROUTE)
 	if err != nil {
-		return out, fmt.Errorf("netlink socket: %w", err)
+		return nil, fmt.Errorf("netlink socket: %w", err)
 	}
-	defer hostNL.Close()
 	podNL, err := netlink.NewHandleAt(netns.NsHandle(podNS.Fd()), unix.NETLINK_ROUTE)
 	if err != nil {
-		return out, fmt.Errorf("netlink socket in the pod's namespace: %w", err)
+		hostNL.Close()
+		return nil, fmt.Errorf("netlink socket in the pod's namespace: %w", err)
 	}
-	defer podNL.Close()
+	return &pair{podNS: podNS, hostIf: hostIf, contIf: contIf, hostNL: hostNL, podNL: podNL}, nil
+}
 
+func (p *pair) close() { p.hostNL.Close(); p.podNL.Close() }
+
+// create makes the veth pair, the host end up, with no address: what does not
+// depend on the pod's addresses, so that it runs while the agent allocates.
+func (p *pair) create(mtu int) error {
 	veth := &netlink.Veth{
-		LinkAttrs:     netlink.LinkAttrs{Name: hostIf, MTU: mtu, HardwareAddr: HostVethMAC},
-		PeerName:      contIf,
-		PeerNamespace: netlink.NsFd(int(podNS.Fd())),
+		LinkAttrs:     netlink.LinkAttrs{Name: p.hostIf, MTU: mtu, HardwareAddr: HostVethMAC},
+		PeerName:      p.contIf,
+		PeerNamespace: netlink.NsFd(int(p.podNS.Fd())),
 	}
-	if err := hostNL.LinkAdd(veth); err != nil {
+	if err := p.hostNL.LinkAdd(veth); err != nil {
 		if !errors.Is(err, unix.EEXIST) {
-			return out, fmt.Errorf("create veth %s/%s: %w", hostIf, contIf, err)
+			return fmt.Errorf("create veth %s/%s: %w", p.hostIf, p.contIf, err)
 		}
 		// A host veth of this name is left from an earlier sandbox of the same
 		// pod whose DEL never came: replace it. Otherwise the pod already has
 		// an interface of that name.
-		old, lerr := hostNL.LinkByName(hostIf)
+		old, lerr := p.hostNL.LinkByName(p.hostIf)
 		if lerr != nil {
-			return out, fmt.Errorf("create veth %s/%s: an interface %s already exists in the pod's network namespace: %w", hostIf, contIf, contIf, err)
+			return fmt.Errorf("create veth %s/%s: an interface %s already exists in the pod's network namespace: %w", p.hostIf, p.contIf, p.contIf, err)
 		}
-		if err := hostNL.LinkDel(old); err != nil {
-			return out, fmt.Errorf("delete stale host veth %s: %w", hostIf, err)
+		if err := p.hostNL.LinkDel(old); err != nil {
+			return fmt.Errorf("delete stale host veth %s: %w", p.hostIf, err)
 		}
-		if err := hostNL.LinkAdd(veth); err != nil {
-			return out, fmt.Errorf("create veth %s/%s: %w", hostIf, contIf, err)
+		if err := p.hostNL.LinkAdd(veth); err != nil {
+			return fmt.Errorf("create veth %s/%s: %w", p.hostIf, p.contIf, err)
 		}
 	}
-	host, err := hostNL.LinkByName(hostIf)
-	if err != nil {
-		return out, fmt.Errorf("find host veth %s: %w", hostIf, err)
+	var err error
+	if p.host, err = p.hostNL.LinkByName(p.hostIf); err != nil {
+		return fmt.Errorf("find host veth %s: %w", p.hostIf, err)
 	}
-
-	// Host side: no address, proxy ARP answers for the pod's gateway, forwarding on.
+	if p.cont, err = p.podNL.LinkByName(p.contIf); err != nil {
+		return fmt.Errorf("find %s in the pod: %w", p.contIf, err)
+	}
+	// Host side: proxy ARP answers for the pod's gateway, forwarding on; for
+	// IPv6, no DAD and no RA on a link tern alone configures.
 	sysctls := [][2]string{
-		{"net/ipv4/conf/" + hostIf + "/proxy_arp", "1"},
-		{"net/ipv4/neigh/" + hostIf + "/proxy_delay", "0"},
-		{"net/ipv4/conf/" + hostIf + "/forwarding", "1"},
-	}
-	if hasV6 {
-		sysctls = append(sysctls,
-			[2]string{"net/ipv6/conf/" + hostIf + "/disable_ipv6", "0"},
-			[2]string{"net/ipv6/conf/" + hostIf + "/accept_dad", "0"},
-			[2]string{"net/ipv6/conf/" + hostIf + "/accept_ra", "0"},
-			[2]string{"net/ipv6/conf/" + hostIf + "/forwarding", "1"},
-		)
+		{"net/ipv4/conf/" + p.hostIf + "/proxy_arp", "1"},
+		{"net/ipv4/neigh/" + p.hostIf + "/proxy_delay", "0"},
+		{"net/ipv4/conf/" + p.hostIf + "/forwarding", "1"},
 	}
 	for _, s := range sysctls {
 		if err := writeSysctl(s[0], s[1]); err != nil {
-			return out, err
+			return err
 		}
 	}
-	if err := hostNL.LinkSetUp(host); err != nil {
-		return out, fmt.Errorf("set %s up: %w", hostIf, err)
+	if _, err := os.Stat("/proc/sys/net/ipv6/conf/" + p.hostIf); err == nil {
+		_ = writeSysctl("net/ipv6/conf/"+p.hostIf+"/accept_dad", "0")
+		_ = writeSysctl("net/ipv6/conf/"+p.hostIf+"/accept_ra", "0")
 	}
-	for _, ip := range ips {
-		if err := addHostRoute(hostNL, host, ip); err != nil {
-			return out, err
-		}
+	if err := p.hostNL.LinkSetUp(p.host); err != nil {
+		return fmt.Errorf("set %s up: %w", p.hostIf, err)
 	}
+	return nil
+}
 
-	// Pod side: the address as a host route, the gateway on the link, default via it.
-	link, err := podNL.LinkByName(contIf)
-	if err != nil {
-		return out, fmt.Errorf("find %s in the pod: %w", contIf, err)
+// configure gives the pair the pod's addresses and routes.
+func (p *pair) configure(ips []netip.Addr, mtu int) (Attached, error) {
+	out := Attached{HostIf: p.hostIf, ContIf: p.contIf, Sandbox: p.podNS.Path(), IPs: ips, MTU: mtu,
+		HostMAC: HostVethMAC.String(), ContMAC: p.cont.Attrs().HardwareAddr.String()}
+	if p.host.Attrs().MTU != mtu {
+		if err := p.hostNL.LinkSetMTU(p.host, mtu); err != nil {
+			return out, fmt.Errorf("set MTU of %s: %w", p.hostIf, err)
+		}
+		if err := p.podNL.LinkSetMTU(p.cont, mtu); err != nil {
+			return out, fmt.Errorf("set MTU of %s in the pod: %w", p.contIf, err)
+		}
 	}
-	out.ContMAC = link.Attrs().HardwareAddr.String()
+	hasV6 := false
+	for _, ip := range ips {
+		hasV6 = hasV6 || ip.Is6()
+	}
 	if hasV6 {
+		for _, s := range [][2]string{
+			{"net/ipv6/conf/" + p.hostIf + "/disable_ipv6", "0"},
+			{"net/ipv6/conf/" + p.hostIf + "/forwarding", "1"},
+		} {
+			if err := writeSysctl(s[0], s[1]); err != nil {
+				return out, err
+			}
+		}
 		// The pod learns its gateway from the host veth's link-local address; no RA.
-		err := podNS.Do(func(ns.NetNS) error { return writeSysctl("net/ipv6/conf/"+contIf+"/accept_ra", "0") })
+		err := p.podNS.Do(func(ns.NetNS) error { return writeSysctl("net/ipv6/conf/"+p.contIf+"/accept_ra", "0") })
 		if err != nil {
 			return out, err
 		}
 	}
 	for _, ip := range ips {
+		if err := addHostRoute(p.hostNL, p.host, ip); err != nil {
+			return out, err
+		}
+	}
+
+	// Pod side: the address as a host route, the gateway on the link, default via it.
+	for _, ip := range ips {
 		addr := &netlink.Addr{IPNet: ipNet(netip.PrefixFrom(ip, ip.BitLen()))}
 		if ip.Is6() {
 			addr.Flags = unix.IFA_F_NODAD
 		}
-		if err := podNL.AddrAdd(link, addr); err != nil {
-			return out, fmt.Errorf("add address %s to %s in the pod: %w", ip, contIf, err)
+		if err := p.podNL.AddrAdd(p.cont, addr); err != nil {
+			return out, fmt.Errorf("add address %s to %s in the pod: %w", ip, p.contIf, err)
 		}
 	}
-	if err := podNL.LinkSetUp(link); err != nil {
-		return out, fmt.Errorf("set %s up in the pod: %w", contIf, err)
+	if err := p.podNL.LinkSetUp(p.cont); err != nil {
+		return out, fmt.Errorf("set %s up in the pod: %w", p.contIf, err)
 	}
 	// The gateway's MAC is fixed: a permanent neighbour entry spares the first
 	// packet an ARP/ND round trip and does not depend on proxy ARP (which
 	// answers only when the node has a route to 169.254.1.1).
 	for _, gw := range gateways(ips) {
-		if err := podNL.NeighSet(&netlink.Neigh{
-			LinkIndex: link.Attrs().Index, Family: family(gw), State: netlink.NUD_PERMANENT,
+		if err := p.podNL.NeighSet(&netlink.Neigh{
+			LinkIndex: p.cont.Attrs().Index, Family: family(gw), State: netlink.NUD_PERMANENT,
 			IP: gw.AsSlice(), HardwareAddr: HostVethMAC,
 		}); err != nil {
 			return out, fmt.Errorf("add neighbour %s in the pod: %w", gw, err)
 		}
 	}
-	for _, r := range podRoutes(link.Attrs().Index, ips) {
-		if err := podNL.RouteAdd(r); err != nil {
+	for _, r := range podRoutes(p.cont.Attrs().Index, ips) {
+		if err := p.podNL.RouteAdd(r); err != nil {
 			return out, fmt.Errorf("add route %s in the pod: %w", routeString(r), err)
 		}
 	}
-	// Likewise on the host: the pod's MAC is known now.
+	// Likewise on the host: the pod's MAC is known.
 	for _, ip := range ips {
-		if err := hostNL.NeighSet(&netlink.Neigh{
-			LinkIndex: host.Attrs().Index, Family: family(ip), State: netlink.NUD_PERMANENT,
-			IP: ip.AsSlice(), HardwareAddr: link.Attrs().HardwareAddr,
+		if err := p.hostNL.NeighSet(&netlink.Neigh{
+			LinkIndex: p.host.Attrs().Index, Family: family(ip), State: netlink.NUD_PERMANENT,
+			IP: ip.AsSlice(), HardwareAddr: p.cont.Attrs().HardwareAddr,
 		}); err != nil {
-			return out, fmt.Errorf("add neighbour %s on %s: %w", ip, hostIf, err)
+			return out, fmt.Errorf("add neighbour %s on %s: %w", ip, p.hostIf, err)
 		}
 	}
 	return out, nil

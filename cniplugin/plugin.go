@@ -97,35 +97,56 @@ func cmdAdd(args *skel.CmdArgs) error {
 
 	att := agentapi.Attachment{ContainerID: args.ContainerID, IfName: args.IfName}
 	t0 := time.Now()
-	al, err := iv.agent.Allocate(iv.ctx, agentapi.AllocateRequest{
-		Attachment: att, Namespace: pod.Namespace, Pod: pod.Name, HostIf: hostIf, Netns: args.Netns,
-	})
-	if err != nil {
-		return iv.agentError("allocate pod address", err)
+	// The agent allocates while this process builds the veth pair.
+	type allocation struct {
+		al  agentapi.Allocation
+		err error
 	}
-	if al.HostIf != "" {
-		hostIf = al.HostIf // a retried ADD keeps the interface of the first
-	}
-	tAlloc := time.Since(t0)
+	allocated := make(chan allocation, 1)
+	go func() {
+		al, err := iv.agent.Allocate(iv.ctx, agentapi.AllocateRequest{
+			Attachment: att, Namespace: pod.Namespace, Pod: pod.Name, HostIf: hostIf, Netns: args.Netns,
+		})
+		allocated <- allocation{al, err}
+	}()
 	mtu := iv.conf.MTU
 	if mtu == 0 {
-		mtu = al.MTU // the agent reads the uplink's MTU at each resync
+		mtu = 1500 // until the agent says what the uplink has
 	}
-	if mtu == 0 {
-		mtu = 1500
-	}
-	a, err := attach(podNS, hostIf, args.IfName, al.IPs, mtu)
+	p, err := newPair(podNS, hostIf, args.IfName)
 	if err != nil {
-		iv.log.Error("attach failed; rolling back", "hostIf", hostIf, "err", err)
+		return types.NewError(types.ErrInternal, "attach pod: "+err.Error(), "")
+	}
+	defer p.close()
+	perr := p.create(mtu)
+	got := <-allocated
+	tAlloc := time.Since(t0)
+	if got.err != nil {
+		if perr == nil {
+			if derr := deleteHostVeth(hostIf); derr != nil {
+				iv.log.Error("rollback: delete host veth", "err", derr)
+			}
+		}
+		return iv.agentError("allocate pod address", got.err)
+	}
+	var a Attached
+	if perr == nil {
+		if iv.conf.MTU == 0 && got.al.MTU > 0 {
+			mtu = got.al.MTU // the agent reads the uplink's MTU at each resync
+		}
+		a, perr = p.configure(got.al.IPs, mtu)
+	}
+	if perr != nil {
+		iv.log.Error("attach failed; rolling back", "hostIf", hostIf, "err", perr)
 		if derr := deleteHostVeth(hostIf); derr != nil {
 			iv.log.Error("rollback: delete host veth", "err", derr)
 		}
 		if _, rerr := iv.agent.Release(iv.ctx, att); rerr != nil && !agentapi.IsCode(rerr, agentapi.CodeNotFound) {
 			iv.log.Error("rollback: release address", "err", rerr)
 		}
-		return types.NewError(types.ErrInternal, "attach pod: "+err.Error(), "")
+		return types.NewError(types.ErrInternal, "attach pod: "+perr.Error(), "")
 	}
-	iv.log.Info("attached", "pod", pod.Namespace+"/"+pod.Name, "hostIf", hostIf, "ips", al.IPs, "mtu", mtu,
+	iv.log.Info("attached", "pod", pod.Namespace+"/"+pod.Name, "hostIf", hostIf, "ips", got.al.IPs, "mtu", mtu,
 		"allocate", tAlloc, "total", time.Since(t0))
 	return types.PrintResult(BuildResult(a, iv.conf.DNS), iv.conf.CNIVersion)
 }
