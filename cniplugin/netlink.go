@@ -254,9 +254,10 @@ func addHostRoute(nl *netlink.Handle, host netlink.Link, ip netip.Addr) error {
 }
 
 // unrouteHostVeth finds the host veth paired with the pod's interface contIf
-// in the namespace at netnsPath, and deletes the host routes to the pod's
-// addresses through it. It returns a zero HostLink when there is no such veth:
-// the namespace or the interface is gone, or its peer is not a tern veth.
+// in the namespace at netnsPath, sets it down (which removes the host routes
+// to the pod through it) and marks it for the agent to delete. It returns a
+// zero HostLink when there is no such veth: the namespace or the interface is
+// gone, or its peer is not a tern veth.
 func unrouteHostVeth(netnsPath, contIf string) (agentapi.HostLink, error) {
 	var none agentapi.HostLink
 	podNS, err := ns.GetNS(netnsPath)
@@ -273,10 +274,6 @@ func unrouteHostVeth(netnsPath, contIf string) (agentapi.HostLink, error) {
 	if err != nil || cont.Type() != "veth" || cont.Attrs().ParentIndex <= 0 {
 		return none, nil
 	}
-	addrs, err := podNL.AddrList(cont, netlink.FAMILY_ALL)
-	if err != nil {
-		return none, fmt.Errorf("list addresses of %s in the pod: %w", contIf, err)
-	}
 	hostNL, err := netlink.NewHandle(unix.NETLINK_ROUTE)
 	if err != nil {
 		return none, fmt.Errorf("netlink socket: %w", err)
@@ -286,15 +283,13 @@ func unrouteHostVeth(netnsPath, contIf string) (agentapi.HostLink, error) {
 	if err != nil || host.Type() != "veth" || !strings.HasPrefix(host.Attrs().Name, dataplane.HostIfPrefix) {
 		return none, nil
 	}
-	for _, a := range addrs {
-		ip, ok := netip.AddrFromSlice(a.IP)
-		if !ok || ip.Unmap().IsLinkLocalUnicast() {
-			continue
-		}
-		err := hostNL.RouteDel(hostRoute(host.Attrs().Index, ip.Unmap()))
-		if err != nil && !errors.Is(err, unix.ESRCH) {
-			return none, fmt.Errorf("delete host route to %s: %w", ip, err)
-		}
+	// Down takes the routes through it away at once; the group marks it for
+	// the agent's batched deletion.
+	if err := hostNL.LinkSetDown(host); err != nil {
+		return none, fmt.Errorf("set host veth %s down: %w", host.Attrs().Name, err)
+	}
+	if err := hostNL.LinkSetGroup(host, dataplane.DisposeGroup); err != nil {
+		return none, fmt.Errorf("mark host veth %s for deletion: %w", host.Attrs().Name, err)
 	}
 	return agentapi.HostLink{Name: host.Attrs().Name, Index: host.Attrs().Index}, nil
 }

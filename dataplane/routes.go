@@ -9,6 +9,7 @@ import (
 
 	"github.com/containernetworking/plugins/pkg/netlinksafe"
 	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netlink/nl"
 	"golang.org/x/sys/unix"
 )
 
@@ -126,6 +127,10 @@ func isDefault(n *net.IPNet) bool {
 	return ones == 0
 }
 
+// DisposeGroup is the link group of host veths whose pods are gone, waiting
+// for the agent to delete them all in one request.
+const DisposeGroup = 0x7e52
+
 // DeleteHostVeth deletes the tern veth with this name and index. A link that is
 // gone, or whose index now belongs to another name, is left alone.
 func DeleteHostVeth(name string, index int) error {
@@ -144,4 +149,20 @@ func DeleteHostVeth(name string, index int) error {
 		return fmt.Errorf("delete %s: %w", name, err)
 	}
 	return nil
+}
+
+// DeleteDisposed deletes every link in DisposeGroup in one request: the kernel
+// then waits for one RCU grace period for all of them, not one per veth. It
+// returns whether there was any.
+func DeleteDisposed() (bool, error) {
+	req := nl.NewNetlinkRequest(unix.RTM_DELLINK, unix.NLM_F_ACK)
+	req.AddData(nl.NewIfInfomsg(unix.AF_UNSPEC))
+	req.AddData(nl.NewRtAttr(unix.IFLA_GROUP, nl.Uint32Attr(DisposeGroup)))
+	if _, err := req.Execute(unix.NETLINK_ROUTE, 0); err != nil {
+		if errors.Is(err, unix.ENODEV) {
+			return false, nil
+		}
+		return false, fmt.Errorf("delete link group %#x: %w", DisposeGroup, err)
+	}
+	return true, nil
 }

@@ -121,35 +121,43 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	return err
 }
 
-// dispose queues host veths for deletion; with the queue full, it deletes
-// them at once.
+// dispose queues host veths for deletion. The plugin has put them into
+// dataplane.DisposeGroup (and down, which removed their routes).
 func (a *Agent) dispose(links []agentapi.HostLink) {
 	for _, l := range links {
 		select {
 		case a.disposal <- l:
 		default:
-			a.deleteHostLink(l)
+			a.deleteDisposed() // the queue is full: delete what is there now
 		}
 	}
 }
 
-// disposeLoop deletes queued host veths one by one (the kernel serialises
-// them anyway). A veth still queued when the agent stops has no route and is
-// removed with its pod's namespace, or by CNI GC.
+// disposeLoop deletes the veths of gone pods: everything queued meanwhile
+// goes in one request. A veth still in the group when the agent stops is
+// deleted at its next start (and with its pod's namespace in any case).
 func (a *Agent) disposeLoop(ctx context.Context) {
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case l := <-a.disposal:
-			a.deleteHostLink(l)
+		case <-a.disposal:
 		}
+	drain:
+		for {
+			select {
+			case <-a.disposal:
+			default:
+				break drain
+			}
+		}
+		a.deleteDisposed()
 	}
 }
 
-func (a *Agent) deleteHostLink(l agentapi.HostLink) {
-	if err := dataplane.DeleteHostVeth(l.Name, l.Index); err != nil {
-		a.log.Warn("delete host veth", "link", l.Name, "index", l.Index, "err", err)
+func (a *Agent) deleteDisposed() {
+	if _, err := dataplane.DeleteDisposed(); err != nil {
+		a.log.Warn("delete veths of gone pods", "err", err)
 	}
 }
 
@@ -196,6 +204,7 @@ func (a *Agent) reconcile() error {
 		PodCIDRs: a.ipam.Pools(), ClusterCIDRs: a.cfg.ClusterCIDRs, NATOutgoing: a.cfg.NATOutgoing,
 	})
 	st, err := a.node.Apply(plan)
+	a.deleteDisposed() // left by a DEL whose agent died before deleting them
 	mtu := dataplane.UplinkMTU()
 	a.mu.Lock()
 	a.mtu = mtu
