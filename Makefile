@@ -35,5 +35,7 @@ lint: ## gofmt check, go vet, and staticcheck when it installs
 	$(GO) vet ./...
 	@if GOBIN=$(BIN) $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) 2>/dev/null; then $(BIN)/staticcheck ./...; else echo "staticcheck did not install; skipped" >&2; fi
 
-bench: deps build ## benchmarks side by side with the reference plugins; writes bench-out/
-	$(GO) test -run '^$$' -bench . -benchtime 1x -count 1 -timeout 30m ./bench/... | tee bench-out.txt
+bench: deps build ## benchmarks side by side with the reference plugins (root); tables in bench-out/cni.md
+	@rm -rf bench-out && mkdir -p bench-out
+	$(GO) test -run '^$$' -bench . -benchtime 1x -count 1 -timeout 30m ./bench/... | grep -v 'level=' | tee bench-out/bench.txt
+	@cat bench-out/cni.md

@@ -24,6 +24,7 @@ import (
 const (
 	podCIDR = "10.244.0.0/24"
 	pods    = 200
+	rounds  = 2 // per plugin and concurrency, pooled
 )
 
 // latencies summarises one phase of a run.
@@ -38,38 +39,47 @@ func summarize(d []time.Duration, wall time.Duration) latencies {
 	return latencies{p50: q(0.50), p99: q(0.99), perSec: float64(len(d)) / wall.Seconds()}
 }
 
-// run attaches then detaches `pods` pods with `workers` concurrent callers.
-func run(b *testing.B, n *nodetest.Node, list *libcni.NetworkConfigList, podNS []ns.NetNS, workers int) (add, del latencies) {
-	phase := func(op func(rt *libcni.RuntimeConf) error) latencies {
-		d := make([]time.Duration, len(podNS))
-		next := make(chan int)
-		var wg sync.WaitGroup
-		var failed sync.Once
-		start := time.Now()
-		for range workers {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				for i := range next {
-					rt := nodetest.RuntimeConf(fmt.Sprintf("bench%03d", i), podNS[i])
-					t0 := time.Now()
-					if err := op(rt); err != nil {
-						failed.Do(func() { b.Errorf("pod %d: %v", i, err) })
-					}
-					d[i] = time.Since(t0)
+// phase runs op for every pod with `workers` concurrent callers and returns
+// each call's latency and the wall time of the whole phase.
+func phase(b *testing.B, podNS []ns.NetNS, workers int, op func(rt *libcni.RuntimeConf) error) ([]time.Duration, time.Duration) {
+	d := make([]time.Duration, len(podNS))
+	next := make(chan int)
+	var wg sync.WaitGroup
+	var failed sync.Once
+	start := time.Now()
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range next {
+				rt := nodetest.RuntimeConf(fmt.Sprintf("bench%03d", i), podNS[i])
+				t0 := time.Now()
+				if err := op(rt); err != nil {
+					failed.Do(func() { b.Errorf("pod %d: %v", i, err) })
 				}
-			}()
-		}
-		for i := range podNS {
-			next <- i
-		}
-		close(next)
-		wg.Wait()
-		return summarize(d, time.Since(start))
+				d[i] = time.Since(t0)
+			}
+		}()
 	}
-	add = phase(func(rt *libcni.RuntimeConf) error { _, err := n.Add(list, rt); return err })
-	del = phase(func(rt *libcni.RuntimeConf) error { return n.Del(list, rt) })
-	return add, del
+	for i := range podNS {
+		next <- i
+	}
+	close(next)
+	wg.Wait()
+	return d, time.Since(start)
+}
+
+// pooled collects the rounds of one plugin and one concurrency.
+type pooled struct {
+	add, del         []time.Duration
+	addWall, delWall time.Duration
+}
+
+func (p *pooled) run(b *testing.B, n *nodetest.Node, list *libcni.NetworkConfigList, podNS []ns.NetNS, workers int) {
+	d, w := phase(b, podNS, workers, func(rt *libcni.RuntimeConf) error { _, err := n.Add(list, rt); return err })
+	p.add, p.addWall = append(p.add, d...), p.addWall+w
+	d, w = phase(b, podNS, workers, func(rt *libcni.RuntimeConf) error { return n.Del(list, rt) })
+	p.del, p.delWall = append(p.del, d...), p.delWall+w
 }
 
 type row struct {
@@ -99,19 +109,35 @@ func BenchmarkCNI(b *testing.B) {
 	for i := range podNS {
 		podNS[i] = tern.NewPodNS()
 	}
+	type plugin struct {
+		name string
+		n    *nodetest.Node
+		list *libcni.NetworkConfigList
+	}
+	plugins := []plugin{{"tern", tern, ternList}, {"ptp+host-local", ref, ptpList}}
+	for _, p := range plugins {
+		// Warm the page cache and the binaries once, untimed.
+		if _, err := p.n.Add(p.list, nodetest.RuntimeConf("warm", podNS[0])); err != nil {
+			b.Fatalf("%s warm-up: %v", p.name, err)
+		}
+		if err := p.n.Del(p.list, nodetest.RuntimeConf("warm", podNS[0])); err != nil {
+			b.Fatalf("%s warm-up: %v", p.name, err)
+		}
+	}
 	var rows []row
 	for _, workers := range []int{1, 10} {
-		for _, p := range []struct {
-			name string
-			n    *nodetest.Node
-			list *libcni.NetworkConfigList
-		}{{"tern", tern, ternList}, {"ptp+host-local", ref, ptpList}} {
-			// Warm the page cache and the binaries once, untimed.
-			if _, err := p.n.Add(p.list, nodetest.RuntimeConf("warm", podNS[0])); err != nil {
-				b.Fatalf("%s warm-up: %v", p.name, err)
+		// Two rounds each, in alternating order, pooled: both plugins see the
+		// same machine, whatever else it does meanwhile.
+		res := make([]pooled, len(plugins))
+		for round := range rounds {
+			for k := range plugins {
+				i := (k + round) % len(plugins)
+				res[i].run(b, plugins[i].n, plugins[i].list, podNS, workers)
 			}
-			_ = p.n.Del(p.list, nodetest.RuntimeConf("warm", podNS[0]))
-			add, del := run(b, p.n, p.list, podNS, workers)
+		}
+		for i, p := range plugins {
+			add := summarize(res[i].add, res[i].addWall)
+			del := summarize(res[i].del, res[i].delWall)
 			rows = append(rows, row{p.name, workers, add, del})
 			b.Run(fmt.Sprintf("%s/callers=%d", p.name, workers), func(b *testing.B) {
 				b.ReportMetric(ms(add.p50), "add-p50-ms")
@@ -172,7 +198,7 @@ func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 
 func writeTable(b *testing.B, rows []row) {
 	var s strings.Builder
-	fmt.Fprintf(&s, "CNI ADD/DEL over %d pods (%s), same run; ms\n\n", pods, time.Now().UTC().Format(time.RFC3339))
+	fmt.Fprintf(&s, "CNI ADD/DEL of %d pods, %d rounds per row, plugins alternating, same run (%s); ms\n\n", pods, rounds, time.Now().UTC().Format(time.RFC3339))
 	s.WriteString("| plugin | callers | ADD p50 | ADD p99 | DEL p50 | DEL p99 | attached/s |\n|---|---|---|---|---|---|---|\n")
 	for _, r := range rows {
 		fmt.Fprintf(&s, "| %s | %d | %.2f | %.2f | %.2f | %.2f | %.0f |\n", r.plugin, r.workers,
