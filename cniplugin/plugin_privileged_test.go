@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -608,5 +609,24 @@ func TestLateDelOfOldSandboxSparesTheNewOne(t *testing.T) {
 	allocs, _ := n.Client().List(context.Background())
 	if len(allocs) != 1 || allocs[0].ContainerID != "sandbox-2" || allocs[0].IPs[0].String() != res.IPs[0].Address.IP.String() {
 		t.Fatalf("allocations: %+v", allocs)
+	}
+}
+
+func TestAgentSocketIsPrivate(t *testing.T) {
+	n := nodetest.NewNode(t, podCIDR)
+	fi, err := os.Stat(n.Socket())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Mode()&os.ModeSocket == 0 || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("agent socket %s: mode %v, want a socket with 0600", n.Socket(), fi.Mode())
+	}
+	// A second agent on the same state directory refuses to start, instead of
+	// handing out the same addresses twice.
+	cmd := n.Command(filepath.Join(n.BinDir, "tern-agent"), "--node-name", "dup", "--pod-cidr", podCIDR,
+		"--state-dir", filepath.Join(n.Dir, "state"), "--run-dir", filepath.Join(n.Dir, "run2"))
+	out, err := cmd.CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "ipam.db") {
+		t.Fatalf("second agent on one state dir: %v\n%s", err, out)
 	}
 }

@@ -60,7 +60,7 @@ func TestClientReadsAnswersOfEveryShape(t *testing.T) {
 			}
 		}},
 		{"error that is not JSON", func(w http.ResponseWriter, r *http.Request) {
-			http.Error(w, "boom", 502)
+			http.Error(w, "boom", http.StatusBadGateway)
 		}, func(t *testing.T, c *Client) {
 			_, err := c.Status(context.Background())
 			if !IsCode(err, CodeInternal) || !strings.Contains(err.Error(), "HTTP 502: boom") {
