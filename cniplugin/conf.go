@@ -133,12 +133,17 @@ func ParseArgs(s string) (PodArgs, error) {
 	return a, nil
 }
 
-// HostIfName is the host-side veth of a pod: "tern" and 11 hex characters of a
-// SHA-256 of "<namespace>.<pod>", or of the container ID without pod args.
-func HostIfName(pod PodArgs, containerID string) string {
+// HostIfName is the host-side veth of a pod's interface: "tern" and 11 hex
+// characters of a SHA-256 of "<namespace>.<pod>" (or of the container ID
+// without pod args); for an interface other than eth0 (a second tern
+// attachment), of "<namespace>.<pod>.<ifName>".
+func HostIfName(pod PodArgs, containerID, ifName string) string {
 	key := containerID
 	if pod.Namespace != "" && pod.Name != "" {
 		key = pod.Namespace + "." + pod.Name
+	}
+	if ifName != "" && ifName != "eth0" {
+		key += "." + ifName
 	}
 	sum := sha256.Sum256([]byte(key))
 	return dataplane.HostIfPrefix + hex.EncodeToString(sum[:])[:11]

@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/containernetworking/cni/pkg/types"
 	"github.com/containernetworking/plugins/pkg/netlinksafe"
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
@@ -28,6 +29,7 @@ type pair struct {
 	hostIf, contIf string
 	hostNL, podNL  *netlink.Handle
 	host, cont     netlink.Link
+	created        bool // by this ADD
 }
 
 func newPair(podNS ns.NetNS, hostIf, contIf string) (*pair, error) {
@@ -57,20 +59,14 @@ func (p *pair) create(mtu int) error {
 		if !errors.Is(err, unix.EEXIST) {
 			return fmt.Errorf("create veth %s/%s: %w", p.hostIf, p.contIf, err)
 		}
-		// A host veth of this name is left from an earlier sandbox of the same
-		// pod whose DEL never came: replace it. Otherwise the pod already has
-		// an interface of that name.
-		old, lerr := p.hostNL.LinkByName(p.hostIf)
-		if lerr != nil {
-			return fmt.Errorf("create veth %s/%s: an interface %s already exists in the pod's network namespace: %w", p.hostIf, p.contIf, p.contIf, err)
-		}
-		if err := p.hostNL.LinkDel(old); err != nil {
-			return fmt.Errorf("delete stale host veth %s: %w", p.hostIf, err)
+		if err := p.clearStale(); err != nil {
+			return err
 		}
 		if err := p.hostNL.LinkAdd(veth); err != nil {
 			return fmt.Errorf("create veth %s/%s: %w", p.hostIf, p.contIf, err)
 		}
 	}
+	p.created = true
 	var err error
 	if p.host, err = p.hostNL.LinkByName(p.hostIf); err != nil {
 		return fmt.Errorf("find host veth %s: %w", p.hostIf, err)
@@ -98,6 +94,50 @@ func (p *pair) create(mtu int) error {
 		return fmt.Errorf("set %s up: %w", p.hostIf, err)
 	}
 	return nil
+}
+
+// clearStale handles a veth pair that exists already, by the host name or in
+// the pod. It deletes what this pod may replace: a host veth waiting for the
+// agent's disposal, or a pair left in this very pod by an earlier ADD. A host
+// veth of the same name whose peer lives in another sandbox (an old sandbox of
+// the same pod, still running) is never deleted: the ADD fails with "try
+// again later" until that sandbox's DEL has removed it.
+func (p *pair) clearStale() error {
+	old, lerr := p.hostNL.LinkByName(p.hostIf)
+	cont, cerr := p.podNL.LinkByName(p.contIf)
+	var nf netlink.LinkNotFoundError
+	switch {
+	case lerr != nil && !errors.As(lerr, &nf):
+		return fmt.Errorf("look up host veth %s: %w", p.hostIf, lerr)
+	case lerr != nil: // no host veth of that name: the pod has the interface already
+		return fmt.Errorf("the pod's network namespace already has an interface %s", p.contIf)
+	case old.Type() != "veth":
+		return fmt.Errorf("host interface %s exists and is a %s, not tern's veth", p.hostIf, old.Type())
+	case old.Attrs().Group == dataplane.DisposeGroup,
+		cerr == nil && cont.Attrs().ParentIndex == old.Attrs().Index:
+		if err := p.hostNL.LinkDel(old); err != nil && !errors.Is(err, unix.ENODEV) {
+			return fmt.Errorf("delete stale host veth %s: %w", p.hostIf, err)
+		}
+		return nil
+	case cerr == nil:
+		return fmt.Errorf("the pod's network namespace already has an interface %s", p.contIf)
+	default:
+		return types.NewError(types.ErrTryAgainLater,
+			fmt.Sprintf("host veth %s exists and belongs to another running sandbox of this pod", p.hostIf),
+			"the old sandbox's DEL removes it; retry then")
+	}
+}
+
+// destroy deletes the veth pair if this ADD created it, by index so that a
+// namesake is never touched.
+func (p *pair) destroy() error {
+	if !p.created {
+		return nil
+	}
+	if p.host != nil {
+		return dataplane.DeleteHostVeth(p.hostIf, p.host.Attrs().Index)
+	}
+	return deleteHostVeth(p.hostIf)
 }
 
 // configure gives the pair the pod's addresses and routes.
@@ -163,6 +203,9 @@ func (p *pair) configure(ips []netip.Addr, mtu int) (Attached, error) {
 	}
 	for _, r := range podRoutes(p.cont.Attrs().Index, ips) {
 		if err := p.podNL.RouteAdd(r); err != nil {
+			if errors.Is(err, unix.EEXIST) {
+				return out, fmt.Errorf("add route %s in the pod: the pod has it on another interface already: tern gives a pod one interface (%w)", routeString(r), err)
+			}
 			return out, fmt.Errorf("add route %s in the pod: %w", routeString(r), err)
 		}
 	}
@@ -260,9 +303,14 @@ func addHostRoute(nl *netlink.Handle, host netlink.Link, ip netip.Addr) error {
 // gone, or its peer is not a tern veth.
 func unrouteHostVeth(netnsPath, contIf string) (agentapi.HostLink, error) {
 	var none agentapi.HostLink
+	var nf netlink.LinkNotFoundError
 	podNS, err := ns.GetNS(netnsPath)
 	if err != nil {
-		return none, nil // gone: its veth went with it
+		var gone ns.NSPathNotExistErr
+		if errors.As(err, &gone) || errors.Is(err, os.ErrNotExist) {
+			return none, nil // gone: its veth went with it
+		}
+		return none, fmt.Errorf("open the pod's network namespace %s: %w", netnsPath, err)
 	}
 	defer podNS.Close()
 	podNL, err := netlink.NewHandleAt(netns.NsHandle(podNS.Fd()), unix.NETLINK_ROUTE)
@@ -271,7 +319,13 @@ func unrouteHostVeth(netnsPath, contIf string) (agentapi.HostLink, error) {
 	}
 	defer podNL.Close()
 	cont, err := podNL.LinkByName(contIf)
-	if err != nil || cont.Type() != "veth" || cont.Attrs().ParentIndex <= 0 {
+	if errors.As(err, &nf) {
+		return none, nil
+	}
+	if err != nil {
+		return none, fmt.Errorf("look up %s in the pod: %w", contIf, err)
+	}
+	if cont.Type() != "veth" || cont.Attrs().ParentIndex <= 0 {
 		return none, nil
 	}
 	hostNL, err := netlink.NewHandle(unix.NETLINK_ROUTE)
@@ -280,18 +334,28 @@ func unrouteHostVeth(netnsPath, contIf string) (agentapi.HostLink, error) {
 	}
 	defer hostNL.Close()
 	host, err := hostNL.LinkByIndex(cont.Attrs().ParentIndex)
-	if err != nil || host.Type() != "veth" || !strings.HasPrefix(host.Attrs().Name, dataplane.HostIfPrefix) {
+	if errors.As(err, &nf) || errors.Is(err, unix.ENODEV) {
+		return none, nil // the peer is not in this namespace
+	}
+	if err != nil {
+		return none, fmt.Errorf("look up the host end of %s: %w", contIf, err)
+	}
+	// The same index in this namespace could be another link: it is the peer
+	// only if it points back at the pod's interface and is tern's.
+	a := host.Attrs()
+	if host.Type() != "veth" || !strings.HasPrefix(a.Name, dataplane.HostIfPrefix) ||
+		a.ParentIndex != cont.Attrs().Index || a.HardwareAddr.String() != HostVethMAC.String() {
 		return none, nil
 	}
 	// Down takes the routes through it away at once; the group marks it for
 	// the agent's batched deletion.
 	if err := hostNL.LinkSetDown(host); err != nil {
-		return none, fmt.Errorf("set host veth %s down: %w", host.Attrs().Name, err)
+		return none, fmt.Errorf("set host veth %s down: %w", a.Name, err)
 	}
 	if err := hostNL.LinkSetGroup(host, dataplane.DisposeGroup); err != nil {
-		return none, fmt.Errorf("mark host veth %s for deletion: %w", host.Attrs().Name, err)
+		return none, fmt.Errorf("mark host veth %s for deletion: %w", a.Name, err)
 	}
-	return agentapi.HostLink{Name: host.Attrs().Name, Index: host.Attrs().Index}, nil
+	return agentapi.HostLink{Name: a.Name, Index: a.Index}, nil
 }
 
 // deleteHostVeth deletes a tern host veth (and with it its peer and routes). A
@@ -315,21 +379,6 @@ func deleteHostVeth(name string) error {
 		return fmt.Errorf("delete host veth %s: %w", name, err)
 	}
 	return nil
-}
-
-// hostVeths lists the tern veths of the host namespace.
-func hostVeths() ([]string, error) {
-	links, err := netlinksafe.LinkList()
-	if err != nil {
-		return nil, fmt.Errorf("list links: %w", err)
-	}
-	var out []string
-	for _, l := range links {
-		if l.Type() == "veth" && strings.HasPrefix(l.Attrs().Name, dataplane.HostIfPrefix) {
-			out = append(out, l.Attrs().Name)
-		}
-	}
-	return out, nil
 }
 
 func ipNet(p netip.Prefix) *net.IPNet {

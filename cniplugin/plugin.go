@@ -87,7 +87,7 @@ func cmdAdd(args *skel.CmdArgs) error {
 	if err != nil {
 		return err
 	}
-	hostIf := HostIfName(pod, args.ContainerID)
+	hostIf := HostIfName(pod, args.ContainerID, args.IfName)
 	podNS, err := ns.GetNS(args.Netns)
 	if err != nil {
 		return types.NewError(types.ErrInvalidEnvironmentVariables,
@@ -105,7 +105,7 @@ func cmdAdd(args *skel.CmdArgs) error {
 	allocated := make(chan allocation, 1)
 	go func() {
 		al, err := iv.agent.Allocate(iv.ctx, agentapi.AllocateRequest{
-			Attachment: att, Namespace: pod.Namespace, Pod: pod.Name, HostIf: hostIf, Netns: args.Netns,
+			Attachment: att, Network: iv.conf.Name, Namespace: pod.Namespace, Pod: pod.Name, HostIf: hostIf, Netns: args.Netns,
 		})
 		allocated <- allocation{al, err}
 	}()
@@ -113,36 +113,38 @@ func cmdAdd(args *skel.CmdArgs) error {
 	if mtu == 0 {
 		mtu = 1500 // until the agent says what the uplink has
 	}
-	p, err := newPair(podNS, hostIf, args.IfName)
-	if err != nil {
-		return types.NewError(types.ErrInternal, "attach pod: "+err.Error(), "")
-	}
-	defer p.close()
-	perr := p.create(mtu)
-	got := <-allocated
-	tAlloc := time.Since(t0)
-	if got.err != nil {
-		if perr == nil {
-			if derr := deleteHostVeth(hostIf); derr != nil {
-				iv.log.Error("rollback: delete host veth", "err", derr)
-			}
-		}
-		return iv.agentError("allocate pod address", got.err)
-	}
 	var a Attached
+	p, perr := newPair(podNS, hostIf, args.IfName)
 	if perr == nil {
+		defer p.close()
+		perr = p.create(mtu)
+	}
+	got := <-allocated // always: a failed ADD must not leave an allocation behind
+	tAlloc := time.Since(t0)
+	if perr == nil && got.err == nil {
 		if iv.conf.MTU == 0 && got.al.MTU > 0 {
 			mtu = got.al.MTU // the agent reads the uplink's MTU at each resync
 		}
 		a, perr = p.configure(got.al.IPs, mtu)
 	}
-	if perr != nil {
-		iv.log.Error("attach failed; rolling back", "hostIf", hostIf, "err", perr)
-		if derr := deleteHostVeth(hostIf); derr != nil {
-			iv.log.Error("rollback: delete host veth", "err", derr)
+	if perr != nil || got.err != nil {
+		// Roll back what this ADD made: the veth (by index, never a namesake)
+		// and the allocation; the runtime's DEL finds nothing left to do.
+		if p != nil {
+			if derr := p.destroy(); derr != nil {
+				iv.log.Error("rollback: delete host veth", "err", derr)
+			}
 		}
+		if got.err != nil {
+			return iv.agentError("allocate pod address", got.err)
+		}
+		iv.log.Error("attach failed; rolled back", "hostIf", hostIf, "err", perr)
 		if _, rerr := iv.agent.Release(iv.ctx, att); rerr != nil && !agentapi.IsCode(rerr, agentapi.CodeNotFound) {
 			iv.log.Error("rollback: release address", "err", rerr)
+		}
+		var cniErr *types.Error
+		if errors.As(perr, &cniErr) {
+			return cniErr
 		}
 		return types.NewError(types.ErrInternal, "attach pod: "+perr.Error(), "")
 	}
@@ -268,34 +270,38 @@ func cmdGC(args *skel.CmdArgs) error {
 		return err
 	}
 	defer iv.done()
-	// List the veths before asking the agent: a veth created after this list by a
-	// concurrent ADD is not looked at, and one in the list has its allocation
-	// already, so the agent's answer covers it.
-	veths, lerr := hostVeths()
 	valid := make([]agentapi.Attachment, 0, len(iv.conf.ValidAttachments))
 	for _, v := range iv.conf.ValidAttachments {
 		valid = append(valid, agentapi.Attachment{ContainerID: v.ContainerID, IfName: v.IfName})
 	}
-	resp, err := iv.agent.GC(iv.ctx, valid)
+	resp, err := iv.agent.GC(iv.ctx, iv.conf.Name, valid)
 	if err != nil {
 		return iv.agentError("GC", err)
 	}
-	if lerr != nil {
-		return types.NewError(types.ErrInternal, "GC: "+lerr.Error(), "")
-	}
+	// Each stale attachment goes as in DEL: its veth, found from its own
+	// namespace if that still exists, down first; then its address.
 	var errs []error
-	deleted := 0
-	for _, v := range veths {
-		if slices.Contains(resp.KeepIfs, v) {
+	released := 0
+	for _, al := range resp.Stale {
+		var dispose []agentapi.HostLink
+		if al.Netns != "" {
+			host, err := unrouteHostVeth(al.Netns, al.IfName)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("%s/%s: %w", al.ContainerID, al.IfName, err))
+				continue
+			}
+			if host.Index > 0 {
+				dispose = append(dispose, host)
+			}
+		}
+		if _, err := iv.agent.Release(iv.ctx, al.Attachment, dispose...); err != nil && !agentapi.IsCode(err, agentapi.CodeNotFound) {
+			errs = append(errs, fmt.Errorf("release %s/%s: %w", al.ContainerID, al.IfName, err))
 			continue
 		}
-		if err := deleteHostVeth(v); err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		deleted++
+		iv.log.Info("garbage-collected", "attachment", al.ContainerID+"/"+al.IfName, "pod", al.Namespace+"/"+al.Pod, "ips", al.IPs)
+		released++
 	}
-	iv.log.Info("garbage collected", "released", len(resp.Released), "vethsDeleted", deleted)
+	iv.log.Info("GC done", "stale", len(resp.Stale), "released", released)
 	if err := errors.Join(errs...); err != nil {
 		return types.NewError(types.ErrInternal, "GC: "+err.Error(), "")
 	}

@@ -148,3 +148,81 @@ func (d *iptablesDriver) ensureJumps(jumps []Jump) (int, error) {
 	}
 	return n, nil
 }
+
+// builtinChains are the built-in chains of the tables tern uses.
+var builtinChains = map[string][]string{
+	"filter": {"INPUT", "FORWARD", "OUTPUT"},
+	"nat":    {"PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"},
+}
+
+// removeStale deletes tern's chains of this family that the plan no longer
+// has (after a flag change, or a pod CIDR family that went), with the jumps
+// to them, and duplicate jumps to chains it keeps. It returns how many chains
+// and jumps it removed. Nothing that is not a TERN- chain or a jump to one is
+// looked at.
+func (d *iptablesDriver) removeStale(plan Plan) (int, error) {
+	want := map[string]bool{}
+	for _, c := range plan.Chains {
+		if c.IPv6 == d.v6 {
+			want[c.Table+"/"+c.Name] = true
+		}
+	}
+	removed := 0
+	for _, table := range []string{"filter", "nat"} {
+		chains, err := d.ipt.ListChains(table)
+		if err != nil {
+			return removed, fmt.Errorf("list chains of %s: %w", table, err)
+		}
+		var stale []string
+		for _, c := range chains {
+			if strings.HasPrefix(c, "TERN-") && !want[table+"/"+c] {
+				stale = append(stale, c)
+			}
+		}
+		var b bytes.Buffer
+		for _, from := range builtinChains[table] {
+			rules, err := d.ipt.List(table, from)
+			if err != nil {
+				return removed, fmt.Errorf("list %s/%s: %w", table, from, err)
+			}
+			seen := map[string]bool{}
+			for _, r := range rules {
+				target := jumpTarget(r)
+				if !strings.HasPrefix(target, "TERN-") {
+					continue
+				}
+				if slices.Contains(stale, target) || seen[target] {
+					// -S prints rules in iptables-restore syntax: -A becomes -D.
+					fmt.Fprintf(&b, "-D%s\n", strings.TrimPrefix(r, "-A"))
+					removed++
+				}
+				seen[target] = true
+			}
+		}
+		for _, c := range stale {
+			fmt.Fprintf(&b, "-F %s\n-X %s\n", c, c)
+			removed++
+		}
+		if b.Len() == 0 {
+			continue
+		}
+		in := "*" + table + "\n" + b.String() + "COMMIT\n"
+		cmd := exec.Command(d.restore, "--noflush", "--wait", "10")
+		cmd.Stdin = strings.NewReader(in)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			return removed, fmt.Errorf("%s --noflush (remove stale, table %s): %w: %s\ninput:\n%s", d.restore, table, err, bytes.TrimSpace(out), in)
+		}
+	}
+	return removed, nil
+}
+
+// jumpTarget is the chain a rule of `iptables -S` output jumps to, if any.
+func jumpTarget(rule string) string {
+	f := strings.Fields(rule)
+	for i := 0; i+1 < len(f); i++ {
+		if f[i] == "-j" || f[i] == "-g" {
+			return f[i+1]
+		}
+	}
+	return ""
+}

@@ -19,7 +19,7 @@ func NewNode(log *slog.Logger) *Node { return &Node{log: log} }
 
 // ApplyStats says what an Apply changed.
 type ApplyStats struct {
-	RoutesAdded, RoutesDeleted, ChainsWritten, JumpsInserted int
+	RoutesAdded, RoutesDeleted, ChainsWritten, JumpsInserted, StaleRemoved int
 }
 
 // Apply brings the node to plan, writing only what differs. It never removes
@@ -37,22 +37,27 @@ func (n *Node) Apply(plan Plan) (ApplyStats, error) {
 	st.RoutesAdded, st.RoutesDeleted, err = applyRoutes(plan.Routes)
 	errs = append(errs, err)
 	for _, v6 := range []bool{false, true} {
-		if (v6 && !plan.IPv6) || (!v6 && !plan.IPv4) {
-			continue
-		}
+		planned := (v6 && plan.IPv6) || (!v6 && plan.IPv4)
 		d, err := n.driver(v6)
 		if err != nil {
-			errs = append(errs, err)
-			continue
+			if planned {
+				errs = append(errs, err)
+			}
+			continue // no ip6tables: nothing of tern's can be there either
 		}
-		w, err := d.syncChains(plan.Chains)
-		st.ChainsWritten += w
-		j, err2 := d.ensureJumps(plan.Jumps)
-		st.JumpsInserted += j
-		errs = append(errs, err, err2)
+		if planned {
+			w, err := d.syncChains(plan.Chains)
+			st.ChainsWritten += w
+			j, err2 := d.ensureJumps(plan.Jumps)
+			st.JumpsInserted += j
+			errs = append(errs, err, err2)
+		}
+		r, err := d.removeStale(plan)
+		st.StaleRemoved += r
+		errs = append(errs, err)
 	}
 	if st != (ApplyStats{}) {
-		n.log.Info("dataplane updated", "routesAdded", st.RoutesAdded, "routesDeleted", st.RoutesDeleted, "chainsWritten", st.ChainsWritten, "jumpsInserted", st.JumpsInserted)
+		n.log.Info("dataplane updated", "routesAdded", st.RoutesAdded, "routesDeleted", st.RoutesDeleted, "chainsWritten", st.ChainsWritten, "jumpsInserted", st.JumpsInserted, "staleRemoved", st.StaleRemoved)
 	}
 	return st, errors.Join(errs...)
 }

@@ -151,18 +151,48 @@ func DeleteHostVeth(name string, index int) error {
 	return nil
 }
 
-// DeleteDisposed deletes every link in DisposeGroup in one request: the kernel
-// then waits for one RCU grace period for all of them, not one per veth. It
-// returns whether there was any.
-func DeleteDisposed() (bool, error) {
-	req := nl.NewNetlinkRequest(unix.RTM_DELLINK, unix.NLM_F_ACK)
-	req.AddData(nl.NewIfInfomsg(unix.AF_UNSPEC))
-	req.AddData(nl.NewRtAttr(unix.IFLA_GROUP, nl.Uint32Attr(DisposeGroup)))
-	if _, err := req.Execute(unix.NETLINK_ROUTE, 0); err != nil {
-		if errors.Is(err, unix.ENODEV) {
-			return false, nil
-		}
-		return false, fmt.Errorf("delete link group %#x: %w", DisposeGroup, err)
+// DeleteDisposed deletes the links of DisposeGroup: when all are tern veths,
+// in one request (the kernel then waits for one RCU grace period for all of
+// them, not one per veth); a link of the group that is not a tern veth is
+// never deleted, and then the tern veths go one by one.
+func DeleteDisposed() (int, error) {
+	links, err := netlinksafe.LinkList()
+	if err != nil {
+		return 0, fmt.Errorf("list links: %w", err)
 	}
-	return true, nil
+	var ours []netlink.Link
+	foreign := false
+	for _, l := range links {
+		if l.Attrs().Group != DisposeGroup {
+			continue
+		}
+		if l.Type() == "veth" && strings.HasPrefix(l.Attrs().Name, HostIfPrefix) {
+			ours = append(ours, l)
+		} else {
+			foreign = true
+		}
+	}
+	if len(ours) == 0 {
+		return 0, nil
+	}
+	if !foreign {
+		req := nl.NewNetlinkRequest(unix.RTM_DELLINK, unix.NLM_F_ACK)
+		req.AddData(nl.NewIfInfomsg(unix.AF_UNSPEC))
+		req.AddData(nl.NewRtAttr(unix.IFLA_GROUP, nl.Uint32Attr(DisposeGroup)))
+		_, err := req.Execute(unix.NETLINK_ROUTE, 0)
+		if err == nil || errors.Is(err, unix.ENODEV) {
+			return len(ours), nil
+		}
+		// fall through to one by one
+	}
+	var errs []error
+	for _, l := range ours {
+		if err := DeleteHostVeth(l.Attrs().Name, l.Attrs().Index); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if foreign {
+		errs = append(errs, fmt.Errorf("link group %#x holds links that are not tern veths; left alone", DisposeGroup))
+	}
+	return len(ours), errors.Join(errs...)
 }

@@ -68,6 +68,7 @@ func (k Key) Validate() error {
 // Allocation is one attachment's addresses and who it belongs to.
 type Allocation struct {
 	Key
+	Network   string       `json:"network,omitempty"` // the CNI network's name
 	Namespace string       `json:"namespace,omitempty"`
 	Pod       string       `json:"pod,omitempty"`
 	HostIf    string       `json:"hostIf,omitempty"`
@@ -92,6 +93,7 @@ type Store interface {
 // Request asks for the addresses of one attachment.
 type Request struct {
 	Key
+	Network   string
 	Namespace string
 	Pod       string
 	HostIf    string
@@ -224,7 +226,7 @@ func (a *Allocator) Allocate(req Request) (Allocation, error) {
 			return Allocation{}, ErrNoPools
 		}
 		al := Allocation{
-			Key: req.Key, Namespace: req.Namespace, Pod: req.Pod,
+			Key: req.Key, Network: req.Network, Namespace: req.Namespace, Pod: req.Pod,
 			HostIf: req.HostIf, Netns: req.Netns, Created: a.now().UTC(),
 		}
 		for i, p := range a.pools {

@@ -24,6 +24,9 @@ type fakeStore struct {
 	deletes int
 	// putHook, when set, runs at the start of every Put, outside mu.
 	putHook func(Allocation)
+	// deletedHook, when set, runs when a Delete has become durable, just
+	// before it returns, outside mu.
+	deletedHook func(Allocation)
 }
 
 var _ Store = (*fakeStore)(nil)
@@ -72,12 +75,18 @@ func (s *fakeStore) Put(al Allocation) error {
 
 func (s *fakeStore) Delete(k Key) error {
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	s.deletes++
 	if s.delErr != nil {
+		s.mu.Unlock()
 		return s.delErr
 	}
+	gone := s.allocs[k]
 	delete(s.allocs, k)
+	hook := s.deletedHook
+	s.mu.Unlock()
+	if hook != nil {
+		hook(gone)
+	}
 	return nil
 }
 
@@ -1033,6 +1042,13 @@ func TestConcurrentAllocateAndRelease(t *testing.T) {
 		held  = map[netip.Addr]string{}
 		fails []string
 	)
+	// An address stops being held only once its release is durable: an
+	// allocator that handed it out earlier would be caught as a duplicate.
+	store.deletedHook = func(al Allocation) {
+		mu.Lock()
+		delete(held, al.IPs[0])
+		mu.Unlock()
+	}
 	var wg sync.WaitGroup
 	for w := range workers {
 		wg.Go(func() {
@@ -1052,9 +1068,6 @@ func TestConcurrentAllocateAndRelease(t *testing.T) {
 				held[al.IPs[0]] = k.String()
 				mu.Unlock()
 
-				mu.Lock()
-				delete(held, al.IPs[0])
-				mu.Unlock()
 				if _, err := a.Release(k); err != nil {
 					mu.Lock()
 					fails = append(fails, fmt.Sprintf("Release %s: %v", k, err))

@@ -92,12 +92,13 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	}
 	a := &Agent{cfg: cfg, log: log, ipam: alloc, node: dataplane.NewNode(log), trigger: make(chan struct{}, 1),
 		disposal: make(chan agentapi.HostLink, 1024)}
-	go a.disposeLoop(ctx)
 
 	ln, err := listenUnix(cfg.SocketPath())
 	if err != nil {
 		return err
 	}
+	ctx, stop := context.WithCancel(ctx)
+	defer stop()
 	srv := &http.Server{Handler: a.handler(), ReadHeaderTimeout: 10 * time.Second}
 	srvErr := make(chan error, 1)
 	go func() { srvErr <- srv.Serve(ln) }()
@@ -105,18 +106,21 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		"allocations", len(alloc.List()))
 
 	a.Trigger()
-	loopDone := make(chan struct{})
-	go func() { a.reconcileLoop(ctx); close(loopDone) }()
+	var loops sync.WaitGroup
+	loops.Add(2)
+	go func() { defer loops.Done(); a.reconcileLoop(ctx) }()
+	go func() { defer loops.Done(); a.disposeLoop(ctx) }()
 
 	select {
 	case <-ctx.Done():
 	case err = <-srvErr:
 		err = fmt.Errorf("serve %s: %w", cfg.SocketPath(), err)
 	}
+	stop() // the loops end with the server, whichever went first
 	shutdown, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	_ = srv.Shutdown(shutdown)
-	<-loopDone
+	loops.Wait()
 	log.Info("tern-agent stopped; routes and rules stay in place")
 	return err
 }
@@ -208,7 +212,7 @@ func (a *Agent) reconcile() error {
 	mtu := dataplane.UplinkMTU()
 	a.mu.Lock()
 	a.mtu = mtu
-	a.writes += uint64(st.RoutesAdded + st.RoutesDeleted + st.ChainsWritten + st.JumpsInserted)
+	a.writes += uint64(st.RoutesAdded + st.RoutesDeleted + st.ChainsWritten + st.JumpsInserted + st.StaleRemoved)
 	a.mu.Unlock()
 	return err
 }

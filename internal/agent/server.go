@@ -55,8 +55,8 @@ func (a *Agent) serveAllocate(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	al, err := a.ipam.Allocate(ipam.Request{
-		Key:       ipam.Key{ContainerID: req.ContainerID, IfName: req.IfName},
-		Namespace: req.Namespace, Pod: req.Pod, HostIf: req.HostIf, Netns: req.Netns,
+		Key:     ipam.Key{ContainerID: req.ContainerID, IfName: req.IfName},
+		Network: req.Network, Namespace: req.Namespace, Pod: req.Pod, HostIf: req.HostIf, Netns: req.Netns,
 	})
 	switch {
 	case errors.Is(err, ipam.ErrPoolFull) || errors.Is(err, ipam.ErrNoPools):
@@ -137,29 +137,15 @@ func (a *Agent) serveGC(w http.ResponseWriter, r *http.Request) {
 	for _, v := range req.Valid {
 		valid[ipam.Key{ContainerID: v.ContainerID, IfName: v.IfName}] = true
 	}
-	resp := agentapi.GCResponse{Released: []agentapi.Allocation{}, KeepIfs: []string{}}
-	var errs []error
+	resp := agentapi.GCResponse{Stale: []agentapi.Allocation{}}
 	youngest := time.Now().Add(-a.cfg.GCMinAge)
 	for _, al := range a.ipam.List() {
-		if valid[al.Key] || al.Created.After(youngest) {
-			resp.KeepIfs = append(resp.KeepIfs, al.HostIf)
+		// Another network's allocations are not this GC's to judge; an ADD
+		// may be in flight for a young one.
+		if valid[al.Key] || (al.Network != "" && al.Network != req.Network) || al.Created.After(youngest) {
 			continue
 		}
-		rel, err := a.ipam.Release(al.Key)
-		if errors.Is(err, ipam.ErrNotFound) {
-			continue // released concurrently
-		}
-		if err != nil {
-			errs = append(errs, err)
-			resp.KeepIfs = append(resp.KeepIfs, al.HostIf)
-			continue
-		}
-		a.log.Info("garbage-collected allocation", "attachment", al.Key, "pod", al.Namespace+"/"+al.Pod, "ips", rel.IPs)
-		resp.Released = append(resp.Released, toAPI(rel))
-	}
-	if err := errors.Join(errs...); err != nil {
-		writeError(w, http.StatusInternalServerError, agentapi.CodeInternal, err.Error())
-		return
+		resp.Stale = append(resp.Stale, toAPI(al))
 	}
 	writeJSON(w, http.StatusOK, resp)
 }
@@ -167,7 +153,7 @@ func (a *Agent) serveGC(w http.ResponseWriter, r *http.Request) {
 func toAPI(al ipam.Allocation) agentapi.Allocation {
 	return agentapi.Allocation{
 		Attachment: agentapi.Attachment{ContainerID: al.ContainerID, IfName: al.IfName},
-		Namespace:  al.Namespace, Pod: al.Pod, HostIf: al.HostIf, Netns: al.Netns,
+		Network:    al.Network, Namespace: al.Namespace, Pod: al.Pod, HostIf: al.HostIf, Netns: al.Netns,
 		IPs: append([]netip.Addr(nil), al.IPs...), Created: al.Created,
 	}
 }

@@ -89,7 +89,8 @@ func newTestAgent(t *testing.T, cfg Config, store *fakeStore) *testAgent {
 	if err != nil {
 		t.Fatalf("ipam.New: %v", err)
 	}
-	a := &Agent{cfg: cfg, log: slog.New(slog.NewTextHandler(io.Discard, nil)), ipam: alloc, trigger: make(chan struct{}, 1)}
+	a := &Agent{cfg: cfg, log: slog.New(slog.NewTextHandler(io.Discard, nil)), ipam: alloc, trigger: make(chan struct{}, 1),
+		disposal: make(chan agentapi.HostLink, 1024)} // never drained: nothing here deletes real links
 	a.ready = true
 	return &testAgent{a: a, store: store, h: a.handler()}
 }
@@ -427,148 +428,84 @@ func TestList(t *testing.T) {
 
 func TestGC(t *testing.T) {
 	old := time.Now().Add(-2 * time.Hour).UTC()
-	seed := func(cid string, ip string) ipam.Allocation {
+	seed := func(cid, network, ip string) ipam.Allocation {
 		return ipam.Allocation{
-			Key: ipam.Key{ContainerID: cid, IfName: "eth0"}, HostIf: "tern" + cid,
+			Key: ipam.Key{ContainerID: cid, IfName: "eth0"}, Network: network, HostIf: "tern" + cid,
 			IPs: []netip.Addr{netip.MustParseAddr(ip)}, Created: old,
 		}
 	}
-	type want struct {
-		released []string // container IDs, in order
-		keep     []string // host interfaces, in order
-		left     []string // container IDs still allocated
-	}
 	tests := []struct {
-		name     string
-		minAge   time.Duration
-		body     string
-		status   int
-		code     string
-		want     want
-		failDels bool
+		name   string
+		minAge time.Duration
+		body   string
+		status int
+		code   string
+		stale  []string // container IDs, oldest first
 	}{
 		{
-			name:   "releases what is not valid, spares the young",
+			name:   "lists what is not valid, spares the young",
 			minAge: time.Hour,
-			body:   `{"valid":[{"containerID":"old-valid","ifName":"eth0"}]}`,
-			status: 200,
-			want: want{
-				released: []string{"old-stale"},
-				keep:     []string{"ternold-valid", "ternnew-stale"},
-				left:     []string{"old-valid", "new-stale"},
-			},
+			body:   `{"network":"tern","valid":[{"containerID":"old-valid","ifName":"eth0"}]}`,
+			status: 200, stale: []string{"old-stale", "old-legacy"},
 		},
 		{
-			name:   "without a minimum age the young go too",
-			minAge: 0,
-			body:   `{"valid":[{"containerID":"old-valid","ifName":"eth0"}]}`,
-			status: 200,
-			want: want{
-				released: []string{"old-stale", "new-stale"},
-				keep:     []string{"ternold-valid"},
-				left:     []string{"old-valid"},
-			},
+			name:   "without a minimum age the young are stale too",
+			body:   `{"network":"tern","valid":[{"containerID":"old-valid","ifName":"eth0"}]}`,
+			status: 200, stale: []string{"old-stale", "old-legacy", "new-stale"},
 		},
 		{
 			name:   "valid matches container ID and interface",
 			minAge: time.Hour,
-			body:   `{"valid":[{"containerID":"old-valid","ifName":"eth1"},{"containerID":"old-stale","ifName":"eth0"}]}`,
-			status: 200,
-			want: want{
-				released: []string{"old-valid"},
-				keep:     []string{"ternold-stale", "ternnew-stale"},
-				left:     []string{"old-stale", "new-stale"},
-			},
+			body:   `{"network":"tern","valid":[{"containerID":"old-valid","ifName":"eth1"},{"containerID":"old-stale","ifName":"eth0"}]}`,
+			status: 200, stale: []string{"old-valid", "old-legacy"},
 		},
 		{
 			name:   "everything valid",
-			minAge: 0,
-			body:   `{"valid":[{"containerID":"old-valid","ifName":"eth0"},{"containerID":"old-stale","ifName":"eth0"},{"containerID":"new-stale","ifName":"eth0"}]}`,
-			status: 200,
-			want: want{
-				released: []string{},
-				keep:     []string{"ternold-valid", "ternold-stale", "ternnew-stale"},
-				left:     []string{"old-valid", "old-stale", "new-stale"},
-			},
+			body:   `{"network":"tern","valid":[{"containerID":"old-valid","ifName":"eth0"},{"containerID":"old-stale","ifName":"eth0"},{"containerID":"new-stale","ifName":"eth0"}]}`,
+			status: 200, stale: []string{"old-legacy"}, // stored before allocations carried a network
 		},
 		{
-			name:   "empty valid list",
-			minAge: time.Hour,
-			body:   `{"valid":[]}`,
-			status: 200,
-			want: want{
-				released: []string{"old-valid", "old-stale"},
-				keep:     []string{"ternnew-stale"},
-				left:     []string{"new-stale"},
-			},
+			name:   "another network's allocations are not judged",
+			body:   `{"network":"other","valid":[]}`,
+			status: 200, stale: []string{"old-legacy"},
 		},
-		{
-			name:   "malformed",
-			minAge: 0,
-			body:   `{"valid":[`,
-			status: 400, code: agentapi.CodeBadRequest,
-			want: want{left: []string{"old-valid", "old-stale", "new-stale"}},
-		},
-		{
-			name:   "unknown field",
-			minAge: 0,
-			body:   `{"valid":[],"dryRun":true}`,
-			status: 400, code: agentapi.CodeBadRequest,
-			want: want{left: []string{"old-valid", "old-stale", "new-stale"}},
-		},
-		{
-			name:     "store failure is reported and releases nothing",
-			minAge:   0,
-			body:     `{"valid":[]}`,
-			failDels: true,
-			status:   500, code: agentapi.CodeInternal,
-			want: want{left: []string{"old-valid", "old-stale", "new-stale"}},
-		},
+		{name: "malformed", body: `{"valid":[`, status: 400, code: agentapi.CodeBadRequest},
+		{name: "unknown field", body: `{"valid":[],"dryRun":true}`, status: 400, code: agentapi.CodeBadRequest},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			cfg := dualStack
 			cfg.GCMinAge = tt.minAge
-			// old-valid is older than old-stale so that List's order is fixed.
-			valid, stale := seed("old-valid", "10.244.1.10"), seed("old-stale", "10.244.1.11")
+			valid, stale := seed("old-valid", "tern", "10.244.1.10"), seed("old-stale", "tern", "10.244.1.11")
+			legacy := seed("old-legacy", "", "10.244.1.12") // stored before allocations carried a network
 			stale.Created = stale.Created.Add(time.Minute)
-			ta := newTestAgent(t, cfg, newFakeStore(valid, stale))
-			decode[agentapi.Allocation](t, ta.do(t, "POST", agentapi.PathAllocate, allocBody("new-stale", "eth0", "ternnew-stale")), 200)
-			if tt.failDels {
-				ta.store.deleteErr = errors.New("disk on fire")
-			}
+			legacy.Created = legacy.Created.Add(2 * time.Minute)
+			ta := newTestAgent(t, cfg, newFakeStore(valid, stale, legacy))
+			decode[agentapi.Allocation](t, ta.do(t, "POST", agentapi.PathAllocate,
+				`{"containerID":"new-stale","ifName":"eth0","network":"tern","hostIf":"ternnew-stale"}`), 200)
 
 			rec := ta.do(t, "POST", agentapi.PathGC, tt.body)
 			if tt.status != 200 {
 				wantError(t, rec, tt.status, tt.code, "")
 			} else {
 				resp := decode[agentapi.GCResponse](t, rec, 200)
-				if resp.Released == nil || resp.KeepIfs == nil {
-					t.Errorf("response %s: released and keepInterfaces must be lists, not null", rec.Body)
+				if resp.Stale == nil {
+					t.Errorf("response %s: stale must be a list, not null", rec.Body)
 				}
-				var released []string
-				for _, al := range resp.Released {
-					released = append(released, al.ContainerID)
+				var got []string
+				for _, al := range resp.Stale {
+					got = append(got, al.ContainerID)
 					if len(al.IPs) == 0 {
-						t.Errorf("released %s without its IPs", al.ContainerID)
+						t.Errorf("stale %s without its IPs", al.ContainerID)
 					}
 				}
-				if !slices.Equal(released, tt.want.released) {
-					t.Errorf("released = %v, want %v", released, tt.want.released)
-				}
-				if !slices.Equal(resp.KeepIfs, tt.want.keep) {
-					t.Errorf("keepInterfaces = %v, want %v", resp.KeepIfs, tt.want.keep)
+				if !slices.Equal(got, tt.stale) {
+					t.Errorf("stale = %v, want %v", got, tt.stale)
 				}
 			}
-			var left []string
-			for _, al := range ta.a.ipam.List() {
-				left = append(left, al.ContainerID)
-			}
-			if !slices.Equal(left, tt.want.left) {
-				t.Errorf("allocations left = %v, want %v", left, tt.want.left)
-			}
-			if !tt.failDels && ta.store.len() != len(tt.want.left) {
-				t.Errorf("store holds %d allocations, want %d", ta.store.len(), len(tt.want.left))
+			// GC only lists: the release is the plugin's, after the veth is down.
+			if n := len(ta.a.ipam.List()); n != 4 {
+				t.Errorf("GC released something: %d allocations left, want 4", n)
 			}
 		})
 	}

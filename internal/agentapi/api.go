@@ -40,6 +40,7 @@ type Attachment struct {
 // AllocateRequest asks for an attachment's addresses.
 type AllocateRequest struct {
 	Attachment
+	Network   string `json:"network,omitempty"`
 	Namespace string `json:"namespace,omitempty"`
 	Pod       string `json:"pod,omitempty"`
 	HostIf    string `json:"hostIf"`
@@ -49,6 +50,7 @@ type AllocateRequest struct {
 // Allocation is the agent's record of an attachment.
 type Allocation struct {
 	Attachment
+	Network   string       `json:"network,omitempty"`
 	Namespace string       `json:"namespace,omitempty"`
 	Pod       string       `json:"pod,omitempty"`
 	HostIf    string       `json:"hostIf"`
@@ -95,16 +97,17 @@ type PoolUsage struct {
 	InUse int          `json:"inUse"`
 }
 
-// GCRequest lists the attachments the runtime still has.
+// GCRequest lists the attachments of a network that the runtime still has.
 type GCRequest struct {
-	Valid []Attachment `json:"valid"`
+	Network string       `json:"network"`
+	Valid   []Attachment `json:"valid"`
 }
 
-// GCResponse says what was released and which host interfaces belong to
-// allocations that remain.
+// GCResponse lists the network's stale allocations: not valid, and older than
+// the agent's --gc-min-age. Nothing is released yet: the plugin takes each
+// one's veth down first, then releases it as DEL does.
 type GCResponse struct {
-	Released []Allocation `json:"released"`
-	KeepIfs  []string     `json:"keepInterfaces"`
+	Stale []Allocation `json:"stale"`
 }
 
 // Error is the body of every non-2xx answer.
@@ -185,10 +188,10 @@ func (c *Client) List(ctx context.Context) ([]Allocation, error) {
 	return out, err
 }
 
-// GC releases every allocation not in valid.
-func (c *Client) GC(ctx context.Context, valid []Attachment) (GCResponse, error) {
+// GC lists the allocations of network that are not in valid.
+func (c *Client) GC(ctx context.Context, network string, valid []Attachment) (GCResponse, error) {
 	var out GCResponse
-	err := c.do(ctx, "POST", PathGC, GCRequest{Valid: valid}, &out)
+	err := c.do(ctx, "POST", PathGC, GCRequest{Network: network, Valid: valid}, &out)
 	return out, err
 }
 
