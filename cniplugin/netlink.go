@@ -17,7 +17,6 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/tern-net/tern/dataplane"
-	"github.com/tern-net/tern/internal/agentapi"
 )
 
 // pair is a pod's veth pair under construction. Its methods run in the host
@@ -294,68 +293,6 @@ func addHostRoute(nl *netlink.Handle, host netlink.Link, ip netip.Addr) error {
 		return fmt.Errorf("replace host route %s: %w", routeString(r), err)
 	}
 	return nil
-}
-
-// unrouteHostVeth finds the host veth paired with the pod's interface contIf
-// in the namespace at netnsPath, sets it down (which removes the host routes
-// to the pod through it) and marks it for the agent to delete. It returns a
-// zero HostLink when there is no such veth: the namespace or the interface is
-// gone, or its peer is not a tern veth.
-func unrouteHostVeth(netnsPath, contIf string) (agentapi.HostLink, error) {
-	var none agentapi.HostLink
-	var nf netlink.LinkNotFoundError
-	podNS, err := ns.GetNS(netnsPath)
-	if err != nil {
-		var gone ns.NSPathNotExistErr
-		if errors.As(err, &gone) || errors.Is(err, os.ErrNotExist) {
-			return none, nil // gone: its veth went with it
-		}
-		return none, fmt.Errorf("open the pod's network namespace %s: %w", netnsPath, err)
-	}
-	defer podNS.Close()
-	podNL, err := netlink.NewHandleAt(netns.NsHandle(podNS.Fd()), unix.NETLINK_ROUTE)
-	if err != nil {
-		return none, fmt.Errorf("netlink socket in the pod's namespace: %w", err)
-	}
-	defer podNL.Close()
-	cont, err := podNL.LinkByName(contIf)
-	if errors.As(err, &nf) {
-		return none, nil
-	}
-	if err != nil {
-		return none, fmt.Errorf("look up %s in the pod: %w", contIf, err)
-	}
-	if cont.Type() != "veth" || cont.Attrs().ParentIndex <= 0 {
-		return none, nil
-	}
-	hostNL, err := netlink.NewHandle(unix.NETLINK_ROUTE)
-	if err != nil {
-		return none, fmt.Errorf("netlink socket: %w", err)
-	}
-	defer hostNL.Close()
-	host, err := hostNL.LinkByIndex(cont.Attrs().ParentIndex)
-	if errors.As(err, &nf) || errors.Is(err, unix.ENODEV) {
-		return none, nil // the peer is not in this namespace
-	}
-	if err != nil {
-		return none, fmt.Errorf("look up the host end of %s: %w", contIf, err)
-	}
-	// The same index in this namespace could be another link: it is the peer
-	// only if it points back at the pod's interface and is tern's.
-	a := host.Attrs()
-	if host.Type() != "veth" || !strings.HasPrefix(a.Name, dataplane.HostIfPrefix) ||
-		a.ParentIndex != cont.Attrs().Index || a.HardwareAddr.String() != HostVethMAC.String() {
-		return none, nil
-	}
-	// Down takes the routes through it away at once; the group marks it for
-	// the agent's batched deletion.
-	if err := hostNL.LinkSetDown(host); err != nil {
-		return none, fmt.Errorf("set host veth %s down: %w", a.Name, err)
-	}
-	if err := hostNL.LinkSetGroup(host, dataplane.DisposeGroup); err != nil {
-		return none, fmt.Errorf("mark host veth %s for deletion: %w", a.Name, err)
-	}
-	return agentapi.HostLink{Name: a.Name, Index: a.Index}, nil
 }
 
 // deleteHostVeth deletes a tern host veth (and with it its peer and routes). A

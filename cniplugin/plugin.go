@@ -167,7 +167,7 @@ func cmdDel(args *skel.CmdArgs) error {
 	// of the pod. Without the pod's namespace there is none: a veth dies with
 	// its namespace. Its routes go now, so that the address is routed nowhere
 	// once released; the veth itself the agent deletes after answering.
-	host, err := unrouteHostVeth(args.Netns, args.IfName)
+	host, err := dataplane.DetachHostVeth(args.Netns, args.IfName)
 	if err != nil {
 		return types.NewError(types.ErrInternal, "detach pod: "+err.Error(), "")
 	}
@@ -285,7 +285,7 @@ func cmdGC(args *skel.CmdArgs) error {
 	for _, al := range resp.Stale {
 		var dispose []agentapi.HostLink
 		if al.Netns != "" {
-			host, err := unrouteHostVeth(al.Netns, al.IfName)
+			host, err := dataplane.DetachHostVeth(al.Netns, al.IfName)
 			if err != nil {
 				errs = append(errs, fmt.Errorf("%s/%s: %w", al.ContainerID, al.IfName, err))
 				continue

@@ -6,6 +6,8 @@ import (
 
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
+
+	"github.com/tern-net/tern/dataplane"
 )
 
 // Gateway addresses the pod routes through. IPv4: a link-local address answered
@@ -14,7 +16,7 @@ import (
 var (
 	GatewayV4   = netip.MustParseAddr("169.254.1.1")
 	GatewayV6   = netip.MustParseAddr("fe80::ecee:eeff:feee:eeee")
-	HostVethMAC = net.HardwareAddr{0xee, 0xee, 0xee, 0xee, 0xee, 0xee}
+	HostVethMAC = dataplane.HostVethMAC
 )
 
 // Attached describes an attachment once the netlink work is done.

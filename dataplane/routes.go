@@ -9,7 +9,6 @@ import (
 
 	"github.com/containernetworking/plugins/pkg/netlinksafe"
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netlink/nl"
 	"golang.org/x/sys/unix"
 )
 
@@ -127,72 +126,3 @@ func isDefault(n *net.IPNet) bool {
 	return ones == 0
 }
 
-// DisposeGroup is the link group of host veths whose pods are gone, waiting
-// for the agent to delete them all in one request.
-const DisposeGroup = 0x7e52
-
-// DeleteHostVeth deletes the tern veth with this name and index. A link that is
-// gone, or whose index now belongs to another name, is left alone.
-func DeleteHostVeth(name string, index int) error {
-	link, err := netlink.LinkByIndex(index)
-	if err != nil {
-		var nf netlink.LinkNotFoundError
-		if errors.As(err, &nf) || errors.Is(err, unix.ENODEV) {
-			return nil
-		}
-		return fmt.Errorf("find link %d: %w", index, err)
-	}
-	if link.Attrs().Name != name || link.Type() != "veth" || !strings.HasPrefix(name, HostIfPrefix) {
-		return nil
-	}
-	if err := netlink.LinkDel(link); err != nil && !errors.Is(err, unix.ENODEV) {
-		return fmt.Errorf("delete %s: %w", name, err)
-	}
-	return nil
-}
-
-// DeleteDisposed deletes the links of DisposeGroup: when all are tern veths,
-// in one request (the kernel then waits for one RCU grace period for all of
-// them, not one per veth); a link of the group that is not a tern veth is
-// never deleted, and then the tern veths go one by one.
-func DeleteDisposed() (int, error) {
-	links, err := netlinksafe.LinkList()
-	if err != nil {
-		return 0, fmt.Errorf("list links: %w", err)
-	}
-	var ours []netlink.Link
-	foreign := false
-	for _, l := range links {
-		if l.Attrs().Group != DisposeGroup {
-			continue
-		}
-		if l.Type() == "veth" && strings.HasPrefix(l.Attrs().Name, HostIfPrefix) {
-			ours = append(ours, l)
-		} else {
-			foreign = true
-		}
-	}
-	if len(ours) == 0 {
-		return 0, nil
-	}
-	if !foreign {
-		req := nl.NewNetlinkRequest(unix.RTM_DELLINK, unix.NLM_F_ACK)
-		req.AddData(nl.NewIfInfomsg(unix.AF_UNSPEC))
-		req.AddData(nl.NewRtAttr(unix.IFLA_GROUP, nl.Uint32Attr(DisposeGroup)))
-		_, err := req.Execute(unix.NETLINK_ROUTE, 0)
-		if err == nil || errors.Is(err, unix.ENODEV) {
-			return len(ours), nil
-		}
-		// fall through to one by one
-	}
-	var errs []error
-	for _, l := range ours {
-		if err := DeleteHostVeth(l.Attrs().Name, l.Attrs().Index); err != nil {
-			errs = append(errs, err)
-		}
-	}
-	if foreign {
-		errs = append(errs, fmt.Errorf("link group %#x holds links that are not tern veths; left alone", DisposeGroup))
-	}
-	return len(ours), errors.Join(errs...)
-}

@@ -16,6 +16,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/tern-net/tern/dataplane"
 )
 
 // Paths served on the socket.
@@ -64,10 +66,7 @@ type Allocation struct {
 
 // HostLink names a host-side pod veth by name and index, so that a veth of
 // the same name made later for another sandbox is never mistaken for it.
-type HostLink struct {
-	Name  string `json:"name"`
-	Index int    `json:"index"`
-}
+type HostLink = dataplane.HostLink
 
 // ReleaseRequest frees an attachment's addresses. Dispose lists host veths of
 // the attachment, already without routes, that the agent deletes after it
