@@ -24,8 +24,12 @@ deps: ## install the Debian packages the tests need (root; quiet when present)
 tools: ## install cnitool into bin/ from the Go module proxy
 	@test -x $(BIN)/cnitool || GOBIN=$(BIN) $(GO) install github.com/containernetworking/cni/cnitool@$(CNITOOL_VERSION)
 
-test: deps build tools ## run every test this machine can run (as root: the network-namespace tests too)
+test: deps build tools kube-env ## run every test this machine can run (as root: the network-namespace tests too)
 	$(GO) test -count=1 -timeout 20m ./...
+
+.PHONY: kube-env
+kube-env: ## builds the test control plane into the cache
+	bash hack/kube-env.sh build
 
 test-unit: ## run the tests that need no root
 	$(GO) test -count=1 -short ./...

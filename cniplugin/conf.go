@@ -105,6 +105,7 @@ func validate(c *NetConf) error {
 type PodArgs struct {
 	Namespace string
 	Name      string
+	UID       string
 }
 
 // ParseArgs reads CNI_ARGS ("K=V;K=V"). Unknown keys are ignored; a pair
@@ -128,6 +129,8 @@ func ParseArgs(s string) (PodArgs, error) {
 			a.Namespace = v
 		case "K8S_POD_NAME":
 			a.Name = v
+		case "K8S_POD_UID":
+			a.UID = v
 		}
 	}
 	return a, nil

@@ -237,7 +237,7 @@ func TestParseArgs(t *testing.T) {
 		{
 			name: "kubernetes pod args",
 			args: "IgnoreUnknown=1;K8S_POD_NAMESPACE=kube-system;K8S_POD_NAME=coredns-abc;K8S_POD_INFRA_CONTAINER_ID=123;K8S_POD_UID=u-1",
-			want: PodArgs{Namespace: "kube-system", Name: "coredns-abc"},
+			want: PodArgs{Namespace: "kube-system", Name: "coredns-abc", UID: "u-1"},
 		},
 		{name: "unknown keys only", args: "FOO=bar;IgnoreUnknown=true", want: PodArgs{}},
 		{name: "empty segments", args: ";K8S_POD_NAMESPACE=default;;K8S_POD_NAME=web-0;", want: PodArgs{Namespace: "default", Name: "web-0"}},

@@ -105,7 +105,7 @@ func cmdAdd(args *skel.CmdArgs) error {
 	allocated := make(chan allocation, 1)
 	go func() {
 		al, err := iv.agent.Allocate(iv.ctx, agentapi.AllocateRequest{
-			Attachment: att, Network: iv.conf.Name, Namespace: pod.Namespace, Pod: pod.Name, HostIf: hostIf, Netns: args.Netns,
+			Attachment: att, Network: iv.conf.Name, Namespace: pod.Namespace, Pod: pod.Name, PodUID: pod.UID, HostIf: hostIf, Netns: args.Netns,
 		})
 		allocated <- allocation{al, err}
 	}()

@@ -13,6 +13,8 @@ need=(
   util-linux:nsenter
   procps:ps
   kmod:modprobe
+  openssl:openssl
+  curl:curl
 )
 
 missing=()

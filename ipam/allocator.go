@@ -71,6 +71,7 @@ type Allocation struct {
 	Network   string       `json:"network,omitempty"` // the CNI network's name
 	Namespace string       `json:"namespace,omitempty"`
 	Pod       string       `json:"pod,omitempty"`
+	PodUID    string       `json:"podUID,omitempty"`
 	HostIf    string       `json:"hostIf,omitempty"`
 	Netns     string       `json:"netns,omitempty"`
 	IPs       []netip.Addr `json:"ips"`
@@ -96,6 +97,7 @@ type Request struct {
 	Network   string
 	Namespace string
 	Pod       string
+	PodUID    string
 	HostIf    string
 	Netns     string
 }
@@ -226,7 +228,7 @@ func (a *Allocator) Allocate(req Request) (Allocation, error) {
 			return Allocation{}, ErrNoPools
 		}
 		al := Allocation{
-			Key: req.Key, Network: req.Network, Namespace: req.Namespace, Pod: req.Pod,
+			Key: req.Key, Network: req.Network, Namespace: req.Namespace, Pod: req.Pod, PodUID: req.PodUID,
 			HostIf: req.HostIf, Netns: req.Netns, Created: a.now().UTC(),
 		}
 		for i, p := range a.pools {

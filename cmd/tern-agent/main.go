@@ -1,5 +1,7 @@
 // Command tern-agent is tern's node agent: it owns the node's pod addresses,
 // serves the CNI plugin on a unix socket and programs the node's dataplane.
+// On Kubernetes (in the cluster, or with --kubeconfig) it follows the API;
+// standalone (--pod-cidr) it needs nothing but its flags.
 package main
 
 import (
@@ -14,8 +16,14 @@ import (
 	"syscall"
 	"time"
 
+	"k8s.io/client-go/kubernetes"
+
 	"github.com/tern-net/tern/internal/agent"
+	"github.com/tern-net/tern/internal/k8s"
 )
+
+// version is set at build time.
+var version = "dev"
 
 func main() {
 	if err := run(os.Args[1:]); err != nil {
@@ -28,18 +36,27 @@ func run(args []string) error {
 	fs := flag.NewFlagSet("tern-agent", flag.ContinueOnError)
 	var (
 		cfg         agent.Config
-		podCIDRs    = fs.String("pod-cidr", "", "this node's pod CIDRs, comma-separated, at most one per address family (standalone mode)")
-		clusterCIDR = fs.String("cluster-cidr", "", "the cluster's pod CIDRs, comma-separated; traffic to them is not masqueraded (default: --pod-cidr)")
+		podCIDRs    = fs.String("pod-cidr", "", "standalone mode: this node's pod CIDRs, comma-separated, at most one per address family (on Kubernetes the node's spec.podCIDRs are used)")
+		clusterCIDR = fs.String("cluster-cidr", "", "the cluster's pod CIDRs, comma-separated; pod traffic to them is not masqueraded (default: the node's pod CIDRs)")
+		kubeconfig  = fs.String("kubeconfig", "", "kubeconfig of the API server (default: in-cluster configuration, unless --pod-cidr is set)")
 		logLevel    = fs.String("log-level", "info", "debug, info, warn or error")
+		logFormat   = fs.String("log-format", "text", "text or json")
+		showVersion = fs.Bool("version", false, "print the version and exit")
 	)
 	fs.StringVar(&cfg.NodeName, "node-name", os.Getenv("NODE_NAME"), "this node's name (default $NODE_NAME)")
 	fs.StringVar(&cfg.StateDir, "state-dir", "/var/lib/tern", "directory of the IPAM database")
 	fs.StringVar(&cfg.RunDir, "run-dir", "/run/tern", "directory of the CNI socket (cni.sock)")
+	fs.StringVar(&cfg.HealthAddr, "health-addr", ":9099", "address of /healthz, /readyz and /metrics (empty: off)")
 	fs.BoolVar(&cfg.NATOutgoing, "nat-outgoing", true, "masquerade pod traffic leaving the cluster's pod CIDRs")
 	fs.DurationVar(&cfg.GCMinAge, "gc-min-age", time.Minute, "CNI GC spares allocations younger than this (an ADD may be in flight)")
+	fs.DurationVar(&cfg.PodReleaseGrace, "pod-release-grace", time.Minute, "release the address of a pod gone from the API after this long (Kubernetes mode)")
 	fs.DurationVar(&cfg.Resync, "resync", 30*time.Second, "period of the resync that repairs drift")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if *showVersion {
+		fmt.Println("tern-agent", version)
+		return nil
 	}
 	var err error
 	if cfg.PodCIDRs, err = parseCIDRs("--pod-cidr", *podCIDRs); err != nil {
@@ -48,15 +65,46 @@ func run(args []string) error {
 	if cfg.ClusterCIDRs, err = parseCIDRs("--cluster-cidr", *clusterCIDR); err != nil {
 		return err
 	}
-	var level slog.Level
-	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
-		return fmt.Errorf("--log-level: %w", err)
+	log, err := newLogger(*logLevel, *logFormat)
+	if err != nil {
+		return err
 	}
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+
+	var cluster agent.Cluster
+	if len(cfg.PodCIDRs) == 0 {
+		rc, err := k8s.Config(*kubeconfig)
+		if err != nil {
+			return err
+		}
+		rc.UserAgent = "tern-agent/" + version
+		client, err := kubernetes.NewForConfig(rc)
+		if err != nil {
+			return fmt.Errorf("Kubernetes client: %w", err)
+		}
+		cluster = k8s.NewWatcher(client, cfg.NodeName, log)
+	} else if *kubeconfig != "" {
+		return fmt.Errorf("--pod-cidr (standalone mode) and --kubeconfig exclude each other")
+	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	return agent.Run(ctx, cfg, log)
+	return agent.Run(ctx, cfg, cluster, log)
+}
+
+func newLogger(level, format string) (*slog.Logger, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("--log-level: %w", err)
+	}
+	opts := &slog.HandlerOptions{Level: l}
+	switch format {
+	case "text":
+		return slog.New(slog.NewTextHandler(os.Stderr, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(os.Stderr, opts)), nil
+	default:
+		return nil, fmt.Errorf("--log-format %q: use text or json", format)
+	}
 }
 
 func parseCIDRs(flagName, s string) ([]netip.Prefix, error) {

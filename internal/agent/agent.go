@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -33,6 +34,11 @@ type Config struct {
 	// GCMinAge spares allocations younger than this from CNI GC, so a GC that
 	// races an ADD in flight does not release the new pod's address.
 	GCMinAge time.Duration
+	// PodReleaseGrace: the address of a pod that is gone from the API is
+	// released after it has been missing this long (Kubernetes mode).
+	PodReleaseGrace time.Duration
+	// HealthAddr serves /healthz, /readyz and /metrics; empty: not served.
+	HealthAddr string
 }
 
 // SocketPath is where the agent serves the CNI plugin.
@@ -41,13 +47,17 @@ func (c Config) SocketPath() string { return filepath.Join(c.RunDir, "cni.sock")
 // StorePath is the IPAM database.
 func (c Config) StorePath() string { return filepath.Join(c.StateDir, "ipam.db") }
 
-// Validate checks the configuration.
-func (c Config) Validate() error {
+// Validate checks the configuration; withCluster says whether the pod CIDRs
+// come from the Kubernetes API.
+func (c Config) Validate(withCluster bool) error {
 	if c.NodeName == "" {
 		return errors.New("node name is empty: set --node-name or NODE_NAME")
 	}
-	if len(c.PodCIDRs) == 0 {
-		return errors.New("no pod CIDR: set --pod-cidr")
+	if len(c.PodCIDRs) == 0 && !withCluster {
+		return errors.New("no pod CIDR: set --pod-cidr (standalone) or run on Kubernetes")
+	}
+	if len(c.PodCIDRs) > 0 && withCluster {
+		return errors.New("--pod-cidr is for standalone mode; on Kubernetes the node's spec.podCIDRs are used")
 	}
 	if c.StateDir == "" || c.RunDir == "" {
 		return errors.New("--state-dir and --run-dir must not be empty")
@@ -57,10 +67,18 @@ func (c Config) Validate() error {
 
 // Agent is one node's tern-agent.
 type Agent struct {
-	cfg  Config
-	log  *slog.Logger
-	ipam *ipam.Allocator
-	node *dataplane.Node
+	cfg     Config
+	log     *slog.Logger
+	ipam    *ipam.Allocator
+	node    *dataplane.Node
+	cluster Cluster // nil in standalone mode
+	metrics *metrics
+
+	// Owned by the reconcile goroutine.
+	networkAvailable bool
+	missing          map[ipam.Key]time.Time // allocations whose pod is gone, since
+	releasedGone     atomic.Int64
+	heartbeat        atomic.Int64 // unix nanoseconds of the loop's last pass
 
 	trigger  chan struct{}
 	disposal chan agentapi.HostLink
@@ -74,12 +92,15 @@ type Agent struct {
 
 // Run starts the agent and blocks until ctx is done. Kernel state it wrote stays
 // in place when it returns, so running pods are not disturbed by a restart.
-func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
-	if err := cfg.Validate(); err != nil {
+func Run(ctx context.Context, cfg Config, cluster Cluster, log *slog.Logger) error {
+	if err := cfg.Validate(cluster != nil); err != nil {
 		return err
 	}
 	if cfg.Resync <= 0 {
 		cfg.Resync = 30 * time.Second
+	}
+	if cfg.PodReleaseGrace <= 0 {
+		cfg.PodReleaseGrace = time.Minute
 	}
 	store, err := ipam.OpenBoltStore(cfg.StorePath(), 10*time.Second)
 	if err != nil {
@@ -90,8 +111,10 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	a := &Agent{cfg: cfg, log: log, ipam: alloc, node: dataplane.NewNode(log), trigger: make(chan struct{}, 1),
-		disposal: make(chan agentapi.HostLink, 1024)}
+	a := &Agent{cfg: cfg, log: log, ipam: alloc, node: dataplane.NewNode(log), cluster: cluster,
+		trigger: make(chan struct{}, 1), disposal: make(chan agentapi.HostLink, 1024),
+		missing: map[ipam.Key]time.Time{}, metrics: newMetrics()}
+	a.metrics.register(a)
 
 	ln, err := listenUnix(cfg.SocketPath())
 	if err != nil {
@@ -100,8 +123,23 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	ctx, stop := context.WithCancel(ctx)
 	defer stop()
 	srv := &http.Server{Handler: a.handler(), ReadHeaderTimeout: 10 * time.Second}
-	srvErr := make(chan error, 1)
+	srvErr := make(chan error, 2)
 	go func() { srvErr <- srv.Serve(ln) }()
+	if cfg.HealthAddr != "" {
+		hln, err := net.Listen("tcp", cfg.HealthAddr)
+		if err != nil {
+			return fmt.Errorf("health endpoint %s: %w", cfg.HealthAddr, err)
+		}
+		hsrv := &http.Server{Handler: a.healthHandler(), ReadHeaderTimeout: 10 * time.Second}
+		go func() { srvErr <- hsrv.Serve(hln) }()
+		defer hsrv.Close()
+		log.Info("health endpoints", "addr", hln.Addr().String())
+	}
+	if cluster != nil {
+		if err := cluster.Start(ctx, a.Trigger); err != nil {
+			return err
+		}
+	}
 	log.Info("tern-agent started", "node", cfg.NodeName, "podCIDRs", cfg.PodCIDRs, "socket", cfg.SocketPath(),
 		"allocations", len(alloc.List()))
 
@@ -185,7 +223,10 @@ func (a *Agent) reconcileLoop(ctx context.Context) {
 		case <-a.trigger:
 		case <-tick.C:
 		}
-		err := a.reconcile()
+		t0 := time.Now()
+		err := a.reconcile(ctx)
+		a.heartbeat.Store(time.Now().UnixNano())
+		a.metrics.observe(time.Since(t0), err)
 		a.mu.Lock()
 		a.lastErr = err
 		if err == nil && !a.ready {
@@ -193,6 +234,9 @@ func (a *Agent) reconcileLoop(ctx context.Context) {
 			a.log.Info("node dataplane programmed; ready")
 		}
 		a.mu.Unlock()
+		if errors.Is(err, errNotSynced) {
+			continue // the watcher triggers a pass when the caches are in
+		}
 		if err != nil {
 			a.log.Error("reconcile failed", "err", err)
 			backoff = min(max(2*backoff, 200*time.Millisecond), 10*time.Second)
@@ -203,7 +247,12 @@ func (a *Agent) reconcileLoop(ctx context.Context) {
 	}
 }
 
-func (a *Agent) reconcile() error {
+func (a *Agent) reconcile(ctx context.Context) error {
+	if a.cluster != nil {
+		if err := a.clusterPools(); err != nil {
+			return err
+		}
+	}
 	plan := dataplane.PlanNode(dataplane.NodeConfig{
 		PodCIDRs: a.ipam.Pools(), ClusterCIDRs: a.cfg.ClusterCIDRs, NATOutgoing: a.cfg.NATOutgoing,
 	})
@@ -214,7 +263,10 @@ func (a *Agent) reconcile() error {
 	a.mtu = mtu
 	a.writes += uint64(st.RoutesAdded + st.RoutesDeleted + st.ChainsWritten + st.JumpsInserted + st.StaleRemoved)
 	a.mu.Unlock()
-	return err
+	if err != nil || a.cluster == nil {
+		return err
+	}
+	return a.afterProgrammed(ctx)
 }
 
 // uplinkMTU is the MTU pods get unless their network configuration sets one.

@@ -56,7 +56,7 @@ func (a *Agent) serveAllocate(w http.ResponseWriter, r *http.Request) {
 	}
 	al, err := a.ipam.Allocate(ipam.Request{
 		Key:     ipam.Key{ContainerID: req.ContainerID, IfName: req.IfName},
-		Network: req.Network, Namespace: req.Namespace, Pod: req.Pod, HostIf: req.HostIf, Netns: req.Netns,
+		Network: req.Network, Namespace: req.Namespace, Pod: req.Pod, PodUID: req.PodUID, HostIf: req.HostIf, Netns: req.Netns,
 	})
 	switch {
 	case errors.Is(err, ipam.ErrPoolFull) || errors.Is(err, ipam.ErrNoPools):
@@ -153,7 +153,7 @@ func (a *Agent) serveGC(w http.ResponseWriter, r *http.Request) {
 func toAPI(al ipam.Allocation) agentapi.Allocation {
 	return agentapi.Allocation{
 		Attachment: agentapi.Attachment{ContainerID: al.ContainerID, IfName: al.IfName},
-		Network:    al.Network, Namespace: al.Namespace, Pod: al.Pod, HostIf: al.HostIf, Netns: al.Netns,
+		Network:    al.Network, Namespace: al.Namespace, PodUID: al.PodUID, Pod: al.Pod, HostIf: al.HostIf, Netns: al.Netns,
 		IPs: append([]netip.Addr(nil), al.IPs...), Created: al.Created,
 	}
 }

@@ -45,6 +45,7 @@ type AllocateRequest struct {
 	Network   string `json:"network,omitempty"`
 	Namespace string `json:"namespace,omitempty"`
 	Pod       string `json:"pod,omitempty"`
+	PodUID    string `json:"podUID,omitempty"`
 	HostIf    string `json:"hostIf"`
 	Netns     string `json:"netns,omitempty"`
 }
@@ -55,6 +56,7 @@ type Allocation struct {
 	Network   string       `json:"network,omitempty"`
 	Namespace string       `json:"namespace,omitempty"`
 	Pod       string       `json:"pod,omitempty"`
+	PodUID    string       `json:"podUID,omitempty"`
 	HostIf    string       `json:"hostIf"`
 	Netns     string       `json:"netns,omitempty"`
 	IPs       []netip.Addr `json:"ips"`

@@ -7,6 +7,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
+	"net/http"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -119,8 +121,19 @@ type Node struct {
 	exited  chan struct{}
 }
 
-// NewNode creates the node namespace and starts the agent in it.
+// NewNode creates the node namespace and starts the agent in it, standalone
+// with podCIDRs.
 func NewNode(t testing.TB, podCIDRs string, agentArgs ...string) *Node {
+	t.Helper()
+	n := NewNodeNS(t)
+	n.PodCIDRs, n.Args = podCIDRs, agentArgs
+	n.StartAgent()
+	return n
+}
+
+// NewNodeNS creates the node namespace with a libcni configuration, and
+// starts no agent: set PodCIDRs or Args, then StartAgent or StartAgentNoWait.
+func NewNodeNS(t testing.TB) *Node {
 	t.Helper()
 	RequireRoot(t)
 	RequirePath(t, DebianCNIDir+"/portmap", "Debian containernetworking-plugins")
@@ -129,7 +142,7 @@ func NewNode(t testing.TB, podCIDRs string, agentArgs ...string) *Node {
 	if err != nil {
 		t.Fatalf("create node netns: %v", err)
 	}
-	n := &Node{t: t, Name: filepath.Base(nodeNS.Path()), NS: nodeNS, Dir: t.TempDir(), BinDir: bin, PodCIDRs: podCIDRs, Args: agentArgs}
+	n := &Node{t: t, Name: filepath.Base(nodeNS.Path()), NS: nodeNS, Dir: t.TempDir(), BinDir: bin}
 	t.Cleanup(func() {
 		n.StopAgent()
 		nodeNS.Close()
@@ -145,7 +158,6 @@ func NewNode(t testing.TB, podCIDRs string, agentArgs ...string) *Node {
 	}
 	t.Cleanup(func() { pluginLog.Close() })
 	n.CNI = libcni.NewCNIConfigWithCacheDir([]string{bin, DebianCNIDir}, filepath.Join(n.Dir, "cni-cache"), &invoke.DefaultExec{RawExec: &invoke.RawExec{Stderr: pluginLog}})
-	n.StartAgent()
 	return n
 }
 
@@ -184,27 +196,43 @@ func (n *Node) Command(name string, args ...string) *exec.Cmd {
 // StartAgent starts tern-agent in the node namespace and waits until it is ready.
 func (n *Node) StartAgent() {
 	n.t.Helper()
+	n.StartAgentNoWait()
+	n.WaitReady(15 * time.Second)
+}
+
+// StartAgentNoWait starts tern-agent in the node namespace: standalone with
+// n.PodCIDRs when set, else as n.Args say (--kubeconfig ...).
+func (n *Node) StartAgentNoWait() {
+	n.t.Helper()
 	n.agentMu.Lock()
-	args := append([]string{"--net=" + n.NS.Path(), "--", filepath.Join(n.BinDir, "tern-agent"),
-		"--node-name", n.Name, "--pod-cidr", n.PodCIDRs,
-		"--state-dir", filepath.Join(n.Dir, "state"), "--run-dir", filepath.Join(n.Dir, "run")}, n.Args...)
-	cmd := exec.Command("nsenter", args...)
+	defer n.agentMu.Unlock()
+	args := []string{"--net=" + n.NS.Path(), "--", filepath.Join(n.BinDir, "tern-agent"),
+		"--node-name", n.Name, "--state-dir", filepath.Join(n.Dir, "state"), "--run-dir", filepath.Join(n.Dir, "run"),
+		"--health-addr", "127.0.0.1:9099"}
+	if n.PodCIDRs != "" {
+		args = append(args, "--pod-cidr", n.PodCIDRs)
+	}
+	cmd := exec.Command("nsenter", append(args, n.Args...)...)
 	logf, err := os.OpenFile(filepath.Join(n.Dir, "agent.log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
 	if err != nil {
-		n.agentMu.Unlock()
 		n.t.Fatalf("agent log: %v", err)
 	}
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
-		n.agentMu.Unlock()
 		n.t.Fatalf("start agent: %v", err)
 	}
 	exited := make(chan struct{})
 	go func() { _ = cmd.Wait(); logf.Close(); close(exited) }()
 	n.agent, n.exited = cmd, exited
-	n.agentMu.Unlock()
+}
 
-	deadline := time.Now().Add(15 * time.Second)
+// WaitReady waits until the agent says it is ready on its socket.
+func (n *Node) WaitReady(timeout time.Duration) {
+	n.t.Helper()
+	n.agentMu.Lock()
+	exited := n.exited
+	n.agentMu.Unlock()
+	deadline := time.Now().Add(timeout)
 	for {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		st, err := n.Client().Status(ctx)
@@ -214,14 +242,33 @@ func (n *Node) StartAgent() {
 		}
 		select {
 		case <-exited:
-			n.t.Fatalf("tern-agent exited at start:\n%s", n.AgentLog())
+			n.t.Fatalf("tern-agent exited:\n%s", n.AgentLog())
 		default:
 		}
 		if time.Now().After(deadline) {
-			n.t.Fatalf("tern-agent not ready after 15s (last: %v %+v):\n%s", err, st, n.AgentLog())
+			n.t.Fatalf("tern-agent not ready after %s (last: %v %+v):\n%s", timeout, err, st, n.AgentLog())
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// Health GETs a path of the agent's health endpoint (127.0.0.1:9099 in the
+// node namespace) and returns the status code and body.
+func (n *Node) Health(path string) (int, string, error) {
+	var code int
+	var body string
+	err := n.InNode(func() error {
+		c := &http.Client{Timeout: 3 * time.Second, Transport: &http.Transport{}}
+		resp, err := c.Get("http://127.0.0.1:9099" + path)
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		code, body = resp.StatusCode, string(b)
+		return err
+	})
+	return code, body, err
 }
 
 // AgentPID is the agent's process ID (nsenter execs the agent in place).

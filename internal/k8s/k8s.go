@@ -1,0 +1,220 @@
+// Package k8s is tern-agent's view of the Kubernetes API: informers for the
+// objects the agent programs from, turned into plain values (this node, the
+// pods on it), and the one write the agent makes: the node's
+// NetworkUnavailable condition. Nothing outside this package touches
+// client-go's caches.
+package k8s
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"sync/atomic"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	corelisters "k8s.io/client-go/listers/core/v1"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/tools/clientcmd"
+)
+
+// AddressAnnotation on a Node overrides the address tern uses for it (by
+// default its InternalIP).
+const AddressAnnotation = "tern.io/address"
+
+// Node is what the agent needs of a Node object.
+type Node struct {
+	Name        string
+	PodCIDRs    []netip.Prefix
+	Address     netip.Addr // InternalIP, or AddressAnnotation
+	Labels      map[string]string
+	Annotations map[string]string
+}
+
+// Pod is what the agent needs of a Pod on its node.
+type Pod struct {
+	Namespace, Name string
+	UID             string
+	HostNetwork     bool
+	IPs             []netip.Addr
+}
+
+// Config builds the client configuration: from kubeconfig when given, else
+// in-cluster.
+func Config(kubeconfig string) (*rest.Config, error) {
+	if kubeconfig != "" {
+		cfg, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
+		if err != nil {
+			return nil, fmt.Errorf("kubeconfig %s: %w", kubeconfig, err)
+		}
+		return cfg, nil
+	}
+	cfg, err := rest.InClusterConfig()
+	if err != nil {
+		return nil, fmt.Errorf("in-cluster configuration (outside a cluster, pass --kubeconfig or --pod-cidr): %w", err)
+	}
+	return cfg, nil
+}
+
+// Watcher keeps the informers' caches of the objects the agent follows.
+type Watcher struct {
+	client   kubernetes.Interface
+	nodeName string
+	log      *slog.Logger
+
+	cluster informers.SharedInformerFactory // nodes, namespaces, network policies
+	local   informers.SharedInformerFactory // pods with spec.nodeName = this node
+	nodes   corelisters.NodeLister
+	pods    corelisters.PodLister
+	synced  []cache.InformerSynced
+	isSync  atomic.Bool
+}
+
+// NewWatcher prepares informers for node nodeName. Nothing runs before Start.
+func NewWatcher(client kubernetes.Interface, nodeName string, log *slog.Logger) *Watcher {
+	w := &Watcher{client: client, nodeName: nodeName, log: log}
+	w.cluster = informers.NewSharedInformerFactory(client, 0)
+	w.local = informers.NewSharedInformerFactoryWithOptions(client, 0,
+		informers.WithTweakListOptions(func(o *metav1.ListOptions) {
+			o.FieldSelector = fields.OneTermEqualSelector("spec.nodeName", nodeName).String()
+		}))
+	nodes := w.cluster.Core().V1().Nodes()
+	pods := w.local.Core().V1().Pods()
+	w.nodes, w.pods = nodes.Lister(), pods.Lister()
+	w.synced = []cache.InformerSynced{
+		nodes.Informer().HasSynced,
+		pods.Informer().HasSynced,
+		w.cluster.Core().V1().Namespaces().Informer().HasSynced,
+		w.cluster.Networking().V1().NetworkPolicies().Informer().HasSynced,
+	}
+	return w
+}
+
+// Start runs the informers until ctx is done and calls changed after every
+// event (the caller coalesces). It returns at once.
+func (w *Watcher) Start(ctx context.Context, changed func()) error {
+	h := cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(any) { changed() },
+		UpdateFunc: func(any, any) { changed() },
+		DeleteFunc: func(any) { changed() },
+	}
+	for _, inf := range []cache.SharedIndexInformer{
+		w.cluster.Core().V1().Nodes().Informer(),
+		w.local.Core().V1().Pods().Informer(),
+		w.cluster.Core().V1().Namespaces().Informer(),
+		w.cluster.Networking().V1().NetworkPolicies().Informer(),
+	} {
+		if _, err := inf.AddEventHandler(h); err != nil {
+			return fmt.Errorf("informer handler: %w", err)
+		}
+	}
+	w.cluster.Start(ctx.Done())
+	w.local.Start(ctx.Done())
+	go func() {
+		if cache.WaitForCacheSync(ctx.Done(), w.synced...) {
+			w.isSync.Store(true)
+			w.log.Info("Kubernetes caches synced")
+			changed()
+		}
+	}()
+	return nil
+}
+
+// Synced reports whether every cache has its initial list.
+func (w *Watcher) Synced() bool { return w.isSync.Load() }
+
+// LocalNode returns this node as the cache has it.
+func (w *Watcher) LocalNode() (Node, error) {
+	n, err := w.nodes.Get(w.nodeName)
+	if err != nil {
+		if apierrors.IsNotFound(err) {
+			return Node{}, fmt.Errorf("node %q does not exist in the API (is --node-name / NODE_NAME right?)", w.nodeName)
+		}
+		return Node{}, err
+	}
+	return NodeFromAPI(n)
+}
+
+// NodeFromAPI converts a Node object.
+func NodeFromAPI(n *corev1.Node) (Node, error) {
+	out := Node{Name: n.Name, Labels: n.Labels, Annotations: n.Annotations}
+	cidrs := n.Spec.PodCIDRs
+	if len(cidrs) == 0 && n.Spec.PodCIDR != "" {
+		cidrs = []string{n.Spec.PodCIDR}
+	}
+	for _, c := range cidrs {
+		p, err := netip.ParsePrefix(c)
+		if err != nil {
+			return out, fmt.Errorf("node %s: podCIDR %q: %w", n.Name, c, err)
+		}
+		out.PodCIDRs = append(out.PodCIDRs, p.Masked())
+	}
+	if a, ok := n.Annotations[AddressAnnotation]; ok {
+		ip, err := netip.ParseAddr(a)
+		if err != nil {
+			return out, fmt.Errorf("node %s: annotation %s=%q is not an IP address", n.Name, AddressAnnotation, a)
+		}
+		out.Address = ip
+		return out, nil
+	}
+	for _, a := range n.Status.Addresses {
+		if a.Type == corev1.NodeInternalIP {
+			if ip, err := netip.ParseAddr(a.Address); err == nil {
+				out.Address = ip
+				break
+			}
+		}
+	}
+	return out, nil
+}
+
+// LocalPods returns the pods bound to this node, keyed by "namespace/name".
+func (w *Watcher) LocalPods() (map[string]Pod, error) {
+	list, err := w.pods.List(everything)
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[string]Pod, len(list))
+	for _, p := range list {
+		pod := Pod{Namespace: p.Namespace, Name: p.Name, UID: string(p.UID), HostNetwork: p.Spec.HostNetwork}
+		for _, ip := range p.Status.PodIPs {
+			if a, err := netip.ParseAddr(ip.IP); err == nil {
+				pod.IPs = append(pod.IPs, a)
+			}
+		}
+		out[p.Namespace+"/"+p.Name] = pod
+	}
+	return out, nil
+}
+
+// SetNetworkAvailable sets this node's NetworkUnavailable condition to False
+// (a strategic merge patch of the status: the condition list merges by type).
+func (w *Watcher) SetNetworkAvailable(ctx context.Context) error {
+	now := metav1.NewTime(time.Now())
+	patch, err := json.Marshal(map[string]any{
+		"status": map[string]any{
+			"conditions": []corev1.NodeCondition{{
+				Type: corev1.NodeNetworkUnavailable, Status: corev1.ConditionFalse,
+				Reason: "TernIsUp", Message: "tern-agent has programmed this node's routes",
+				LastTransitionTime: now, LastHeartbeatTime: now,
+			}},
+		},
+	})
+	if err != nil {
+		return err
+	}
+	_, err = w.client.CoreV1().Nodes().Patch(ctx, w.nodeName, types.StrategicMergePatchType, patch, metav1.PatchOptions{}, "status")
+	if err != nil {
+		return fmt.Errorf("set NetworkUnavailable=False on node %s: %w", w.nodeName, err)
+	}
+	return nil
+}
