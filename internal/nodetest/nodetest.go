@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/netip"
 	"os"
@@ -255,20 +256,25 @@ func (n *Node) WaitReady(timeout time.Duration) {
 // Health GETs a path of the agent's health endpoint (127.0.0.1:9099 in the
 // node namespace) and returns the status code and body.
 func (n *Node) Health(path string) (int, string, error) {
-	var code int
-	var body string
-	err := n.InNode(func() error {
-		c := &http.Client{Timeout: 3 * time.Second, Transport: &http.Transport{}}
-		resp, err := c.Get("http://127.0.0.1:9099" + path)
-		if err != nil {
+	// The transport dials from goroutines of its own: each dial enters the
+	// node namespace itself.
+	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
+		var c net.Conn
+		err := n.InNode(func() error {
+			var err error
+			c, err = (&net.Dialer{}).DialContext(ctx, network, addr)
 			return err
-		}
-		defer resp.Body.Close()
-		b, err := io.ReadAll(resp.Body)
-		code, body = resp.StatusCode, string(b)
-		return err
-	})
-	return code, body, err
+		})
+		return c, err
+	}
+	c := &http.Client{Timeout: 3 * time.Second, Transport: &http.Transport{DialContext: dial, DisableKeepAlives: true}}
+	resp, err := c.Get("http://127.0.0.1:9099" + path)
+	if err != nil {
+		return 0, "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b), err
 }
 
 // AgentPID is the agent's process ID (nsenter execs the agent in place).
