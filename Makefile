@@ -8,7 +8,9 @@ CNITOOL_VERSION := v1.3.1
 STATICCHECK_VERSION := v0.8.2
 export PATH := $(BIN):$(PATH)
 
-.PHONY: help build deps test test-unit lint bench tools
+IMAGE ?= ghcr.io/tern-net/tern:$(VERSION)
+
+.PHONY: help build deps test test-unit lint bench tools image
 .DEFAULT_GOAL := help
 
 help: ## list the targets
@@ -43,3 +45,6 @@ bench: deps build ## benchmarks side by side with the reference plugins (root); 
 	@rm -rf bench-out && mkdir -p bench-out
 	$(GO) test -run '^$$' -bench . -benchtime 1x -count 1 -timeout 30m ./bench/... | grep -v 'level=' | tee bench-out/bench.txt
 	@cat bench-out/cni.md
+
+image: ## build the container image $(IMAGE) (needs docker or podman; none runs on the dev machines)
+	docker build --build-arg VERSION=$(VERSION) -t $(IMAGE) .

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # kube-env.sh: a real Kubernetes control plane (etcd, kube-apiserver,
-# kube-controller-manager) on 127.0.0.1, for tern's tests and its lab.
+# kube-controller-manager) on 127.0.0.1, and kubectl, for tern's tests and its lab.
 #
 #   hack/kube-env.sh build      build the binaries into the cache (no-op when cached)
 #   hack/kube-env.sh up DIR     start the control plane with all its state in DIR;
 #                               prints only the admin kubeconfig's path on stdout
 #   hack/kube-env.sh down DIR   stop what `up DIR` started, by recorded PID
+#   hack/kube-env.sh bindir     print the directory of the binaries (with kubectl)
 #
 # The binaries are built from the Go module proxy in a throwaway module inside
 # the cache, never in tern's go.mod. Environment:
@@ -24,7 +25,7 @@ K8S_VERSION=${K8S_VERSION:-v1.37.2}
 CACHE=${TERN_CACHE:-$HOME/.cache/tern}
 KUBE_CACHE=$CACHE/kube/$K8S_VERSION
 BIN=$KUBE_CACHE/bin
-BINARIES=(etcd kube-apiserver kube-controller-manager)
+BINARIES=(etcd kube-apiserver kube-controller-manager kubectl)
 
 SERVICE_CIDR=10.96.0.0/16
 CLUSTER_CIDR=10.244.0.0/16
@@ -93,6 +94,7 @@ cmd_build() {
     echo "	go.etcd.io/etcd/server/v3"
     echo "	k8s.io/kubernetes/cmd/kube-apiserver"
     echo "	k8s.io/kubernetes/cmd/kube-controller-manager"
+    echo "	k8s.io/kubernetes/cmd/kubectl"
     echo ")"
     echo
     echo "require k8s.io/kubernetes $ver"
@@ -113,6 +115,7 @@ cmd_build() {
     [etcd]=go.etcd.io/etcd/server/v3
     [kube-apiserver]=k8s.io/kubernetes/cmd/kube-apiserver
     [kube-controller-manager]=k8s.io/kubernetes/cmd/kube-controller-manager
+    [kubectl]=k8s.io/kubernetes/cmd/kubectl
   )
   local b
   for b in "${BINARIES[@]}"; do
@@ -450,6 +453,7 @@ cmd_down() {
 
 case ${1:-} in
   build) shift; [[ $# -eq 0 ]] || usage; cmd_build ;;
+  bindir) shift; [[ $# -eq 0 ]] || usage; echo "$BIN" ;;
   up) shift; cmd_up "$@" ;;
   down) shift; cmd_down "$@" ;;
   *) usage ;;

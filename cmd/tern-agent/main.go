@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/klog/v2"
 
 	"github.com/tern-net/tern/internal/agent"
 	"github.com/tern-net/tern/internal/k8s"
@@ -43,6 +44,7 @@ func run(args []string) error {
 		logFormat   = fs.String("log-format", "text", "text or json")
 		showVersion = fs.Bool("version", false, "print the version and exit")
 	)
+	cfg.Version = version
 	fs.StringVar(&cfg.NodeName, "node-name", os.Getenv("NODE_NAME"), "this node's name (default $NODE_NAME)")
 	fs.StringVar(&cfg.StateDir, "state-dir", "/var/lib/tern", "directory of the IPAM database")
 	fs.StringVar(&cfg.RunDir, "run-dir", "/run/tern", "directory of the CNI socket (cni.sock)")
@@ -72,6 +74,7 @@ func run(args []string) error {
 
 	var cluster agent.Cluster
 	if len(cfg.PodCIDRs) == 0 {
+		klog.SetSlogLogger(log.With("component", "client-go")) // one log, one format
 		rc, err := k8s.Config(*kubeconfig)
 		if err != nil {
 			return err

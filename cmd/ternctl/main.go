@@ -19,6 +19,7 @@ import (
 const usage = `ternctl: look at a tern node
 
 usage:
+  ternctl version                         this ternctl's version, and the agent's if it answers
   ternctl [--socket PATH] status          the agent's readiness and pod CIDR usage
   ternctl [--socket PATH] ipam show       every address allocation on this node
   ternctl [--socket PATH] ipam release CONTAINER-ID [IFNAME]
@@ -28,6 +29,9 @@ flags:
   --socket PATH   the agent's socket (default /run/tern/cni.sock)
   -o json         print JSON instead of a table
 `
+
+// version is set at build time.
+var version = "dev"
 
 func main() {
 	if err := run(os.Args[1:], os.Stdout); err != nil {
@@ -49,6 +53,14 @@ func run(args []string, out io.Writer) error {
 	c := agentapi.NewClient(*socket, 10*time.Second)
 	cmd := strings.Join(fs.Args(), " ")
 	switch {
+	case cmd == "version":
+		fmt.Fprintf(out, "ternctl:    %s\n", version)
+		if st, err := c.Status(ctx); err == nil {
+			fmt.Fprintf(out, "tern-agent: %s (node %s)\n", st.Version, st.Node)
+		} else {
+			fmt.Fprintf(out, "tern-agent: unreachable at %s\n", *socket)
+		}
+		return nil
 	case cmd == "status":
 		st, err := c.Status(ctx)
 		if err != nil {

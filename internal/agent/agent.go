@@ -39,6 +39,8 @@ type Config struct {
 	PodReleaseGrace time.Duration
 	// HealthAddr serves /healthz, /readyz and /metrics; empty: not served.
 	HealthAddr string
+	// Version is the agent's build version, for ternctl.
+	Version string
 }
 
 // SocketPath is where the agent serves the CNI plugin.

@@ -29,7 +29,7 @@ func (a *Agent) handler() http.Handler {
 }
 
 func (a *Agent) serveStatus(w http.ResponseWriter, _ *http.Request) {
-	st := agentapi.Status{Node: a.cfg.NodeName, PodCIDRs: a.ipam.Pools()}
+	st := agentapi.Status{Node: a.cfg.NodeName, Version: a.cfg.Version, PodCIDRs: a.ipam.Pools()}
 	st.Ready, st.Reason = a.readiness()
 	a.mu.Lock()
 	st.DataplaneWrites = a.writes

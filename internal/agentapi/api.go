@@ -81,6 +81,7 @@ type ReleaseRequest struct {
 
 // Status is the agent's readiness.
 type Status struct {
+	Version  string         `json:"version"`
 	Ready    bool           `json:"ready"`
 	Reason   string         `json:"reason,omitempty"`
 	Node     string         `json:"node"`

@@ -288,3 +288,20 @@ func Eventually(timeout time.Duration, cond func(ctx context.Context) (bool, err
 		}
 	}
 }
+
+// Kubectl runs the kubectl that hack/kube-env.sh built (the server's version)
+// with the admin kubeconfig and returns its combined output.
+func (e *Env) Kubectl(t testing.TB, args ...string) (string, error) {
+	t.Helper()
+	root, err := nodetest.ModuleRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir, err := runScript(filepath.Join(root, "hack", "kube-env.sh"), nil, "bindir")
+	if err != nil {
+		t.Fatalf("kube-env.sh bindir: %v", err)
+	}
+	cmd := exec.Command(filepath.Join(strings.TrimSpace(dir), "kubectl"), append([]string{"--kubeconfig", e.Kubeconfig}, args...)...)
+	out, err := cmd.CombinedOutput()
+	return string(out), err
+}
