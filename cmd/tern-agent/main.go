@@ -16,6 +16,7 @@ import (
 	"syscall"
 	"time"
 
+	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/klog/v2"
 
@@ -84,7 +85,11 @@ func run(args []string) error {
 		if err != nil {
 			return fmt.Errorf("Kubernetes client: %w", err)
 		}
-		cluster = k8s.NewWatcher(client, cfg.NodeName, log)
+		dyn, err := dynamic.NewForConfig(rc)
+		if err != nil {
+			return fmt.Errorf("Kubernetes client: %w", err)
+		}
+		cluster = k8s.NewWatcher(client, dyn, cfg.NodeName, log)
 	} else if *kubeconfig != "" {
 		return fmt.Errorf("--pod-cidr (standalone mode) and --kubeconfig exclude each other")
 	}

@@ -30,6 +30,10 @@ func TestTernctlAgainstARealAgent(t *testing.T) {
 	if err := run([]string{"--socket", n.Socket(), "ipam", "release", p.RT.ContainerID}, &out); err != nil || !strings.Contains(out.String(), ip) {
 		t.Fatalf("release: %v %s", err, out.String())
 	}
+	out.Reset()
+	if err := run([]string{"--socket", n.Socket(), "version"}, &out); err != nil || !strings.Contains(out.String(), "tern-agent: dev (node "+n.Name+")") {
+		t.Fatalf("version: %v\n%s", err, out.String())
+	}
 	err := run([]string{"--socket", n.Dir + "/nothing.sock", "status"}, &out)
 	if err == nil || !strings.Contains(err.Error(), "is tern-agent running on this node?") {
 		t.Fatalf("unreachable agent: %v", err)

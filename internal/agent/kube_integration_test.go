@@ -31,6 +31,13 @@ func TestAgentOnKubernetes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	root, err := nodetest.ModuleRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out, err := env.Kubectl(t, "apply", "-f", filepath.Join(root, "manifests", "01-crds.yaml")); err != nil {
+		t.Fatalf("install CRDs: %v\n%s", err, out)
+	}
 	fwd := nodetest.Forward(t, n.NS, api.Host, false)
 	n.Args = []string{"--kubeconfig", kubeconfigVia(t, env, "https://"+fwd.Addr, n.Dir),
 		"--resync=1s", "--pod-release-grace=2s"}
@@ -97,6 +104,12 @@ func TestAgentOnKubernetes(t *testing.T) {
 	if code, body, err := n.Health("/metrics"); err != nil || code != 200 || !strings.Contains(body, "tern_ready 1") ||
 		!strings.Contains(body, "tern_reconcile_duration_seconds_count") {
 		t.Fatalf("/metrics: %d %v\n%s", code, err, body)
+	}
+
+	if err := kubetest.Eventually(15*time.Second, func(context.Context) (bool, error) {
+		return strings.Contains(n.AgentLog(), `msg="watching custom resources" resource=bgppeers`), nil
+	}); err != nil {
+		t.Fatalf("the agent does not watch tern's custom resources: %v\n%s", err, n.AgentLog())
 	}
 
 	// A pod on the node: its sandbox gets an address from the node's podCIDR.

@@ -17,8 +17,12 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/dynamic/dynamicinformer"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	corelisters "k8s.io/client-go/listers/core/v1"
@@ -77,11 +81,22 @@ type Watcher struct {
 	pods    corelisters.PodLister
 	synced  []cache.InformerSynced
 	isSync  atomic.Bool
+
+	dynamic dynamic.Interface
+	crds    dynamicinformer.DynamicSharedInformerFactory
+	crdsOn  atomic.Bool
 }
 
+// The custom resources of API group tern.io the agent watches.
+var (
+	BGPConfigurations = schema.GroupVersionResource{Group: "tern.io", Version: "v1alpha1", Resource: "bgpconfigurations"}
+	BGPPeers          = schema.GroupVersionResource{Group: "tern.io", Version: "v1alpha1", Resource: "bgppeers"}
+)
+
 // NewWatcher prepares informers for node nodeName. Nothing runs before Start.
-func NewWatcher(client kubernetes.Interface, nodeName string, log *slog.Logger) *Watcher {
-	w := &Watcher{client: client, nodeName: nodeName, log: log}
+func NewWatcher(client kubernetes.Interface, dyn dynamic.Interface, nodeName string, log *slog.Logger) *Watcher {
+	w := &Watcher{client: client, dynamic: dyn, nodeName: nodeName, log: log}
+	w.crds = dynamicinformer.NewDynamicSharedInformerFactory(dyn, 0)
 	w.cluster = informers.NewSharedInformerFactory(client, 0)
 	w.local = informers.NewSharedInformerFactoryWithOptions(client, 0,
 		informers.WithTweakListOptions(func(o *metav1.ListOptions) {
@@ -126,7 +141,62 @@ func (w *Watcher) Start(ctx context.Context, changed func()) error {
 			changed()
 		}
 	}()
+	go w.watchCustomResources(ctx, h)
 	return nil
+}
+
+// watchCustomResources starts the tern.io informers once the API serves the
+// CRDs (they may be installed after the agent). The dataplane does not wait
+// for them: what they configure (BGP) starts when they are in.
+func (w *Watcher) watchCustomResources(ctx context.Context, h cache.ResourceEventHandler) {
+	gv := BGPPeers.GroupVersion().String()
+	for {
+		if _, err := w.client.Discovery().ServerResourcesForGroupVersion(gv); err == nil {
+			break
+		} else if !apierrors.IsNotFound(err) {
+			w.log.Debug("discovery of tern.io", "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(10 * time.Second):
+		}
+	}
+	for _, gvr := range []schema.GroupVersionResource{BGPConfigurations, BGPPeers} {
+		if _, err := w.crds.ForResource(gvr).Informer().AddEventHandler(h); err != nil {
+			w.log.Error("informer handler", "resource", gvr.Resource, "err", err)
+			return
+		}
+	}
+	w.crds.Start(ctx.Done())
+	for gvr, ok := range w.crds.WaitForCacheSync(ctx.Done()) {
+		if !ok {
+			return
+		}
+		w.log.Info("watching custom resources", "resource", gvr.Resource)
+	}
+	w.crdsOn.Store(true)
+}
+
+// CustomResourcesSynced reports whether the tern.io caches are in.
+func (w *Watcher) CustomResourcesSynced() bool { return w.crdsOn.Load() }
+
+// CustomResources returns the cached objects of a tern.io resource.
+func (w *Watcher) CustomResources(gvr schema.GroupVersionResource) ([]*unstructured.Unstructured, error) {
+	if !w.crdsOn.Load() {
+		return nil, fmt.Errorf("%s: not watched yet (are tern's CRDs installed?)", gvr.Resource)
+	}
+	objs, err := w.crds.ForResource(gvr).Lister().List(everything)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]*unstructured.Unstructured, 0, len(objs))
+	for _, o := range objs {
+		if u, ok := o.(*unstructured.Unstructured); ok {
+			out = append(out, u)
+		}
+	}
+	return out, nil
 }
 
 // Synced reports whether every cache has its initial list.

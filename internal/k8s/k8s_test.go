@@ -1,0 +1,74 @@
+package k8s
+
+import (
+	"net/netip"
+	"slices"
+	"strings"
+	"testing"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+func TestNodeFromAPI(t *testing.T) {
+	node := func(mut func(n *corev1.Node)) *corev1.Node {
+		n := &corev1.Node{
+			ObjectMeta: metav1.ObjectMeta{Name: "n1"},
+			Spec:       corev1.NodeSpec{PodCIDR: "10.244.1.0/24", PodCIDRs: []string{"10.244.1.0/24", "fd10:244:1::/64"}},
+			Status: corev1.NodeStatus{Addresses: []corev1.NodeAddress{
+				{Type: corev1.NodeHostName, Address: "n1"},
+				{Type: corev1.NodeExternalIP, Address: "203.0.113.9"},
+				{Type: corev1.NodeInternalIP, Address: "10.250.0.7"},
+			}},
+		}
+		if mut != nil {
+			mut(n)
+		}
+		return n
+	}
+	cases := []struct {
+		name    string
+		node    *corev1.Node
+		cidrs   []string
+		addr    string
+		wantErr string
+	}{
+		{"dual-stack, InternalIP", node(nil), []string{"10.244.1.0/24", "fd10:244:1::/64"}, "10.250.0.7", ""},
+		{"only spec.podCIDR", node(func(n *corev1.Node) { n.Spec.PodCIDRs = nil }), []string{"10.244.1.0/24"}, "10.250.0.7", ""},
+		{"no podCIDR yet", node(func(n *corev1.Node) { n.Spec = corev1.NodeSpec{} }), nil, "10.250.0.7", ""},
+		{"address annotation wins", node(func(n *corev1.Node) { n.Annotations = map[string]string{AddressAnnotation: "10.9.9.9"} }),
+			[]string{"10.244.1.0/24", "fd10:244:1::/64"}, "10.9.9.9", ""},
+		{"bad address annotation", node(func(n *corev1.Node) { n.Annotations = map[string]string{AddressAnnotation: "ten.nine"} }),
+			nil, "", `annotation tern.io/address="ten.nine" is not an IP address`},
+		{"bad podCIDR", node(func(n *corev1.Node) { n.Spec.PodCIDRs = []string{"10.244.1.0/33"} }), nil, "", `podCIDR "10.244.1.0/33"`},
+		{"no InternalIP", node(func(n *corev1.Node) { n.Status.Addresses = nil }), []string{"10.244.1.0/24", "fd10:244:1::/64"}, "invalid IP", ""},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			got, err := NodeFromAPI(c.node)
+			if c.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), c.wantErr) {
+					t.Fatalf("err %v, want %q", err, c.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			var cidrs []string
+			for _, p := range got.PodCIDRs {
+				cidrs = append(cidrs, p.String())
+			}
+			if !slices.Equal(cidrs, c.cidrs) {
+				t.Errorf("pod CIDRs %v, want %v", cidrs, c.cidrs)
+			}
+			want := netip.Addr{}
+			if c.addr != "invalid IP" {
+				want = netip.MustParseAddr(c.addr)
+			}
+			if got.Address != want {
+				t.Errorf("address %v, want %v", got.Address, want)
+			}
+		})
+	}
+}
