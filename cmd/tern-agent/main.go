@@ -83,11 +83,11 @@ func run(args []string) error {
 		rc.UserAgent = "tern-agent/" + version
 		client, err := kubernetes.NewForConfig(rc)
 		if err != nil {
-			return fmt.Errorf("Kubernetes client: %w", err)
+			return fmt.Errorf("client of the Kubernetes API: %w", err)
 		}
 		dyn, err := dynamic.NewForConfig(rc)
 		if err != nil {
-			return fmt.Errorf("Kubernetes client: %w", err)
+			return fmt.Errorf("client of the Kubernetes API: %w", err)
 		}
 		cluster = k8s.NewWatcher(client, dyn, cfg.NodeName, log)
 	} else if *kubeconfig != "" {

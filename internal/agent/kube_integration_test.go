@@ -65,14 +65,13 @@ func TestAgentOnKubernetes(t *testing.T) {
 	}
 
 	// The node appears; kube-controller-manager gives it a podCIDR.
-	node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: n.Name}}
-	node, err = env.Client.CoreV1().Nodes().Create(ctx, node, metav1.CreateOptions{})
+	_, err = env.Client.CoreV1().Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: n.Name}}, metav1.CreateOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = env.Client.CoreV1().Nodes().Delete(context.Background(), n.Name, metav1.DeleteOptions{}) })
 	n.WaitReady(30 * time.Second)
-	node, err = env.Client.CoreV1().Nodes().Get(ctx, n.Name, metav1.GetOptions{})
+	node, err := env.Client.CoreV1().Nodes().Get(ctx, n.Name, metav1.GetOptions{})
 	if err != nil || node.Spec.PodCIDR == "" {
 		t.Fatalf("node %s: %v, podCIDR %q", n.Name, err, node.Spec.PodCIDR)
 	}
