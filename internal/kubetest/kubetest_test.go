@@ -76,16 +76,24 @@ func TestNodePodCIDR(t *testing.T) {
 		t.Fatalf("podCIDR %s is not a /24 of %s", p, cluster)
 	}
 
-	current, err := nodes.Get(ctx(t), node.Name, metav1.GetOptions{})
-	if err != nil {
-		t.Fatalf("get node: %v", err)
-	}
 	other := "10.244.254.0/24"
 	if podCIDR == other {
 		other = "10.244.253.0/24"
 	}
-	current.Spec.PodCIDR, current.Spec.PodCIDRs = other, []string{other}
-	_, err = nodes.Update(ctx(t), current, metav1.UpdateOptions{})
+	// kube-controller-manager may still be writing the node (taints,
+	// conditions): retry on a conflict, from a fresh read.
+	for range 20 {
+		current, gerr := nodes.Get(ctx(t), node.Name, metav1.GetOptions{})
+		if gerr != nil {
+			t.Fatalf("get node: %v", gerr)
+		}
+		current.Spec.PodCIDR, current.Spec.PodCIDRs = other, []string{other}
+		_, err = nodes.Update(ctx(t), current, metav1.UpdateOptions{})
+		if !apierrors.IsConflict(err) {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 	if !apierrors.IsInvalid(err) || !strings.Contains(err.Error(), "may not change podCIDR") {
 		t.Fatalf("second change of spec.podCIDR: got %v, want the server to refuse it as invalid", err)
 	}
