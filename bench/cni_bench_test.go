@@ -92,6 +92,9 @@ type row struct {
 // for tern and for Debian's ptp + host-local (the CNI project's reference
 // plugins), with 1 and 10 concurrent callers over 200 pods, in the same run.
 func BenchmarkCNI(b *testing.B) {
+	if b.N > 1 {
+		b.Skip("one measured run: use -benchtime 1x (make bench does)")
+	}
 	nodetest.RequirePath(b, filepath.Join(nodetest.DebianCNIDir, "ptp"), "Debian ptp plugin")
 	tern := nodetest.NewNode(b, podCIDR)
 	ternList := tern.ConfList("1.0.0")
@@ -162,6 +165,9 @@ func BenchmarkCNI(b *testing.B) {
 // BenchmarkAgentRSS reports the agent's resident memory holding 1,000
 // allocations (made through its socket API, as the CNI plugin makes them).
 func BenchmarkAgentRSS(b *testing.B) {
+	if b.N > 1 {
+		b.Skip("one measured run: use -benchtime 1x (make bench does)")
+	}
 	n := nodetest.NewNode(b, "10.246.0.0/20")
 	c := n.Client()
 	for i := range 1000 {

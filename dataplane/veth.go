@@ -155,3 +155,9 @@ func DetachHostVeth(netnsPath, contIf string) (HostLink, error) {
 	}
 	return HostLink{Name: a.Name, Index: a.Index}, nil
 }
+
+// LinkUp reports whether a link of this name exists and is up.
+func LinkUp(name string) bool {
+	l, err := netlink.LinkByName(name)
+	return err == nil && l.Attrs().Flags&net.FlagUp != 0
+}

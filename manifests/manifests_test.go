@@ -49,6 +49,10 @@ func TestManifestsInstall(t *testing.T) {
 		want               string
 	}{
 		{"list", "nodes", "", "yes"},
+		{"watch", "nodes", "", "yes"},
+		{"watch", "namespaces", "", "yes"},
+		{"watch", "networkpolicies.networking.k8s.io", "", "yes"},
+		{"watch", "bgpconfigurations.tern.io", "", "yes"},
 		{"watch", "pods", "", "yes"},
 		{"list", "networkpolicies.networking.k8s.io", "", "yes"},
 		{"list", "endpointslices.discovery.k8s.io", "", "yes"},
@@ -112,12 +116,17 @@ func TestCustomResourcesValidate(t *testing.T) {
 		{"peer node and selector", peer("both", "{peerIP: 10.0.0.1, asNumber: 65001, node: n1, nodeSelector: {matchLabels: {a: b}}}"), "set node or nodeSelector, not both"},
 		{"peer hold time 2", peer("hold", "{peerIP: 10.0.0.1, asNumber: 65001, holdTimeSeconds: 2}"), "holdTimeSeconds must be 0 or at least 3"},
 		{"peer keepalive", peer("ka", "{peerIP: 10.0.0.1, asNumber: 65001, holdTimeSeconds: 9, keepaliveSeconds: 5}"), "keepaliveSeconds must be at most a third of holdTimeSeconds"},
+		{"peer keepalive vs default hold", peer("ka2", "{peerIP: 10.0.0.1, asNumber: 65001, keepaliveSeconds: 120}"), "(90 when not set)"},
+		{"peer keepalive ok with default hold", peer("ka3", "{peerIP: 10.0.0.1, asNumber: 65001, keepaliveSeconds: 30}"), ""},
+		{"peer no keepalives", peer("ka4", "{peerIP: 10.0.0.1, asNumber: 65001, holdTimeSeconds: 0, keepaliveSeconds: 0}"), ""},
 		{"peer selector operator", peer("sel", "{peerIP: 10.0.0.1, asNumber: 65001, nodeSelector: {matchExpressions: [{key: rack, operator: In}]}}"), "In and NotIn need values"},
 		{"peer secret ref", peer("pw", "{peerIP: 10.0.0.1, asNumber: 65001, passwordSecretRef: {name: bgp}}"), "spec.passwordSecretRef.key: Required value"},
 		{"config ok", config("default", "{asNumber: 64512, nodeToNodeMesh: false, communities: ['64512:100', '4200000000:1:2'], advertise: {serviceClusterIPs: [10.96.0.0/12]}}"), ""},
 		{"config name", config("mine", "{asNumber: 64512}"), `the BGPConfiguration must be named "default"`},
 		{"config community", config("default", "{communities: ['70000:1']}"), `a community is "AS:value"`},
 		{"config CIDR", config("default", "{advertise: {serviceExternalIPs: [10.0.0.1]}}"), "must be a CIDR"},
+		{"config two IPv4 cluster IP ranges", config("default", "{advertise: {serviceClusterIPs: [10.96.0.0/12, 10.112.0.0/12]}}"), "at most one Service cluster IP range per address family"},
+		{"config dual-stack cluster IP ranges", config("default", "{advertise: {serviceClusterIPs: [10.96.0.0/12, 'fd96::/108']}}"), ""},
 		{"config graceful restart", config("default", "{gracefulRestartSeconds: 5000}"), "should be less than or equal to 4095"},
 	}
 	dir := t.TempDir()

@@ -130,6 +130,7 @@ func Run(ctx context.Context, cfg Config, cluster Cluster, log *slog.Logger) err
 	if cfg.HealthAddr != "" {
 		hln, err := net.Listen("tcp", cfg.HealthAddr)
 		if err != nil {
+			srv.Close()
 			return fmt.Errorf("health endpoint %s: %w", cfg.HealthAddr, err)
 		}
 		hsrv := &http.Server{Handler: a.healthHandler(), ReadHeaderTimeout: 10 * time.Second}
@@ -165,21 +166,23 @@ func Run(ctx context.Context, cfg Config, cluster Cluster, log *slog.Logger) err
 	return err
 }
 
-// dispose queues host veths for deletion. The plugin has put them into
-// dataplane.DisposeGroup (and down, which removed their routes).
+// dispose wakes the loop that deletes the veths of gone pods. The plugin has
+// put them into dataplane.DisposeGroup, down (which removed their routes):
+// when the queue is full they wait there for the loop's next pass.
 func (a *Agent) dispose(links []agentapi.HostLink) {
 	for _, l := range links {
 		select {
 		case a.disposal <- l:
 		default:
-			a.deleteDisposed() // the queue is full: delete what is there now
 		}
 	}
 }
 
 // disposeLoop deletes the veths of gone pods: everything queued meanwhile
-// goes in one request. A veth still in the group when the agent stops is
-// deleted at its next start (and with its pod's namespace in any case).
+// goes in one request. It writes nothing before the agent is ready (the
+// caches synced, the dataplane programmed); a veth still in the group when the
+// agent stops is deleted at its next start (and with its pod's namespace in
+// any case).
 func (a *Agent) disposeLoop(ctx context.Context) {
 	for {
 		select {
@@ -195,7 +198,9 @@ func (a *Agent) disposeLoop(ctx context.Context) {
 				break drain
 			}
 		}
-		a.deleteDisposed()
+		if ok, _ := a.readiness(); ok {
+			a.deleteDisposed()
+		} // else the first reconcile pass deletes them
 	}
 }
 
@@ -259,16 +264,18 @@ func (a *Agent) reconcile(ctx context.Context) error {
 		PodCIDRs: a.ipam.Pools(), ClusterCIDRs: a.cfg.ClusterCIDRs, NATOutgoing: a.cfg.NATOutgoing,
 	})
 	st, err := a.node.Apply(plan)
-	a.deleteDisposed() // left by a DEL whose agent died before deleting them
 	mtu := dataplane.UplinkMTU()
 	a.mu.Lock()
 	a.mtu = mtu
 	a.writes += uint64(st.RoutesAdded + st.RoutesDeleted + st.ChainsWritten + st.JumpsInserted + st.StaleRemoved)
 	a.mu.Unlock()
-	if err != nil || a.cluster == nil {
-		return err
+	if err == nil && a.cluster != nil {
+		err = a.afterProgrammed(ctx)
 	}
-	return a.afterProgrammed(ctx)
+	// Veths of gone pods: left by a DEL whose agent died before deleting
+	// them, or by releaseGone just now.
+	a.deleteDisposed()
+	return err
 }
 
 // uplinkMTU is the MTU pods get unless their network configuration sets one.

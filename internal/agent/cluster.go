@@ -21,6 +21,8 @@ type Cluster interface {
 	LocalNode() (k8s.Node, error)
 	// LocalPods returns the pods bound to this node by "namespace/name".
 	LocalPods() (map[string]k8s.Pod, error)
+	// PodGone asks the API server (not a cache) whether the pod with uid is gone.
+	PodGone(ctx context.Context, namespace, name, uid string) (bool, error)
 	SetNetworkAvailable(ctx context.Context) error
 }
 
@@ -47,12 +49,37 @@ func (a *Agent) clusterPools() error {
 			return fmt.Errorf("node %s: %w", node.Name, err)
 		}
 		a.log.Info("pod CIDRs from the node", "node", node.Name, "podCIDRs", node.PodCIDRs)
+		if stray := a.outsidePools(); stray > 0 {
+			// A re-created Node with another podCIDR: the old addresses stay
+			// with their pods, and the old CIDR may be another node's now.
+			a.log.Error("allocations outside the node's pod CIDRs: their pods need recreating", "count", stray, "podCIDRs", node.PodCIDRs)
+		}
 	}
+	a.networkAvailable = node.NetworkAvailable
 	return nil
 }
 
+// outsidePools counts allocations none of whose addresses is in a pool.
+func (a *Agent) outsidePools() int {
+	pools := a.ipam.Pools()
+	n := 0
+	for _, al := range a.ipam.List() {
+		in := false
+		for _, ip := range al.IPs {
+			for _, p := range pools {
+				in = in || p.Contains(ip)
+			}
+		}
+		if !in {
+			n++
+		}
+	}
+	return n
+}
+
 // afterProgrammed does what follows a successful dataplane pass: tell the API
-// the node's network is up (once), and release the addresses of pods gone.
+// the node's network is up (whenever the Node says otherwise: it may have
+// been re-created), and release the addresses of pods gone.
 func (a *Agent) afterProgrammed(ctx context.Context) error {
 	if !a.networkAvailable {
 		if err := a.cluster.SetNetworkAvailable(ctx); err != nil {
@@ -61,7 +88,7 @@ func (a *Agent) afterProgrammed(ctx context.Context) error {
 		a.networkAvailable = true
 		a.log.Info("node condition NetworkUnavailable set to False")
 	}
-	return a.releaseGone()
+	return a.releaseGone(ctx)
 }
 
 // releaseGone releases the allocations of pods that no longer exist on this
@@ -69,7 +96,7 @@ func (a *Agent) afterProgrammed(ctx context.Context) error {
 // have been missing for the grace period. The runtime's DEL normally does
 // this; this catches DELs that never came. Allocations without pod names
 // (made outside Kubernetes) are left to CNI DEL and GC.
-func (a *Agent) releaseGone() error {
+func (a *Agent) releaseGone(ctx context.Context) error {
 	pods, err := a.cluster.LocalPods()
 	if err != nil {
 		return err
@@ -82,7 +109,7 @@ func (a *Agent) releaseGone() error {
 			continue
 		}
 		p, ok := pods[al.Namespace+"/"+al.Pod]
-		if ok && (al.PodUID == "" || p.UID == al.PodUID) {
+		if ok && (al.PodUID == "" || p.HasUID(al.PodUID)) {
 			continue
 		}
 		seen[al.Key] = true
@@ -97,25 +124,48 @@ func (a *Agent) releaseGone() error {
 		if now.Sub(first) < a.cfg.PodReleaseGrace {
 			continue
 		}
-		// As DEL does: the veth down first, then the address.
-		if al.Netns != "" {
-			if _, err := dataplane.DetachHostVeth(al.Netns, al.IfName); err != nil {
-				errs = append(errs, fmt.Errorf("release %s of gone pod %s/%s: %w", al.Key, al.Namespace, al.Pod, err))
-				continue
+		// The cache can be stale (a broken watch): the API server decides.
+		gone, err := a.cluster.PodGone(ctx, al.Namespace, al.Pod, al.PodUID)
+		if err != nil || !gone {
+			if err != nil {
+				errs = append(errs, fmt.Errorf("check pod %s/%s: %w", al.Namespace, al.Pod, err))
 			}
-		}
-		if _, err := a.ipam.Release(al.Key); err != nil && !errors.Is(err, ipam.ErrNotFound) {
-			errs = append(errs, fmt.Errorf("release %s of gone pod %s/%s: %w", al.Key, al.Namespace, al.Pod, err))
+			delete(a.missing, al.Key)
 			continue
 		}
-		a.log.Info("released the address of a pod that is gone", "pod", al.Namespace+"/"+al.Pod, "attachment", al.Key, "ips", al.IPs)
-		a.releasedGone.Add(1)
+		if err := a.releaseAllocation(al); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	for k := range a.missing {
 		if !seen[k] {
 			delete(a.missing, k)
 		}
 	}
-	a.deleteDisposed()
 	return errors.Join(errs...)
+}
+
+// releaseAllocation releases the address of a gone pod as DEL does: its veth
+// down first (found from the pod's namespace, never by name: a new sandbox of
+// a pod of the same name has the same veth name), then the address.
+func (a *Agent) releaseAllocation(al ipam.Allocation) error {
+	var host dataplane.HostLink
+	if al.Netns != "" {
+		var err error
+		if host, err = dataplane.DetachHostVeth(al.Netns, al.IfName); err != nil {
+			return fmt.Errorf("release %s of gone pod %s/%s: %w", al.Key, al.Namespace, al.Pod, err)
+		}
+	}
+	if host.Index == 0 && al.HostIf != "" && dataplane.LinkUp(al.HostIf) {
+		// Its namespace cannot be opened from here, and a live veth of its
+		// name exists: its owner cannot be told, so nothing is released.
+		return fmt.Errorf("gone pod %s/%s: cannot open %s to find its veth, and an up veth %s exists; left for CNI DEL or GC",
+			al.Namespace, al.Pod, al.Netns, al.HostIf)
+	}
+	if _, err := a.ipam.Release(al.Key); err != nil && !errors.Is(err, ipam.ErrNotFound) {
+		return fmt.Errorf("release %s of gone pod %s/%s: %w", al.Key, al.Namespace, al.Pod, err)
+	}
+	a.log.Info("released the address of a pod that is gone", "pod", al.Namespace+"/"+al.Pod, "attachment", al.Key, "ips", al.IPs)
+	a.releasedGone.Add(1)
+	return nil
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"net/netip"
 	"net/url"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -13,6 +14,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/tools/clientcmd"
+	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 
 	"github.com/tern-net/tern/internal/kubetest"
 	"github.com/tern-net/tern/internal/nodetest"
@@ -35,11 +37,16 @@ func TestAgentOnKubernetes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if out, err := env.Kubectl(t, "apply", "-f", filepath.Join(root, "manifests", "01-crds.yaml")); err != nil {
-		t.Fatalf("install CRDs: %v\n%s", err, out)
+	// The CRDs and the agent's RBAC from the manifests: the agent runs as its
+	// ServiceAccount, with the grants users install, not as an admin.
+	for _, f := range []string{"00-namespace.yaml", "01-crds.yaml", "02-rbac.yaml"} {
+		if out, err := env.Kubectl(t, "apply", "-f", filepath.Join(root, "manifests", f)); err != nil {
+			t.Fatalf("apply %s: %v\n%s", f, err, out)
+		}
 	}
+	sa := env.ServiceAccountConfig(t, "tern-system", "tern-agent")
 	fwd := nodetest.Forward(t, n.NS, api.Host, false)
-	n.Args = []string{"--kubeconfig", kubeconfigVia(t, env, "https://"+fwd.Addr, n.Dir),
+	n.Args = []string{"--kubeconfig", kubeconfigVia(t, env, sa.BearerToken, "https://"+fwd.Addr, n.Dir),
 		"--resync=1s", "--pod-release-grace=2s"}
 	n.StartAgentNoWait()
 	ctx := context.Background()
@@ -132,6 +139,19 @@ func TestAgentOnKubernetes(t *testing.T) {
 		t.Fatalf("pod got %s, outside the node's podCIDR %s", ip, podCIDR)
 	}
 
+	// A second pod that stays.
+	if _, err := env.Client.CoreV1().Pods(ns).Create(ctx, &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: "stays"},
+		Spec:       corev1.PodSpec{NodeName: n.Name, Containers: []corev1.Container{{Name: "c", Image: "registry.invalid/c"}}},
+	}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	staysRT := nodetest.RuntimeConf("stays", n.NewPodNS())
+	staysRT.Args = [][2]string{{"IgnoreUnknown", "1"}, {"K8S_POD_NAMESPACE", ns}, {"K8S_POD_NAME", "stays"}}
+	if _, err := n.Add(n.ConfList("1.0.0"), staysRT); err != nil {
+		t.Fatalf("ADD stays: %v", err)
+	}
+
 	// The pod is deleted and its DEL never comes: the agent releases the
 	// address after the grace period, and its veth goes.
 	zero := int64(0)
@@ -140,7 +160,7 @@ func TestAgentOnKubernetes(t *testing.T) {
 	}
 	if err := kubetest.Eventually(20*time.Second, func(ctx context.Context) (bool, error) {
 		allocs, err := n.Client().List(ctx)
-		if err != nil || len(allocs) != 0 {
+		if err != nil || len(allocs) != 1 {
 			return false, err
 		}
 		links, err := n.Output("ip", "-o", "link", "show", "type", "veth")
@@ -152,18 +172,41 @@ func TestAgentOnKubernetes(t *testing.T) {
 	if _, body, _ := n.Health("/metrics"); !strings.Contains(body, "tern_ipam_released_gone_pods_total 1") {
 		t.Fatalf("metrics do not count the release:\n%s", body)
 	}
+	// The pod that stays keeps its address, passes after pass.
+	time.Sleep(3 * time.Second)
+	if err := n.Check(n.ConfList("1.0.0"), staysRT); err != nil {
+		t.Fatalf("the pod that stays lost its network: %v\n%s", err, n.AgentLog())
+	}
+	if allocs, _ := n.Client().List(ctx); len(allocs) != 1 || allocs[0].Pod != "stays" {
+		t.Fatalf("allocations: %+v", allocs)
+	}
+	if strings.Contains(n.AgentLog(), "forbidden") {
+		t.Fatalf("the agent's ServiceAccount was refused something:\n%s", n.AgentLog())
+	}
 }
 
-// kubeconfigVia writes the admin kubeconfig with server as the API's address.
-func kubeconfigVia(t *testing.T, env *kubetest.Env, server, dir string) string {
+// kubeconfigVia writes a kubeconfig that reaches the API server at server
+// (the forwarder in the node namespace) with the bearer token.
+func kubeconfigVia(t *testing.T, env *kubetest.Env, token, server, dir string) string {
 	t.Helper()
-	cfg, err := clientcmd.LoadFromFile(env.Kubeconfig)
+	admin, err := clientcmd.LoadFromFile(env.Kubeconfig)
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, c := range cfg.Clusters {
-		c.Server = server
+	var ca []byte
+	for _, c := range admin.Clusters {
+		ca = c.CertificateAuthorityData
+		if len(ca) == 0 && c.CertificateAuthority != "" {
+			if ca, err = os.ReadFile(c.CertificateAuthority); err != nil {
+				t.Fatal(err)
+			}
+		}
 	}
+	cfg := clientcmdapi.NewConfig()
+	cfg.Clusters["api"] = &clientcmdapi.Cluster{Server: server, CertificateAuthorityData: ca}
+	cfg.AuthInfos["tern-agent"] = &clientcmdapi.AuthInfo{Token: token}
+	cfg.Contexts["tern"] = &clientcmdapi.Context{Cluster: "api", AuthInfo: "tern-agent"}
+	cfg.CurrentContext = "tern"
 	path := filepath.Join(dir, "kubeconfig")
 	if err := clientcmd.WriteToFile(*cfg, path); err != nil {
 		t.Fatal(err)

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"slices"
 	"sync/atomic"
 	"time"
 
@@ -42,14 +43,54 @@ type Node struct {
 	Address     netip.Addr // InternalIP, or AddressAnnotation
 	Labels      map[string]string
 	Annotations map[string]string
+	// NetworkAvailable: the node's NetworkUnavailable condition is False.
+	NetworkAvailable bool
 }
 
 // Pod is what the agent needs of a Pod on its node.
 type Pod struct {
 	Namespace, Name string
-	UID             string
-	HostNetwork     bool
-	IPs             []netip.Addr
+	// UIDs the runtime may know the pod by: its own, and for a static pod
+	// the kubelet's (the mirror pod's annotations carry it).
+	UIDs        []string
+	HostNetwork bool
+	IPs         []netip.Addr
+}
+
+// HasUID reports whether uid is one of the pod's.
+func (p Pod) HasUID(uid string) bool { return slices.Contains(p.UIDs, uid) }
+
+// Static pods: kubelet's UID of the pod, carried by its mirror pod.
+const (
+	annotationConfigMirror = "kubernetes.io/config.mirror"
+	annotationConfigHash   = "kubernetes.io/config.hash"
+)
+
+func podFromAPI(p *corev1.Pod) Pod {
+	pod := Pod{Namespace: p.Namespace, Name: p.Name, UIDs: []string{string(p.UID)}, HostNetwork: p.Spec.HostNetwork}
+	for _, a := range []string{annotationConfigMirror, annotationConfigHash} {
+		if v := p.Annotations[a]; v != "" && !slices.Contains(pod.UIDs, v) {
+			pod.UIDs = append(pod.UIDs, v)
+		}
+	}
+	for _, ip := range p.Status.PodIPs {
+		if a, err := netip.ParseAddr(ip.IP); err == nil {
+			pod.IPs = append(pod.IPs, a)
+		}
+	}
+	return pod
+}
+
+// trim drops from cached objects what the agent never reads and what makes
+// most of their size: managed fields, and a node's list of images.
+func trim(obj any) (any, error) {
+	if m, ok := obj.(metav1.Object); ok {
+		m.SetManagedFields(nil)
+	}
+	if n, ok := obj.(*corev1.Node); ok {
+		n.Status.Images = nil
+	}
+	return obj, nil
 }
 
 // Config builds the client configuration: from kubeconfig when given, else
@@ -104,6 +145,10 @@ func NewWatcher(client kubernetes.Interface, dyn dynamic.Interface, nodeName str
 		}))
 	nodes := w.cluster.Core().V1().Nodes()
 	pods := w.local.Core().V1().Pods()
+	for _, inf := range []cache.SharedIndexInformer{nodes.Informer(), pods.Informer(),
+		w.cluster.Core().V1().Namespaces().Informer(), w.cluster.Networking().V1().NetworkPolicies().Informer()} {
+		_ = inf.SetTransform(trim) // before start, it cannot fail
+	}
 	w.nodes, w.pods = nodes.Lister(), pods.Lister()
 	w.synced = []cache.InformerSynced{
 		nodes.Informer().HasSynced,
@@ -217,6 +262,11 @@ func (w *Watcher) LocalNode() (Node, error) {
 // NodeFromAPI converts a Node object.
 func NodeFromAPI(n *corev1.Node) (Node, error) {
 	out := Node{Name: n.Name, Labels: n.Labels, Annotations: n.Annotations}
+	for _, c := range n.Status.Conditions {
+		if c.Type == corev1.NodeNetworkUnavailable {
+			out.NetworkAvailable = c.Status == corev1.ConditionFalse
+		}
+	}
 	cidrs := n.Spec.PodCIDRs
 	if len(cidrs) == 0 && n.Spec.PodCIDR != "" {
 		cidrs = []string{n.Spec.PodCIDR}
@@ -255,15 +305,23 @@ func (w *Watcher) LocalPods() (map[string]Pod, error) {
 	}
 	out := make(map[string]Pod, len(list))
 	for _, p := range list {
-		pod := Pod{Namespace: p.Namespace, Name: p.Name, UID: string(p.UID), HostNetwork: p.Spec.HostNetwork}
-		for _, ip := range p.Status.PodIPs {
-			if a, err := netip.ParseAddr(ip.IP); err == nil {
-				pod.IPs = append(pod.IPs, a)
-			}
-		}
-		out[p.Namespace+"/"+p.Name] = pod
+		out[p.Namespace+"/"+p.Name] = podFromAPI(p)
 	}
 	return out, nil
+}
+
+// PodGone asks the API server itself, not the cache (which may be stale
+// while the watch is broken), whether the pod namespace/name with uid is gone:
+// not found, or there under another UID. An error means "do not know".
+func (w *Watcher) PodGone(ctx context.Context, namespace, name, uid string) (bool, error) {
+	p, err := w.client.CoreV1().Pods(namespace).Get(ctx, name, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		return true, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	return uid != "" && !podFromAPI(p).HasUID(uid), nil
 }
 
 // SetNetworkAvailable sets this node's NetworkUnavailable condition to False
