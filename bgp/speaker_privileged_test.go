@@ -1,0 +1,316 @@
+package bgp
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/containernetworking/plugins/pkg/testutils"
+
+	"github.com/tern-net/tern/dataplane"
+	"github.com/tern-net/tern/internal/nodetest"
+)
+
+// The test binary doubles as a node: started with TERN_BGP_HELPER inside a
+// node's network namespace, it runs a Speaker and installs what it learns, as
+// the agent does. GoBGP opens its sockets from goroutines of its own, so a
+// speaker has to run in a process that is in the namespace as a whole.
+func TestMain(m *testing.M) {
+	if cfg := os.Getenv("TERN_BGP_HELPER"); cfg != "" {
+		os.Exit(runHelper(cfg))
+	}
+	os.Exit(m.Run())
+}
+
+type helperConfig struct {
+	Global     Global
+	Desired    Desired
+	Allowed    []netip.Prefix
+	Local      []netip.Prefix
+	StatusFile string
+}
+
+type helperStatus struct {
+	Peers  []PeerStatus
+	Routes []Route
+	Error  string
+}
+
+func runHelper(path string) int {
+	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	read := func() (helperConfig, error) {
+		var c helperConfig
+		b, err := os.ReadFile(path)
+		if err == nil {
+			err = json.Unmarshal(b, &c)
+		}
+		return c, err
+	}
+	cfg, err := read()
+	if err != nil {
+		log.Error("config", "err", err)
+		return 2
+	}
+	changed := make(chan struct{}, 1)
+	sp, err := Start(ctx, cfg.Global, log, func() {
+		select {
+		case changed <- struct{}{}:
+		default:
+		}
+	})
+	if err != nil {
+		log.Error("start", "err", err)
+		return 2
+	}
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		if c, err := read(); err == nil {
+			cfg = c
+		}
+		st := helperStatus{}
+		errs := []string{}
+		if err := sp.Apply(ctx, cfg.Desired); err != nil {
+			errs = append(errs, err.Error())
+		}
+		routes, err := sp.Routes(ctx)
+		if err != nil {
+			errs = append(errs, err.Error())
+		}
+		st.Routes = routes
+		var learned []dataplane.LearnedRoute
+		for _, r := range routes {
+			learned = append(learned, dataplane.LearnedRoute{Dst: r.Prefix, Gateways: r.NextHops})
+		}
+		keep, _ := dataplane.FilterImport(learned, cfg.Allowed, cfg.Local)
+		if _, err := dataplane.SyncLearned(keep); err != nil {
+			errs = append(errs, err.Error())
+		}
+		st.Peers, _ = sp.Peers(ctx)
+		st.Error = strings.Join(errs, "; ")
+		if b, err := json.Marshal(st); err == nil {
+			_ = os.WriteFile(cfg.StatusFile+".tmp", b, 0o644)
+			_ = os.Rename(cfg.StatusFile+".tmp", cfg.StatusFile)
+		}
+		select {
+		case <-ctx.Done():
+			return 0
+		case <-changed:
+		case <-tick.C:
+		}
+	}
+}
+
+// lab is two namespaces joined by a veth: a node and a router.
+type lab struct {
+	t            *testing.T
+	node, router ns.NetNS
+	dir          string
+}
+
+func newLab(t *testing.T, nodeAddr, routerAddr string) *lab {
+	t.Helper()
+	nodetest.RequireRoot(t)
+	l := &lab{t: t, dir: t.TempDir()}
+	var err error
+	for _, p := range []*ns.NetNS{&l.node, &l.router} {
+		if *p, err = testutils.NewNS(); err != nil {
+			t.Fatal(err)
+		}
+		n := *p
+		t.Cleanup(func() { n.Close(); _ = testutils.UnmountNS(n) })
+	}
+	l.must(l.node, "ip", "link", "set", "lo", "up")
+	l.must(l.router, "ip", "link", "set", "lo", "up")
+	l.must(l.node, "ip", "link", "add", "nd0", "type", "veth", "peer", "name", "rt0", "netns", filepath.Base(l.router.Path()))
+	l.must(l.node, "ip", "addr", "add", nodeAddr, "dev", "nd0")
+	l.must(l.node, "ip", "link", "set", "nd0", "up")
+	l.must(l.router, "ip", "addr", "add", routerAddr, "dev", "rt0")
+	l.must(l.router, "ip", "link", "set", "rt0", "up")
+	return l
+}
+
+func (l *lab) cmd(netns ns.NetNS, name string, args ...string) *exec.Cmd {
+	return exec.Command("nsenter", append([]string{"--net=" + netns.Path(), "--", name}, args...)...)
+}
+
+func (l *lab) must(netns ns.NetNS, name string, args ...string) string {
+	l.t.Helper()
+	out, err := l.cmd(netns, name, args...).CombinedOutput()
+	if err != nil {
+		l.t.Fatalf("%s %v: %v\n%s", name, args, err, out)
+	}
+	return string(out)
+}
+
+// start runs a long-lived process in netns and stops it by PID at cleanup.
+func (l *lab) start(netns ns.NetNS, logName string, env []string, name string, args ...string) {
+	l.t.Helper()
+	c := l.cmd(netns, name, args...)
+	c.Env = append(os.Environ(), env...)
+	f, err := os.Create(filepath.Join(l.dir, logName))
+	if err != nil {
+		l.t.Fatal(err)
+	}
+	c.Stdout, c.Stderr = f, f
+	if err := c.Start(); err != nil {
+		l.t.Fatalf("start %s: %v", name, err)
+	}
+	l.t.Cleanup(func() {
+		_ = c.Process.Signal(syscall.SIGTERM)
+		done := make(chan struct{})
+		go func() { _ = c.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(5 * time.Second):
+			_ = c.Process.Kill()
+			<-done
+		}
+		f.Close()
+	})
+}
+
+func (l *lab) log(name string) string {
+	b, _ := os.ReadFile(filepath.Join(l.dir, name))
+	return string(b)
+}
+
+// startNode runs the test binary as a speaker in the node namespace.
+func (l *lab) startNode(cfg helperConfig) string {
+	l.t.Helper()
+	path := filepath.Join(l.dir, "speaker.json")
+	cfg.StatusFile = filepath.Join(l.dir, "status.json")
+	l.writeConfig(path, cfg)
+	l.start(l.node, "speaker.log", []string{"TERN_BGP_HELPER=" + path}, os.Args[0], "-test.run=^$")
+	return path
+}
+
+func (l *lab) writeConfig(path string, cfg helperConfig) {
+	l.t.Helper()
+	b, err := json.Marshal(cfg)
+	if err != nil {
+		l.t.Fatal(err)
+	}
+	if err := os.WriteFile(path+".tmp", b, 0o644); err != nil {
+		l.t.Fatal(err)
+	}
+	if err := os.Rename(path+".tmp", path); err != nil {
+		l.t.Fatal(err)
+	}
+}
+
+func (l *lab) status() helperStatus {
+	var st helperStatus
+	b, _ := os.ReadFile(filepath.Join(l.dir, "status.json"))
+	_ = json.Unmarshal(b, &st)
+	return st
+}
+
+func (l *lab) eventually(what string, timeout time.Duration, ok func() bool) {
+	l.t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !ok() {
+		if time.Now().After(deadline) {
+			l.t.Fatalf("%s: not after %s\nspeaker log:\n%s\nstatus: %+v\nrouter log:\n%s", what, timeout,
+				tail(l.log("speaker.log"), 3000), l.status(), tail(l.log("bird.log")+l.log("frr.log"), 2000))
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func tail(s string, n int) string {
+	if len(s) > n {
+		return s[len(s)-n:]
+	}
+	return s
+}
+
+func TestSpeakerWithBIRD(t *testing.T) {
+	nodetest.RequirePath(t, "/usr/sbin/bird", "BIRD 2 (Debian package bird2)")
+	l := newLab(t, "10.210.0.1/30", "10.210.0.2/30")
+	sock := filepath.Join(l.dir, "bird.ctl")
+	conf := filepath.Join(l.dir, "bird.conf")
+	// BIRD exports a pod CIDR of "another node" and, as routers do, its
+	// connected subnet: tern must install the first and ignore the second.
+	birdConf := `router id 10.210.0.2;
+protocol device { scan time 1; }
+protocol direct { ipv4; interface "rt0"; }
+protocol static peerpods { ipv4; route 10.244.6.0/24 blackhole; }
+protocol bgp node {
+  local 10.210.0.2 as 65001;
+  neighbor 10.210.0.1 as 64512;
+  connect retry time 1;
+  error wait time 1, 5;
+  ipv4 { import all; export all; };
+}
+`
+	if err := os.WriteFile(conf, []byte(birdConf), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	l.start(l.router, "bird.log", nil, "bird", "-f", "-c", conf, "-s", sock, "-P", filepath.Join(l.dir, "bird.pid"))
+
+	cfg := helperConfig{
+		Global: Global{ASN: 64512, RouterID: netip.MustParseAddr("10.210.0.1"), ListenPort: 179},
+		Desired: Desired{
+			Peers:         []Peer{{Address: netip.MustParseAddr("10.210.0.2"), ASN: 65001, Kind: "peer", HoldTime: 9 * time.Second}},
+			Announcements: []Announcement{{Prefix: netip.MustParsePrefix("10.244.5.0/24"), NextHop: netip.MustParseAddr("10.210.0.1")}},
+		},
+		Allowed: []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16")},
+		Local:   []netip.Prefix{netip.MustParsePrefix("10.244.5.0/24")},
+	}
+	cfgPath := l.startNode(cfg)
+
+	birdRoute := func(prefix string) string {
+		out, _ := l.cmd(l.router, "birdc", "-s", sock, "show", "route", "for", prefix, "all").CombinedOutput()
+		return string(out)
+	}
+	nodeRoutes := func() string {
+		out, _ := l.cmd(l.node, "ip", "route", "show").CombinedOutput()
+		return string(out)
+	}
+	l.eventually("session established", 15*time.Second, func() bool {
+		st := l.status()
+		return len(st.Peers) == 1 && st.Peers[0].State == "Established"
+	})
+	l.eventually("BIRD learns the node's pod CIDR", 10*time.Second, func() bool {
+		return strings.Contains(birdRoute("10.244.5.0/24"), "via 10.210.0.1")
+	})
+	l.eventually("the node installs the other pod CIDR from BIRD", 10*time.Second, func() bool {
+		return strings.Contains(nodeRoutes(), "10.244.6.0/24 via 10.210.0.2 dev nd0 proto 96")
+	})
+	if r := nodeRoutes(); strings.Count(r, "10.210.0.0/30") != 1 || strings.Contains(r, "10.210.0.0/30 via") {
+		t.Fatalf("the router's connected subnet was imported, or the kernel's own route touched:\n%s", r)
+	}
+	st := l.status()
+	if st.Peers[0].Received < 2 || st.Peers[0].Sent != 1 || st.Peers[0].ASN != 65001 || st.Peers[0].Since.IsZero() {
+		t.Fatalf("peer status %+v", st.Peers[0])
+	}
+
+	// The node withdraws its CIDR; BIRD withdraws its own.
+	cfg.Desired.Announcements = nil
+	l.writeConfig(cfgPath, cfg)
+	l.eventually("BIRD forgets the withdrawn CIDR", 10*time.Second, func() bool {
+		return !strings.Contains(birdRoute("10.244.5.0/24"), "10.244.5.0/24")
+	})
+	l.must(l.router, "birdc", "-s", sock, "disable", "peerpods")
+	l.eventually("the node removes the route BIRD withdrew", 10*time.Second, func() bool {
+		return !strings.Contains(nodeRoutes(), "10.244.6.0/24")
+	})
+	if strings.Contains(l.log("speaker.log"), "level=ERROR") {
+		t.Fatalf("speaker errors:\n%s", l.log("speaker.log"))
+	}
+	_ = fmt.Sprint
+}

@@ -1,0 +1,132 @@
+// Package bgp is tern's BGP speaker: GoBGP v3 embedded in the agent. It takes
+// the whole desired state (global settings, peers, announcements) and reports
+// the best paths it learned. Only speaker.go imports GoBGP, so a move to
+// GoBGP v4 touches that one file.
+package bgp
+
+import (
+	"fmt"
+	"net/netip"
+	"slices"
+	"time"
+)
+
+// Global is the speaker's own identity.
+type Global struct {
+	ASN         uint32
+	RouterID    netip.Addr // IPv4, usually the node's address
+	ListenPort  int32      // 179; -1: do not listen
+	ListenAddrs []netip.Addr
+	// GracefulRestart is announced to peers (0: off).
+	GracefulRestart time.Duration
+}
+
+// Peer is one BGP neighbour as tern wants it.
+type Peer struct {
+	Address   netip.Addr
+	ASN       uint32
+	Kind      string // "mesh", "peer" or "reflector" (a route-reflector client of ours)
+	Passive   bool   // wait for the peer to connect (one side of each mesh pair)
+	Password  string // TCP MD5
+	HoldTime  time.Duration
+	Keepalive time.Duration
+	Multihop  uint8
+	// RRClient makes this speaker a route reflector for the peer, with ClusterID.
+	RRClient  bool
+	ClusterID netip.Addr
+}
+
+// Validate checks what GoBGP would refuse less clearly.
+func (p Peer) Validate() error {
+	if !p.Address.IsValid() {
+		return fmt.Errorf("peer without an address")
+	}
+	if p.ASN == 0 {
+		return fmt.Errorf("peer %s: AS number 0", p.Address)
+	}
+	if p.HoldTime != 0 && p.HoldTime < 3*time.Second {
+		return fmt.Errorf("peer %s: hold time %s is below 3 s", p.Address, p.HoldTime)
+	}
+	if p.RRClient && !p.ClusterID.Is4() {
+		return fmt.Errorf("peer %s: a route-reflector client needs an IPv4 cluster ID", p.Address)
+	}
+	return nil
+}
+
+// Announcement is a prefix this speaker originates.
+type Announcement struct {
+	Prefix      netip.Prefix
+	NextHop     netip.Addr
+	Communities []uint32 // standard communities, AS<<16 | value
+}
+
+// Desired is the whole state the speaker is to have.
+type Desired struct {
+	Peers         []Peer
+	Announcements []Announcement
+}
+
+// Route is a learned best path: a prefix and its next hops (several when
+// equally good paths come from several peers: ECMP).
+type Route struct {
+	Prefix   netip.Prefix
+	NextHops []netip.Addr
+}
+
+// PeerStatus is what `ternctl node status` shows of a peer.
+type PeerStatus struct {
+	Address  netip.Addr `json:"address"`
+	ASN      uint32     `json:"asn"`
+	Kind     string     `json:"kind"`
+	State    string     `json:"state"`
+	Since    time.Time  `json:"since,omitzero"`
+	Received uint64     `json:"received"`
+	Sent     uint64     `json:"sent"`
+}
+
+// diffPeers says which peers to add, delete, or replace (changed settings).
+func diffPeers(have, want map[netip.Addr]Peer) (add, del, change []Peer) {
+	for a, p := range want {
+		old, ok := have[a]
+		switch {
+		case !ok:
+			add = append(add, p)
+		case !samePeer(old, p):
+			change = append(change, p)
+		}
+	}
+	for a, p := range have {
+		if _, ok := want[a]; !ok {
+			del = append(del, p)
+		}
+	}
+	for _, l := range [][]Peer{add, del, change} {
+		slices.SortFunc(l, func(x, y Peer) int { return x.Address.Compare(y.Address) })
+	}
+	return add, del, change
+}
+
+func samePeer(a, b Peer) bool {
+	return a.Address == b.Address && a.ASN == b.ASN && a.Kind == b.Kind && a.Passive == b.Passive &&
+		a.Password == b.Password && a.HoldTime == b.HoldTime && a.Keepalive == b.Keepalive &&
+		a.Multihop == b.Multihop && a.RRClient == b.RRClient && a.ClusterID == b.ClusterID
+}
+
+// diffAnnouncements says which announcements to withdraw and which to add; a
+// changed one is only added again (the new path replaces the old).
+func diffAnnouncements(have, want map[netip.Prefix]Announcement) (add, del []Announcement) {
+	for p, a := range want {
+		if old, ok := have[p]; !ok || old.NextHop != a.NextHop || !slices.Equal(old.Communities, a.Communities) {
+			add = append(add, a)
+		}
+	}
+	for p, a := range have {
+		if _, ok := want[p]; !ok {
+			del = append(del, a)
+		}
+	}
+	sortAnn := func(x, y Announcement) int { return x.Prefix.Addr().Compare(y.Prefix.Addr()) }
+	slices.SortFunc(add, sortAnn)
+	slices.SortFunc(del, sortAnn)
+	return add, del
+}
