@@ -15,6 +15,8 @@ need=(
   kmod:modprobe
   openssl:openssl
   curl:curl
+  bird2:/usr/sbin/bird
+  frr:/usr/lib/frr/bgpd
 )
 
 missing=()
