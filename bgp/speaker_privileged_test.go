@@ -225,7 +225,7 @@ func (l *lab) eventually(what string, timeout time.Duration, ok func() bool) {
 	for !ok() {
 		if time.Now().After(deadline) {
 			l.t.Fatalf("%s: not after %s\nspeaker log:\n%s\nstatus: %+v\nrouter log:\n%s", what, timeout,
-				tail(l.log("speaker.log"), 3000), l.status(), tail(l.log("bird.log")+l.log("frr.log"), 2000))
+				tail(l.log("speaker.log"), 3000), l.status(), tail(l.log("bird.log")+l.log("frr-zebra.log")+l.log("frr-staticd.log")+l.log("frr-bgpd.log"), 3000))
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
@@ -313,4 +313,121 @@ protocol bgp node {
 		t.Fatalf("speaker errors:\n%s", l.log("speaker.log"))
 	}
 	_ = fmt.Sprint
+}
+
+// startFRR runs zebra, staticd and bgpd of FRR in netns with conf.
+func (l *lab) startFRR(netns ns.NetNS, conf string) string {
+	l.t.Helper()
+	nodetest.RequirePath(l.t, "/usr/lib/frr/bgpd", "FRR (Debian package frr)")
+	// FRR drops to user frr: its directory must be reachable by it, and the
+	// test's own temporary directory is not (mode 0700).
+	dir, err := os.MkdirTemp("", "tern-frr-")
+	if err != nil {
+		l.t.Fatal(err)
+	}
+	l.t.Cleanup(func() { os.RemoveAll(dir) })
+	if err := os.Chmod(dir, 0o755); err != nil {
+		l.t.Fatal(err)
+	}
+	path := filepath.Join(dir, "frr.conf")
+	if err := os.WriteFile(path, []byte(conf), 0o644); err != nil {
+		l.t.Fatal(err)
+	}
+	l.must(netns, "chown", "-R", "frr:frr", dir)
+	for _, d := range []string{"zebra", "staticd", "bgpd"} {
+		args := []string{"-f", path, "-i", filepath.Join(dir, d+".pid"), "-z", filepath.Join(dir, "zserv.api"),
+			"--vty_socket", dir, "-u", "frr", "-g", "frr"}
+		l.start(netns, "frr-"+d+".log", nil, "/usr/lib/frr/"+d, args...)
+		if d == "zebra" {
+			time.Sleep(300 * time.Millisecond) // the others connect to zebra's socket
+		}
+	}
+	return dir
+}
+
+// Two top-of-rack routers, BIRD and FRR, announce the same prefix with equal
+// paths: the node installs one ECMP route through both. FRR exports its
+// connected subnet too (redistribute connected): ignored.
+func TestSpeakerECMPWithBIRDAndFRR(t *testing.T) {
+	nodetest.RequirePath(t, "/usr/sbin/bird", "BIRD 2 (Debian package bird2)")
+	l := newLab(t, "10.210.0.1/30", "10.210.0.2/30")
+	// A second link from the node to a second router namespace.
+	frrNS, err := testutils.NewNS()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { frrNS.Close(); _ = testutils.UnmountNS(frrNS) })
+	l.must(frrNS, "ip", "link", "set", "lo", "up")
+	l.must(l.node, "ip", "link", "add", "nd1", "type", "veth", "peer", "name", "tr0", "netns", filepath.Base(frrNS.Path()))
+	l.must(l.node, "ip", "addr", "add", "10.211.0.1/30", "dev", "nd1")
+	l.must(l.node, "ip", "link", "set", "nd1", "up")
+	l.must(frrNS, "ip", "addr", "add", "10.211.0.2/30", "dev", "tr0")
+	l.must(frrNS, "ip", "link", "set", "tr0", "up")
+
+	sock := filepath.Join(l.dir, "bird.ctl")
+	conf := filepath.Join(l.dir, "bird.conf")
+	if err := os.WriteFile(conf, []byte(`router id 10.210.0.2;
+protocol device { scan time 1; }
+protocol static rackpods { ipv4; route 10.244.8.0/24 blackhole; }
+protocol bgp node {
+  local 10.210.0.2 as 65001;
+  neighbor 10.210.0.1 as 64512;
+  connect retry time 1;
+  error wait time 1, 5;
+  ipv4 { import all; export all; };
+}
+`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	l.start(l.router, "bird.log", nil, "bird", "-f", "-c", conf, "-s", sock, "-P", filepath.Join(l.dir, "bird.pid"))
+	vty := l.startFRR(frrNS, `frr defaults traditional
+hostname tor2
+log stdout informational
+ip route 10.244.8.0/24 blackhole
+router bgp 65002
+ bgp router-id 10.211.0.2
+ no bgp ebgp-requires-policy
+ no bgp network import-check
+ neighbor 10.211.0.1 remote-as 64512
+ neighbor 10.211.0.1 timers connect 1
+ address-family ipv4 unicast
+  network 10.244.8.0/24
+  redistribute connected
+ exit-address-family
+`)
+
+	l.startNode(helperConfig{
+		Global: Global{ASN: 64512, RouterID: netip.MustParseAddr("10.210.0.1"), ListenPort: 179},
+		Desired: Desired{
+			Peers: []Peer{
+				{Address: netip.MustParseAddr("10.210.0.2"), ASN: 65001, Kind: "peer"},
+				{Address: netip.MustParseAddr("10.211.0.2"), ASN: 65002, Kind: "peer"},
+			},
+			Announcements: []Announcement{{Prefix: netip.MustParsePrefix("10.244.5.0/24"), NextHop: netip.MustParseAddr("10.211.0.1")}},
+		},
+		Allowed: []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16")},
+		Local:   []netip.Prefix{netip.MustParsePrefix("10.244.5.0/24")},
+	})
+	l.eventually("both sessions established", 20*time.Second, func() bool {
+		st := l.status()
+		return len(st.Peers) == 2 && st.Peers[0].State == "Established" && st.Peers[1].State == "Established"
+	})
+	l.eventually("one ECMP route through both routers", 10*time.Second, func() bool {
+		out, _ := l.cmd(l.node, "ip", "route", "show", "10.244.8.0/24").CombinedOutput()
+		s := string(out)
+		return strings.Contains(s, "proto 96") && strings.Contains(s, "nexthop via 10.210.0.2 dev nd0") && strings.Contains(s, "nexthop via 10.211.0.2 dev nd1")
+	})
+	l.eventually("FRR learns the node's pod CIDR", 10*time.Second, func() bool {
+		out, _ := l.cmd(frrNS, "vtysh", "--vty_socket", vty, "-c", "show ip bgp 10.244.5.0/24").CombinedOutput()
+		return strings.Contains(string(out), "10.211.0.1 from 10.211.0.1")
+	})
+	if out, _ := l.cmd(l.node, "ip", "route", "show", "proto", "96").CombinedOutput(); strings.Contains(string(out), "10.211.0.0/30") {
+		t.Fatalf("FRR's connected subnet was installed:\n%s", out)
+	}
+	// One router goes: the route narrows to the other.
+	l.must(l.router, "birdc", "-s", sock, "disable", "node")
+	l.eventually("the route narrows to FRR", 10*time.Second, func() bool {
+		out, _ := l.cmd(l.node, "ip", "route", "show", "10.244.8.0/24").CombinedOutput()
+		return strings.Contains(string(out), "10.244.8.0/24 via 10.211.0.2 dev nd1 proto 96")
+	})
 }

@@ -413,3 +413,27 @@ func TestClusterCIDRsDefaultPerFamily(t *testing.T) {
 		t.Fatalf("IPv6 NAT chain: %+v", c)
 	}
 }
+
+func TestFilterImport(t *testing.T) {
+	r := func(p string) LearnedRoute {
+		return LearnedRoute{Dst: netip.MustParsePrefix(p), Gateways: []netip.Addr{netip.MustParseAddr("10.210.0.2")}}
+	}
+	allowed := prefixes("10.244.0.0/16", "10.96.0.0/12")
+	local := prefixes("10.244.5.0/24")
+	keep, dropped := FilterImport([]LearnedRoute{
+		r("10.244.6.0/24"),                            // another node's pod CIDR
+		r("10.96.0.0/12"),                             // the service range
+		r("10.210.0.0/30"),                            // a router's connected subnet
+		r("10.244.5.0/24"),                            // our own CIDR reflected back
+		r("10.244.0.0/15"),                            // wider than the cluster range
+		r("10.244.5.128/25"),                          // inside our own CIDR
+		{Dst: netip.MustParsePrefix("10.244.7.0/24")}, // no next hop
+	}, allowed, local)
+	var k []string
+	for _, x := range keep {
+		k = append(k, x.Dst.String())
+	}
+	if strings.Join(k, ",") != "10.244.6.0/24,10.96.0.0/12" || len(dropped) != 5 {
+		t.Fatalf("keep %v dropped %v", k, dropped)
+	}
+}
