@@ -300,6 +300,7 @@ func (sp *Speaker) Peers(ctx context.Context) ([]PeerStatus, error) {
 		kinds[a.String()] = p.Kind
 	}
 	sp.mu.Unlock()
+	gr := sp.global.GracefulRestart > 0
 	var out []PeerStatus
 	err := sp.s.ListPeer(ctx, &api.ListPeerRequest{EnableAdvertised: true}, func(p *api.Peer) {
 		addr, _ := netip.ParseAddr(p.GetConf().GetNeighborAddress())
@@ -314,7 +315,11 @@ func (sp *Speaker) Peers(ctx context.Context) ([]PeerStatus, error) {
 		}
 		for _, as := range p.GetAfiSafis() {
 			st.Received += as.GetState().GetReceived()
-			st.Sent += as.GetState().GetAdvertised()
+			sent := as.GetState().GetAdvertised()
+			if gr && sent > 0 {
+				sent-- // GoBGP counts the End-of-RIB marker it sends with graceful restart
+			}
+			st.Sent += sent
 		}
 		out = append(out, st)
 	})

@@ -96,7 +96,7 @@ func runHelper(path string) int {
 			learned = append(learned, dataplane.LearnedRoute{Dst: r.Prefix, Gateways: r.NextHops})
 		}
 		keep, _ := dataplane.FilterImport(learned, cfg.Allowed, cfg.Local)
-		if _, err := dataplane.SyncLearned(keep); err != nil {
+		if _, err := dataplane.SyncLearned(keep, true); err != nil {
 			errs = append(errs, err.Error())
 		}
 		st.Peers, _ = sp.Peers(ctx)

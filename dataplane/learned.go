@@ -43,12 +43,14 @@ func FilterImport(routes []LearnedRoute, allowed, local []netip.Prefix) (keep []
 // SyncStats says what a SyncLearned changed.
 type SyncStats struct{ Added, Replaced, Deleted, Refused int }
 
-// SyncLearned makes tern's gateway routes in the main table exactly desired:
-// it reads back the routes of protocol 96 that have a gateway (not the pods'
-// /32 routes, not the blackholes), adds, replaces and deletes only those. A
-// route of another protocol to the same destination is never replaced: that
-// destination is refused and reported.
-func SyncLearned(desired []LearnedRoute) (SyncStats, error) {
+// SyncLearned makes tern's gateway routes in the main table desired: it reads
+// back the routes of protocol 96 that have a gateway (not the pods' /32
+// routes, not the blackholes), adds, replaces and, when sweep is set, deletes
+// only those. (Without sweep, routes kept from before a restart stay until
+// the peers have sent theirs again: graceful restart.) A route of another
+// protocol to the same destination is never replaced: that destination is
+// refused and reported.
+func SyncLearned(desired []LearnedRoute, sweep bool) (SyncStats, error) {
 	var st SyncStats
 	installed, err := installedGatewayRoutes()
 	if err != nil {
@@ -87,7 +89,7 @@ func SyncLearned(desired []LearnedRoute) (SyncStats, error) {
 		}
 	}
 	for dst := range installed {
-		if want[dst] {
+		if want[dst] || !sweep {
 			continue
 		}
 		del := &netlink.Route{Dst: ipNetOf(dst), Protocol: RouteProtocol, Table: unix.RT_TABLE_MAIN}

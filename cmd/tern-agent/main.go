@@ -53,6 +53,8 @@ func run(args []string) error {
 	fs.BoolVar(&cfg.NATOutgoing, "nat-outgoing", true, "masquerade pod traffic leaving the cluster's pod CIDRs")
 	fs.DurationVar(&cfg.GCMinAge, "gc-min-age", time.Minute, "CNI GC spares allocations younger than this (an ADD may be in flight)")
 	fs.DurationVar(&cfg.PodReleaseGrace, "pod-release-grace", time.Minute, "release the address of a pod gone from the API after this long (Kubernetes mode)")
+	fs.BoolVar(&cfg.BGP, "bgp", true, "run the BGP speaker: announce this node's pod CIDRs, install the other nodes' (Kubernetes mode)")
+	fs.StringVar(&cfg.SecretNamespace, "secret-namespace", envOr("POD_NAMESPACE", "tern-system"), "namespace of the Secrets that BGPPeers name (default $POD_NAMESPACE or tern-system)")
 	fs.DurationVar(&cfg.Resync, "resync", 30*time.Second, "period of the resync that repairs drift")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -97,6 +99,13 @@ func run(args []string) error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	return agent.Run(ctx, cfg, cluster, log)
+}
+
+func envOr(name, def string) string {
+	if v := os.Getenv(name); v != "" {
+		return v
+	}
+	return def
 }
 
 func newLogger(level, format string) (*slog.Logger, error) {

@@ -21,6 +21,8 @@ const usage = `ternctl: look at a tern node
 usage:
   ternctl version                         this ternctl's version, and the agent's if it answers
   ternctl [--socket PATH] status          the agent's readiness and pod CIDR usage
+  ternctl [--socket PATH] node status     this node's BGP sessions (address, AS, type, state, since, prefixes)
+  ternctl [--socket PATH] routes          the routes tern installed from BGP
   ternctl [--socket PATH] ipam show       every address allocation on this node
   ternctl [--socket PATH] ipam release CONTAINER-ID [IFNAME]
                                           release one allocation by hand (as CNI DEL would)
@@ -78,6 +80,47 @@ func run(args []string, out io.Writer) error {
 		fmt.Fprintln(w, "POD CIDR\tIN USE\tSIZE")
 		for _, p := range st.Pools {
 			fmt.Fprintf(w, "%s\t%d\t%d\n", p.CIDR, p.InUse, p.Size)
+		}
+		return w.Flush()
+	case cmd == "node status":
+		b, err := c.BGP(ctx)
+		if err != nil {
+			return hint(err, *socket)
+		}
+		if *format == "json" {
+			return printJSON(out, b)
+		}
+		if !b.Enabled {
+			fmt.Fprintln(out, "BGP is not running on this node (standalone mode, --bgp=false, or not ready yet)")
+			return nil
+		}
+		fmt.Fprintf(out, "BGP: AS %d, router ID %s\n\n", b.ASN, b.RouterID)
+		w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(w, "PEER ADDRESS\tAS\tTYPE\tSTATE\tSINCE\tRECEIVED\tSENT")
+		for _, p := range b.Peers {
+			since := "-"
+			if !p.Since.IsZero() {
+				since = time.Since(p.Since).Round(time.Second).String()
+			}
+			fmt.Fprintf(w, "%s\t%d\t%s\t%s\t%s\t%d\t%d\n", p.Address, p.ASN, p.Kind, p.State, since, p.Received, p.Sent)
+		}
+		return w.Flush()
+	case cmd == "routes":
+		b, err := c.BGP(ctx)
+		if err != nil {
+			return hint(err, *socket)
+		}
+		if *format == "json" {
+			return printJSON(out, b.Routes)
+		}
+		w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(w, "DESTINATION\tVIA")
+		for _, r := range b.Routes {
+			gws := make([]string, len(r.Gateways))
+			for i, g := range r.Gateways {
+				gws[i] = g.String()
+			}
+			fmt.Fprintf(w, "%s\t%s\n", r.Dst, strings.Join(gws, ", "))
 		}
 		return w.Flush()
 	case cmd == "ipam show":

@@ -41,6 +41,10 @@ type Config struct {
 	HealthAddr string
 	// Version is the agent's build version, for ternctl.
 	Version string
+	// BGP runs the speaker (Kubernetes mode).
+	BGP bool
+	// SecretNamespace holds the Secrets of BGP passwords.
+	SecretNamespace string
 }
 
 // SocketPath is where the agent serves the CNI plugin.
@@ -77,6 +81,8 @@ type Agent struct {
 	metrics *metrics
 
 	// Owned by the reconcile goroutine.
+	runCtx           context.Context
+	routing          routing
 	networkAvailable bool
 	missing          map[ipam.Key]time.Time // allocations whose pod is gone, since
 	releasedGone     atomic.Int64
@@ -90,6 +96,7 @@ type Agent struct {
 	lastErr error
 	writes  uint64
 	mtu     int // of the node's uplink, read at each reconcile
+	bgpView agentapi.BGP
 }
 
 // Run starts the agent and blocks until ctx is done. Kernel state it wrote stays
@@ -124,6 +131,7 @@ func Run(ctx context.Context, cfg Config, cluster Cluster, log *slog.Logger) err
 	}
 	ctx, stop := context.WithCancel(ctx)
 	defer stop()
+	a.runCtx = ctx
 	srv := &http.Server{Handler: a.handler(), ReadHeaderTimeout: 10 * time.Second}
 	srvErr := make(chan error, 2)
 	go func() { srvErr <- srv.Serve(ln) }()
@@ -271,6 +279,14 @@ func (a *Agent) reconcile(ctx context.Context) error {
 	a.mu.Unlock()
 	if err == nil && a.cluster != nil {
 		err = a.afterProgrammed(ctx)
+		// BGP does not gate readiness: pods on this node work without it.
+		if a.cfg.BGP {
+			if berr := a.syncBGP(ctx); berr != nil {
+				a.log.Warn("BGP", "err", berr)
+				a.metrics.bgpErrors.Inc()
+				time.AfterFunc(2*time.Second, a.Trigger)
+			}
+		}
 	}
 	// Veths of gone pods: left by a DEL whose agent died before deleting
 	// them, or by releaseGone just now.

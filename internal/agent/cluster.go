@@ -7,6 +7,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/tern-net/tern/bgp"
 	"github.com/tern-net/tern/dataplane"
 	"github.com/tern-net/tern/internal/k8s"
 	"github.com/tern-net/tern/ipam"
@@ -23,6 +24,8 @@ type Cluster interface {
 	LocalPods() (map[string]k8s.Pod, error)
 	// PodGone asks the API server (not a cache) whether the pod with uid is gone.
 	PodGone(ctx context.Context, namespace, name, uid string) (bool, error)
+	// BGPInput returns every node, the BGPConfiguration and the BGPPeers.
+	BGPInput(ctx context.Context, secretNamespace string) ([]bgp.NodeInfo, bgp.Config, []bgp.PeerSpec, []error)
 	SetNetworkAvailable(ctx context.Context) error
 }
 
@@ -38,6 +41,9 @@ func (a *Agent) clusterPools() error {
 		return errNotSynced
 	}
 	node, err := a.cluster.LocalNode()
+	if errors.Is(err, k8s.ErrNodeNotFound) {
+		a.leaveBGP(a.runCtx)
+	}
 	if err != nil {
 		return err
 	}

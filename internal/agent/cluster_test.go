@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tern-net/tern/bgp"
 	"github.com/tern-net/tern/internal/k8s"
 	"github.com/tern-net/tern/ipam"
 )
@@ -43,6 +44,9 @@ func (f *fakeCluster) PodGone(_ context.Context, ns, name, uid string) (bool, er
 	return !ok || (uid != "" && !p.HasUID(uid)), nil
 }
 func (f *fakeCluster) SetNetworkAvailable(context.Context) error { f.patches++; return nil }
+func (f *fakeCluster) BGPInput(context.Context, string) ([]bgp.NodeInfo, bgp.Config, []bgp.PeerSpec, []error) {
+	return nil, bgp.DefaultConfig(), nil, nil
+}
 
 func clusterAgent(t *testing.T, f *fakeCluster, grace time.Duration, allocs ...ipam.Allocation) *Agent {
 	t.Helper()

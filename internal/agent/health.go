@@ -15,6 +15,7 @@ type metrics struct {
 	reg             *prometheus.Registry
 	reconcileTime   prometheus.Histogram
 	reconcileErrors prometheus.Counter
+	bgpErrors       prometheus.Counter
 }
 
 func newMetrics() *metrics {
@@ -26,6 +27,9 @@ func newMetrics() *metrics {
 		}),
 		reconcileErrors: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "tern_reconcile_errors_total", Help: "Reconcile passes that failed (not counting waits for the Kubernetes caches).",
+		}),
+		bgpErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "tern_bgp_errors_total", Help: "BGP passes with an error (planning, peers, announcements, route programming).",
 		}),
 	}
 }
@@ -41,8 +45,13 @@ func (m *metrics) observe(d time.Duration, err error) {
 
 // register adds the figures read from a at scrape time.
 func (m *metrics) register(a *Agent) {
-	m.reg.MustRegister(m.reconcileTime, m.reconcileErrors,
+	m.reg.MustRegister(m.reconcileTime, m.reconcileErrors, m.bgpErrors,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	m.reg.MustRegister(bgpCollector{a: a,
+		up:       prometheus.NewDesc("tern_bgp_session_up", "1 when the BGP session with the peer is established.", []string{"peer", "kind"}, nil),
+		received: prometheus.NewDesc("tern_bgp_prefixes_received", "Prefixes received from the peer.", []string{"peer", "kind"}, nil),
+		sent:     prometheus.NewDesc("tern_bgp_prefixes_sent", "Prefixes sent to the peer.", []string{"peer", "kind"}, nil),
+	})
 	m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "tern_ipam_allocations", Help: "Attachments holding addresses on this node.",
 	}, func() float64 { return float64(len(a.ipam.List())) }))
@@ -92,4 +101,32 @@ func (a *Agent) healthHandler() http.Handler {
 	})
 	mux.Handle("GET /metrics", promhttp.HandlerFor(a.metrics.reg, promhttp.HandlerOpts{}))
 	return mux
+}
+
+// bgpCollector exports the BGP sessions and prefix counts of the last pass.
+type bgpCollector struct {
+	a                  *Agent
+	up, received, sent *prometheus.Desc
+}
+
+func (c bgpCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- c.up
+	ch <- c.received
+	ch <- c.sent
+}
+
+func (c bgpCollector) Collect(ch chan<- prometheus.Metric) {
+	c.a.mu.Lock()
+	peers := c.a.bgpView.Peers
+	c.a.mu.Unlock()
+	for _, p := range peers {
+		up := 0.0
+		if p.State == "Established" {
+			up = 1
+		}
+		labels := []string{p.Address.String(), p.Kind}
+		ch <- prometheus.MustNewConstMetric(c.up, prometheus.GaugeValue, up, labels...)
+		ch <- prometheus.MustNewConstMetric(c.received, prometheus.GaugeValue, float64(p.Received), labels...)
+		ch <- prometheus.MustNewConstMetric(c.sent, prometheus.GaugeValue, float64(p.Sent), labels...)
+	}
 }

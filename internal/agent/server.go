@@ -25,6 +25,12 @@ func (a *Agent) handler() http.Handler {
 	mux.HandleFunc("GET "+agentapi.PathAllocation, a.serveGet)
 	mux.HandleFunc("GET "+agentapi.PathAllocations, a.serveList)
 	mux.HandleFunc("POST "+agentapi.PathGC, a.serveGC)
+	mux.HandleFunc("GET "+agentapi.PathBGP, func(w http.ResponseWriter, _ *http.Request) {
+		a.mu.Lock()
+		v := a.bgpView
+		a.mu.Unlock()
+		writeJSON(w, http.StatusOK, v)
+	})
 	return mux
 }
 

@@ -28,6 +28,7 @@ const (
 	PathAllocation  = "/v1/allocation"
 	PathAllocations = "/v1/allocations"
 	PathGC          = "/v1/gc"
+	PathBGP         = "/v1/bgp"
 )
 
 // DefaultSocket is where the CNI plugin finds the agent unless configured.
@@ -77,6 +78,32 @@ type HostLink = dataplane.HostLink
 type ReleaseRequest struct {
 	Attachment
 	Dispose []HostLink `json:"dispose,omitempty"`
+}
+
+// BGP is the agent's BGP speaker and what it installed.
+type BGP struct {
+	Enabled  bool       `json:"enabled"`
+	ASN      uint32     `json:"asn,omitempty"`
+	RouterID netip.Addr `json:"routerID,omitzero"`
+	Peers    []BGPPeer  `json:"peers"`
+	Routes   []BGPRoute `json:"routes"`
+}
+
+// BGPPeer is one session.
+type BGPPeer struct {
+	Address  netip.Addr `json:"address"`
+	ASN      uint32     `json:"asn"`
+	Kind     string     `json:"kind"` // mesh, peer, reflector, reflector-client
+	State    string     `json:"state"`
+	Since    time.Time  `json:"since,omitzero"`
+	Received uint64     `json:"received"`
+	Sent     uint64     `json:"sent"`
+}
+
+// BGPRoute is a route tern installed from BGP.
+type BGPRoute struct {
+	Dst      netip.Prefix `json:"dst"`
+	Gateways []netip.Addr `json:"gateways"`
 }
 
 // Status is the agent's readiness.
@@ -187,6 +214,13 @@ func (c *Client) Release(ctx context.Context, a Attachment, dispose ...HostLink)
 func (c *Client) List(ctx context.Context) ([]Allocation, error) {
 	var out []Allocation
 	err := c.do(ctx, "GET", PathAllocations, nil, &out)
+	return out, err
+}
+
+// BGP returns the speaker's sessions and the routes it installed.
+func (c *Client) BGP(ctx context.Context) (BGP, error) {
+	var out BGP
+	err := c.do(ctx, "GET", PathBGP, nil, &out)
 	return out, err
 }
 

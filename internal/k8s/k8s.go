@@ -8,6 +8,7 @@ package k8s
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/netip"
@@ -92,6 +93,9 @@ func trim(obj any) (any, error) {
 	}
 	return obj, nil
 }
+
+// ErrNodeNotFound: this node has no Node object (yet, or any more).
+var ErrNodeNotFound = errors.New("does not exist in the API")
 
 // Config builds the client configuration: from kubeconfig when given, else
 // in-cluster.
@@ -252,7 +256,7 @@ func (w *Watcher) LocalNode() (Node, error) {
 	n, err := w.nodes.Get(w.nodeName)
 	if err != nil {
 		if apierrors.IsNotFound(err) {
-			return Node{}, fmt.Errorf("node %q does not exist in the API (is --node-name / NODE_NAME right?)", w.nodeName)
+			return Node{}, fmt.Errorf("%w: node %q (is --node-name / NODE_NAME right?)", ErrNodeNotFound, w.nodeName)
 		}
 		return Node{}, err
 	}

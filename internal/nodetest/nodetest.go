@@ -65,8 +65,8 @@ var (
 	buildErr  error
 )
 
-// Binaries builds tern-agent and the CNI plugin (as "tern") once per test
-// binary and returns their directory.
+// Binaries builds tern-agent, the CNI plugin (as "tern") and ternctl once per
+// test binary and returns their directory.
 func Binaries(t testing.TB) string {
 	t.Helper()
 	buildOnce.Do(func() {
@@ -79,7 +79,7 @@ func Binaries(t testing.TB) string {
 			buildErr = err
 			return
 		}
-		for _, b := range [][2]string{{"./cmd/tern-agent", "tern-agent"}, {"./cmd/tern-cni", "tern"}} {
+		for _, b := range [][2]string{{"./cmd/tern-agent", "tern-agent"}, {"./cmd/tern-cni", "tern"}, {"./cmd/ternctl", "ternctl"}} {
 			// Built as `make build` builds them: static (no dynamic loader at
 			// every exec of the plugin), stripped.
 			cmd := exec.Command("go", "build", "-trimpath", "-ldflags=-s -w", "-o", filepath.Join(buildDir, b[1]), b[0])

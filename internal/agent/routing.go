@@ -1,0 +1,152 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"reflect"
+	"time"
+
+	"github.com/tern-net/tern/bgp"
+	"github.com/tern-net/tern/dataplane"
+	"github.com/tern-net/tern/internal/agentapi"
+	"github.com/tern-net/tern/internal/k8s"
+)
+
+// routing is the BGP side of the agent, owned by the reconcile goroutine.
+type routing struct {
+	speaker *bgp.Speaker
+	global  bgp.Global
+	started time.Time
+	// settled: every peer has been up long enough to have sent its routes
+	// (or the graceful-restart time is over): routes not relearned may go.
+	settled bool
+	upSince time.Time
+	peers   []bgp.PeerStatus // as of the last pass
+}
+
+// settleTime: after the last peer came up, how long its routes may take.
+const settleTime = 3 * time.Second
+
+// syncBGP plans this node's BGP from the API, applies it to the speaker, and
+// installs the routes learned.
+func (a *Agent) syncBGP(ctx context.Context) error {
+	node, err := a.cluster.LocalNode()
+	if err != nil {
+		return err
+	}
+	local, err := k8s.BGPNode(node)
+	if err != nil {
+		return err
+	}
+	nodes, cfg, specs, errs := a.cluster.BGPInput(ctx, a.cfg.SecretNamespace)
+	g, d, err := bgp.Plan(bgp.Snapshot{Local: local, Nodes: nodes, Config: cfg, Peers: specs})
+	if err != nil {
+		return errors.Join(append(errs, err)...)
+	}
+	r := &a.routing
+	if r.speaker != nil && !reflect.DeepEqual(r.global, g) {
+		a.log.Info("BGP identity changed; restarting the speaker", "from", r.global, "to", g)
+		_ = r.speaker.Stop(ctx, true)
+		r.speaker = nil
+	}
+	if r.speaker == nil {
+		sp, err := bgp.Start(a.runCtx, g, a.log, a.Trigger)
+		if err != nil {
+			return errors.Join(append(errs, err)...)
+		}
+		r.speaker, r.global, r.started, r.settled = sp, g, time.Now(), false
+		a.log.Info("BGP speaker started", "asn", g.ASN, "routerID", g.RouterID, "port", g.ListenPort)
+	}
+	if err := r.speaker.Apply(ctx, d); err != nil {
+		errs = append(errs, err)
+	}
+	routes, err := r.speaker.Routes(ctx)
+	if err != nil {
+		return errors.Join(append(errs, err)...)
+	}
+	r.peers, _ = r.speaker.Peers(ctx)
+	r.settle(len(d.Peers), cfg.GracefulRestart)
+
+	allowed := a.cfg.ClusterCIDRs
+	if len(allowed) == 0 {
+		for _, n := range nodes {
+			allowed = append(allowed, n.PodCIDRs...)
+		}
+	}
+	allowed = append(allowed, cfg.ServiceClusterIPs...)
+	var learned []dataplane.LearnedRoute
+	for _, rt := range routes {
+		learned = append(learned, dataplane.LearnedRoute{Dst: rt.Prefix, Gateways: rt.NextHops})
+	}
+	keep, dropped := dataplane.FilterImport(learned, allowed, local.PodCIDRs)
+	if len(dropped) > 0 {
+		a.log.Debug("BGP routes not imported (outside the cluster's ranges, or this node's own)", "prefixes", dropped)
+	}
+	st, err := dataplane.SyncLearned(keep, r.settled)
+	if err != nil {
+		errs = append(errs, err)
+	}
+	a.mu.Lock()
+	a.writes += uint64(st.Added + st.Replaced + st.Deleted)
+	view := agentapi.BGP{Enabled: true, ASN: g.ASN, RouterID: g.RouterID, Peers: []agentapi.BGPPeer{}, Routes: []agentapi.BGPRoute{}}
+	for _, p := range r.peers {
+		view.Peers = append(view.Peers, agentapi.BGPPeer(p))
+	}
+	for _, rt := range keep {
+		view.Routes = append(view.Routes, agentapi.BGPRoute{Dst: rt.Dst, Gateways: rt.Gateways})
+	}
+	a.bgpView = view
+	a.mu.Unlock()
+	return errors.Join(errs...)
+}
+
+// settle decides when routes that were not relearned may be removed.
+func (r *routing) settle(configured int, grace time.Duration) {
+	if r.settled {
+		return
+	}
+	up := 0
+	for _, p := range r.peers {
+		if p.State == "Established" {
+			up++
+		}
+	}
+	switch {
+	case up >= configured && up > 0:
+		if r.upSince.IsZero() {
+			r.upSince = time.Now()
+		}
+		r.settled = time.Since(r.upSince) >= settleTime
+	case configured == 0:
+		r.settled = true
+	default:
+		r.upSince = time.Time{}
+	}
+	if grace <= 0 {
+		grace = bgp.DefaultGracefulRestart
+	}
+	if time.Since(r.started) > grace {
+		r.settled = true
+	}
+}
+
+// leaveBGP is for a node that is gone from the API: withdraw its routes and
+// close its sessions with a Cease, so that peers flush it at once.
+func (a *Agent) leaveBGP(ctx context.Context) {
+	r := &a.routing
+	if r.speaker == nil {
+		return
+	}
+	if err := r.speaker.Apply(ctx, bgp.Desired{}); err != nil {
+		a.log.Warn("withdraw on leaving", "err", err)
+	}
+	time.Sleep(200 * time.Millisecond) // let the withdrawals go out before the Cease
+	if err := r.speaker.Stop(ctx, true); err != nil {
+		a.log.Warn("stop BGP", "err", err)
+	}
+	r.speaker = nil
+	a.mu.Lock()
+	a.bgpView = agentapi.BGP{}
+	a.mu.Unlock()
+	a.log.Info("node removed from the API: BGP routes withdrawn, sessions closed")
+}

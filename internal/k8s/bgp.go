@@ -1,0 +1,214 @@
+package k8s
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strconv"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/runtime"
+
+	"github.com/tern-net/tern/bgp"
+)
+
+// Node annotations of BGP.
+const (
+	ASNumberAnnotation       = "tern.io/as-number"
+	RouteReflectorAnnotation = "tern.io/route-reflector-cluster-id"
+)
+
+// bgpConfigurationSpec is the spec of tern.io/v1alpha1 BGPConfiguration.
+type bgpConfigurationSpec struct {
+	ASNumber               *uint32  `json:"asNumber"`
+	NodeToNodeMesh         *bool    `json:"nodeToNodeMesh"`
+	ListenPort             *int32   `json:"listenPort"`
+	GracefulRestartSeconds *int64   `json:"gracefulRestartSeconds"`
+	Communities            []string `json:"communities"`
+	Advertise              struct {
+		ServiceClusterIPs []string `json:"serviceClusterIPs"`
+	} `json:"advertise"`
+}
+
+// bgpPeerSpec is the spec of tern.io/v1alpha1 BGPPeer.
+type bgpPeerSpec struct {
+	PeerIP            string                `json:"peerIP"`
+	ASNumber          uint32                `json:"asNumber"`
+	Node              string                `json:"node"`
+	NodeSelector      *metav1.LabelSelector `json:"nodeSelector"`
+	PasswordSecretRef *struct {
+		Name string `json:"name"`
+		Key  string `json:"key"`
+	} `json:"passwordSecretRef"`
+	HoldTimeSeconds      int64 `json:"holdTimeSeconds"`
+	KeepaliveSeconds     int64 `json:"keepaliveSeconds"`
+	EBGPMultihop         uint8 `json:"ebgpMultihop"`
+	RouteReflectorClient bool  `json:"routeReflectorClient"`
+}
+
+// BGPInput gathers what the BGP plan needs: every node, the cluster's
+// BGPConfiguration (defaults without one) and the BGPPeers, with passwords
+// read from Secrets in secretNamespace. Objects that do not convert are
+// reported in errs and left out; the rest still applies.
+func (w *Watcher) BGPInput(ctx context.Context, secretNamespace string) (nodes []bgp.NodeInfo, cfg bgp.Config, peers []bgp.PeerSpec, errs []error) {
+	list, err := w.nodes.List(everything)
+	if err != nil {
+		return nil, cfg, nil, []error{err}
+	}
+	for _, n := range list {
+		info, err := NodeFromAPI(n)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		bn, err := bgpNode(info)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		nodes = append(nodes, bn)
+	}
+	cfg = bgp.DefaultConfig()
+	if !w.CustomResourcesSynced() {
+		return nodes, cfg, nil, errs
+	}
+	configs, _ := w.CustomResources(BGPConfigurations)
+	for _, u := range configs {
+		if u.GetName() != "default" {
+			continue
+		}
+		c, err := bgpConfigFrom(u)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		cfg = c
+	}
+	objs, _ := w.CustomResources(BGPPeers)
+	for _, u := range objs {
+		p, ref, err := bgpPeerFrom(u)
+		if err == nil && ref != nil {
+			p.Password, err = w.secretValue(ctx, secretNamespace, ref.Name, ref.Key)
+		}
+		if err != nil {
+			errs = append(errs, fmt.Errorf("BGPPeer %s: %w", u.GetName(), err))
+			continue
+		}
+		peers = append(peers, p)
+	}
+	slices.SortFunc(peers, func(a, b bgp.PeerSpec) int { return a.PeerIP.Compare(b.PeerIP) })
+	return nodes, cfg, peers, errs
+}
+
+// BGPNode is the local node as the BGP plan sees it.
+func BGPNode(n Node) (bgp.NodeInfo, error) { return bgpNode(n) }
+
+func bgpNode(n Node) (bgp.NodeInfo, error) {
+	out := bgp.NodeInfo{Name: n.Name, Address: n.Address, PodCIDRs: n.PodCIDRs, Labels: n.Labels}
+	if v, ok := n.Annotations[ASNumberAnnotation]; ok {
+		asn, err := strconv.ParseUint(v, 10, 32)
+		if err != nil || asn == 0 {
+			return out, fmt.Errorf("node %s: annotation %s=%q is not an AS number (1 to 4294967295)", n.Name, ASNumberAnnotation, v)
+		}
+		out.ASN = uint32(asn)
+	}
+	if v, ok := n.Annotations[RouteReflectorAnnotation]; ok {
+		id, err := netip.ParseAddr(v)
+		if err != nil || !id.Is4() {
+			return out, fmt.Errorf("node %s: annotation %s=%q is not a cluster ID (an IPv4 address such as 10.0.0.1)", n.Name, RouteReflectorAnnotation, v)
+		}
+		out.RRCluster = id
+	}
+	return out, nil
+}
+
+func bgpConfigFrom(u *unstructured.Unstructured) (bgp.Config, error) {
+	cfg := bgp.DefaultConfig()
+	spec, _, _ := unstructured.NestedMap(u.Object, "spec")
+	var s bgpConfigurationSpec
+	if err := runtime.DefaultUnstructuredConverter.FromUnstructured(spec, &s); err != nil {
+		return cfg, fmt.Errorf("BGPConfiguration %s: %w", u.GetName(), err)
+	}
+	if s.ASNumber != nil {
+		cfg.ASN = *s.ASNumber
+	}
+	if s.NodeToNodeMesh != nil {
+		cfg.NodeToNodeMesh = *s.NodeToNodeMesh
+	}
+	if s.ListenPort != nil {
+		cfg.ListenPort = *s.ListenPort
+	}
+	if s.GracefulRestartSeconds != nil {
+		cfg.GracefulRestart = time.Duration(*s.GracefulRestartSeconds) * time.Second
+	}
+	for _, c := range s.Communities {
+		v, err := parseCommunity(c)
+		if err != nil {
+			return cfg, fmt.Errorf("BGPConfiguration %s: %w", u.GetName(), err)
+		}
+		cfg.Communities = append(cfg.Communities, v)
+	}
+	for _, c := range s.Advertise.ServiceClusterIPs {
+		p, err := netip.ParsePrefix(c)
+		if err != nil {
+			return cfg, fmt.Errorf("BGPConfiguration %s: serviceClusterIPs %q: %w", u.GetName(), c, err)
+		}
+		cfg.ServiceClusterIPs = append(cfg.ServiceClusterIPs, p.Masked())
+	}
+	return cfg, nil
+}
+
+// parseCommunity reads a standard community "AS:value". (Large communities
+// are accepted by the CRD for the future; the speaker does not send them yet.)
+func parseCommunity(c string) (uint32, error) {
+	var as, v uint32
+	if _, err := fmt.Sscanf(c, "%d:%d", &as, &v); err != nil || as > 65535 || v > 65535 {
+		return 0, fmt.Errorf("community %q: only standard communities (AS:value) are sent", c)
+	}
+	return as<<16 | v, nil
+}
+
+type secretRef struct{ Name, Key string }
+
+func bgpPeerFrom(u *unstructured.Unstructured) (bgp.PeerSpec, *secretRef, error) {
+	spec, _, _ := unstructured.NestedMap(u.Object, "spec")
+	var s bgpPeerSpec
+	if err := runtime.DefaultUnstructuredConverter.FromUnstructured(spec, &s); err != nil {
+		return bgp.PeerSpec{}, nil, err
+	}
+	ip, err := netip.ParseAddr(s.PeerIP)
+	if err != nil {
+		return bgp.PeerSpec{}, nil, fmt.Errorf("peerIP %q: %w", s.PeerIP, err)
+	}
+	p := bgp.PeerSpec{Name: u.GetName(), PeerIP: ip, ASN: s.ASNumber, Node: s.Node,
+		HoldTime: time.Duration(s.HoldTimeSeconds) * time.Second, Keepalive: time.Duration(s.KeepaliveSeconds) * time.Second,
+		Multihop: s.EBGPMultihop, RRClient: s.RouteReflectorClient}
+	if s.NodeSelector != nil {
+		sel, err := metav1.LabelSelectorAsSelector(s.NodeSelector)
+		if err != nil {
+			return p, nil, fmt.Errorf("nodeSelector: %w", err)
+		}
+		p.Selects = func(l map[string]string) bool { return sel.Matches(labels.Set(l)) }
+	}
+	var ref *secretRef
+	if s.PasswordSecretRef != nil {
+		ref = &secretRef{Name: s.PasswordSecretRef.Name, Key: s.PasswordSecretRef.Key}
+	}
+	return p, ref, nil
+}
+
+func (w *Watcher) secretValue(ctx context.Context, namespace, name, key string) (string, error) {
+	s, err := w.client.CoreV1().Secrets(namespace).Get(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		return "", fmt.Errorf("password Secret %s/%s: %w", namespace, name, err)
+	}
+	v, ok := s.Data[key]
+	if !ok {
+		return "", fmt.Errorf("password Secret %s/%s has no key %q", namespace, name, key)
+	}
+	return string(v), nil
+}
