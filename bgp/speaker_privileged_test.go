@@ -20,6 +20,7 @@ import (
 
 	"github.com/tern-net/tern/dataplane"
 	"github.com/tern-net/tern/internal/nodetest"
+	"github.com/tern-net/tern/internal/routertest"
 )
 
 // The test binary doubles as a node: started with TERN_BGP_HELPER inside a
@@ -119,12 +120,13 @@ type lab struct {
 	t            *testing.T
 	node, router ns.NetNS
 	dir          string
+	routerLog    func() string
 }
 
 func newLab(t *testing.T, nodeAddr, routerAddr string) *lab {
 	t.Helper()
 	nodetest.RequireRoot(t)
-	l := &lab{t: t, dir: t.TempDir()}
+	l := &lab{t: t, dir: t.TempDir(), routerLog: func() string { return "" }}
 	var err error
 	for _, p := range []*ns.NetNS{&l.node, &l.router} {
 		if *p, err = testutils.NewNS(); err != nil {
@@ -156,33 +158,6 @@ func (l *lab) must(netns ns.NetNS, name string, args ...string) string {
 	return string(out)
 }
 
-// start runs a long-lived process in netns and stops it by PID at cleanup.
-func (l *lab) start(netns ns.NetNS, logName string, env []string, name string, args ...string) {
-	l.t.Helper()
-	c := l.cmd(netns, name, args...)
-	c.Env = append(os.Environ(), env...)
-	f, err := os.Create(filepath.Join(l.dir, logName))
-	if err != nil {
-		l.t.Fatal(err)
-	}
-	c.Stdout, c.Stderr = f, f
-	if err := c.Start(); err != nil {
-		l.t.Fatalf("start %s: %v", name, err)
-	}
-	l.t.Cleanup(func() {
-		_ = c.Process.Signal(syscall.SIGTERM)
-		done := make(chan struct{})
-		go func() { _ = c.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(5 * time.Second):
-			_ = c.Process.Kill()
-			<-done
-		}
-		f.Close()
-	})
-}
-
 func (l *lab) log(name string) string {
 	b, _ := os.ReadFile(filepath.Join(l.dir, name))
 	return string(b)
@@ -194,7 +169,7 @@ func (l *lab) startNode(cfg helperConfig) string {
 	path := filepath.Join(l.dir, "speaker.json")
 	cfg.StatusFile = filepath.Join(l.dir, "status.json")
 	l.writeConfig(path, cfg)
-	l.start(l.node, "speaker.log", []string{"TERN_BGP_HELPER=" + path}, os.Args[0], "-test.run=^$")
+	routertest.Start(l.t, l.node, filepath.Join(l.dir, "speaker.log"), []string{"TERN_BGP_HELPER=" + path}, os.Args[0], "-test.run=^$")
 	return path
 }
 
@@ -225,7 +200,7 @@ func (l *lab) eventually(what string, timeout time.Duration, ok func() bool) {
 	for !ok() {
 		if time.Now().After(deadline) {
 			l.t.Fatalf("%s: not after %s\nspeaker log:\n%s\nstatus: %+v\nrouter log:\n%s", what, timeout,
-				tail(l.log("speaker.log"), 3000), l.status(), tail(l.log("bird.log")+l.log("frr-zebra.log")+l.log("frr-staticd.log")+l.log("frr-bgpd.log"), 3000))
+				tail(l.log("speaker.log"), 3000), l.status(), tail(l.routerLog(), 3000))
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
@@ -241,8 +216,6 @@ func tail(s string, n int) string {
 func TestSpeakerWithBIRD(t *testing.T) {
 	nodetest.RequirePath(t, "/usr/sbin/bird", "BIRD 2 (Debian package bird2)")
 	l := newLab(t, "10.210.0.1/30", "10.210.0.2/30")
-	sock := filepath.Join(l.dir, "bird.ctl")
-	conf := filepath.Join(l.dir, "bird.conf")
 	// BIRD exports a pod CIDR of "another node" and, as routers do, its
 	// connected subnet: tern must install the first and ignore the second.
 	birdConf := `router id 10.210.0.2;
@@ -257,10 +230,8 @@ protocol bgp node {
   ipv4 { import all; export all; };
 }
 `
-	if err := os.WriteFile(conf, []byte(birdConf), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	l.start(l.router, "bird.log", nil, "bird", "-f", "-c", conf, "-s", sock, "-P", filepath.Join(l.dir, "bird.pid"))
+	bird := routertest.StartBIRD(t, l.router, birdConf)
+	l.routerLog = bird.Log
 
 	cfg := helperConfig{
 		Global: Global{ASN: 64512, RouterID: netip.MustParseAddr("10.210.0.1"), ListenPort: 179},
@@ -273,10 +244,7 @@ protocol bgp node {
 	}
 	cfgPath := l.startNode(cfg)
 
-	birdRoute := func(prefix string) string {
-		out, _ := l.cmd(l.router, "birdc", "-s", sock, "show", "route", "for", prefix, "all").CombinedOutput()
-		return string(out)
-	}
+	birdRoute := func(prefix string) string { return bird.Birdc("show", "route", "for", prefix, "all") }
 	nodeRoutes := func() string {
 		out, _ := l.cmd(l.node, "ip", "route", "show").CombinedOutput()
 		return string(out)
@@ -305,7 +273,7 @@ protocol bgp node {
 	l.eventually("BIRD forgets the withdrawn CIDR", 10*time.Second, func() bool {
 		return !strings.Contains(birdRoute("10.244.5.0/24"), "10.244.5.0/24")
 	})
-	l.must(l.router, "birdc", "-s", sock, "disable", "peerpods")
+	bird.Birdc("disable", "peerpods")
 	l.eventually("the node removes the route BIRD withdrew", 10*time.Second, func() bool {
 		return !strings.Contains(nodeRoutes(), "10.244.6.0/24")
 	})
@@ -313,36 +281,6 @@ protocol bgp node {
 		t.Fatalf("speaker errors:\n%s", l.log("speaker.log"))
 	}
 	_ = fmt.Sprint
-}
-
-// startFRR runs zebra, staticd and bgpd of FRR in netns with conf.
-func (l *lab) startFRR(netns ns.NetNS, conf string) string {
-	l.t.Helper()
-	nodetest.RequirePath(l.t, "/usr/lib/frr/bgpd", "FRR (Debian package frr)")
-	// FRR drops to user frr: its directory must be reachable by it, and the
-	// test's own temporary directory is not (mode 0700).
-	dir, err := os.MkdirTemp("", "tern-frr-")
-	if err != nil {
-		l.t.Fatal(err)
-	}
-	l.t.Cleanup(func() { os.RemoveAll(dir) })
-	if err := os.Chmod(dir, 0o755); err != nil {
-		l.t.Fatal(err)
-	}
-	path := filepath.Join(dir, "frr.conf")
-	if err := os.WriteFile(path, []byte(conf), 0o644); err != nil {
-		l.t.Fatal(err)
-	}
-	l.must(netns, "chown", "-R", "frr:frr", dir)
-	for _, d := range []string{"zebra", "staticd", "bgpd"} {
-		args := []string{"-f", path, "-i", filepath.Join(dir, d+".pid"), "-z", filepath.Join(dir, "zserv.api"),
-			"--vty_socket", dir, "-u", "frr", "-g", "frr"}
-		l.start(netns, "frr-"+d+".log", nil, "/usr/lib/frr/"+d, args...)
-		if d == "zebra" {
-			time.Sleep(300 * time.Millisecond) // the others connect to zebra's socket
-		}
-	}
-	return dir
 }
 
 // Two top-of-rack routers, BIRD and FRR, announce the same prefix with equal
@@ -364,9 +302,7 @@ func TestSpeakerECMPWithBIRDAndFRR(t *testing.T) {
 	l.must(frrNS, "ip", "addr", "add", "10.211.0.2/30", "dev", "tr0")
 	l.must(frrNS, "ip", "link", "set", "tr0", "up")
 
-	sock := filepath.Join(l.dir, "bird.ctl")
-	conf := filepath.Join(l.dir, "bird.conf")
-	if err := os.WriteFile(conf, []byte(`router id 10.210.0.2;
+	bird := routertest.StartBIRD(t, l.router, `router id 10.210.0.2;
 protocol device { scan time 1; }
 protocol static rackpods { ipv4; route 10.244.8.0/24 blackhole; }
 protocol bgp node {
@@ -376,11 +312,8 @@ protocol bgp node {
   error wait time 1, 5;
   ipv4 { import all; export all; };
 }
-`), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	l.start(l.router, "bird.log", nil, "bird", "-f", "-c", conf, "-s", sock, "-P", filepath.Join(l.dir, "bird.pid"))
-	vty := l.startFRR(frrNS, `frr defaults traditional
+`)
+	frr := routertest.StartFRR(t, frrNS, `frr defaults traditional
 hostname tor2
 log stdout informational
 ip route 10.244.8.0/24 blackhole
@@ -395,6 +328,7 @@ router bgp 65002
   redistribute connected
  exit-address-family
 `)
+	l.routerLog = func() string { return bird.Log() + frr.Log() }
 
 	l.startNode(helperConfig{
 		Global: Global{ASN: 64512, RouterID: netip.MustParseAddr("10.210.0.1"), ListenPort: 179},
@@ -418,14 +352,13 @@ router bgp 65002
 		return strings.Contains(s, "proto 96") && strings.Contains(s, "nexthop via 10.210.0.2 dev nd0") && strings.Contains(s, "nexthop via 10.211.0.2 dev nd1")
 	})
 	l.eventually("FRR learns the node's pod CIDR", 10*time.Second, func() bool {
-		out, _ := l.cmd(frrNS, "vtysh", "--vty_socket", vty, "-c", "show ip bgp 10.244.5.0/24").CombinedOutput()
-		return strings.Contains(string(out), "10.211.0.1 from 10.211.0.1")
+		return strings.Contains(frr.Vtysh("show ip bgp 10.244.5.0/24"), "10.211.0.1 from 10.211.0.1")
 	})
 	if out, _ := l.cmd(l.node, "ip", "route", "show", "proto", "96").CombinedOutput(); strings.Contains(string(out), "10.211.0.0/30") {
 		t.Fatalf("FRR's connected subnet was installed:\n%s", out)
 	}
 	// One router goes: the route narrows to the other.
-	l.must(l.router, "birdc", "-s", sock, "disable", "node")
+	bird.Birdc("disable", "node")
 	l.eventually("the route narrows to FRR", 10*time.Second, func() bool {
 		out, _ := l.cmd(l.node, "ip", "route", "show", "10.244.8.0/24").CombinedOutput()
 		return strings.Contains(string(out), "10.244.8.0/24 via 10.211.0.2 dev nd1 proto 96")

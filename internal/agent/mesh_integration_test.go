@@ -67,21 +67,7 @@ func (f *fabric) join(n *nodetest.Node, port, addr string) {
 // each other's pod CIDRs, pods on different nodes talk TCP with no
 // encapsulation, and a node deleted from the API withdraws its routes.
 func TestBGPMesh(t *testing.T) {
-	env := kubetest.Start(t)
-	root, err := nodetest.ModuleRoot()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, f := range []string{"00-namespace.yaml", "01-crds.yaml", "02-rbac.yaml"} {
-		if out, err := env.Kubectl(t, "apply", "-f", filepath.Join(root, "manifests", f)); err != nil {
-			t.Fatalf("apply %s: %v\n%s", f, err, out)
-		}
-	}
-	sa := env.ServiceAccountConfig(t, "tern-system", "tern-agent")
-	api, err := url.Parse(env.Config.Host)
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := newKubeCluster(t)
 	ctx := context.Background()
 	fab := newFabric(t)
 	var nodes []*nodetest.Node
@@ -89,17 +75,7 @@ func TestBGPMesh(t *testing.T) {
 		n := nodetest.NewNodeNS(t)
 		addr := fmt.Sprintf("10.30.0.%d", i+1)
 		fab.join(n, fmt.Sprintf("p%d", i), addr+"/24")
-		_, err := env.Client.CoreV1().Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{
-			Name: n.Name, Annotations: map[string]string{k8s.AddressAnnotation: addr}}}, metav1.CreateOptions{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		name := n.Name
-		t.Cleanup(func() { _ = env.Client.CoreV1().Nodes().Delete(context.Background(), name, metav1.DeleteOptions{}) })
-		fwd := nodetest.Forward(t, n.NS, api.Host, true)
-		n.Args = []string{"--kubeconfig", kubeconfigVia(t, env, sa.BearerToken, "https://"+fwd.Addr, n.Dir),
-			"--resync=1s", "--cluster-cidr=10.244.0.0/16"}
-		n.StartAgentNoWait()
+		c.start(n, addr, nil, nil)
 		nodes = append(nodes, n)
 	}
 	for _, n := range nodes {
@@ -158,7 +134,7 @@ func TestBGPMesh(t *testing.T) {
 
 	// Node 3 leaves the API: its agent withdraws, the others drop its CIDR.
 	gone := cidr(nodes[2])
-	if err := env.Client.CoreV1().Nodes().Delete(ctx, nodes[2].Name, metav1.DeleteOptions{}); err != nil {
+	if err := c.env.Client.CoreV1().Nodes().Delete(ctx, nodes[2].Name, metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	for _, n := range nodes[:2] {
@@ -189,4 +165,53 @@ func tailLog(s string, n int) string {
 
 func nsenterCmd(netns ns.NetNS, args ...string) *exec.Cmd {
 	return exec.Command("nsenter", append([]string{"--net=" + netns.Path(), "--"}, args...)...)
+}
+
+// kubeCluster is the real control plane with tern's CRDs and RBAC applied,
+// for agents that run as tern-agent's ServiceAccount.
+type kubeCluster struct {
+	t     *testing.T
+	env   *kubetest.Env
+	token string
+	api   string // host:port of the API server
+}
+
+func newKubeCluster(t *testing.T) *kubeCluster {
+	t.Helper()
+	env := kubetest.Start(t)
+	root, err := nodetest.ModuleRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []string{"00-namespace.yaml", "01-crds.yaml", "02-rbac.yaml"} {
+		if out, err := env.Kubectl(t, "apply", "-f", filepath.Join(root, "manifests", f)); err != nil {
+			t.Fatalf("apply %s: %v\n%s", f, err, out)
+		}
+	}
+	api, err := url.Parse(env.Config.Host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &kubeCluster{t: t, env: env, token: env.ServiceAccountConfig(t, "tern-system", "tern-agent").BearerToken, api: api.Host}
+}
+
+// start registers n as a Node (address by annotation, with labels and more
+// annotations) and starts its agent against the API.
+func (c *kubeCluster) start(n *nodetest.Node, addr string, labels, annotations map[string]string) {
+	c.t.Helper()
+	ann := map[string]string{k8s.AddressAnnotation: addr}
+	for k, v := range annotations {
+		ann[k] = v
+	}
+	_, err := c.env.Client.CoreV1().Nodes().Create(context.Background(), &corev1.Node{ObjectMeta: metav1.ObjectMeta{
+		Name: n.Name, Labels: labels, Annotations: ann}}, metav1.CreateOptions{})
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	name := n.Name
+	c.t.Cleanup(func() { _ = c.env.Client.CoreV1().Nodes().Delete(context.Background(), name, metav1.DeleteOptions{}) })
+	fwd := nodetest.Forward(c.t, n.NS, c.api, true)
+	n.Args = append([]string{"--kubeconfig", kubeconfigVia(c.t, c.env, c.token, "https://"+fwd.Addr, n.Dir),
+		"--resync=1s", "--cluster-cidr=10.244.0.0/16"}, n.Args...)
+	n.StartAgentNoWait()
 }
