@@ -51,13 +51,16 @@ func (f *fabric) run(args ...string) {
 }
 
 // join gives n an interface eth0 on the fabric with address addr (CIDR).
-func (f *fabric) join(n *nodetest.Node, port, addr string) {
+func (f *fabric) join(n *nodetest.Node, port, addr string) { f.joinNS(n.NS, port, addr) }
+
+// joinNS gives netns an interface eth0 on the fabric with address addr (CIDR).
+func (f *fabric) joinNS(netns ns.NetNS, port, addr string) {
 	f.t.Helper()
-	f.run("ip", "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", filepath.Base(n.NS.Path()))
+	f.run("ip", "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", filepath.Base(netns.Path()))
 	f.run("ip", "link", "set", port, "master", "br0", "up")
 	for _, c := range [][]string{{"ip", "addr", "add", addr, "dev", "eth0"}, {"ip", "link", "set", "eth0", "up"}} {
-		if err := n.Exec(c[0], c[1:]...); err != nil {
-			f.t.Fatal(err)
+		if out, err := nsenterCmd(netns, c...).CombinedOutput(); err != nil {
+			f.t.Fatalf("%v: %v\n%s", c, err, out)
 		}
 	}
 }
