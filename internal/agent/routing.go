@@ -22,7 +22,13 @@ type routing struct {
 	settled bool
 	upSince time.Time
 	peers   []bgp.PeerStatus // as of the last pass
+	// downSince: peers not established, since when; warned: logged once.
+	downSince map[string]time.Time
+	warned    map[string]bool
 }
+
+// downWarnAfter: a session not up after this long gets a log line.
+const downWarnAfter = 20 * time.Second
 
 // settleTime: after the last peer came up, how long its routes may take.
 const settleTime = 3 * time.Second
@@ -66,6 +72,7 @@ func (a *Agent) syncBGP(ctx context.Context) error {
 	}
 	r.peers, _ = r.speaker.Peers(ctx)
 	r.settle(len(d.Peers), cfg.GracefulRestart)
+	a.warnDownPeers(d.Peers)
 
 	allowed := a.cfg.ClusterCIDRs
 	if len(allowed) == 0 {
@@ -149,4 +156,39 @@ func (a *Agent) leaveBGP(ctx context.Context) {
 	a.bgpView = agentapi.BGP{}
 	a.mu.Unlock()
 	a.log.Info("node removed from the API: BGP routes withdrawn, sessions closed")
+}
+
+// warnDownPeers logs, once per outage, a session that has not come up.
+func (a *Agent) warnDownPeers(configured []bgp.Peer) {
+	r := &a.routing
+	if r.downSince == nil {
+		r.downSince, r.warned = map[string]time.Time{}, map[string]bool{}
+	}
+	withPassword := map[string]bool{}
+	for _, p := range configured {
+		withPassword[p.Address.String()] = p.Password != ""
+	}
+	now := time.Now()
+	for _, p := range r.peers {
+		k := p.Address.String()
+		if p.State == "Established" {
+			delete(r.downSince, k)
+			delete(r.warned, k)
+			continue
+		}
+		since, ok := r.downSince[k]
+		if !ok {
+			r.downSince[k] = now
+			continue
+		}
+		if now.Sub(since) >= min(downWarnAfter, 5*a.cfg.Resync) && !r.warned[k] {
+			r.warned[k] = true
+			hint := "check that the peer is reachable, and the AS numbers on both sides"
+			if withPassword[k] {
+				hint += ", and the MD5 password: with a wrong one the peer's kernel drops every TCP segment, so nothing else reports it"
+			}
+			a.log.Warn("BGP session not established", "peer", k, "asn", p.ASN, "kind", p.Kind, "state", p.State,
+				"for", now.Sub(since).Round(time.Second), "hint", hint)
+		}
+	}
 }
