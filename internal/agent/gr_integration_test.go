@@ -11,6 +11,7 @@ import (
 
 	"github.com/containernetworking/plugins/pkg/ns"
 
+	"github.com/tern-net/tern/internal/clustertest"
 	"github.com/tern-net/tern/internal/kubetest"
 	"github.com/tern-net/tern/internal/nodetest"
 )
@@ -20,14 +21,14 @@ import (
 // the peer keeps the routes and no probe is lost; without it, probes are lost
 // until the agent is back.
 func TestGracefulRestart(t *testing.T) {
-	c := newKubeCluster(t)
-	fab := newFabric(t)
+	c := clustertest.NewCluster(t)
+	fab := clustertest.NewFabric(t)
 	var nodes []*nodetest.Node
 	for i := range 2 {
 		n := nodetest.NewNodeNS(t)
 		addr := fmt.Sprintf("10.35.0.%d", i+1)
-		fab.join(n, fmt.Sprintf("g%d", i), addr+"/24")
-		c.start(n, addr, nil, nil)
+		fab.Join(n, fmt.Sprintf("g%d", i), addr+"/24")
+		c.Start(n, addr, nil, nil)
 		nodes = append(nodes, n)
 	}
 	for _, n := range nodes {
@@ -41,7 +42,7 @@ func TestGracefulRestart(t *testing.T) {
 		_, err := nodetest.Dial(a.NS, srv)
 		return err == nil, nil
 	}); err != nil {
-		t.Fatalf("no path from node 1 to node 2's pod: %v\n%s", err, tailLog(nodes[0].AgentLog(), 2000))
+		t.Fatalf("no path from node 1 to node 2's pod: %v\n%s", err, clustertest.Tail(nodes[0].AgentLog(), 2000))
 	}
 
 	// probe dials every 100 ms for d and returns sent and lost probes.
@@ -80,10 +81,7 @@ func TestGracefulRestart(t *testing.T) {
 
 	// Without graceful restart, the peer flushes the routes at once.
 	manifest := "apiVersion: tern.io/v1alpha1\nkind: BGPConfiguration\nmetadata: {name: default}\nspec: {gracefulRestartSeconds: 0}\n"
-	if out, err := kubectlStdin(t, c.env, manifest, "apply", "-f", "-"); err != nil {
-		t.Fatalf("%v\n%s", err, out)
-	}
-	t.Cleanup(func() { _, _ = kubectlStdin(t, c.env, manifest, "delete", "-f", "-") })
+	c.Apply(manifest)
 	for _, n := range nodes {
 		if err := kubetest.Eventually(20*time.Second, func(ctx context.Context) (bool, error) {
 			b, err := n.Client().BGP(ctx)

@@ -4,7 +4,6 @@ import (
 	"context"
 	"net/netip"
 	"net/url"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -13,9 +12,8 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/tools/clientcmd"
-	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 
+	"github.com/tern-net/tern/internal/clustertest"
 	"github.com/tern-net/tern/internal/kubetest"
 	"github.com/tern-net/tern/internal/nodetest"
 )
@@ -46,7 +44,7 @@ func TestAgentOnKubernetes(t *testing.T) {
 	}
 	sa := env.ServiceAccountConfig(t, "tern-system", "tern-agent")
 	fwd := nodetest.Forward(t, n.NS, api.Host, false)
-	n.Args = []string{"--kubeconfig", kubeconfigVia(t, env, sa.BearerToken, "https://"+fwd.Addr, n.Dir),
+	n.Args = []string{"--kubeconfig", clustertest.KubeconfigVia(t, env, sa.BearerToken, "https://"+fwd.Addr, n.Dir),
 		"--resync=1s", "--pod-release-grace=2s"}
 	n.StartAgentNoWait()
 	ctx := context.Background()
@@ -183,33 +181,4 @@ func TestAgentOnKubernetes(t *testing.T) {
 	if strings.Contains(n.AgentLog(), "forbidden") {
 		t.Fatalf("the agent's ServiceAccount was refused something:\n%s", n.AgentLog())
 	}
-}
-
-// kubeconfigVia writes a kubeconfig that reaches the API server at server
-// (the forwarder in the node namespace) with the bearer token.
-func kubeconfigVia(t *testing.T, env *kubetest.Env, token, server, dir string) string {
-	t.Helper()
-	admin, err := clientcmd.LoadFromFile(env.Kubeconfig)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var ca []byte
-	for _, c := range admin.Clusters {
-		ca = c.CertificateAuthorityData
-		if len(ca) == 0 && c.CertificateAuthority != "" {
-			if ca, err = os.ReadFile(c.CertificateAuthority); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
-	cfg := clientcmdapi.NewConfig()
-	cfg.Clusters["api"] = &clientcmdapi.Cluster{Server: server, CertificateAuthorityData: ca}
-	cfg.AuthInfos["tern-agent"] = &clientcmdapi.AuthInfo{Token: token}
-	cfg.Contexts["tern"] = &clientcmdapi.Context{Cluster: "api", AuthInfo: "tern-agent"}
-	cfg.CurrentContext = "tern"
-	path := filepath.Join(dir, "kubeconfig")
-	if err := clientcmd.WriteToFile(*cfg, path); err != nil {
-		t.Fatal(err)
-	}
-	return path
 }

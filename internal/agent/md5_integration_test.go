@@ -9,6 +9,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/tern-net/tern/internal/clustertest"
 	"github.com/tern-net/tern/internal/kubetest"
 	"github.com/tern-net/tern/internal/nodetest"
 	"github.com/tern-net/tern/internal/routertest"
@@ -18,9 +19,9 @@ import (
 // tern-system. The right one brings the session up; a wrong one keeps it down,
 // with a log line that names the password and a metric at 0.
 func TestBGPPasswordMD5(t *testing.T) {
-	c := newKubeCluster(t)
+	c := clustertest.NewCluster(t)
 	ctx := context.Background()
-	secrets := c.env.Client.CoreV1().Secrets("tern-system")
+	secrets := c.Env.Client.CoreV1().Secrets("tern-system")
 	if _, err := secrets.Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "bgp-md5"},
 		StringData: map[string]string{"password": "right-pass"}}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
@@ -36,22 +37,19 @@ kind: BGPPeer
 metadata: {name: tor-md5}
 spec: {peerIP: 10.34.0.254, asNumber: 65001, passwordSecretRef: {name: bgp-md5, key: password}}
 `
-	if out, err := kubectlStdin(t, c.env, manifest, "apply", "-f", "-"); err != nil {
-		t.Fatalf("%v\n%s", err, out)
-	}
-	t.Cleanup(func() { _, _ = kubectlStdin(t, c.env, manifest, "delete", "-f", "-") })
+	c.Apply(manifest)
 
-	fab := newFabric(t)
-	tor := router(t)
-	fab.joinNS(tor, "tor", "10.34.0.254/24")
+	fab := clustertest.NewFabric(t)
+	tor := clustertest.NewRouter(t)
+	fab.JoinNS(tor, "tor", "10.34.0.254/24")
 	bird := routertest.StartBIRD(t, tor, `router id 10.34.0.254;
 protocol device { scan time 1; }
 protocol bgp node { local 10.34.0.254 as 65001; neighbor 10.34.0.1 as 64512; password "right-pass";
   connect retry time 1; error wait time 1, 5; ipv4 { import all; export none; }; }
 `)
 	n := nodetest.NewNodeNS(t)
-	fab.join(n, "n0", "10.34.0.1/24")
-	c.start(n, "10.34.0.1", nil, nil)
+	fab.Join(n, "n0", "10.34.0.1/24")
+	c.Start(n, "10.34.0.1", nil, nil)
 	n.WaitReady(30 * time.Second)
 	state := func() string {
 		b, err := n.Client().BGP(ctx)
@@ -61,7 +59,7 @@ protocol bgp node { local 10.34.0.254 as 65001; neighbor 10.34.0.1 as 64512; pas
 		return b.Peers[0].State
 	}
 	if err := kubetest.Eventually(20*time.Second, func(context.Context) (bool, error) { return state() == "Established", nil }); err != nil {
-		t.Fatalf("with the right password: %q %v\nBIRD: %s\n%s", state(), err, bird.Birdc("show", "protocols", "all", "node"), tailLog(n.AgentLog(), 2000))
+		t.Fatalf("with the right password: %q %v\nBIRD: %s\n%s", state(), err, bird.Birdc("show", "protocols", "all", "node"), clustertest.Tail(n.AgentLog(), 2000))
 	}
 
 	// The Secret changes to a wrong password: the session goes, and says why.
@@ -76,7 +74,7 @@ protocol bgp node { local 10.34.0.254 as 65001; neighbor 10.34.0.1 as 64512; pas
 	if err := kubetest.Eventually(30*time.Second, func(context.Context) (bool, error) {
 		return state() != "Established" && strings.Contains(n.AgentLog(), "MD5 password"), nil
 	}); err != nil {
-		t.Fatalf("with a wrong password: state %q, %v\n%s", state(), err, tailLog(n.AgentLog(), 3000))
+		t.Fatalf("with a wrong password: state %q, %v\n%s", state(), err, clustertest.Tail(n.AgentLog(), 3000))
 	}
 	if _, metrics, _ := n.Health("/metrics"); !strings.Contains(metrics, `tern_bgp_session_up{kind="peer",peer="10.34.0.254"} 0`) {
 		t.Fatalf("metrics:\n%s", metrics)

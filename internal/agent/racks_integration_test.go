@@ -4,42 +4,22 @@ import (
 	"context"
 	"fmt"
 	"net"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/containernetworking/plugins/pkg/ns"
-	"github.com/containernetworking/plugins/pkg/testutils"
-
+	"github.com/tern-net/tern/internal/clustertest"
 	"github.com/tern-net/tern/internal/kubetest"
 	"github.com/tern-net/tern/internal/nodetest"
 	"github.com/tern-net/tern/internal/routertest"
 )
-
-// router is a namespace with forwarding on, for a top-of-rack router.
-func router(t *testing.T) ns.NetNS {
-	t.Helper()
-	r, err := testutils.NewNS()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { r.Close(); _ = testutils.UnmountNS(r) })
-	for _, c := range [][]string{{"ip", "link", "set", "lo", "up"}, {"sysctl", "-qw", "net.ipv4.ip_forward=1"}} {
-		if out, err := nsenterCmd(r, c...).CombinedOutput(); err != nil {
-			t.Fatalf("%v: %v\n%s", c, err, out)
-		}
-	}
-	return r
-}
 
 // TestTwoRacks: each rack is its own subnet behind its own top-of-rack router
 // with its own AS (rack A: BIRD, rack B: FRR), the routers peer with each
 // other, the node-to-node mesh is off, and each node peers eBGP only with its
 // ToR, chosen by a BGPPeer's nodeSelector. Pods in the two racks talk TCP.
 func TestTwoRacks(t *testing.T) {
-	c := newKubeCluster(t)
+	c := clustertest.NewCluster(t)
 	ctx := context.Background()
 	manifest := `apiVersion: tern.io/v1alpha1
 kind: BGPConfiguration
@@ -56,29 +36,14 @@ kind: BGPPeer
 metadata: {name: tor-b}
 spec: {peerIP: 10.32.0.254, asNumber: 65002, nodeSelector: {matchLabels: {rack: b}}, holdTimeSeconds: 9}
 `
-	if out, err := kubectlStdin(t, c.env, manifest, "apply", "-f", "-"); err != nil {
-		t.Fatalf("apply BGP objects: %v\n%s", err, out)
-	}
-	t.Cleanup(func() { _, _ = kubectlStdin(t, c.env, manifest, "delete", "-f", "-") })
+	c.Apply(manifest)
 
-	fabA, fabB := newFabric(t), newFabric(t)
-	torA, torB := router(t), router(t)
-	fabA.joinNS(torA, "tora", "10.31.0.254/24")
-	fabB.joinNS(torB, "torb", "10.32.0.254/24")
+	fabA, fabB := clustertest.NewFabric(t), clustertest.NewFabric(t)
+	torA, torB := clustertest.NewRouter(t), clustertest.NewRouter(t)
+	fabA.JoinNS(torA, "tora", "10.31.0.254/24")
+	fabB.JoinNS(torB, "torb", "10.32.0.254/24")
 	// The routers' own link.
-	if out, err := nsenterCmd(torA, "ip", "link", "add", "ab", "type", "veth", "peer", "name", "ba", "netns", netnsName(torB)).CombinedOutput(); err != nil {
-		t.Fatalf("%v %s", err, out)
-	}
-	for _, x := range []struct {
-		n      ns.NetNS
-		dev, a string
-	}{{torA, "ab", "10.33.0.1/30"}, {torB, "ba", "10.33.0.2/30"}} {
-		for _, cmd := range [][]string{{"ip", "addr", "add", x.a, "dev", x.dev}, {"ip", "link", "set", x.dev, "up"}} {
-			if out, err := nsenterCmd(x.n, cmd...).CombinedOutput(); err != nil {
-				t.Fatalf("%v: %v\n%s", cmd, err, out)
-			}
-		}
-	}
+	clustertest.Link(t, torA, "ab", "10.33.0.1/30", torB, "ba", "10.33.0.2/30")
 	bird := routertest.StartBIRD(t, torA, `router id 10.31.0.254;
 protocol device { scan time 1; }
 protocol kernel { ipv4 { export all; }; }
@@ -98,10 +63,10 @@ router bgp 65002
 `)
 
 	nodeA, nodeB := nodetest.NewNodeNS(t), nodetest.NewNodeNS(t)
-	fabA.join(nodeA, "na", "10.31.0.1/24")
-	fabB.join(nodeB, "nb", "10.32.0.1/24")
-	c.start(nodeA, "10.31.0.1", map[string]string{"rack": "a"}, map[string]string{"tern.io/as-number": "65101"})
-	c.start(nodeB, "10.32.0.1", map[string]string{"rack": "b"}, map[string]string{"tern.io/as-number": "65102"})
+	fabA.Join(nodeA, "na", "10.31.0.1/24")
+	fabB.Join(nodeB, "nb", "10.32.0.1/24")
+	c.Start(nodeA, "10.31.0.1", map[string]string{"rack": "a"}, map[string]string{"tern.io/as-number": "65101"})
+	c.Start(nodeB, "10.32.0.1", map[string]string{"rack": "b"}, map[string]string{"tern.io/as-number": "65102"})
 	nodeA.WaitReady(30 * time.Second)
 	nodeB.WaitReady(30 * time.Second)
 
@@ -123,7 +88,7 @@ router bgp 65002
 		}); err != nil {
 			out, _ := x.n.Output("ip", "route")
 			t.Fatalf("%s lacks %q: %v\n%s\nagent:\n%s\nBIRD:\n%s\nFRR:\n%s\n%s", x.n.Name, want, err, out,
-				tailLog(x.n.AgentLog(), 2000), bird.Birdc("show", "protocols"), frr.Vtysh("show bgp summary"), tailLog(frr.Log(), 1500))
+				clustertest.Tail(x.n.AgentLog(), 2000), bird.Birdc("show", "protocols"), frr.Vtysh("show bgp summary"), clustertest.Tail(frr.Log(), 1500))
 		}
 		b, err := x.n.Client().BGP(ctx)
 		if err != nil || len(b.Peers) != 1 || b.Peers[0].Kind != "peer" || b.Peers[0].Address.String() != x.tor || b.Peers[0].State != "Established" {
@@ -139,21 +104,4 @@ router bgp 65002
 	if err != nil || !strings.HasPrefix(got, "b from="+pa.IPs()[0].String()+":") {
 		t.Fatalf("rack A pod -> rack B pod through both ToRs: %q %v", got, err)
 	}
-}
-
-func netnsName(n ns.NetNS) string { return filepath.Base(n.Path()) }
-
-// kubectlStdin runs kubectl with stdin.
-func kubectlStdin(t *testing.T, env *kubetest.Env, stdin string, args ...string) (string, error) {
-	t.Helper()
-	f := filepath.Join(t.TempDir(), "in.yaml")
-	if err := os.WriteFile(f, []byte(stdin), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	for i, a := range args {
-		if a == "-" {
-			args[i] = f
-		}
-	}
-	return env.Kubectl(t, args...)
 }

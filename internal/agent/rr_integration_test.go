@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tern-net/tern/internal/clustertest"
 	"github.com/tern-net/tern/internal/kubetest"
 	"github.com/tern-net/tern/internal/nodetest"
 	"github.com/tern-net/tern/internal/routertest"
@@ -19,7 +20,7 @@ import (
 // agent (SIGSTOP) is noticed by the hold timer and its routes go; they come
 // back when it resumes.
 func TestRouteReflector(t *testing.T) {
-	c := newKubeCluster(t)
+	c := clustertest.NewCluster(t)
 	ctx := context.Background()
 	manifest := `apiVersion: tern.io/v1alpha1
 kind: BGPConfiguration
@@ -31,13 +32,10 @@ kind: BGPPeer
 metadata: {name: reflector}
 spec: {peerIP: 10.36.0.254, asNumber: 64512, holdTimeSeconds: 6, keepaliveSeconds: 2}
 `
-	if out, err := kubectlStdin(t, c.env, manifest, "apply", "-f", "-"); err != nil {
-		t.Fatalf("%v\n%s", err, out)
-	}
-	t.Cleanup(func() { _, _ = kubectlStdin(t, c.env, manifest, "delete", "-f", "-") })
-	fab := newFabric(t)
-	rr := router(t)
-	fab.joinNS(rr, "rr", "10.36.0.254/24")
+	c.Apply(manifest)
+	fab := clustertest.NewFabric(t)
+	rr := clustertest.NewRouter(t)
+	fab.JoinNS(rr, "rr", "10.36.0.254/24")
 	conf := "router id 10.36.0.254;\nprotocol device { scan time 1; }\n"
 	for i := 1; i <= 3; i++ {
 		conf += fmt.Sprintf(`protocol bgp n%d { local 10.36.0.254 as 64512; neighbor 10.36.0.%d as 64512; rr client;
@@ -49,8 +47,8 @@ spec: {peerIP: 10.36.0.254, asNumber: 64512, holdTimeSeconds: 6, keepaliveSecond
 	for i := range 3 {
 		n := nodetest.NewNodeNS(t)
 		addr := fmt.Sprintf("10.36.0.%d", i+1)
-		fab.join(n, fmt.Sprintf("r%d", i), addr+"/24")
-		c.start(n, addr, nil, nil)
+		fab.Join(n, fmt.Sprintf("r%d", i), addr+"/24")
+		c.Start(n, addr, nil, nil)
 		nodes = append(nodes, n)
 	}
 	for _, n := range nodes {
@@ -75,7 +73,7 @@ spec: {peerIP: 10.36.0.254, asNumber: 64512, holdTimeSeconds: 6, keepaliveSecond
 			}
 			if err := kubetest.Eventually(20*time.Second, routeTo(n, m, true)); err != nil {
 				t.Fatalf("node %d lacks node %d's CIDR through the reflector: %v\nBIRD: %s\n%s", i, j, err,
-					bird.Birdc("show", "protocols"), tailLog(n.AgentLog(), 2000))
+					bird.Birdc("show", "protocols"), clustertest.Tail(n.AgentLog(), 2000))
 			}
 		}
 		b, err := n.Client().BGP(ctx)
