@@ -44,10 +44,11 @@ func routeWithin(netns ns.NetNS, what string, timeout time.Duration) bool {
 	return false
 }
 
-// countRoutes counts the IPv4 routes of a protocol in netns.
+// countRoutes counts the IPv4 routes with a gateway of a protocol in netns
+// (not tern's blackhole, also protocol 96).
 func countRoutes(netns ns.NetNS, proto string) int {
 	out, _ := clustertest.Cmd(netns, "ip", "-4", "route", "show", "proto", proto).Output()
-	return strings.Count(string(out), "\n")
+	return strings.Count(string(out), " via ")
 }
 
 func median(d []time.Duration) time.Duration {

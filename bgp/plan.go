@@ -91,6 +91,7 @@ func Plan(s Snapshot) (Global, Desired, error) {
 		if p.Address == local.Address {
 			return
 		}
+		p.GracefulRestart = s.Config.GracefulRestart
 		if i := slices.IndexFunc(d.Peers, func(q Peer) bool { return q.Address == p.Address }); i >= 0 {
 			return // the first reason to peer wins: mesh or reflector before BGPPeer
 		}
@@ -108,10 +109,12 @@ func Plan(s Snapshot) (Global, Desired, error) {
 		case s.Config.NodeToNodeMesh:
 			add(Peer{Address: n.Address, ASN: asn(n), Kind: "mesh", Passive: local.Address.Less(n.Address)})
 		case localRR && !nRR:
-			add(Peer{Address: n.Address, ASN: asn(n), Kind: "reflector-client", RRClient: true, ClusterID: local.RRCluster})
+			add(Peer{Address: n.Address, ASN: asn(n), Kind: "reflector-client", RRClient: true, ClusterID: local.RRCluster,
+				Passive: local.Address.Less(n.Address)})
 		case nRR:
-			// To a reflector (from a client, or between reflectors).
-			add(Peer{Address: n.Address, ASN: asn(n), Kind: "reflector", Passive: localRR && local.Address.Less(n.Address)})
+			// To a reflector (from a client, or between reflectors). As in the
+			// mesh, the lower address of a pair of tern nodes waits.
+			add(Peer{Address: n.Address, ASN: asn(n), Kind: "reflector", Passive: local.Address.Less(n.Address)})
 		}
 	}
 	for _, p := range s.Peers {

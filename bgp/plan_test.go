@@ -55,7 +55,7 @@ func TestPlan(t *testing.T) {
 		{"mesh off, reflector: clients", Snapshot{Local: rr, Nodes: []NodeInfo{n1, n2, rr}, Config: meshOff},
 			"as 64512 id 10.30.0.9\npeer 10.30.0.1 as 64512 reflector-client rr-client cluster 10.30.0.9\npeer 10.30.0.2 as 64512 reflector-client rr-client cluster 10.30.0.9\nannounce 10.244.9.0/24 via 10.30.0.9\n"},
 		{"mesh off, client: only the reflector", Snapshot{Local: n1, Nodes: []NodeInfo{n1, n2, rr}, Config: meshOff},
-			"as 64512 id 10.30.0.1\npeer 10.30.0.9 as 64512 reflector\nannounce 10.244.1.0/24 via 10.30.0.1\n"},
+			"as 64512 id 10.30.0.1\npeer 10.30.0.9 as 64512 reflector passive\nannounce 10.244.1.0/24 via 10.30.0.1\n"},
 		{"mesh off, no reflector, BGPPeers: top-of-rack by selector and by node", Snapshot{Local: n1, Nodes: []NodeInfo{n1, n2}, Config: meshOff,
 			Peers: []PeerSpec{
 				{Name: "tor", PeerIP: netip.MustParseAddr("10.30.0.254"), ASN: 65001, Selects: func(l map[string]string) bool { return l["name"] == "n1" }},
@@ -80,5 +80,40 @@ func TestPlan(t *testing.T) {
 	}
 	if _, _, err := Plan(Snapshot{Local: NodeInfo{Name: "x"}, Config: DefaultConfig()}); err == nil || !strings.Contains(err.Error(), "no IPv4 address") {
 		t.Fatalf("node without address: %v", err)
+	}
+}
+
+// Of every pair of tern nodes exactly one side waits, whatever their roles:
+// two active GoBGP speakers collide and take minutes to reconnect.
+func TestPlanOnePassiveSidePerPair(t *testing.T) {
+	n1, n2 := node("n1", "10.30.0.1", ""), node("n2", "10.30.0.2", "")
+	rr := node("rr", "10.30.0.9", "")
+	rr.RRCluster = netip.MustParseAddr("10.30.0.9")
+	rr2 := node("rr2", "10.30.0.8", "")
+	rr2.RRCluster = netip.MustParseAddr("10.30.0.8")
+	all := []NodeInfo{n1, n2, rr, rr2}
+	for _, mesh := range []bool{true, false} {
+		cfg := DefaultConfig()
+		cfg.NodeToNodeMesh = mesh
+		passive := map[[2]string]bool{}
+		for _, local := range all {
+			_, d, err := Plan(Snapshot{Local: local, Nodes: all, Config: cfg})
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, p := range d.Peers {
+				passive[[2]string{local.Address.String(), p.Address.String()}] = p.Passive
+			}
+		}
+		for k, p := range passive {
+			other, ok := passive[[2]string{k[1], k[0]}]
+			if !ok {
+				t.Errorf("mesh %v: %s peers with %s, not the other way", mesh, k[0], k[1])
+				continue
+			}
+			if p == other {
+				t.Errorf("mesh %v: %s and %s are both passive=%v", mesh, k[0], k[1], p)
+			}
+		}
 	}
 }

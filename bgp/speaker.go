@@ -30,6 +30,7 @@ type Speaker struct {
 	s      *server.BgpServer
 	log    *slog.Logger
 	global Global
+	cancel context.CancelFunc // ends the event watch
 
 	mu    sync.Mutex // one Apply at a time
 	peers map[netip.Addr]Peer
@@ -56,11 +57,15 @@ func Start(ctx context.Context, g Global, log *slog.Logger, changed func()) (*Sp
 		s.Stop()
 		return nil, fmt.Errorf("start BGP (AS %d, router ID %s, port %d): %w", g.ASN, g.RouterID, g.ListenPort, err)
 	}
-	err := s.WatchEvent(ctx, &api.WatchEventRequest{
+	watchCtx, cancel := context.WithCancel(ctx)
+	sp.cancel = cancel
+	err := s.WatchEvent(watchCtx, &api.WatchEventRequest{
 		Peer:  &api.WatchEventRequest_Peer{},
 		Table: &api.WatchEventRequest_Table{Filters: []*api.WatchEventRequest_Table_Filter{{Type: api.WatchEventRequest_Table_Filter_BEST}}},
 	}, func(*api.WatchEventResponse) { changed() })
 	if err != nil {
+		cancel()
+		_ = s.StopBgp(ctx, &api.StopBgpRequest{})
 		s.Stop()
 		return nil, fmt.Errorf("watch BGP events: %w", err)
 	}
@@ -72,6 +77,28 @@ func (sp *Speaker) Apply(ctx context.Context, d Desired) error {
 	sp.mu.Lock()
 	defer sp.mu.Unlock()
 	var errs []error
+	// Announcements first: a peer added below gets them before End-of-RIB.
+	wantAnn := map[netip.Prefix]Announcement{}
+	for _, a := range d.Announcements {
+		wantAnn[a.Prefix.Masked()] = a
+	}
+	addA, delA := diffAnnouncements(sp.ann, wantAnn)
+	for _, a := range delA {
+		if err := sp.s.DeletePath(ctx, &api.DeletePathRequest{Family: family(a.Prefix), Path: apiPath(a)}); err != nil {
+			errs = append(errs, fmt.Errorf("withdraw %s: %w", a.Prefix, err))
+			continue
+		}
+		delete(sp.ann, a.Prefix)
+		sp.log.Info("BGP withdraw", "prefix", a.Prefix)
+	}
+	for _, a := range addA {
+		if _, err := sp.s.AddPath(ctx, &api.AddPathRequest{Path: apiPath(a)}); err != nil {
+			errs = append(errs, fmt.Errorf("announce %s: %w", a.Prefix, err))
+			continue
+		}
+		sp.ann[a.Prefix] = a
+		sp.log.Info("BGP announce", "prefix", a.Prefix, "nexthop", a.NextHop)
+	}
 	want := map[netip.Addr]Peer{}
 	for _, p := range d.Peers {
 		if err := p.Validate(); err != nil {
@@ -97,27 +124,6 @@ func (sp *Speaker) Apply(ctx context.Context, d Desired) error {
 		sp.log.Info("BGP peer configured", "peer", p.Address, "asn", p.ASN, "kind", p.Kind, "passive", p.Passive)
 	}
 
-	wantAnn := map[netip.Prefix]Announcement{}
-	for _, a := range d.Announcements {
-		wantAnn[a.Prefix.Masked()] = a
-	}
-	addA, delA := diffAnnouncements(sp.ann, wantAnn)
-	for _, a := range delA {
-		if err := sp.s.DeletePath(ctx, &api.DeletePathRequest{Family: family(a.Prefix), Path: apiPath(a)}); err != nil {
-			errs = append(errs, fmt.Errorf("withdraw %s: %w", a.Prefix, err))
-			continue
-		}
-		delete(sp.ann, a.Prefix)
-		sp.log.Info("BGP withdraw", "prefix", a.Prefix)
-	}
-	for _, a := range addA {
-		if _, err := sp.s.AddPath(ctx, &api.AddPathRequest{Path: apiPath(a)}); err != nil {
-			errs = append(errs, fmt.Errorf("announce %s: %w", a.Prefix, err))
-			continue
-		}
-		sp.ann[a.Prefix] = a
-		sp.log.Info("BGP announce", "prefix", a.Prefix, "nexthop", a.NextHop)
-	}
 	return errors.Join(errs...)
 }
 
@@ -141,9 +147,9 @@ func (sp *Speaker) apiPeer(p Peer) *api.Peer {
 	if p.RRClient {
 		out.RouteReflector = &api.RouteReflector{RouteReflectorClient: true, RouteReflectorClusterId: p.ClusterID.String()}
 	}
-	gr := sp.global.GracefulRestart > 0
+	gr := p.GracefulRestart > 0
 	if gr {
-		out.GracefulRestart = &api.GracefulRestart{Enabled: true, RestartTime: uint32(sp.global.GracefulRestart.Seconds())}
+		out.GracefulRestart = &api.GracefulRestart{Enabled: true, RestartTime: uint32(p.GracefulRestart.Seconds())}
 	}
 	for _, f := range []*api.Family{familyV4, familyV6} {
 		as := &api.AfiSafi{Config: &api.AfiSafiConfig{Family: f, Enabled: true}}
@@ -296,11 +302,12 @@ func nextHop(p *api.Path) (netip.Addr, bool) {
 func (sp *Speaker) Peers(ctx context.Context) ([]PeerStatus, error) {
 	sp.mu.Lock()
 	kinds := map[string]string{}
+	gr := map[string]bool{}
 	for a, p := range sp.peers {
 		kinds[a.String()] = p.Kind
+		gr[a.String()] = p.GracefulRestart > 0
 	}
 	sp.mu.Unlock()
-	gr := sp.global.GracefulRestart > 0
 	var out []PeerStatus
 	err := sp.s.ListPeer(ctx, &api.ListPeerRequest{EnableAdvertised: true}, func(p *api.Peer) {
 		addr, _ := netip.ParseAddr(p.GetConf().GetNeighborAddress())
@@ -316,7 +323,7 @@ func (sp *Speaker) Peers(ctx context.Context) ([]PeerStatus, error) {
 		for _, as := range p.GetAfiSafis() {
 			st.Received += as.GetState().GetReceived()
 			sent := as.GetState().GetAdvertised()
-			if gr && sent > 0 {
+			if gr[addr.String()] && sent > 0 {
 				sent-- // GoBGP counts the End-of-RIB marker it sends with graceful restart
 			}
 			st.Sent += sent
@@ -354,9 +361,27 @@ func (sp *Speaker) Stop(ctx context.Context, cease bool) error {
 	if !cease {
 		return nil
 	}
+	sp.cancel()
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	return sp.s.StopBgp(ctx, &api.StopBgpRequest{})
+	err := sp.s.StopBgp(ctx, &api.StopBgpRequest{})
+	sp.s.Stop()
+	return err
+}
+
+// Withdraw takes back every announcement, keeping the sessions.
+func (sp *Speaker) Withdraw(ctx context.Context) error {
+	sp.mu.Lock()
+	defer sp.mu.Unlock()
+	var errs []error
+	for p, a := range sp.ann {
+		if err := sp.s.DeletePath(ctx, &api.DeletePathRequest{Family: family(a.Prefix), Path: apiPath(a)}); err != nil {
+			errs = append(errs, fmt.Errorf("withdraw %s: %w", a.Prefix, err))
+			continue
+		}
+		delete(sp.ann, p)
+	}
+	return errors.Join(errs...)
 }
 
 // logger adapts GoBGP's logger to slog.

@@ -34,6 +34,9 @@ type Peer struct {
 	// RRClient makes this speaker a route reflector for the peer, with ClusterID.
 	RRClient  bool
 	ClusterID netip.Addr
+	// GracefulRestart is announced to the peer (0: off). A change resets
+	// this one session, not the speaker.
+	GracefulRestart time.Duration
 }
 
 // Validate checks what GoBGP would refuse less clearly.
@@ -109,7 +112,8 @@ func diffPeers(have, want map[netip.Addr]Peer) (add, del, change []Peer) {
 func samePeer(a, b Peer) bool {
 	return a.Address == b.Address && a.ASN == b.ASN && a.Kind == b.Kind && a.Passive == b.Passive &&
 		a.Password == b.Password && a.HoldTime == b.HoldTime && a.Keepalive == b.Keepalive &&
-		a.Multihop == b.Multihop && a.RRClient == b.RRClient && a.ClusterID == b.ClusterID
+		a.Multihop == b.Multihop && a.RRClient == b.RRClient && a.ClusterID == b.ClusterID &&
+		a.GracefulRestart == b.GracefulRestart
 }
 
 // diffAnnouncements says which announcements to withdraw and which to add; a

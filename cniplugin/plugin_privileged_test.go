@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -441,7 +442,7 @@ func TestRestartDoesNotDisturbPods(t *testing.T) {
 		t.Fatalf("restarted agent wrote %d times to a kernel that was already right (%v)", st.DataplaneWrites, err)
 	}
 	if after := kernelState(t, n); after != before {
-		t.Fatalf("kernel state changed over a restart:\nbefore:\n%s\nafter:\n%s", before, after)
+		t.Fatalf("kernel state changed over a restart:\n%s\nfull state before:\n%s", lineDiff(before, after), before)
 	}
 	if _, err := nodetest.Dial(a.NS, srv); err != nil {
 		t.Fatalf("pod traffic after restart: %v", err)
@@ -696,4 +697,26 @@ func TestAgentSocketIsPrivate(t *testing.T) {
 	if err == nil || !strings.Contains(string(out), "ipam.db") {
 		t.Fatalf("second agent on one state dir: %v\n%s", err, out)
 	}
+}
+
+// lineDiff lists the lines only in a (-) and only in b (+).
+func lineDiff(a, b string) string {
+	count := map[string]int{}
+	for _, l := range strings.Split(a, "\n") {
+		count[l]++
+	}
+	for _, l := range strings.Split(b, "\n") {
+		count[l]--
+	}
+	var out []string
+	for l, c := range count {
+		switch {
+		case c > 0:
+			out = append(out, "- "+l)
+		case c < 0:
+			out = append(out, "+ "+l)
+		}
+	}
+	slices.Sort(out)
+	return strings.Join(out, "\n")
 }

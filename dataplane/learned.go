@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"slices"
+	"strings"
 
 	"github.com/containernetworking/plugins/pkg/netlinksafe"
 	"github.com/vishvananda/netlink"
@@ -59,13 +60,15 @@ func SyncLearned(desired []LearnedRoute, sweep bool) (SyncStats, error) {
 	var errs []error
 	want := map[netip.Prefix]bool{}
 	for _, r := range desired {
-		want[r.Dst] = true
 		nr, err := kernelRoute(r)
 		if err != nil {
+			// No next hop reachable: the prefix is not routed (an old route
+			// to it goes below).
 			errs = append(errs, err)
 			st.Refused++
 			continue
 		}
+		want[r.Dst] = true
 		have, ok := installed[r.Dst]
 		switch {
 		case ok && slices.Equal(have, nextHopsOf(nr)):
@@ -108,10 +111,12 @@ func SyncLearned(desired []LearnedRoute, sweep bool) (SyncStats, error) {
 func kernelRoute(r LearnedRoute) (*netlink.Route, error) {
 	nr := &netlink.Route{Dst: ipNetOf(r.Dst), Protocol: RouteProtocol, Table: unix.RT_TABLE_MAIN}
 	var hops []*netlink.NexthopInfo
+	var unreachable []string
 	for _, gw := range r.Gateways {
 		via, err := netlink.RouteGet(gw.AsSlice())
-		if err != nil || len(via) == 0 {
-			return nil, fmt.Errorf("route %s: next hop %s is unreachable: %v", r.Dst, gw, err)
+		if err != nil || len(via) == 0 || via[0].Type != unix.RTN_UNICAST {
+			unreachable = append(unreachable, gw.String())
+			continue // the other next hops still carry it
 		}
 		hop := &netlink.NexthopInfo{LinkIndex: via[0].LinkIndex, Gw: gw.AsSlice()}
 		if via[0].Gw != nil {
@@ -120,6 +125,9 @@ func kernelRoute(r LearnedRoute) (*netlink.Route, error) {
 		if !slices.ContainsFunc(hops, func(h *netlink.NexthopInfo) bool { return h.Gw.Equal(hop.Gw) && h.LinkIndex == hop.LinkIndex }) {
 			hops = append(hops, hop)
 		}
+	}
+	if len(hops) == 0 {
+		return nil, fmt.Errorf("route %s: no next hop is reachable (%s)", r.Dst, strings.Join(unreachable, ", "))
 	}
 	if len(hops) == 1 {
 		nr.LinkIndex, nr.Gw = hops[0].LinkIndex, hops[0].Gw

@@ -3,7 +3,7 @@ package agent
 import (
 	"context"
 	"errors"
-	"reflect"
+	"slices"
 	"time"
 
 	"github.com/tern-net/tern/bgp"
@@ -30,6 +30,10 @@ type routing struct {
 // downWarnAfter: a session not up after this long gets a log line.
 const downWarnAfter = 20 * time.Second
 
+func sameIdentity(a, b bgp.Global) bool {
+	return a.ASN == b.ASN && a.RouterID == b.RouterID && a.ListenPort == b.ListenPort && slices.Equal(a.ListenAddrs, b.ListenAddrs)
+}
+
 // settleTime: after the last peer came up, how long its routes may take.
 const settleTime = 3 * time.Second
 
@@ -45,12 +49,19 @@ func (a *Agent) syncBGP(ctx context.Context) error {
 		return err
 	}
 	nodes, cfg, specs, errs := a.cluster.BGPInput(ctx, a.cfg.SecretNamespace)
+	for _, e := range errs {
+		if errors.Is(e, k8s.ErrCustomResourcesNotSynced) {
+			return nil // the watcher triggers a pass when they are in
+		}
+	}
 	g, d, err := bgp.Plan(bgp.Snapshot{Local: local, Nodes: nodes, Config: cfg, Peers: specs})
 	if err != nil {
 		return errors.Join(append(errs, err)...)
 	}
 	r := &a.routing
-	if r.speaker != nil && !reflect.DeepEqual(r.global, g) {
+	// Only the speaker's identity restarts it (with a Cease to every peer);
+	// a changed graceful-restart time waits for the next start.
+	if r.speaker != nil && !sameIdentity(r.global, g) {
 		a.log.Info("BGP identity changed; restarting the speaker", "from", r.global, "to", g)
 		_ = r.speaker.Stop(ctx, true)
 		r.speaker = nil
@@ -144,12 +155,15 @@ func (a *Agent) leaveBGP(ctx context.Context) {
 	if r.speaker == nil {
 		return
 	}
-	if err := r.speaker.Apply(ctx, bgp.Desired{}); err != nil {
+	if err := r.speaker.Withdraw(ctx); err != nil {
 		a.log.Warn("withdraw on leaving", "err", err)
 	}
 	time.Sleep(200 * time.Millisecond) // let the withdrawals go out before the Cease
 	if err := r.speaker.Stop(ctx, true); err != nil {
 		a.log.Warn("stop BGP", "err", err)
+	}
+	if _, err := dataplane.SyncLearned(nil, true); err != nil {
+		a.log.Warn("remove learned routes on leaving", "err", err)
 	}
 	r.speaker = nil
 	a.mu.Lock()

@@ -2,12 +2,15 @@ package k8s
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/netip"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
 
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/labels"
@@ -15,6 +18,10 @@ import (
 
 	"github.com/tern-net/tern/bgp"
 )
+
+// ErrCustomResourcesNotSynced: BGP waits for the tern.io caches, so that it
+// never starts on defaults and restarts moments later on the real settings.
+var ErrCustomResourcesNotSynced = errors.New("waiting for the tern.io custom resources")
 
 // Node annotations of BGP.
 const (
@@ -73,8 +80,11 @@ func (w *Watcher) BGPInput(ctx context.Context, secretNamespace string) (nodes [
 		nodes = append(nodes, bn)
 	}
 	cfg = bgp.DefaultConfig()
-	if !w.CustomResourcesSynced() {
-		return nodes, cfg, nil, errs
+	switch {
+	case w.crdsAbsent.Load():
+		return nodes, cfg, nil, errs // no tern CRDs in this cluster: the defaults
+	case !w.CustomResourcesSynced():
+		return nil, cfg, nil, []error{ErrCustomResourcesNotSynced}
 	}
 	configs, _ := w.CustomResources(BGPConfigurations)
 	for _, u := range configs {
@@ -100,7 +110,27 @@ func (w *Watcher) BGPInput(ctx context.Context, secretNamespace string) (nodes [
 		}
 		peers = append(peers, p)
 	}
-	slices.SortFunc(peers, func(a, b bgp.PeerSpec) int { return a.PeerIP.Compare(b.PeerIP) })
+	// Several BGPPeers for one address: the most specific (node, then
+	// nodeSelector, then every node) first, then by name; the plan takes the
+	// first that selects the node, the same one every pass.
+	specificity := func(p bgp.PeerSpec) int {
+		switch {
+		case p.Node != "":
+			return 0
+		case p.Selects != nil:
+			return 1
+		}
+		return 2
+	}
+	slices.SortFunc(peers, func(a, b bgp.PeerSpec) int {
+		if c := a.PeerIP.Compare(b.PeerIP); c != 0 {
+			return c
+		}
+		if c := specificity(a) - specificity(b); c != 0 {
+			return c
+		}
+		return strings.Compare(a.Name, b.Name)
+	})
 	return nodes, cfg, peers, errs
 }
 
@@ -148,7 +178,7 @@ func bgpConfigFrom(u *unstructured.Unstructured) (bgp.Config, error) {
 	for _, c := range s.Communities {
 		v, err := parseCommunity(c)
 		if err != nil {
-			return cfg, fmt.Errorf("BGPConfiguration %s: %w", u.GetName(), err)
+			continue // large communities: valid, not sent yet; the rest of the configuration stands
 		}
 		cfg.Communities = append(cfg.Communities, v)
 	}
@@ -165,11 +195,13 @@ func bgpConfigFrom(u *unstructured.Unstructured) (bgp.Config, error) {
 // parseCommunity reads a standard community "AS:value". (Large communities
 // are accepted by the CRD for the future; the speaker does not send them yet.)
 func parseCommunity(c string) (uint32, error) {
-	var as, v uint32
-	if _, err := fmt.Sscanf(c, "%d:%d", &as, &v); err != nil || as > 65535 || v > 65535 {
-		return 0, fmt.Errorf("community %q: only standard communities (AS:value) are sent", c)
+	a, b, ok := strings.Cut(c, ":")
+	as, err1 := strconv.ParseUint(a, 10, 16)
+	v, err2 := strconv.ParseUint(b, 10, 16)
+	if !ok || err1 != nil || err2 != nil {
+		return 0, fmt.Errorf("community %q: only standard communities (AS:value, each up to 65535) are sent", c)
 	}
-	return as<<16 | v, nil
+	return uint32(as)<<16 | uint32(v), nil
 }
 
 type secretRef struct{ Name, Key string }
@@ -201,14 +233,29 @@ func bgpPeerFrom(u *unstructured.Unstructured) (bgp.PeerSpec, *secretRef, error)
 	return p, ref, nil
 }
 
+// secretValue reads a password. When the API cannot be asked (it restarts,
+// say), the last value read stands: a peer is never dropped, and its session
+// reset, for a failed read.
 func (w *Watcher) secretValue(ctx context.Context, namespace, name, key string) (string, error) {
+	ck := namespace + "/" + name + "/" + key
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
 	s, err := w.client.CoreV1().Secrets(namespace).Get(ctx, name, metav1.GetOptions{})
+	w.secretsMu.Lock()
+	defer w.secretsMu.Unlock()
 	if err != nil {
+		if v, ok := w.secrets[ck]; ok && !apierrors.IsNotFound(err) {
+			return v, nil
+		}
 		return "", fmt.Errorf("password Secret %s/%s: %w", namespace, name, err)
 	}
 	v, ok := s.Data[key]
 	if !ok {
 		return "", fmt.Errorf("password Secret %s/%s has no key %q", namespace, name, key)
 	}
+	if w.secrets == nil {
+		w.secrets = map[string]string{}
+	}
+	w.secrets[ck] = string(v)
 	return string(v), nil
 }

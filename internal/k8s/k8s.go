@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"slices"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -127,9 +128,13 @@ type Watcher struct {
 	synced  []cache.InformerSynced
 	isSync  atomic.Bool
 
-	dynamic dynamic.Interface
-	crds    dynamicinformer.DynamicSharedInformerFactory
-	crdsOn  atomic.Bool
+	dynamic    dynamic.Interface
+	crds       dynamicinformer.DynamicSharedInformerFactory
+	crdsOn     atomic.Bool
+	crdsAbsent atomic.Bool // discovery says the API does not serve them (yet)
+
+	secretsMu sync.Mutex
+	secrets   map[string]string // last password read, by namespace/name/key
 }
 
 // The custom resources of API group tern.io the agent watches.
@@ -200,8 +205,13 @@ func (w *Watcher) Start(ctx context.Context, changed func()) error {
 func (w *Watcher) watchCustomResources(ctx context.Context, h cache.ResourceEventHandler) {
 	gv := BGPPeers.GroupVersion().String()
 	for {
-		if _, err := w.client.Discovery().ServerResourcesForGroupVersion(gv); err == nil {
+		_, err := w.client.Discovery().ServerResourcesForGroupVersion(gv)
+		if err == nil {
 			break
+		}
+		if apierrors.IsNotFound(err) && !w.crdsAbsent.Swap(true) {
+			w.log.Warn("tern's CRDs are not installed: BGP runs on its defaults (kubectl apply -f manifests/)")
+			h.OnAdd(nil, false) // a pass, now that BGP knows
 		} else if !apierrors.IsNotFound(err) {
 			w.log.Debug("discovery of tern.io", "err", err)
 		}
@@ -225,6 +235,8 @@ func (w *Watcher) watchCustomResources(ctx context.Context, h cache.ResourceEven
 		w.log.Info("watching custom resources", "resource", gvr.Resource)
 	}
 	w.crdsOn.Store(true)
+	w.crdsAbsent.Store(false)
+	h.OnAdd(nil, false) // a pass, now that BGP can plan
 }
 
 // CustomResourcesSynced reports whether the tern.io caches are in.
