@@ -137,6 +137,8 @@ func Plan(s Snapshot) (Global, Desired, error) {
 	for _, c := range local.PodCIDRs {
 		if c.Addr().Is4() == local.Address.Is4() {
 			d.Announcements = append(d.Announcements, Announcement{Prefix: c.Masked(), NextHop: local.Address, Communities: s.Config.Communities})
+		} else {
+			d.Unannounced = append(d.Unannounced, c.Masked())
 		}
 	}
 	for _, c := range s.Config.ServiceClusterIPs {

@@ -67,6 +67,9 @@ type Announcement struct {
 type Desired struct {
 	Peers         []Peer
 	Announcements []Announcement
+	// Unannounced are pod CIDRs the plan cannot announce: of the other
+	// address family than the node's address (no next hop for them yet).
+	Unannounced []netip.Prefix
 }
 
 // Route is a learned best path: a prefix and its next hops (several when

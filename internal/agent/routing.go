@@ -23,8 +23,9 @@ type routing struct {
 	upSince time.Time
 	peers   []bgp.PeerStatus // as of the last pass
 	// downSince: peers not established, since when; warned: logged once.
-	downSince map[string]time.Time
-	warned    map[string]bool
+	downSince    map[string]time.Time
+	warned       map[string]bool
+	warnedFamily bool
 }
 
 // downWarnAfter: a session not up after this long gets a log line.
@@ -76,6 +77,10 @@ func (a *Agent) syncBGP(ctx context.Context) error {
 	}
 	if err := r.speaker.Apply(ctx, d); err != nil {
 		errs = append(errs, err)
+	}
+	if len(d.Unannounced) > 0 && !r.warnedFamily {
+		r.warnedFamily = true
+		a.log.Warn("pod CIDRs not announced: the node's BGP address is of the other family", "cidrs", d.Unannounced, "address", g.RouterID)
 	}
 	routes, err := r.speaker.Routes(ctx)
 	if err != nil {
