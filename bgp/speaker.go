@@ -129,11 +129,14 @@ func (sp *Speaker) Apply(ctx context.Context, d Desired) error {
 
 func (sp *Speaker) apiPeer(p Peer) *api.Peer {
 	hold, ka := uint64(90), uint64(30)
-	if p.HoldTime > 0 {
+	switch {
+	case p.HoldTime == NoHoldTime:
+		hold, ka = 0, 0
+	case p.HoldTime > 0:
 		hold = uint64(p.HoldTime.Seconds())
 		ka = hold / 3
 	}
-	if p.Keepalive > 0 {
+	if p.Keepalive > 0 && hold > 0 {
 		ka = uint64(p.Keepalive.Seconds())
 	}
 	out := &api.Peer{

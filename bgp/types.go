@@ -25,10 +25,10 @@ type Global struct {
 type Peer struct {
 	Address   netip.Addr
 	ASN       uint32
-	Kind      string // "mesh", "peer" or "reflector" (a route-reflector client of ours)
-	Passive   bool   // wait for the peer to connect (one side of each mesh pair)
-	Password  string // TCP MD5
-	HoldTime  time.Duration
+	Kind      string        // "mesh", "peer" or "reflector" (a route-reflector client of ours)
+	Passive   bool          // wait for the peer to connect (one side of each mesh pair)
+	Password  string        // TCP MD5
+	HoldTime  time.Duration // 0: the default (90 s); NoHoldTime: none, no keepalives
 	Keepalive time.Duration
 	Multihop  uint8
 	// RRClient makes this speaker a route reflector for the peer, with ClusterID.
@@ -39,6 +39,10 @@ type Peer struct {
 	GracefulRestart time.Duration
 }
 
+// NoHoldTime as a Peer's HoldTime negotiates no hold timer and no keepalives
+// (BGPPeer holdTimeSeconds: 0).
+const NoHoldTime time.Duration = -1
+
 // Validate checks what GoBGP would refuse less clearly.
 func (p Peer) Validate() error {
 	if !p.Address.IsValid() {
@@ -47,7 +51,7 @@ func (p Peer) Validate() error {
 	if p.ASN == 0 {
 		return fmt.Errorf("peer %s: AS number 0", p.Address)
 	}
-	if p.HoldTime != 0 && p.HoldTime < 3*time.Second {
+	if p.HoldTime > 0 && p.HoldTime < 3*time.Second {
 		return fmt.Errorf("peer %s: hold time %s is below 3 s", p.Address, p.HoldTime)
 	}
 	if p.RRClient && !p.ClusterID.Is4() {

@@ -51,10 +51,10 @@ type bgpPeerSpec struct {
 		Name string `json:"name"`
 		Key  string `json:"key"`
 	} `json:"passwordSecretRef"`
-	HoldTimeSeconds      int64 `json:"holdTimeSeconds"`
-	KeepaliveSeconds     int64 `json:"keepaliveSeconds"`
-	EBGPMultihop         uint8 `json:"ebgpMultihop"`
-	RouteReflectorClient bool  `json:"routeReflectorClient"`
+	HoldTimeSeconds      *int64 `json:"holdTimeSeconds"`
+	KeepaliveSeconds     int64  `json:"keepaliveSeconds"`
+	EBGPMultihop         uint8  `json:"ebgpMultihop"`
+	RouteReflectorClient bool   `json:"routeReflectorClient"`
 }
 
 // BGPInput gathers what the BGP plan needs: every node, the cluster's
@@ -217,8 +217,14 @@ func bgpPeerFrom(u *unstructured.Unstructured) (bgp.PeerSpec, *secretRef, error)
 		return bgp.PeerSpec{}, nil, fmt.Errorf("peerIP %q: %w", s.PeerIP, err)
 	}
 	p := bgp.PeerSpec{Name: u.GetName(), PeerIP: ip, ASN: s.ASNumber, Node: s.Node,
-		HoldTime: time.Duration(s.HoldTimeSeconds) * time.Second, Keepalive: time.Duration(s.KeepaliveSeconds) * time.Second,
-		Multihop: s.EBGPMultihop, RRClient: s.RouteReflectorClient}
+		Keepalive: time.Duration(s.KeepaliveSeconds) * time.Second, Multihop: s.EBGPMultihop, RRClient: s.RouteReflectorClient}
+	switch {
+	case s.HoldTimeSeconds == nil:
+	case *s.HoldTimeSeconds == 0:
+		p.HoldTime = bgp.NoHoldTime // the CRD's "no keepalives"
+	default:
+		p.HoldTime = time.Duration(*s.HoldTimeSeconds) * time.Second
+	}
 	if s.NodeSelector != nil {
 		sel, err := metav1.LabelSelectorAsSelector(s.NodeSelector)
 		if err != nil {

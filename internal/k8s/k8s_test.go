@@ -5,9 +5,13 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+
+	"github.com/tern-net/tern/bgp"
 )
 
 func TestNodeFromAPI(t *testing.T) {
@@ -70,5 +74,49 @@ func TestNodeFromAPI(t *testing.T) {
 				t.Errorf("address %v, want %v", got.Address, want)
 			}
 		})
+	}
+}
+
+func TestBGPPeerHoldTime(t *testing.T) {
+	peer := func(spec map[string]any) *unstructured.Unstructured {
+		if _, ok := spec["peerIP"]; !ok {
+			spec["peerIP"] = "10.0.0.1"
+		}
+		spec["asNumber"] = int64(65001)
+		return &unstructured.Unstructured{Object: map[string]any{"metadata": map[string]any{"name": "p"}, "spec": spec}}
+	}
+	for _, c := range []struct {
+		spec map[string]any
+		want time.Duration
+	}{
+		{map[string]any{}, 0}, // the default
+		{map[string]any{"holdTimeSeconds": int64(0)}, bgp.NoHoldTime},
+		{map[string]any{"holdTimeSeconds": int64(9)}, 9 * time.Second},
+	} {
+		p, _, err := bgpPeerFrom(peer(c.spec))
+		if err != nil || p.HoldTime != c.want {
+			t.Errorf("%v: hold %v (%v), want %v", c.spec, p.HoldTime, err, c.want)
+		}
+	}
+	if _, _, err := bgpPeerFrom(peer(map[string]any{"peerIP": "x"})); err == nil {
+		t.Error("peerIP x accepted")
+	}
+}
+
+func TestParseCommunity(t *testing.T) {
+	for _, c := range []struct {
+		in   string
+		want uint32
+		ok   bool
+	}{
+		{"64512:100", 64512<<16 | 100, true},
+		{"65000:1:2", 0, false}, // large: not read as 65000:1
+		{"70000:1", 0, false},
+		{"1:x", 0, false},
+	} {
+		got, err := parseCommunity(c.in)
+		if (err == nil) != c.ok || got != c.want {
+			t.Errorf("%q: %d %v", c.in, got, err)
+		}
 	}
 }
