@@ -31,10 +31,22 @@ type Config struct {
 	ListenPort      int32
 	GracefulRestart time.Duration
 	Communities     []uint32
-	// Ranges announced besides the pod CIDRs (Service cluster IPs, external
-	// IPs, load-balancer IPs); their finer selection comes with the Service
-	// support.
+	// ServiceClusterIPs are announced as they are, from every node.
 	ServiceClusterIPs []netip.Prefix
+	// Services' external IPs and load-balancer IPs inside these ranges are
+	// announced as /32 (/128) routes: from every node, or, for a Service
+	// with externalTrafficPolicy Local, from the nodes with a ready endpoint.
+	ServiceExternalIPs     []netip.Prefix
+	ServiceLoadBalancerIPs []netip.Prefix
+}
+
+// ServiceIP is a Service's external or load-balancer IP, as the local node
+// sees it.
+type ServiceIP struct {
+	Addr         netip.Addr
+	LoadBalancer bool // from status.loadBalancer, else spec.externalIPs
+	Local        bool // externalTrafficPolicy: Local
+	EndpointHere bool // a ready endpoint on this node
 }
 
 // DefaultConfig is the configuration without a BGPConfiguration object.
@@ -62,6 +74,8 @@ type Snapshot struct {
 	Nodes  []NodeInfo // every node, the local one included
 	Config Config
 	Peers  []PeerSpec
+	// ServiceIPs are every Service's external and load-balancer IPs.
+	ServiceIPs []ServiceIP
 }
 
 // Plan computes the local node's speaker settings, peers and announcements.
@@ -144,6 +158,20 @@ func Plan(s Snapshot) (Global, Desired, error) {
 	for _, c := range s.Config.ServiceClusterIPs {
 		if c.Addr().Is4() == local.Address.Is4() {
 			d.Announcements = append(d.Announcements, Announcement{Prefix: c.Masked(), NextHop: local.Address, Communities: s.Config.Communities})
+		}
+	}
+	for _, ip := range s.ServiceIPs {
+		ranges := s.Config.ServiceExternalIPs
+		if ip.LoadBalancer {
+			ranges = s.Config.ServiceLoadBalancerIPs
+		}
+		if !slices.ContainsFunc(ranges, func(p netip.Prefix) bool { return p.Contains(ip.Addr) }) ||
+			ip.Addr.Is4() != local.Address.Is4() || (ip.Local && !ip.EndpointHere) {
+			continue
+		}
+		pfx := netip.PrefixFrom(ip.Addr, ip.Addr.BitLen())
+		if !slices.ContainsFunc(d.Announcements, func(a Announcement) bool { return a.Prefix == pfx }) {
+			d.Announcements = append(d.Announcements, Announcement{Prefix: pfx, NextHop: local.Address, Communities: s.Config.Communities})
 		}
 	}
 	return g, d, nil

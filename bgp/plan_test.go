@@ -117,3 +117,25 @@ func TestPlanOnePassiveSidePerPair(t *testing.T) {
 		}
 	}
 }
+
+func TestPlanServiceIPs(t *testing.T) {
+	n1 := node("n1", "10.30.0.1", "")
+	cfg := DefaultConfig()
+	cfg.NodeToNodeMesh = false
+	cfg.ServiceExternalIPs = []netip.Prefix{netip.MustParsePrefix("10.250.1.0/24")}
+	cfg.ServiceLoadBalancerIPs = []netip.Prefix{netip.MustParsePrefix("10.250.2.0/24")}
+	ips := []ServiceIP{
+		{Addr: netip.MustParseAddr("10.250.1.5")},                                                      // external, Cluster: announced
+		{Addr: netip.MustParseAddr("10.250.2.7"), LoadBalancer: true, Local: true},                     // LB, Local, no endpoint here: not
+		{Addr: netip.MustParseAddr("10.250.2.8"), LoadBalancer: true, Local: true, EndpointHere: true}, // announced
+		{Addr: netip.MustParseAddr("10.250.9.9")},                                                      // outside the ranges: not
+		{Addr: netip.MustParseAddr("10.250.1.9"), LoadBalancer: true},                                  // LB IP in the external range only: not
+	}
+	_, d, err := Plan(Snapshot{Local: n1, Nodes: []NodeInfo{n1}, Config: cfg, ServiceIPs: ips})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := render(Global{}, d); got != "as 0 id invalid IP\nannounce 10.250.1.5/32 via 10.30.0.1\nannounce 10.250.2.8/32 via 10.30.0.1\n" {
+		t.Fatalf("got\n%s", got)
+	}
+}

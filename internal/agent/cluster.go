@@ -26,6 +26,8 @@ type Cluster interface {
 	PodGone(ctx context.Context, namespace, name, uid string) (bool, error)
 	// BGPInput returns every node, the BGPConfiguration and the BGPPeers.
 	BGPInput(ctx context.Context, secretNamespace string) ([]bgp.NodeInfo, bgp.Config, []bgp.PeerSpec, []error)
+	// ServiceIPs returns the Services' external and load-balancer IPs.
+	ServiceIPs() ([]bgp.ServiceIP, error)
 	SetNetworkAvailable(ctx context.Context) error
 }
 

@@ -44,6 +44,7 @@ func (f *fakeCluster) PodGone(_ context.Context, ns, name, uid string) (bool, er
 	return !ok || (uid != "" && !p.HasUID(uid)), nil
 }
 func (f *fakeCluster) SetNetworkAvailable(context.Context) error { f.patches++; return nil }
+func (f *fakeCluster) ServiceIPs() ([]bgp.ServiceIP, error)      { return nil, nil }
 func (f *fakeCluster) BGPInput(context.Context, string) ([]bgp.NodeInfo, bgp.Config, []bgp.PeerSpec, []error) {
 	return nil, bgp.DefaultConfig(), nil, nil
 }

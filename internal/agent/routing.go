@@ -55,7 +55,11 @@ func (a *Agent) syncBGP(ctx context.Context) error {
 			return nil // the watcher triggers a pass when they are in
 		}
 	}
-	g, d, err := bgp.Plan(bgp.Snapshot{Local: local, Nodes: nodes, Config: cfg, Peers: specs})
+	svcIPs, err := a.cluster.ServiceIPs()
+	if err != nil {
+		errs = append(errs, err)
+	}
+	g, d, err := bgp.Plan(bgp.Snapshot{Local: local, Nodes: nodes, Config: cfg, Peers: specs, ServiceIPs: svcIPs})
 	if err != nil {
 		return errors.Join(append(errs, err)...)
 	}

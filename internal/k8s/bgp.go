@@ -10,6 +10,8 @@ import (
 	"strings"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -37,7 +39,9 @@ type bgpConfigurationSpec struct {
 	GracefulRestartSeconds *int64   `json:"gracefulRestartSeconds"`
 	Communities            []string `json:"communities"`
 	Advertise              struct {
-		ServiceClusterIPs []string `json:"serviceClusterIPs"`
+		ServiceClusterIPs      []string `json:"serviceClusterIPs"`
+		ServiceExternalIPs     []string `json:"serviceExternalIPs"`
+		ServiceLoadBalancerIPs []string `json:"serviceLoadBalancerIPs"`
 	} `json:"advertise"`
 }
 
@@ -182,12 +186,22 @@ func bgpConfigFrom(u *unstructured.Unstructured) (bgp.Config, error) {
 		}
 		cfg.Communities = append(cfg.Communities, v)
 	}
-	for _, c := range s.Advertise.ServiceClusterIPs {
-		p, err := netip.ParsePrefix(c)
-		if err != nil {
-			return cfg, fmt.Errorf("BGPConfiguration %s: serviceClusterIPs %q: %w", u.GetName(), c, err)
+	for _, l := range []struct {
+		field string
+		in    []string
+		out   *[]netip.Prefix
+	}{
+		{"serviceClusterIPs", s.Advertise.ServiceClusterIPs, &cfg.ServiceClusterIPs},
+		{"serviceExternalIPs", s.Advertise.ServiceExternalIPs, &cfg.ServiceExternalIPs},
+		{"serviceLoadBalancerIPs", s.Advertise.ServiceLoadBalancerIPs, &cfg.ServiceLoadBalancerIPs},
+	} {
+		for _, c := range l.in {
+			p, err := netip.ParsePrefix(c)
+			if err != nil {
+				return cfg, fmt.Errorf("BGPConfiguration %s: %s %q: %w", u.GetName(), l.field, c, err)
+			}
+			*l.out = append(*l.out, p.Masked())
 		}
-		cfg.ServiceClusterIPs = append(cfg.ServiceClusterIPs, p.Masked())
 	}
 	return cfg, nil
 }
@@ -264,4 +278,51 @@ func (w *Watcher) secretValue(ctx context.Context, namespace, name, key string) 
 	}
 	w.secrets[ck] = string(v)
 	return string(v), nil
+}
+
+// ServiceIPs lists the Services' external and load-balancer IPs, each with
+// whether its traffic policy is Local and, then, whether this node has a ready
+// endpoint of it.
+func (w *Watcher) ServiceIPs() ([]bgp.ServiceIP, error) {
+	svcs, err := w.svcs.List(everything)
+	if err != nil {
+		return nil, err
+	}
+	var out []bgp.ServiceIP
+	for _, svc := range svcs {
+		local := svc.Spec.ExternalTrafficPolicy == corev1.ServiceExternalTrafficPolicyLocal
+		here := local && w.readyEndpointHere(svc.Namespace, svc.Name)
+		add := func(ip string, lb bool) {
+			if a, err := netip.ParseAddr(ip); err == nil {
+				out = append(out, bgp.ServiceIP{Addr: a, LoadBalancer: lb, Local: local, EndpointHere: here})
+			}
+		}
+		for _, ip := range svc.Spec.ExternalIPs {
+			add(ip, false)
+		}
+		if svc.Spec.Type == corev1.ServiceTypeLoadBalancer {
+			for _, ing := range svc.Status.LoadBalancer.Ingress {
+				add(ing.IP, true)
+			}
+		}
+	}
+	slices.SortFunc(out, func(a, b bgp.ServiceIP) int { return a.Addr.Compare(b.Addr) })
+	return out, nil
+}
+
+// readyEndpointHere reports whether the service has a ready endpoint on this node.
+func (w *Watcher) readyEndpointHere(namespace, service string) bool {
+	sel := labels.SelectorFromSet(labels.Set{discoveryv1.LabelServiceName: service})
+	list, err := w.slices.EndpointSlices(namespace).List(sel)
+	if err != nil {
+		return false
+	}
+	for _, es := range list {
+		for _, e := range es.Endpoints {
+			if e.NodeName != nil && *e.NodeName == w.nodeName && (e.Conditions.Ready == nil || *e.Conditions.Ready) {
+				return true
+			}
+		}
+	}
+	return false
 }

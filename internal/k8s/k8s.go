@@ -29,6 +29,7 @@ import (
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	corelisters "k8s.io/client-go/listers/core/v1"
+	discoverylisters "k8s.io/client-go/listers/discovery/v1"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/clientcmd"
@@ -125,6 +126,8 @@ type Watcher struct {
 	local   informers.SharedInformerFactory // pods with spec.nodeName = this node
 	nodes   corelisters.NodeLister
 	pods    corelisters.PodLister
+	svcs    corelisters.ServiceLister
+	slices  discoverylisters.EndpointSliceLister
 	synced  []cache.InformerSynced
 	isSync  atomic.Bool
 
@@ -159,11 +162,15 @@ func NewWatcher(client kubernetes.Interface, dyn dynamic.Interface, nodeName str
 		_ = inf.SetTransform(trim) // before start, it cannot fail
 	}
 	w.nodes, w.pods = nodes.Lister(), pods.Lister()
+	svcs, eps := w.cluster.Core().V1().Services(), w.cluster.Discovery().V1().EndpointSlices()
+	w.svcs, w.slices = svcs.Lister(), eps.Lister()
 	w.synced = []cache.InformerSynced{
 		nodes.Informer().HasSynced,
 		pods.Informer().HasSynced,
 		w.cluster.Core().V1().Namespaces().Informer().HasSynced,
 		w.cluster.Networking().V1().NetworkPolicies().Informer().HasSynced,
+		svcs.Informer().HasSynced,
+		eps.Informer().HasSynced,
 	}
 	return w
 }
@@ -181,6 +188,8 @@ func (w *Watcher) Start(ctx context.Context, changed func()) error {
 		w.local.Core().V1().Pods().Informer(),
 		w.cluster.Core().V1().Namespaces().Informer(),
 		w.cluster.Networking().V1().NetworkPolicies().Informer(),
+		w.cluster.Core().V1().Services().Informer(),
+		w.cluster.Discovery().V1().EndpointSlices().Informer(),
 	} {
 		if _, err := inf.AddEventHandler(h); err != nil {
 			return fmt.Errorf("informer handler: %w", err)
