@@ -2,7 +2,6 @@ package cniplugin
 
 import (
 	"fmt"
-	"net"
 	"net/netip"
 	"slices"
 
@@ -10,6 +9,8 @@ import (
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/tern-net/tern/dataplane"
 )
 
 // checkAttachment verifies, in the host namespace and in the pod's, everything
@@ -101,9 +102,9 @@ func hasRoute(fam int, want *netlink.Route, withGw bool) bool {
 	if err != nil {
 		return false
 	}
-	wantDst, _ := prefixOf(want.Dst)
+	wantDst, _ := dataplane.PrefixOf(want.Dst)
 	for _, r := range routes {
-		dst, ok := prefixOf(r.Dst)
+		dst, ok := dataplane.PrefixOf(r.Dst)
 		if !ok {
 			dst = netip.PrefixFrom(netip.IPv6Unspecified(), 0)
 			if fam == netlink.FAMILY_V4 {
@@ -119,16 +120,4 @@ func hasRoute(fam int, want *netlink.Route, withGw bool) bool {
 		return true
 	}
 	return false
-}
-
-func prefixOf(n *net.IPNet) (netip.Prefix, bool) {
-	if n == nil {
-		return netip.Prefix{}, false
-	}
-	a, ok := netip.AddrFromSlice(n.IP)
-	if !ok {
-		return netip.Prefix{}, false
-	}
-	ones, _ := n.Mask.Size()
-	return netip.PrefixFrom(a.Unmap(), ones), true
 }

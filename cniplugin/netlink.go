@@ -3,7 +3,6 @@ package cniplugin
 import (
 	"errors"
 	"fmt"
-	"net"
 	"net/netip"
 	"os"
 	"slices"
@@ -178,7 +177,7 @@ func (p *pair) configure(ips []netip.Addr, mtu int) (Attached, error) {
 
 	// Pod side: the address as a host route, the gateway on the link, default via it.
 	for _, ip := range ips {
-		addr := &netlink.Addr{IPNet: ipNet(netip.PrefixFrom(ip, ip.BitLen()))}
+		addr := &netlink.Addr{IPNet: dataplane.IPNet(netip.PrefixFrom(ip, ip.BitLen()))}
 		if ip.Is6() {
 			addr.Flags = unix.IFA_F_NODAD
 		}
@@ -246,13 +245,13 @@ func podRoutes(linkIndex int, ips []netip.Addr) []*netlink.Route {
 	}
 	if v4 {
 		out = append(out,
-			&netlink.Route{LinkIndex: linkIndex, Dst: ipNet(netip.PrefixFrom(GatewayV4, 32)), Scope: netlink.SCOPE_LINK, Protocol: dataplane.RouteProtocol},
-			&netlink.Route{LinkIndex: linkIndex, Dst: ipNet(netip.MustParsePrefix("0.0.0.0/0")), Gw: GatewayV4.AsSlice(), Protocol: dataplane.RouteProtocol},
+			&netlink.Route{LinkIndex: linkIndex, Dst: dataplane.IPNet(netip.PrefixFrom(GatewayV4, 32)), Scope: netlink.SCOPE_LINK, Protocol: dataplane.RouteProtocol},
+			&netlink.Route{LinkIndex: linkIndex, Dst: dataplane.IPNet(netip.MustParsePrefix("0.0.0.0/0")), Gw: GatewayV4.AsSlice(), Protocol: dataplane.RouteProtocol},
 		)
 	}
 	if v6 {
 		out = append(out,
-			&netlink.Route{LinkIndex: linkIndex, Dst: ipNet(netip.MustParsePrefix("::/0")), Gw: GatewayV6.AsSlice(), Protocol: dataplane.RouteProtocol},
+			&netlink.Route{LinkIndex: linkIndex, Dst: dataplane.IPNet(netip.MustParsePrefix("::/0")), Gw: GatewayV6.AsSlice(), Protocol: dataplane.RouteProtocol},
 		)
 	}
 	return out
@@ -262,7 +261,7 @@ func podRoutes(linkIndex int, ips []netip.Addr) []*netlink.Route {
 func hostRoute(linkIndex int, ip netip.Addr) *netlink.Route {
 	return &netlink.Route{
 		LinkIndex: linkIndex,
-		Dst:       ipNet(netip.PrefixFrom(ip, ip.BitLen())),
+		Dst:       dataplane.IPNet(netip.PrefixFrom(ip, ip.BitLen())),
 		Scope:     netlink.SCOPE_LINK,
 		Protocol:  dataplane.RouteProtocol,
 	}
@@ -316,10 +315,6 @@ func deleteHostVeth(name string) error {
 		return fmt.Errorf("delete host veth %s: %w", name, err)
 	}
 	return nil
-}
-
-func ipNet(p netip.Prefix) *net.IPNet {
-	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
 }
 
 func family(ip netip.Addr) int {

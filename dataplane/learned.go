@@ -95,7 +95,7 @@ func SyncLearned(desired []LearnedRoute, sweep bool) (SyncStats, error) {
 		if want[dst] || !sweep {
 			continue
 		}
-		del := &netlink.Route{Dst: ipNetOf(dst), Protocol: RouteProtocol, Table: unix.RT_TABLE_MAIN}
+		del := &netlink.Route{Dst: IPNet(dst), Protocol: RouteProtocol, Table: unix.RT_TABLE_MAIN}
 		if err := netlink.RouteDel(del); err != nil && !errors.Is(err, unix.ESRCH) {
 			errs = append(errs, fmt.Errorf("delete route %s: %w", dst, err))
 			continue
@@ -109,7 +109,7 @@ func SyncLearned(desired []LearnedRoute, sweep bool) (SyncStats, error) {
 // a link: a next hop that is not directly connected is reached through the
 // route to it.
 func kernelRoute(r LearnedRoute) (*netlink.Route, error) {
-	nr := &netlink.Route{Dst: ipNetOf(r.Dst), Protocol: RouteProtocol, Table: unix.RT_TABLE_MAIN}
+	nr := &netlink.Route{Dst: IPNet(r.Dst), Protocol: RouteProtocol, Table: unix.RT_TABLE_MAIN}
 	var hops []*netlink.NexthopInfo
 	var unreachable []string
 	for _, gw := range r.Gateways {
@@ -151,7 +151,7 @@ func installedGatewayRoutes() (map[netip.Prefix][]string, error) {
 			if r.Dst == nil || r.Type != unix.RTN_UNICAST || (r.Gw == nil && len(r.MultiPath) == 0) {
 				continue
 			}
-			p, ok := prefixFromIPNet(r.Dst)
+			p, ok := PrefixOf(r.Dst)
 			if !ok {
 				continue
 			}
@@ -173,6 +173,7 @@ func nextHopsOf(r *netlink.Route) []string {
 	return out
 }
 
-func ipNetOf(p netip.Prefix) *net.IPNet {
+// IPNet is p as netlink takes it.
+func IPNet(p netip.Prefix) *net.IPNet {
 	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
 }

@@ -26,7 +26,7 @@ func installedRoutes() ([]Route, error) {
 			if r.Type != unix.RTN_BLACKHOLE || r.Dst == nil {
 				continue
 			}
-			p, ok := prefixFromIPNet(r.Dst)
+			p, ok := PrefixOf(r.Dst)
 			if !ok {
 				continue
 			}
@@ -38,7 +38,7 @@ func installedRoutes() ([]Route, error) {
 
 func netlinkRoute(r Route) *netlink.Route {
 	nr := &netlink.Route{
-		Dst:      &net.IPNet{IP: r.Dst.Addr().AsSlice(), Mask: net.CIDRMask(r.Dst.Bits(), r.Dst.Addr().BitLen())},
+		Dst:      IPNet(r.Dst),
 		Protocol: RouteProtocol,
 		Table:    unix.RT_TABLE_MAIN,
 	}
@@ -78,7 +78,12 @@ func applyRoutes(desired []Route) (added, deleted int, err error) {
 	return added, deleted, errors.Join(errs...)
 }
 
-func prefixFromIPNet(n *net.IPNet) (netip.Prefix, bool) {
+// PrefixOf converts a netlink destination; a nil one (a default route, in some
+// dumps) is not a prefix.
+func PrefixOf(n *net.IPNet) (netip.Prefix, bool) {
+	if n == nil {
+		return netip.Prefix{}, false
+	}
 	a, ok := netip.AddrFromSlice(n.IP)
 	if !ok {
 		return netip.Prefix{}, false

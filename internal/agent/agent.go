@@ -19,6 +19,7 @@ import (
 
 	"github.com/tern-net/tern/dataplane"
 	"github.com/tern-net/tern/internal/agentapi"
+	"github.com/tern-net/tern/internal/k8s"
 	"github.com/tern-net/tern/ipam"
 )
 
@@ -84,6 +85,7 @@ type Agent struct {
 	runCtx           context.Context
 	routing          routing
 	networkAvailable bool
+	localNode        k8s.Node               // as read by this pass's clusterPools
 	missing          map[ipam.Key]time.Time // allocations whose pod is gone, since
 	releasedGone     atomic.Int64
 	heartbeat        atomic.Int64 // unix nanoseconds of the loop's last pass

@@ -64,6 +64,7 @@ func (a *Agent) clusterPools() error {
 		}
 	}
 	a.networkAvailable = node.NetworkAvailable
+	a.localNode = node
 	return nil
 }
 

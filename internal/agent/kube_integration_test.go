@@ -3,9 +3,7 @@ package agent_test
 import (
 	"context"
 	"net/netip"
-	"net/url"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -25,27 +23,13 @@ func TestMain(m *testing.M) { kubetest.Main(m) }
 // kube-controller-manager, the NetworkUnavailable condition, a CNI ADD from
 // that CIDR, and the release of the address once the pod is deleted.
 func TestAgentOnKubernetes(t *testing.T) {
-	env := kubetest.Start(t)
-	n := nodetest.NewNodeNS(t)
-	api, err := url.Parse(env.Config.Host)
-	if err != nil {
-		t.Fatal(err)
-	}
-	root, err := nodetest.ModuleRoot()
-	if err != nil {
-		t.Fatal(err)
-	}
 	// The CRDs and the agent's RBAC from the manifests: the agent runs as its
 	// ServiceAccount, with the grants users install, not as an admin.
-	for _, f := range []string{"00-namespace.yaml", "01-crds.yaml", "02-rbac.yaml"} {
-		if out, err := env.Kubectl(t, "apply", "-f", filepath.Join(root, "manifests", f)); err != nil {
-			t.Fatalf("apply %s: %v\n%s", f, err, out)
-		}
-	}
-	sa := env.ServiceAccountConfig(t, "tern-system", "tern-agent")
-	fwd := nodetest.Forward(t, n.NS, api.Host, false)
-	n.Args = []string{"--kubeconfig", clustertest.KubeconfigVia(t, env, sa.BearerToken, "https://"+fwd.Addr, n.Dir),
-		"--resync=1s", "--pod-release-grace=2s"}
+	c := clustertest.NewCluster(t)
+	env := c.Env
+	n := nodetest.NewNodeNS(t)
+	fwd, kubeconfig := c.Connect(n, false)
+	n.Args = []string{"--kubeconfig", kubeconfig, "--resync=1s", "--pod-release-grace=2s"}
 	n.StartAgentNoWait()
 	ctx := context.Background()
 
@@ -70,7 +54,7 @@ func TestAgentOnKubernetes(t *testing.T) {
 	}
 
 	// The node appears; kube-controller-manager gives it a podCIDR.
-	_, err = env.Client.CoreV1().Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: n.Name}}, metav1.CreateOptions{})
+	_, err := env.Client.CoreV1().Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: n.Name}}, metav1.CreateOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}

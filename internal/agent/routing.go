@@ -41,11 +41,7 @@ const settleTime = 3 * time.Second
 // syncBGP plans this node's BGP from the API, applies it to the speaker, and
 // installs the routes learned.
 func (a *Agent) syncBGP(ctx context.Context) error {
-	node, err := a.cluster.LocalNode()
-	if err != nil {
-		return err
-	}
-	local, err := k8s.BGPNode(node)
+	local, err := k8s.BGPNode(a.localNode)
 	if err != nil {
 		return err
 	}

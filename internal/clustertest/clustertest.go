@@ -166,10 +166,17 @@ func (c *Cluster) Start(n *nodetest.Node, addr string, labels, annotations map[s
 	}
 	name := n.Name
 	c.t.Cleanup(func() { _ = c.Env.Client.CoreV1().Nodes().Delete(context.Background(), name, metav1.DeleteOptions{}) })
-	fwd := nodetest.Forward(c.t, n.NS, c.api, true)
-	n.Args = append([]string{"--kubeconfig", KubeconfigVia(c.t, c.Env, c.token, "https://"+fwd.Addr, n.Dir),
-		"--resync=1s", "--cluster-cidr=10.244.0.0/16"}, n.Args...)
+	_, kubeconfig := c.Connect(n, true)
+	n.Args = append([]string{"--kubeconfig", kubeconfig, "--resync=1s", "--cluster-cidr=10.244.0.0/16"}, n.Args...)
 	n.StartAgentNoWait()
+}
+
+// Connect gives n's namespace a way to the API server (a forwarder, open or
+// not yet) and returns it with a kubeconfig for tern-agent's ServiceAccount.
+func (c *Cluster) Connect(n *nodetest.Node, open bool) (*nodetest.Forwarder, string) {
+	c.t.Helper()
+	fwd := nodetest.Forward(c.t, n.NS, c.api, open)
+	return fwd, KubeconfigVia(c.t, c.Env, c.token, "https://"+fwd.Addr, n.Dir)
 }
 
 // KubeconfigVia writes a kubeconfig that reaches the API server at server

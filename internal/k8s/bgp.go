@@ -76,7 +76,7 @@ func (w *Watcher) BGPInput(ctx context.Context, secretNamespace string) (nodes [
 			errs = append(errs, err)
 			continue
 		}
-		bn, err := bgpNode(info)
+		bn, err := BGPNode(info)
 		if err != nil {
 			errs = append(errs, err)
 			continue
@@ -138,10 +138,8 @@ func (w *Watcher) BGPInput(ctx context.Context, secretNamespace string) (nodes [
 	return nodes, cfg, peers, errs
 }
 
-// BGPNode is the local node as the BGP plan sees it.
-func BGPNode(n Node) (bgp.NodeInfo, error) { return bgpNode(n) }
-
-func bgpNode(n Node) (bgp.NodeInfo, error) {
+// BGPNode is a node as the BGP plan sees it.
+func BGPNode(n Node) (bgp.NodeInfo, error) {
 	out := bgp.NodeInfo{Name: n.Name, Address: n.Address, PodCIDRs: n.PodCIDRs, Labels: n.Labels}
 	if v, ok := n.Annotations[ASNumberAnnotation]; ok {
 		asn, err := strconv.ParseUint(v, 10, 32)
