@@ -1,0 +1,181 @@
+package lab
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"runtime"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/containernetworking/plugins/pkg/ns"
+	"golang.org/x/sys/unix"
+	corev1 "k8s.io/api/core/v1"
+)
+
+// portServer answers on a pod's declared container ports from inside the
+// pod's namespace: TCP sends the pod's "namespace/name" as its first line and
+// then echoes lines; UDP answers every datagram with "namespace/name".
+type portServer struct {
+	closers []io.Closer
+	wg      sync.WaitGroup
+}
+
+// serve opens every declared port of pod in netns. Protocols the kernel lacks
+// (SCTP sockets, on this machine) are logged and skipped.
+func serve(log *slog.Logger, netns string, pod *corev1.Pod) (*portServer, error) {
+	h, err := ns.GetNS(NSPath(netns))
+	if err != nil {
+		return nil, err
+	}
+	defer h.Close()
+	s := &portServer{}
+	id := pod.Namespace + "/" + pod.Name
+	seen := map[string]bool{}
+	for _, c := range pod.Spec.Containers {
+		for _, p := range c.Ports {
+			proto := p.Protocol
+			if proto == "" {
+				proto = corev1.ProtocolTCP
+			}
+			key := fmt.Sprintf("%s/%d", proto, p.ContainerPort)
+			if seen[key] {
+				continue
+			}
+			seen[key] = true
+			addr := fmt.Sprintf(":%d", p.ContainerPort)
+			err := h.Do(func(ns.NetNS) error {
+				switch proto {
+				case corev1.ProtocolTCP:
+					ln, err := net.Listen("tcp", addr)
+					if err != nil {
+						return err
+					}
+					s.closers = append(s.closers, ln)
+					s.wg.Add(1)
+					go func() { defer s.wg.Done(); serveTCP(ln, id) }()
+				case corev1.ProtocolUDP:
+					pc, err := net.ListenPacket("udp", addr)
+					if err != nil {
+						return err
+					}
+					s.closers = append(s.closers, pc)
+					s.wg.Add(1)
+					go func() { defer s.wg.Done(); serveUDP(pc, id) }()
+				case corev1.ProtocolSCTP:
+					fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM, unix.IPPROTO_SCTP)
+					if err != nil {
+						log.Info("SCTP port not served: the kernel has no SCTP sockets", "pod", id, "port", p.ContainerPort, "err", err)
+						return nil
+					}
+					unix.Close(fd)
+					log.Info("SCTP port not served: Go has no SCTP listener; the rules for it still apply", "pod", id, "port", p.ContainerPort)
+				}
+				return nil
+			})
+			if err != nil {
+				s.close()
+				return nil, fmt.Errorf("pod %s: serve %s: %w", id, key, err)
+			}
+		}
+	}
+	return s, nil
+}
+
+func (s *portServer) close() {
+	for _, c := range s.closers {
+		c.Close()
+	}
+	s.wg.Wait()
+}
+
+func serveTCP(ln net.Listener, id string) {
+	var conns sync.WaitGroup
+	defer conns.Wait()
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		conns.Add(1)
+		go func() {
+			defer conns.Done()
+			defer c.Close()
+			if _, err := fmt.Fprintf(c, "%s\n", id); err != nil {
+				return
+			}
+			sc := bufio.NewScanner(c)
+			for sc.Scan() {
+				if _, err := fmt.Fprintf(c, "%s\n", sc.Text()); err != nil {
+					return
+				}
+			}
+		}()
+	}
+}
+
+func serveUDP(pc net.PacketConn, id string) {
+	buf := make([]byte, 2048)
+	for {
+		_, from, err := pc.ReadFrom(buf)
+		if err != nil {
+			return
+		}
+		_, _ = pc.WriteTo([]byte(id+"\n"), from)
+	}
+}
+
+// ErrNoReply: the probe got no answer in time (dropped, or nothing listening
+// on UDP).
+var ErrNoReply = errors.New("no reply")
+
+// Probe connects from inside the namespace netns to dst with proto (TCP or
+// UDP) and returns the first line the server sent: the serving pod's
+// "namespace/name".
+func Probe(ctx context.Context, netns string, dst netip.AddrPort, proto string, timeout time.Duration) (string, error) {
+	h, err := ns.GetNS(NSPath(netns))
+	if err != nil {
+		return "", err
+	}
+	defer h.Close()
+	var conn net.Conn
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	err = h.Do(func(ns.NetNS) error {
+		d := net.Dialer{Timeout: timeout}
+		// The dial happens on this (namespaced) thread: Dialer.Control is not
+		// needed, a plain DialContext runs the connect syscall here.
+		var err error
+		conn, err = d.DialContext(ctx, strings.ToLower(proto), dst.String())
+		return err
+	})
+	if err != nil {
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			return "", ErrNoReply
+		}
+		return "", err
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(timeout))
+	if strings.EqualFold(proto, "udp") {
+		if _, err := conn.Write([]byte("probe\n")); err != nil {
+			return "", err
+		}
+	}
+	line, err := bufio.NewReader(conn).ReadString('\n')
+	if err != nil {
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			return "", ErrNoReply
+		}
+		return "", err
+	}
+	return strings.TrimSpace(line), nil
+}

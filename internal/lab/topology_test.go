@@ -1,0 +1,141 @@
+package lab
+
+import (
+	"flag"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+)
+
+var update = flag.Bool("update", false, "rewrite the golden files")
+
+func golden(t *testing.T, name, got string) {
+	t.Helper()
+	path := filepath.Join("testdata", name)
+	if *update {
+		if err := os.MkdirAll("testdata", 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("%v (run with -update to create it)", err)
+	}
+	if string(want) != got {
+		t.Errorf("%s differs from the golden file (run with -update after checking):\n--- got\n%s\n--- want\n%s", name, got, want)
+	}
+}
+
+func TestValidate(t *testing.T) {
+	for _, tc := range []struct {
+		o    Options
+		want string
+	}{
+		{Options{Nodes: 3, Racks: 1, Router: "bird"}, ""},
+		{Options{Nodes: 3, Racks: 2, Router: "none"}, "racks need top-of-rack routers"},
+		{Options{Nodes: 0, Racks: 1, Router: "bird"}, "--nodes 0"},
+		{Options{Nodes: 3, Racks: 1, Router: "quagga"}, `--router "quagga"`},
+		{Options{Nodes: 3, Racks: 1, Router: "frr", RouteReflectors: 4}, "--route-reflectors 4"},
+	} {
+		err := tc.o.Validate()
+		if (tc.want == "") != (err == nil) || (err != nil && !strings.Contains(err.Error(), tc.want)) {
+			t.Errorf("%+v: %v, want %q", tc.o, err, tc.want)
+		}
+	}
+}
+
+// TestTopology: addresses, AS numbers and the BGP objects of each kind of lab,
+// and the routers' configurations, against golden files. BIRD's own parser
+// checks the BIRD configurations when it is installed.
+func TestTopology(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		o    Options
+	}{
+		{"mesh", Options{Nodes: 3, Racks: 1, Router: RouterNone}},
+		{"racks", Options{Nodes: 4, Racks: 2, Router: RouterMixed}},
+		{"reflectors", Options{Nodes: 5, Racks: 2, Router: RouterBIRD, RouteReflectors: 2}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var b strings.Builder
+			var nodes []Node
+			for i := 1; i <= tc.o.Nodes; i++ {
+				n := tc.o.PlanNode(i, 0)
+				nodes = append(nodes, n)
+				b.WriteString(strings.Join([]string{n.Name, "rack", itoa(n.Rack), n.Address.String(), "gw", n.Gateway.String(), "AS", itoa(int(n.AS)), "reflector", map[bool]string{true: "yes", false: "no"}[n.Reflector], "peers-with-router", map[bool]string{true: "yes", false: "no"}[tc.o.PeersWithRouter(n)]}, " ") + "\n")
+			}
+			b.WriteString("\n" + tc.o.BGPObjects())
+			for _, r := range tc.o.Routers() {
+				conf := ""
+				if r.Kind == RouterBIRD {
+					conf = BIRDConfig(r, tc.o.Routers(), tc.o.RouterNodes(r, nodes))
+					birdParses(t, conf)
+				} else {
+					conf = FRRConfig(r, tc.o.Routers(), tc.o.RouterNodes(r, nodes))
+				}
+				b.WriteString("\n" + conf)
+			}
+			golden(t, tc.name+".golden", b.String())
+		})
+	}
+}
+
+func itoa(i int) string { return strconv.Itoa(i) }
+
+func birdParses(t *testing.T, conf string) {
+	t.Helper()
+	if _, err := exec.LookPath("bird"); err != nil {
+		return
+	}
+	path := filepath.Join(t.TempDir(), "bird.conf")
+	if err := os.WriteFile(path, []byte(conf), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("bird", "-p", "-c", path).CombinedOutput(); err != nil {
+		t.Errorf("bird -p: %v: %s\n%s", err, out, conf)
+	}
+}
+
+func TestConflistFromConfigMap(t *testing.T) {
+	raw, err := os.ReadFile("../../manifests/03-config.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	js, err := conflistFromConfigMap(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(js, `"type": "tern"`) || !strings.HasPrefix(js, "{") || !strings.HasSuffix(strings.TrimSpace(js), "}") {
+		t.Errorf("conflist:\n%s", js)
+	}
+}
+
+func TestParseTarget(t *testing.T) {
+	for _, tc := range []struct {
+		in, pod, proto, err string
+		port                uint16
+	}{
+		{in: "x/a:80", pod: "x/a", port: 80, proto: "TCP"},
+		{in: "x/a:53/udp", pod: "x/a", port: 53, proto: "UDP"},
+		{in: "x/a", err: "want NAMESPACE/POD:PORT"},
+		{in: "x/a:0", err: "port"},
+		{in: "x/a:80/icmp", err: "protocol"},
+	} {
+		pod, port, proto, err := ParseTarget(tc.in)
+		if tc.err != "" {
+			if err == nil || !strings.Contains(err.Error(), tc.err) {
+				t.Errorf("%s: %v, want %q", tc.in, err, tc.err)
+			}
+			continue
+		}
+		if err != nil || pod != tc.pod || port != tc.port || proto != tc.proto {
+			t.Errorf("%s: %s %d %s %v", tc.in, pod, port, proto, err)
+		}
+	}
+}
