@@ -26,6 +26,10 @@ type Input struct {
 	Policies []*networkingv1.NetworkPolicy
 	// LogDrops adds a rate-limited NFLOG rule before each drop.
 	LogDrops bool
+	// IPv6 also compiles the IPv6 ruleset even when no pod has an IPv6
+	// address yet (a dual-stack or IPv6 node). The IPv6 ruleset is compiled
+	// when IPv6 is set or when some pod has an IPv6 address.
+	IPv6 bool
 }
 
 // Pod is what policy needs of a pod.
@@ -64,6 +68,26 @@ const (
 	// SetPrefix starts every ipset name.
 	SetPrefix = "tern-"
 )
+
+// CutMark is the conntrack mark bit of flows that a policy change cut: the
+// first rule of ChainPolicy drops packets of connections carrying it, before
+// established connections are let through. The dataplane sets it (with the
+// same value as mask) on established flows that a new ruleset denies.
+const CutMark = 0x1000000
+
+// NFLOGGroup is the netlink log group of the rate-limited drop log
+// (Input.LogDrops).
+const NFLOGGroup = 2500
+
+// Flow is the first packet of a connection, as Ruleset.Allowed judges it.
+type Flow struct {
+	Src, Dst netip.Addr
+	// Protocol is TCP, UDP or SCTP; empty means TCP. Other values (e.g.
+	// "ICMP") match only rules without a protocol.
+	Protocol corev1.Protocol
+	// DstPort is the destination port (0 for protocols without ports).
+	DstPort int32
+}
 
 // Ruleset is the compiled result for one node.
 type Ruleset struct {

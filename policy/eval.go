@@ -1,0 +1,446 @@
+package policy
+
+import (
+	"cmp"
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strconv"
+	"strings"
+)
+
+// Allowed says whether the first packet of f would pass the ruleset, as the
+// kernel would judge it in the filter FORWARD chain, and why, in a few
+// words ("egress of ns/a: denied, no rule of ns/p allows it").
+//
+// It interprets the chains and sets of rs themselves, rule by rule, so it
+// answers for exactly what Compile emitted (and what the dataplane
+// installs): the interface matches "-i"/"-o" are resolved through the pods'
+// addresses in rs.Pods (a packet from a local pod's address comes in on its
+// HostIf), sets through their members, with hash:net's most-specific-entry
+// and nomatch semantics. The packet is a new connection's first one: it
+// carries no connection mark and its conntrack state is NEW.
+//
+// A flow whose family has no ChainPolicy (no IPv6 ruleset) is allowed. A
+// rule Allowed cannot interpret (not one of Compile's shapes) denies the
+// flow, with the reason saying so. Each call costs a pass over rs.Pods plus
+// the rules of the chains it visits; to judge many flows, use Evaluator.
+// Allowed is safe for concurrent use.
+func (rs *Ruleset) Allowed(f Flow) (bool, string) {
+	return rs.allowed(f, nil)
+}
+
+// Evaluator judges many flows against one ruleset, e.g. every conntrack
+// entry after a policy change: the same answers as Ruleset.Allowed, with
+// the pods indexed by address once. The ruleset must not change while the
+// Evaluator is in use; the Evaluator is safe for concurrent use.
+type Evaluator struct {
+	rs *Ruleset
+	// byIP maps a local pod's address to its key (the smallest key when
+	// several pods claim an address).
+	byIP map[netip.Addr]string
+}
+
+// Evaluator indexes rs for many Allowed calls.
+func (rs *Ruleset) Evaluator() *Evaluator {
+	ev := &Evaluator{rs: rs, byIP: map[netip.Addr]string{}}
+	if rs == nil {
+		return ev
+	}
+	for key, pp := range rs.Pods {
+		for _, a := range pp.IPs {
+			if k, ok := ev.byIP[a]; !ok || key < k {
+				ev.byIP[a] = key
+			}
+		}
+	}
+	return ev
+}
+
+// Allowed is Ruleset.Allowed of the Evaluator's ruleset.
+func (ev *Evaluator) Allowed(f Flow) (bool, string) {
+	return ev.rs.allowed(f, ev.byIP)
+}
+
+// allowed judges f; byIP, when not nil, indexes rs.Pods by address.
+func (rs *Ruleset) allowed(f Flow, byIP map[netip.Addr]string) (bool, string) {
+	if rs == nil {
+		return true, "no ruleset"
+	}
+	src, dst := f.Src.Unmap().WithZone(""), f.Dst.Unmap().WithZone("")
+	if !src.IsValid() || !dst.IsValid() {
+		return false, "flow without source or destination address"
+	}
+	if src.Is6() != dst.Is6() {
+		return false, "source and destination of different families"
+	}
+	e := &judge{rs: rs, src: src, dst: dst, v6: src.Is6(), port: f.DstPort}
+	e.proto = strings.ToLower(string(f.Protocol))
+	if e.proto == "" {
+		e.proto = "tcp"
+	}
+	// The pods at either end: the local pod owning the address (the
+	// smallest "ns/name" if several claim it).
+	if byIP != nil {
+		if k, ok := byIP[src]; ok {
+			e.srcKey, e.srcPod = k, rs.Pods[k]
+		}
+		if k, ok := byIP[dst]; ok {
+			e.dstKey, e.dstPod = k, rs.Pods[k]
+		}
+	} else {
+		for key, pp := range rs.Pods {
+			if slices.Contains(pp.IPs, src) && (e.srcKey == "" || key < e.srcKey) {
+				e.srcKey, e.srcPod = key, pp
+			}
+			if slices.Contains(pp.IPs, dst) && (e.dstKey == "" || key < e.dstKey) {
+				e.dstKey, e.dstPod = key, pp
+			}
+		}
+	}
+	entry := e.chain(ChainPolicy)
+	if entry == nil {
+		return true, "no " + ipFamily(e.v6) + " policy ruleset"
+	}
+	verdict, err := e.run(entry, 0)
+	if err != nil {
+		return false, "cannot interpret the ruleset: " + err.Error()
+	}
+	if verdict == verdictDrop {
+		return false, e.dropReason
+	}
+	if len(e.allowedBy) == 0 {
+		return true, "allowed: not isolated"
+	}
+	return true, "allowed: " + strings.Join(e.allowedBy, "; ")
+}
+
+type verdict int
+
+const (
+	verdictReturn verdict = iota // fell off the chain or RETURN
+	verdictDrop
+)
+
+// maxDepth bounds chain jumps (Compile's chains are two deep).
+const maxDepth = 8
+
+type judge struct {
+	rs       *Ruleset
+	src, dst netip.Addr
+	v6       bool
+	proto    string
+	port     int32
+
+	srcKey, dstKey string
+	srcPod, dstPod PodPolicy
+
+	allowedBy  []string // per pod chain passed: why
+	dropReason string
+}
+
+// chain finds a chain of the flow's family; Chains is sorted by family,
+// then name.
+func (e *judge) chain(name string) *Chain {
+	cs := e.rs.Chains
+	i, ok := slices.BinarySearchFunc(cs, name, func(c Chain, name string) int {
+		return cmp.Or(compareBool(c.IPv6, e.v6), strings.Compare(c.Name, name))
+	})
+	if !ok {
+		return nil
+	}
+	return &cs[i]
+}
+
+// set finds a set by name; Sets is sorted by name.
+func (e *judge) set(name string) *Set {
+	ss := e.rs.Sets
+	i, ok := slices.BinarySearchFunc(ss, name, func(s Set, name string) int { return strings.Compare(s.Name, name) })
+	if !ok {
+		return nil
+	}
+	return &ss[i]
+}
+
+// run evaluates a chain's rules in order.
+func (e *judge) run(c *Chain, depth int) (verdict, error) {
+	if depth > maxDepth {
+		return 0, fmt.Errorf("chain %s: jumps nested deeper than %d", c.Name, maxDepth)
+	}
+	for _, r := range c.Rules {
+		ok, target, err := e.match(r)
+		if err != nil {
+			return 0, fmt.Errorf("chain %s rule %q: %w", c.Name, strings.Join(r, " "), err)
+		}
+		if !ok {
+			continue
+		}
+		switch target {
+		case "RETURN":
+			if c.Name != ChainPolicy {
+				e.allowedBy = append(e.allowedBy, c.Comment+" by `"+strings.Join(r, " ")+"`")
+			}
+			return verdictReturn, nil
+		case "DROP":
+			e.dropReason = e.describeDrop(c)
+			return verdictDrop, nil
+		case "NFLOG", "":
+			continue // not terminating
+		default:
+			next := e.chain(target)
+			if next == nil {
+				return 0, fmt.Errorf("chain %s: jump to missing chain %s", c.Name, target)
+			}
+			v, err := e.run(next, depth+1)
+			if err != nil || v == verdictDrop {
+				return v, err
+			}
+		}
+	}
+	return verdictReturn, nil
+}
+
+// describeDrop says which pod's policies denied the flow.
+func (e *judge) describeDrop(c *Chain) string {
+	var policies []string
+	switch {
+	case c.Name == ChainPolicy:
+		return "denied: connection cut by a policy change"
+	case e.srcKey != "" && c.Name == e.srcPod.EgressChain:
+		policies = e.srcPod.Egress
+	case e.dstKey != "" && c.Name == e.dstPod.IngressChain:
+		policies = e.dstPod.Ingress
+	}
+	what := c.Comment
+	if what == "" {
+		what = c.Name
+	}
+	if len(policies) == 0 {
+		return what + ": denied"
+	}
+	return what + ": denied, no rule of " + strings.Join(policies, ", ") + " allows it"
+}
+
+var errShort = errors.New("option without its value")
+
+// match evaluates the matches of one rule against the flow, left to right,
+// and returns its target ("" for a rule without -j). It knows the shapes
+// Compile emits.
+func (e *judge) match(r Rule) (matched bool, target string, err error) {
+	matched = true
+	proto := "" // -p of this rule
+	for i := 0; i < len(r); i++ {
+		a := r[i]
+		if a == "-j" {
+			if i+1 >= len(r) {
+				return false, "", errShort
+			}
+			target = r[i+1]
+			if err := checkTargetOptions(target, r[i+2:]); err != nil {
+				return false, "", err
+			}
+			return matched, target, nil
+		}
+		var v string
+		switch a {
+		case "-m", "-p", "-i", "-o", "--dport", "--mark", "--ctstate", "--limit", "--limit-burst":
+			if i+1 >= len(r) {
+				return false, "", fmt.Errorf("%s: %w", a, errShort)
+			}
+			i++
+			v = r[i]
+		case "--match-set":
+			if i+2 >= len(r) {
+				return false, "", fmt.Errorf("%s: %w", a, errShort)
+			}
+			ok, err := e.inSet(r[i+1], r[i+2])
+			if err != nil {
+				return false, "", err
+			}
+			if !ok {
+				return false, "", nil
+			}
+			i += 2
+			continue
+		default:
+			return false, "", fmt.Errorf("unknown argument %q", a)
+		}
+		switch a {
+		case "-m":
+			switch v {
+			case "set", "connmark", "conntrack", "limit", "tcp", "udp", "sctp":
+			default:
+				return false, "", fmt.Errorf("unknown match module %q", v)
+			}
+		case "-p":
+			proto = v
+			matched = matched && v == e.proto
+		case "-i":
+			matched = matched && e.srcKey != "" && e.srcPod.HostIf == v
+		case "-o":
+			matched = matched && e.dstKey != "" && e.dstPod.HostIf == v
+		case "--dport":
+			if proto == "" {
+				return false, "", errors.New("--dport without -p")
+			}
+			lo, hi, err := parsePortRange(v)
+			if err != nil {
+				return false, "", err
+			}
+			matched = matched && e.port >= lo && e.port <= hi
+		case "--mark":
+			// A new connection's mark is 0.
+			val, mask, err := parseMark(v)
+			if err != nil {
+				return false, "", err
+			}
+			matched = matched && val&mask == 0
+		case "--ctstate":
+			matched = matched && slices.Contains(strings.Split(v, ","), "NEW")
+		case "--limit", "--limit-burst":
+			// The rate limit is taken as not reached.
+		}
+		if !matched {
+			// As in the kernel, the first match that fails ends the rule:
+			// the rest is not looked at (nor checked).
+			return false, "", nil
+		}
+	}
+	return matched, target, nil
+}
+
+// checkTargetOptions accepts the options Compile gives its targets.
+func checkTargetOptions(target string, opts []string) error {
+	if target != "NFLOG" {
+		if len(opts) > 0 {
+			return fmt.Errorf("unknown options %q of target %s", opts, target)
+		}
+		return nil
+	}
+	for i := 0; i < len(opts); i += 2 {
+		switch opts[i] {
+		case "--nflog-group", "--nflog-prefix":
+			if i+1 >= len(opts) {
+				return fmt.Errorf("%s: %w", opts[i], errShort)
+			}
+		default:
+			return fmt.Errorf("unknown NFLOG option %q", opts[i])
+		}
+	}
+	return nil
+}
+
+// inSet evaluates "-m set --match-set NAME FLAGS".
+func (e *judge) inSet(name, flags string) (bool, error) {
+	s := e.set(name)
+	if s == nil {
+		return false, fmt.Errorf("missing set %s", name)
+	}
+	if s.IPv6 != e.v6 {
+		return false, fmt.Errorf("set %s is of the other family", name)
+	}
+	dirs := strings.Split(flags, ",")
+	var addr netip.Addr
+	switch dirs[0] {
+	case "src":
+		addr = e.src
+	case "dst":
+		addr = e.dst
+	default:
+		return false, fmt.Errorf("set %s: unknown direction %q", name, flags)
+	}
+	switch s.Type {
+	case "hash:ip":
+		if len(dirs) != 1 {
+			return false, fmt.Errorf("set %s (%s): directions %q", name, s.Type, flags)
+		}
+		_, ok := slices.BinarySearch(s.Members, addr.String())
+		return ok, nil
+	case "hash:net":
+		if len(dirs) != 1 {
+			return false, fmt.Errorf("set %s (%s): directions %q", name, s.Type, flags)
+		}
+		return netSetContains(s.Members, addr)
+	case "hash:ip,port":
+		if len(dirs) != 2 || dirs[1] != "dst" {
+			return false, fmt.Errorf("set %s (%s): directions %q", name, s.Type, flags)
+		}
+		switch e.proto {
+		case "tcp", "udp", "sctp":
+		default:
+			return false, nil
+		}
+		_, ok := slices.BinarySearch(s.Members, addr.String()+","+e.proto+":"+strconv.Itoa(int(e.port)))
+		return ok, nil
+	}
+	return false, fmt.Errorf("set %s: unknown type %q", name, s.Type)
+}
+
+// netSetContains looks addr up in hash:net members the way the kernel does:
+// the most specific entry containing it decides, and a nomatch entry means
+// no match.
+func netSetContains(members []string, addr netip.Addr) (bool, error) {
+	best, found, nomatch := -1, false, false
+	for _, m := range members {
+		text, flag, _ := strings.Cut(m, " ")
+		if flag != "" && flag != "nomatch" {
+			return false, fmt.Errorf("hash:net member %q: unknown flag", m)
+		}
+		p, err := netip.ParsePrefix(text)
+		if err != nil {
+			if a, aerr := netip.ParseAddr(text); aerr == nil {
+				p = netip.PrefixFrom(a, a.BitLen())
+			} else {
+				return false, fmt.Errorf("hash:net member %q: %w", m, err)
+			}
+		}
+		if !p.Contains(addr) || p.Bits() < best {
+			continue
+		}
+		if p.Bits() > best {
+			best, nomatch = p.Bits(), false
+		}
+		found = true
+		nomatch = nomatch || flag == "nomatch"
+	}
+	return found && !nomatch, nil
+}
+
+// parsePortRange parses "80" or "80:90".
+func parsePortRange(v string) (lo, hi int32, err error) {
+	a, b, isRange := strings.Cut(v, ":")
+	l, err := strconv.ParseUint(a, 10, 16)
+	if err != nil {
+		return 0, 0, fmt.Errorf("port %q: %w", v, err)
+	}
+	h := l
+	if isRange {
+		if h, err = strconv.ParseUint(b, 10, 16); err != nil {
+			return 0, 0, fmt.Errorf("port %q: %w", v, err)
+		}
+	}
+	return int32(l), int32(h), nil
+}
+
+// parseMark parses "0x1000000/0x1000000" (the mask defaults to all bits).
+func parseMark(v string) (val, mask uint64, err error) {
+	a, b, hasMask := strings.Cut(v, "/")
+	if val, err = strconv.ParseUint(a, 0, 32); err != nil {
+		return 0, 0, fmt.Errorf("mark %q: %w", v, err)
+	}
+	mask = 0xffffffff
+	if hasMask {
+		if mask, err = strconv.ParseUint(b, 0, 32); err != nil {
+			return 0, 0, fmt.Errorf("mark %q: %w", v, err)
+		}
+	}
+	return val, mask, nil
+}
+
+func ipFamily(v6 bool) string {
+	if v6 {
+		return "IPv6"
+	}
+	return "IPv4"
+}
