@@ -4,12 +4,13 @@ import (
 	"bytes"
 	"fmt"
 	"os/exec"
-	"path/filepath"
 	"regexp"
 	"slices"
 	"strings"
 
 	"github.com/coreos/go-iptables/iptables"
+
+	"github.com/tern-net/tern/policy"
 )
 
 // iptablesDriver writes tern's chains of one address family. It reads back only
@@ -22,25 +23,30 @@ type iptablesDriver struct {
 	v6      bool
 }
 
-func newIPTablesDriver(v6 bool) (*iptablesDriver, error) {
+// newIPTablesDriver returns the driver of one family, writing through the
+// binaries of backend b (the same ones the policy driver uses).
+func newIPTablesDriver(v6 bool, b Backend) (*iptablesDriver, error) {
+	bins := b.bins(v6)
+	if !bins.has() {
+		return nil, fmt.Errorf("%s backend, %s: %w", b.Mode, family(v6), errNoBinaries)
+	}
 	proto := iptables.ProtocolIPv4
 	if v6 {
 		proto = iptables.ProtocolIPv6
 	}
-	ipt, err := iptables.New(iptables.IPFamily(proto), iptables.Timeout(10))
+	ipt, err := iptables.New(iptables.IPFamily(proto), iptables.Timeout(10), iptables.Path(bins.cmd))
 	if err != nil {
-		return nil, fmt.Errorf("iptables: %w", err)
+		return nil, fmt.Errorf("iptables (%s): %w", bins.cmd, err)
 	}
-	name := "iptables"
+	return &iptablesDriver{ipt: ipt, restore: bins.restore, v6: v6}, nil
+}
+
+// family names the iptables command of a family, for messages.
+func family(v6 bool) string {
 	if v6 {
-		name = "ip6tables"
+		return "ip6tables"
 	}
-	bin, err := exec.LookPath(name)
-	if err != nil {
-		return nil, fmt.Errorf("find %s: %w", name, err)
-	}
-	restore := filepath.Join(filepath.Dir(bin), name+"-restore")
-	return &iptablesDriver{ipt: ipt, restore: restore, v6: v6}, nil
+	return "iptables"
 }
 
 var hashComment = regexp.MustCompile(`--comment "?(tern:[A-Za-z0-9_-]+)"?`)
@@ -114,17 +120,60 @@ func (d *iptablesDriver) restoreTable(table string, chains []Chain) error {
 		fmt.Fprintf(&b, ":%s - [0:0]\n", c.Name)
 	}
 	for _, c := range chains {
-		for _, r := range c.Rules {
-			fmt.Fprintf(&b, "-A %s -m comment --comment %s %s\n", c.Name, r.Hash(c.Name), strings.Join(r, " "))
-		}
+		writeChainRules(&b, c.Name, c.Rules)
 	}
 	b.WriteString("COMMIT\n")
-	cmd := exec.Command(d.restore, "--noflush", "--wait", "10")
-	cmd.Stdin = &b
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("%s --noflush (table %s): %w: %s\ninput:\n%s", d.restore, table, err, bytes.TrimSpace(out), b.String())
+	return runRestore(execRun, d.restore, "table "+table, b.Bytes())
+}
+
+// writeChainRules writes the rules of chain as iptables-restore lines, each
+// marked with its hash comment. Arguments with blanks or quotes are quoted.
+func writeChainRules[R ~[]string](b *bytes.Buffer, chain string, rules []R) {
+	for _, r := range rules {
+		fmt.Fprintf(b, "-A %s -m comment --comment %s", chain, Rule(r).Hash(chain))
+		for _, a := range r {
+			b.WriteByte(' ')
+			b.WriteString(quoteArg(a))
+		}
+		b.WriteByte('\n')
+	}
+}
+
+// quoteArg quotes an iptables-restore argument that would otherwise split.
+func quoteArg(a string) string {
+	if a != "" && !strings.ContainsAny(a, " \t\"'\\") {
+		return a
+	}
+	return `"` + strings.NewReplacer(`\`, `\\`, `"`, `\"`).Replace(a) + `"`
+}
+
+// runRestore feeds input to an iptables-restore binary in one transaction,
+// without flushing the tables, waiting for the xtables lock. The error
+// carries the binary's output and the whole input.
+func runRestore(run runner, bin, what string, input []byte) error {
+	if out, err := run(input, bin, "--noflush", "--wait", "10"); err != nil {
+		return fmt.Errorf("%s --noflush (%s): %w: %s\ninput:\n%s", bin, what, err, bytes.TrimSpace(out), input)
 	}
 	return nil
+}
+
+// runner runs a command with stdin (nil for none) and returns its standard
+// output; on failure the error includes its standard error. Drivers hold one
+// so tests can count and inspect what they run.
+type runner func(stdin []byte, name string, args ...string) ([]byte, error)
+
+func execRun(stdin []byte, name string, args ...string) ([]byte, error) {
+	cmd := exec.Command(name, args...)
+	if stdin != nil {
+		cmd.Stdin = bytes.NewReader(stdin)
+	}
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return out, fmt.Errorf("%w: %s", err, bytes.TrimSpace(stderr.Bytes()))
+	}
+	return out, nil
 }
 
 // ensureJumps inserts each jump at the top of its built-in chain unless present.
@@ -159,7 +208,8 @@ var builtinChains = map[string][]string{
 // has (after a flag change, or a pod CIDR family that went), with the jumps
 // to them, and duplicate jumps to chains it keeps. It returns how many chains
 // and jumps it removed. Nothing that is not a TERN- chain or a jump to one is
-// looked at.
+// looked at, and the policy driver's chains (policy.ChainPrefix) are left to
+// it.
 func (d *iptablesDriver) removeStale(plan Plan) (int, error) {
 	want := map[string]bool{}
 	for _, c := range plan.Chains {
@@ -175,7 +225,7 @@ func (d *iptablesDriver) removeStale(plan Plan) (int, error) {
 		}
 		var stale []string
 		for _, c := range chains {
-			if strings.HasPrefix(c, "TERN-") && !want[table+"/"+c] {
+			if strings.HasPrefix(c, "TERN-") && !strings.HasPrefix(c, policy.ChainPrefix) && !want[table+"/"+c] {
 				stale = append(stale, c)
 			}
 		}
@@ -188,7 +238,7 @@ func (d *iptablesDriver) removeStale(plan Plan) (int, error) {
 			seen := map[string]bool{}
 			for _, r := range rules {
 				target := jumpTarget(r)
-				if !strings.HasPrefix(target, "TERN-") {
+				if !strings.HasPrefix(target, "TERN-") || strings.HasPrefix(target, policy.ChainPrefix) {
 					continue
 				}
 				if slices.Contains(stale, target) || seen[target] {
@@ -207,10 +257,8 @@ func (d *iptablesDriver) removeStale(plan Plan) (int, error) {
 			continue
 		}
 		in := "*" + table + "\n" + b.String() + "COMMIT\n"
-		cmd := exec.Command(d.restore, "--noflush", "--wait", "10")
-		cmd.Stdin = strings.NewReader(in)
-		if out, err := cmd.CombinedOutput(); err != nil {
-			return removed, fmt.Errorf("%s --noflush (remove stale, table %s): %w: %s\ninput:\n%s", d.restore, table, err, bytes.TrimSpace(out), in)
+		if err := runRestore(execRun, d.restore, "remove stale, table "+table, []byte(in)); err != nil {
+			return removed, err
 		}
 	}
 	return removed, nil

@@ -9,13 +9,21 @@ import (
 
 // Node applies a Plan to the kernel of the network namespace it runs in.
 type Node struct {
-	log  *slog.Logger
-	ipt4 *iptablesDriver
-	ipt6 *iptablesDriver
+	log     *slog.Logger
+	backend *Backend
+	ipt4    *iptablesDriver
+	ipt6    *iptablesDriver
 }
 
 // NewNode returns a driver for the current network namespace.
 func NewNode(log *slog.Logger) *Node { return &Node{log: log} }
+
+// UseBackend makes the node write through backend b instead of detecting one
+// at its first Apply. Give the node and the policy driver the same backend.
+func (n *Node) UseBackend(b Backend) {
+	n.backend = &b
+	n.ipt4, n.ipt6 = nil, nil
+}
 
 // ApplyStats says what an Apply changed.
 type ApplyStats struct {
@@ -23,7 +31,12 @@ type ApplyStats struct {
 }
 
 // Apply brings the node to plan, writing only what differs. It never removes
-// anything that is not tern's.
+// anything that is not tern's, nor the policy driver's chains.
+//
+// A plan made with NodeConfig.Policy has TERN-FORWARD jump to
+// policy.ChainPolicy: Policy.Apply must have succeeded in this namespace
+// before (it creates that chain in every family), or this Apply fails for
+// that family and leaves the installed TERN-FORWARD as it was.
 func (n *Node) Apply(plan Plan) (ApplyStats, error) {
 	var st ApplyStats
 	var errs []error
@@ -68,7 +81,15 @@ func (n *Node) driver(v6 bool) (*iptablesDriver, error) {
 		p = &n.ipt6
 	}
 	if *p == nil {
-		d, err := newIPTablesDriver(v6)
+		if n.backend == nil {
+			b, err := DetectBackend()
+			if err != nil {
+				return nil, err
+			}
+			n.log.Info("iptables backend", "mode", b.Mode)
+			n.backend = &b
+		}
+		d, err := newIPTablesDriver(v6, *n.backend)
 		if err != nil {
 			return nil, err
 		}

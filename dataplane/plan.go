@@ -1,7 +1,8 @@
 // Package dataplane owns the kernel state of a node that is not per pod: sysctls,
-// tern's routes (route protocol 96) and tern's iptables chains. Plans are pure
-// values computed from the node's configuration; drivers read back what is
-// installed, and write only the difference.
+// tern's routes (route protocol 96), tern's iptables chains, and the ipsets and
+// chains of the compiled NetworkPolicy ruleset (Policy). Plans are pure values
+// computed from the node's configuration; drivers read back what is installed,
+// and write only the difference.
 package dataplane
 
 import (
@@ -10,6 +11,8 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+
+	"github.com/tern-net/tern/policy"
 )
 
 // RouteProtocol marks every route tern writes (iproute2 name: "tern").
@@ -32,6 +35,11 @@ type NodeConfig struct {
 	ClusterCIDRs []netip.Prefix
 	// NATOutgoing masquerades pod traffic leaving ClusterCIDRs.
 	NATOutgoing bool
+	// Policy enforces NetworkPolicy: TERN-FORWARD's first rule jumps to
+	// policy.ChainPolicy, so policy sees pod traffic before TERN-FORWARD
+	// accepts it. The policy driver owns that chain and must have created it
+	// (Policy.Apply) before Node.Apply writes the jump.
+	Policy bool
 }
 
 // Route is a route tern owns, as a value.
@@ -100,10 +108,14 @@ func PlanNode(cfg NodeConfig) Plan {
 		if (v6 && !p.IPv6) || (!v6 && !p.IPv4) {
 			continue
 		}
-		fwd := Chain{IPv6: v6, Table: "filter", Name: ChainForward, Rules: []Rule{
-			{"-i", HostIfPrefix + "+", "-j", "ACCEPT"},
-			{"-o", HostIfPrefix + "+", "-j", "ACCEPT"},
-		}}
+		fwd := Chain{IPv6: v6, Table: "filter", Name: ChainForward}
+		if cfg.Policy {
+			fwd.Rules = append(fwd.Rules, Rule{"-j", policy.ChainPolicy})
+		}
+		fwd.Rules = append(fwd.Rules,
+			Rule{"-i", HostIfPrefix + "+", "-j", "ACCEPT"},
+			Rule{"-o", HostIfPrefix + "+", "-j", "ACCEPT"},
+		)
 		p.Chains = append(p.Chains, fwd)
 		p.Jumps = append(p.Jumps, Jump{IPv6: v6, Table: "filter", From: "FORWARD", To: ChainForward, Comment: "tern: pod forwarding"})
 		if !cfg.NATOutgoing {

@@ -9,6 +9,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/tern-net/tern/policy"
 )
 
 var update = flag.Bool("update", false, "rewrite golden files")
@@ -51,13 +53,6 @@ func renderPlan(p Plan) string {
 		fmt.Fprintf(&b, "%s -t %s -I %s 1 %s\n", family(j.IPv6), j.Table, j.From, strings.Join(spec, " "))
 	}
 	return b.String()
-}
-
-func family(v6 bool) string {
-	if v6 {
-		return "ip6tables"
-	}
-	return "iptables"
 }
 
 func TestPlanNodeGolden(t *testing.T) {
@@ -110,6 +105,10 @@ func TestPlanNodeGolden(t *testing.T) {
 			name: "empty",
 			cfg:  NodeConfig{NATOutgoing: true},
 		},
+		{
+			name: "policy",
+			cfg:  NodeConfig{PodCIDRs: prefixes("10.244.1.0/24", "fd00:10:244:1::/64"), NATOutgoing: true, Policy: true},
+		},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -146,9 +145,11 @@ func TestPlanNodeInvariants(t *testing.T) {
 		{PodCIDRs: prefixes("10.244.1.0/24", "fd00::/64"), NATOutgoing: true},
 		{PodCIDRs: prefixes("10.244.1.0/24", "fd00::/64"), NATOutgoing: false},
 		{PodCIDRs: prefixes("fd00::/64", "10.244.1.0/24"), ClusterCIDRs: prefixes("10.0.0.0/8", "fd00::/48"), NATOutgoing: true},
+		{PodCIDRs: prefixes("10.244.1.0/24", "fd00::/64"), NATOutgoing: true, Policy: true},
+		{PodCIDRs: prefixes("fd00::/64"), Policy: true},
 	}
 	for _, cfg := range cfgs {
-		t.Run(fmt.Sprint(cfg.PodCIDRs, cfg.ClusterCIDRs, cfg.NATOutgoing), func(t *testing.T) {
+		t.Run(fmt.Sprint(cfg.PodCIDRs, cfg.ClusterCIDRs, cfg.NATOutgoing, cfg.Policy), func(t *testing.T) {
 			p := PlanNode(cfg)
 			cluster := cfg.ClusterCIDRs
 			if len(cluster) == 0 {
@@ -186,6 +187,11 @@ func TestPlanNodeInvariants(t *testing.T) {
 					t.Fatalf("%s: no %s chain", family(v6), ChainForward)
 				}
 				wantFwd := []Rule{{"-i", "tern+", "-j", "ACCEPT"}, {"-o", "tern+", "-j", "ACCEPT"}}
+				if cfg.Policy {
+					// Policy first: nothing in TERN-FORWARD accepts pod
+					// traffic before policy has seen it.
+					wantFwd = append([]Rule{{"-j", policy.ChainPolicy}}, wantFwd...)
+				}
 				if !slices.EqualFunc(fwd.Rules, wantFwd, slices.Equal) {
 					t.Errorf("%s %s = %v, want %v", family(v6), ChainForward, fwd.Rules, wantFwd)
 				}
