@@ -17,6 +17,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/tern-net/tern/internal/agentapi"
 )
 
 // Client talks to a running lab's daemon.
@@ -329,3 +331,6 @@ func (c *Client) ProbePods(ctx context.Context, src, dst string, timeout time.Du
 	}
 	return Probe(ctx, from.NetNS, netip.AddrPortFrom(to.IPs[0], port), proto, timeout)
 }
+
+// NewAgentClient is a client of a lab node's agent (NodeState.Socket).
+func NewAgentClient(socket string) *agentapi.Client { return agentapi.NewClient(socket, 5*time.Second) }

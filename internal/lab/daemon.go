@@ -124,7 +124,11 @@ type daemon struct {
 	rr      int      // round-robin position of the scheduler
 	down    chan struct{}
 	stopped sync.Once
+	ctx     context.Context // the daemon's life: the kubelets of added nodes run in it
 }
+
+// frrRoot holds the FRR routers' runtime directories.
+const frrRoot = "/run/tern-lab-frr"
 
 // StatePath, SocketPath, LogPath: the lab's files in dir.
 func StatePath(dir string) string  { return filepath.Join(dir, "state.json") }
@@ -144,6 +148,7 @@ func RunDaemon(cfg Config, log *slog.Logger) error {
 	defer srv.Close()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
+	d.ctx = ctx
 	upErr := make(chan error, 1)
 	go func() { upErr <- d.up(ctx) }()
 	for {
@@ -211,7 +216,7 @@ func (d *daemon) up(ctx context.Context) error {
 			return err
 		}
 	}
-	return d.waitConverged(ctx, 5*time.Minute)
+	return d.waitConverged(ctx, time.Minute+time.Duration(d.cfg.Nodes)*3*time.Second)
 }
 
 func (d *daemon) script(args ...string) (string, error) {
@@ -302,6 +307,9 @@ func (d *daemon) kubectlRun(stdin string, args ...string) (string, error) {
 // as "tern" in the directory the runtime searches.
 func (d *daemon) installPlugin() error {
 	src, err := os.ReadFile(filepath.Join(d.cfg.BinDir, "tern-cni"))
+	if errors.Is(err, os.ErrNotExist) {
+		src, err = os.ReadFile(filepath.Join(d.cfg.BinDir, "tern")) // already under its installed name
+	}
 	if err != nil {
 		return fmt.Errorf("the CNI plugin (build it with make build): %w", err)
 	}
@@ -339,6 +347,15 @@ func (d *daemon) startRouters(initial []Node) error {
 	all := d.cfg.Routers()
 	for _, r := range all {
 		lr := &labRouter{Router: r, netns: fmt.Sprintf("%s-tor%d", d.cfg.Prefix, r.Rack), dir: filepath.Join(d.cfg.Dir, fmt.Sprintf("tor%d", r.Rack))}
+		if r.Kind == RouterFRR {
+			// FRR drops to user frr, which must reach its directory: the lab's
+			// may sit under a private one (a test's temporary directory).
+			lr.dir = filepath.Join(frrRoot, fmt.Sprintf("%s-tor%d", d.cfg.Prefix, r.Rack))
+			_ = os.RemoveAll(lr.dir)
+			if err := os.MkdirAll(frrRoot, 0o755); err != nil {
+				return err
+			}
+		}
 		d.mu.Lock()
 		d.routers = append(d.routers, lr)
 		d.mu.Unlock()
@@ -441,7 +458,7 @@ func (d *daemon) addNode(ctx context.Context, n Node) error {
 	if err := k.register(ctx); err != nil {
 		return err
 	}
-	kctx, cancel := context.WithCancel(ctx)
+	kctx, cancel := context.WithCancel(d.ctx)
 	ln.kubelet, ln.cancel = k, cancel
 	go k.heartbeat(kctx)
 	go k.run(kctx)
@@ -765,7 +782,7 @@ func (d *daemon) waitConverged(ctx context.Context, timeout time.Duration) error
 			last = why
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("not converged after %s: %s", timeout, why)
+			return fmt.Errorf("not converged after %s: %s%s", timeout, why, d.crashing())
 		}
 		select {
 		case <-ctx.Done():
@@ -773,6 +790,32 @@ func (d *daemon) waitConverged(ctx context.Context, timeout time.Duration) error
 		case <-time.After(300 * time.Millisecond):
 		}
 	}
+}
+
+// crashing describes the routers' and agents' processes that keep restarting.
+func (d *daemon) crashing() string {
+	d.mu.Lock()
+	var procs []*proc
+	for _, lr := range d.routers {
+		procs = append(procs, lr.procs...)
+	}
+	for _, ln := range d.nodes {
+		if ln.agent != nil {
+			procs = append(procs, ln.agent)
+		}
+	}
+	d.mu.Unlock()
+	var b strings.Builder
+	for _, p := range procs {
+		p.mu.Lock()
+		n := p.restarts
+		p.mu.Unlock()
+		if n > 0 {
+			log, _ := os.ReadFile(p.logPath)
+			fmt.Fprintf(&b, "\n%s restarted %d times; the end of %s:\n%s", p.name, n, p.logPath, tail(string(log), 600))
+		}
+	}
+	return b.String()
 }
 
 // converged reports whether the lab is fully up, and if not, why.
@@ -936,6 +979,11 @@ func (d *daemon) teardown() {
 		if d.kubeDir != "" {
 			if _, err := d.script("down", d.kubeDir); err != nil {
 				d.log.Warn("control plane down", "err", err)
+			}
+		}
+		for _, lr := range routers {
+			if strings.HasPrefix(lr.dir, frrRoot+"/") {
+				_ = os.RemoveAll(lr.dir)
 			}
 		}
 		_ = os.Remove(StatePath(d.cfg.Dir))

@@ -1,0 +1,298 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/tern-net/tern/internal/lab"
+)
+
+func ctx(t *testing.T) context.Context {
+	c, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	t.Cleanup(cancel)
+	return c
+}
+
+func state(t *testing.T) lab.State {
+	t.Helper()
+	s, err := client.State(ctx(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+var kubectlPath = sync.OnceValue(func() string {
+	out, _ := exec.Command("bash", "../hack/kube-env.sh", "bindir").Output()
+	return filepath.Join(strings.TrimSpace(string(out)), "kubectl")
+})
+
+// kubectl runs kubectl on the lab with stdin as "-".
+func kubectl(t *testing.T, stdin string, args ...string) string {
+	t.Helper()
+	cmd := exec.Command(kubectlPath(), append([]string{"--kubeconfig", state(t).Kubeconfig}, args...)...)
+	cmd.Stdin = strings.NewReader(stdin)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("kubectl %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
+// podYAML is a pod pinned to node serving TCP 80 and UDP 81 (named ports).
+func podYAML(ns, name, node string, labels map[string]string) string {
+	l := fmt.Sprintf("pod: %s", name)
+	for k, v := range labels {
+		l += fmt.Sprintf(", %s: %s", k, v)
+	}
+	nodeLine := ""
+	if node != "" {
+		nodeLine = "  nodeName: " + node + "\n"
+	}
+	return fmt.Sprintf(`apiVersion: v1
+kind: Pod
+metadata: {name: %s, namespace: %s, labels: {%s}}
+spec:
+%s  containers:
+  - name: serve
+    image: tern-lab/server
+    ports:
+    - {name: serve-80-tcp, containerPort: 80, protocol: TCP}
+    - {name: serve-81-tcp, containerPort: 81, protocol: TCP}
+    - {name: serve-80-udp, containerPort: 80, protocol: UDP}
+    - {name: serve-81-udp, containerPort: 81, protocol: UDP}
+---
+`, name, ns, l, nodeLine)
+}
+
+func namespace(t *testing.T, name string, labels string) {
+	t.Helper()
+	kubectl(t, fmt.Sprintf("apiVersion: v1\nkind: Namespace\nmetadata: {name: %s, labels: {%s}}\n", name, labels), "apply", "-f", "-")
+	t.Cleanup(func() {
+		cmd := exec.Command(kubectlPath(), "--kubeconfig", state(t).Kubeconfig, "delete", "namespace", name, "--wait=false")
+		_ = cmd.Run()
+	})
+}
+
+// waitPods waits until the lab runs every pod ("ns/name") with an address.
+func waitPods(t *testing.T, ids ...string) map[string]lab.PodInfo {
+	t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		pods, err := client.Pods(ctx(t))
+		got := map[string]lab.PodInfo{}
+		for _, p := range pods {
+			if len(p.IPs) > 0 {
+				got[p.Namespace+"/"+p.Name] = p
+			}
+		}
+		missing := 0
+		for _, id := range ids {
+			if _, ok := got[id]; !ok {
+				missing++
+			}
+		}
+		if err == nil && missing == 0 {
+			return got
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("pods not running after 60 s (%d of %v missing, err %v)", missing, ids, err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+func probe(t *testing.T, from lab.PodInfo, to lab.PodInfo, port uint16, proto string) (string, error) {
+	return lab.Probe(ctx(t), from.NetNS, netip.AddrPortFrom(to.IPs[0], port), proto, 2*time.Second)
+}
+
+// TestPodToPod: every pod reaches every other over TCP and UDP, across nodes
+// in a rack (behind BIRD), and across racks (BIRD and FRR).
+func TestPodToPod(t *testing.T) {
+	s := state(t)
+	if len(s.Nodes) < 4 || len(s.Routers) != 2 {
+		t.Fatalf("lab: %d nodes %d routers", len(s.Nodes), len(s.Routers))
+	}
+	namespace(t, "e2e-conn", "e2e: conn")
+	var yaml string
+	var ids []string
+	for i, n := range s.Nodes[:4] {
+		name := fmt.Sprintf("p%d", i+1)
+		yaml += podYAML("e2e-conn", name, n.Name, nil)
+		ids = append(ids, "e2e-conn/"+name)
+	}
+	kubectl(t, yaml, "apply", "-f", "-")
+	pods := waitPods(t, ids...)
+	for _, from := range ids {
+		for _, to := range ids {
+			for _, proto := range []string{"TCP", "UDP"} {
+				got, err := probe(t, pods[from], pods[to], 80, proto)
+				if err != nil || got != to {
+					t.Errorf("%s -> %s:80/%s (%s to %s): %q %v", from, to, proto, pods[from].Node, pods[to].Node, got, err)
+				}
+			}
+		}
+	}
+}
+
+// TestPodRecreated: a deleted pod's namespace and veth go; the pod created
+// again under the same name gets an address and is reachable again.
+func TestPodRecreated(t *testing.T) {
+	s := state(t)
+	namespace(t, "e2e-again", "e2e: again")
+	kubectl(t, podYAML("e2e-again", "client", s.Nodes[0].Name, nil)+podYAML("e2e-again", "server", s.Nodes[1].Name, nil), "apply", "-f", "-")
+	pods := waitPods(t, "e2e-again/client", "e2e-again/server")
+	old := pods["e2e-again/server"]
+	if got, err := probe(t, pods["e2e-again/client"], old, 80, "TCP"); err != nil || got != "e2e-again/server" {
+		t.Fatalf("before: %q %v", got, err)
+	}
+	kubectl(t, "", "delete", "pod", "-n", "e2e-again", "server", "--wait=true", "--timeout=60s")
+	if _, err := exec.Command("ip", "netns", "pids", old.NetNS).Output(); err == nil {
+		t.Errorf("the deleted pod's namespace %s is still there", old.NetNS)
+	}
+	kubectl(t, podYAML("e2e-again", "server", s.Nodes[1].Name, nil), "apply", "-f", "-")
+	pods = waitPods(t, "e2e-again/client", "e2e-again/server")
+	if pods["e2e-again/server"].NetNS == old.NetNS {
+		t.Errorf("the new pod reuses the old namespace %s", old.NetNS)
+	}
+	if got, err := probe(t, pods["e2e-again/client"], pods["e2e-again/server"], 80, "TCP"); err != nil || got != "e2e-again/server" {
+		t.Fatalf("after recreation (%v): %q %v", pods["e2e-again/server"].IPs, got, err)
+	}
+}
+
+// TestAgentKilled: a 100 ms TCP probe from rack 2 to a pod in rack 1 loses
+// nothing while that pod's node agent is killed with SIGKILL and restarted by
+// the lab (graceful restart: BIRD keeps the node's routes, the node's kernel
+// keeps its own).
+func TestAgentKilled(t *testing.T) {
+	s := state(t)
+	victim, other := s.Nodes[0], s.Nodes[1] // rack 1 (BIRD), rack 2 (FRR)
+	if victim.Rack == other.Rack {
+		t.Fatalf("nodes %s and %s share a rack", victim.Name, other.Name)
+	}
+	namespace(t, "e2e-gr", "e2e: gr")
+	kubectl(t, podYAML("e2e-gr", "server", victim.Name, nil)+podYAML("e2e-gr", "client", other.Name, nil), "apply", "-f", "-")
+	pods := waitPods(t, "e2e-gr/server", "e2e-gr/client")
+
+	var sent, lost atomic.Int64
+	var firstErr atomic.Value
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		tick := time.NewTicker(100 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-tick.C:
+			}
+			sent.Add(1)
+			got, err := lab.Probe(context.Background(), pods["e2e-gr/client"].NetNS, netip.AddrPortFrom(pods["e2e-gr/server"].IPs[0], 80), "TCP", time.Second)
+			if err != nil || got != "e2e-gr/server" {
+				lost.Add(1)
+				firstErr.CompareAndSwap(nil, fmt.Sprintf("%s: %q %v", time.Now().Format("15:04:05.000"), got, err))
+			}
+		}
+	}()
+	time.Sleep(time.Second)
+	if err := syscall.Kill(victim.AgentPID, syscall.SIGKILL); err != nil {
+		t.Fatalf("kill agent %d: %v", victim.AgentPID, err)
+	}
+	killed := time.Now()
+	// The lab restarts it; wait until it is back and has its session up again.
+	var restarted bool
+	for time.Since(killed) < 30*time.Second {
+		for _, n := range state(t).Nodes {
+			if n.Name == victim.Name && n.AgentPID != 0 && n.AgentPID != victim.AgentPID {
+				restarted = true
+			}
+		}
+		if restarted {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	time.Sleep(8 * time.Second) // the new agent syncs and re-establishes its session
+	close(stop)
+	<-done
+	if !restarted {
+		t.Fatalf("the lab did not restart the killed agent within 30 s")
+	}
+	t.Logf("probes: %d sent, %d lost over the agent's SIGKILL and restart", sent.Load(), lost.Load())
+	if lost.Load() != 0 {
+		t.Errorf("%d of %d probes lost (first: %v)", lost.Load(), sent.Load(), firstErr.Load())
+	}
+}
+
+// TestNodeAddRemove: a node added to the running lab is reachable within
+// seconds; removed, its pod CIDR leaves every other node's routing table.
+func TestNodeAddRemove(t *testing.T) {
+	s := state(t)
+	t0 := time.Now()
+	out, err := labCmd("node", "add", "--rack", "2").CombinedOutput()
+	if err != nil {
+		t.Fatalf("node add: %v\n%s", err, out)
+	}
+	var added lab.NodeState
+	for _, n := range state(t).Nodes {
+		if n.Number > len(s.Nodes) && n.Number > added.Number {
+			added = n
+		}
+	}
+	if added.Name == "" || added.Rack != 2 {
+		t.Fatalf("added node: %+v (%s)", added, out)
+	}
+	namespace(t, "e2e-add", "e2e: add")
+	kubectl(t, podYAML("e2e-add", "new", added.Name, nil)+podYAML("e2e-add", "old", s.Nodes[0].Name, nil), "apply", "-f", "-")
+	pods := waitPods(t, "e2e-add/new", "e2e-add/old")
+	var got string
+	for time.Since(t0) < 60*time.Second {
+		if got, err = probe(t, pods["e2e-add/old"], pods["e2e-add/new"], 80, "TCP"); err == nil {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if got != "e2e-add/new" {
+		t.Fatalf("pod on the added node %s not reachable from rack 1: %q %v", added.Name, got, err)
+	}
+	t.Logf("node %s added: its pod reachable from rack 1 %s after `node add`", added.Name, time.Since(t0).Round(10*time.Millisecond))
+
+	cidr := ""
+	if st, err := lab.NewAgentClient(added.Socket).Status(ctx(t)); err == nil && len(st.PodCIDRs) > 0 {
+		cidr = st.PodCIDRs[0].String()
+	}
+	if cidr == "" {
+		t.Fatal("the added node's agent reports no pod CIDR")
+	}
+	t1 := time.Now()
+	if out, err := labCmd("node", "remove", added.Name).CombinedOutput(); err != nil {
+		t.Fatalf("node remove: %v\n%s", err, out)
+	}
+	if _, err := exec.Command("ip", "netns", "pids", added.NetNS).Output(); err == nil {
+		t.Errorf("the removed node's namespace %s is still there", added.NetNS)
+	}
+	for _, n := range s.Nodes {
+		for {
+			out, err := exec.Command("ip", "-n", n.NetNS, "route", "show", cidr).Output()
+			if err == nil && strings.TrimSpace(string(out)) == "" {
+				break
+			}
+			if time.Since(t1) > 30*time.Second {
+				t.Fatalf("%s still routes the removed node's %s: %s", n.Name, cidr, out)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	t.Logf("node %s removed: its pod CIDR %s gone from every node %s after `node remove` began", added.Name, cidr, time.Since(t1).Round(10*time.Millisecond))
+}

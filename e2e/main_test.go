@@ -1,0 +1,151 @@
+// Package e2e runs tern end to end on a lab (tern-lab): the real control
+// plane, real agents in node namespaces, real BIRD and FRR top-of-rack
+// routers, pods attached by the real CNI plugin through libcni. It needs root;
+// `make e2e` runs it alone, `make test` with everything else.
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/tern-net/tern/internal/lab"
+	"github.com/tern-net/tern/internal/nodetest"
+)
+
+// The lab every test here shares: 4 nodes in 2 racks, rack 1 behind BIRD and
+// rack 2 behind FRR.
+var (
+	labDir, binDir string
+	client         *lab.Client
+	prefix         = "tle2e"
+)
+
+func TestMain(m *testing.M) {
+	code, err := run(m)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "e2e:", err)
+		if code == 0 {
+			code = 1
+		}
+	}
+	os.Exit(code)
+}
+
+func run(m *testing.M) (int, error) {
+	if os.Geteuid() != 0 {
+		if nodetest.InCI() {
+			return 1, fmt.Errorf("the end-to-end tests need root (CI runs as root)")
+		}
+		fmt.Fprintln(os.Stderr, "e2e: not root: the end-to-end tests did not run")
+		return 0, nil
+	}
+	root, err := nodetest.ModuleRoot()
+	if err != nil {
+		return 1, err
+	}
+	tmp, err := os.MkdirTemp("", "tern-e2e-")
+	if err != nil {
+		return 1, err
+	}
+	defer os.RemoveAll(tmp)
+	labDir, binDir = filepath.Join(tmp, "lab"), filepath.Join(tmp, "bin")
+	build := exec.Command("go", "build", "-trimpath", "-ldflags=-s -w", "-o", binDir+"/", "./cmd/...")
+	build.Dir, build.Env = root, append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
+		return 1, fmt.Errorf("go build: %w\n%s", err, out)
+	}
+	before := rootSnapshot()
+	up := labCmd("up", "--nodes", "4", "--racks", "2", "--router", "mixed")
+	up.Dir = root
+	t0 := time.Now()
+	if out, err := up.CombinedOutput(); err != nil {
+		labCmd("down").Run()
+		return 1, fmt.Errorf("tern-lab up: %w\n%s", err, out)
+	}
+	fmt.Fprintf(os.Stderr, "e2e: lab up in %s\n", time.Since(t0).Round(100*time.Millisecond))
+	client = lab.NewClient(labDir)
+	st, _ := client.State(context.Background())
+	code := m.Run()
+	if code != 0 {
+		fmt.Fprintf(os.Stderr, "e2e: lab log (tail):\n%s\n", tailFile(lab.LogPath(labDir), 4000))
+	}
+	// tern-lab down leaves nothing: no namespace, no process it started, and
+	// the host's own links, routes and iptables rules as they were.
+	if out, err := labCmd("down").CombinedOutput(); err != nil {
+		return 1, fmt.Errorf("tern-lab down: %w\n%s", err, out)
+	}
+	var problems []string
+	if left, _ := filepath.Glob(filepath.Join(lab.NetNSDir, prefix+"-*")); len(left) > 0 {
+		problems = append(problems, "namespaces left: "+strings.Join(left, " "))
+	}
+	pids := []int{st.PID}
+	for _, n := range st.Nodes {
+		pids = append(pids, n.AgentPID)
+	}
+	for _, r := range st.Routers {
+		pids = append(pids, r.PIDs...)
+	}
+	for _, p := range pids {
+		if p > 0 && processAlive(p) {
+			problems = append(problems, fmt.Sprintf("process %d still running", p))
+		}
+	}
+	if after := rootSnapshot(); after != before {
+		problems = append(problems, "the host's namespace changed:\n--- before\n"+before+"\n--- after\n"+after)
+	}
+	if len(problems) > 0 {
+		return 1, fmt.Errorf("after tern-lab down:\n%s", strings.Join(problems, "\n"))
+	}
+	fmt.Fprintln(os.Stderr, "e2e: tern-lab down left no namespace, process, link, route or rule")
+	return code, nil
+}
+
+func labCmd(args ...string) *exec.Cmd {
+	c := exec.Command(filepath.Join(binDir, "tern-lab"), args...)
+	c.Env = append(os.Environ(), "TERN_LAB_DIR="+labDir, "TERN_LAB_NAME="+prefix)
+	return c
+}
+
+func processAlive(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	i := strings.LastIndexByte(string(b), ')')
+	return !(i > 0 && i+2 < len(b) && b[i+2] == 'Z')
+}
+
+// rootSnapshot is the host namespace's links, routes and iptables rules
+// (without counters).
+func rootSnapshot() string {
+	var b strings.Builder
+	for _, args := range [][]string{{"ip", "-o", "link", "show"}, {"ip", "route", "show", "table", "all"}, {"iptables-save"}, {"ip6tables-save"}} {
+		out, _ := exec.Command(args[0], args[1:]...).Output()
+		for _, l := range strings.Split(string(out), "\n") {
+			if strings.HasPrefix(l, "#") {
+				continue
+			}
+			if strings.HasPrefix(l, ":") { // chain policy line with counters
+				if i := strings.Index(l, " ["); i > 0 {
+					l = l[:i]
+				}
+			}
+			b.WriteString(l + "\n")
+		}
+	}
+	return b.String()
+}
+
+func tailFile(path string, n int) string {
+	b, _ := os.ReadFile(path)
+	if len(b) > n {
+		b = b[len(b)-n:]
+	}
+	return string(b)
+}
