@@ -10,13 +10,26 @@ export PATH := $(BIN):$(PATH)
 
 IMAGE ?= ghcr.io/tern-net/tern:$(VERSION)
 
-.PHONY: help build deps test test-unit lint bench tools image
+.PHONY: help build deps test test-unit lint bench tools image lab lab-down e2e
 .DEFAULT_GOAL := help
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z][a-zA-Z_-]*:.*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-build: ## build bin/tern-agent, bin/tern-cni, bin/ternctl
+LAB_ARGS ?= --nodes 4 --racks 2 --router mixed
+
+lab: deps build kube-env ## a real cluster on this machine (root): 4 nodes, 2 racks behind BIRD and FRR, then a demo
+	@if [ "$$(id -u)" != 0 ]; then echo "make lab needs root: it creates network namespaces" >&2; exit 1; fi
+	$(BIN)/tern-lab up $(LAB_ARGS)
+	$(BIN)/tern-lab demo
+
+lab-down: ## stop the lab and remove everything it made
+	$(BIN)/tern-lab down
+
+e2e: deps build kube-env ## end-to-end tests on a lab (root), also part of make test
+	$(GO) test -count=1 -v -timeout 20m ./e2e/...
+
+build: ## build bin/tern-agent, bin/tern-cni, bin/ternctl, bin/tern-lab
 	@mkdir -p $(BIN)
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/ ./cmd/...
 

@@ -35,10 +35,13 @@ type Input struct {
 // Pod is what policy needs of a pod.
 type Pod struct {
 	Namespace, Name string
-	Node            string
-	Labels          map[string]string
-	IPs             []netip.Addr
-	HostNetwork     bool
+	// UID tells the pod from an earlier one of the same name (not used by
+	// Compile).
+	UID         string
+	Node        string
+	Labels      map[string]string
+	IPs         []netip.Addr
+	HostNetwork bool
 	// HostIf is the host side of the pod's veth (local pods only); policing
 	// is keyed on it, so rules can exist before the pod has an address.
 	HostIf string

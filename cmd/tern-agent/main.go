@@ -56,6 +56,8 @@ func run(args []string) error {
 	fs.BoolVar(&cfg.BGP, "bgp", true, "run the BGP speaker: announce this node's pod CIDRs, install the other nodes' (Kubernetes mode)")
 	fs.StringVar(&cfg.SecretNamespace, "secret-namespace", envOr("POD_NAMESPACE", "tern-system"), "namespace of the Secrets that BGPPeers name (default $POD_NAMESPACE or tern-system)")
 	fs.DurationVar(&cfg.Resync, "resync", 30*time.Second, "period of the resync that repairs drift")
+	fs.BoolVar(&cfg.NetworkPolicy, "network-policy", true, "enforce Kubernetes NetworkPolicy (Kubernetes mode)")
+	fs.BoolVar(&cfg.LogDrops, "log-policy-drops", false, "log packets dropped by NetworkPolicy to NFLOG group 2500 (rate-limited)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}

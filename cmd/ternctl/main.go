@@ -23,6 +23,8 @@ usage:
   ternctl [--socket PATH] status          the agent's readiness and pod CIDR usage
   ternctl [--socket PATH] node status     this node's BGP sessions (address, AS, type, state, since, prefixes)
   ternctl [--socket PATH] routes          the routes tern installed from BGP
+  ternctl [--socket PATH] policy show NAMESPACE/POD
+                                          the NetworkPolicies selecting a pod of this node and its rules
   ternctl [--socket PATH] ipam show       every address allocation on this node
   ternctl [--socket PATH] ipam release CONTAINER-ID [IFNAME]
                                           release one allocation by hand (as CNI DEL would)
@@ -123,6 +125,17 @@ func run(args []string, out io.Writer) error {
 			fmt.Fprintf(w, "%s\t%s\n", r.Dst, strings.Join(gws, ", "))
 		}
 		return w.Flush()
+	case strings.HasPrefix(cmd, "policy show "):
+		pod := strings.TrimPrefix(cmd, "policy show ")
+		v, err := c.Policy(ctx, pod)
+		if err != nil {
+			return hint(err, *socket)
+		}
+		if *format == "json" {
+			return printJSON(out, v)
+		}
+		printPolicy(out, v)
+		return nil
 	case cmd == "ipam show":
 		list, err := c.List(ctx)
 		if err != nil {
@@ -181,4 +194,35 @@ func printJSON(out io.Writer, v any) error {
 	enc := json.NewEncoder(out)
 	enc.SetIndent("", "  ")
 	return enc.Encode(v)
+}
+
+// printPolicy prints which policies select a pod and the rules in force.
+func printPolicy(out io.Writer, v agentapi.PodPolicy) {
+	ips := make([]string, len(v.IPs))
+	for i, a := range v.IPs {
+		ips[i] = a.String()
+	}
+	fmt.Fprintf(out, "pod %s (host veth %s, %s)\n", v.Pod, v.HostIf, strings.Join(ips, ", "))
+	for _, d := range []struct {
+		name, chain string
+		policies    []string
+		rules       []string
+	}{{"ingress", v.IngressChain, v.Ingress, v.IngressRules}, {"egress", v.EgressChain, v.Egress, v.EgressRules}} {
+		if len(d.policies) == 0 {
+			fmt.Fprintf(out, "\n%s: open (no policy selects the pod for %s)\n", d.name, d.name)
+			continue
+		}
+		fmt.Fprintf(out, "\n%s: isolated by %s\n  chain %s:\n", d.name, strings.Join(d.policies, ", "), d.chain)
+		for _, r := range d.rules {
+			fmt.Fprintf(out, "    %s\n", r)
+		}
+	}
+	if len(v.Sets) > 0 {
+		fmt.Fprintln(out, "\nsets:")
+		w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+		for _, s := range v.Sets {
+			fmt.Fprintf(w, "  %s\t%s\t%d members\t%s\n", s.Name, s.Type, s.Members, s.Comment)
+		}
+		w.Flush()
+	}
 }

@@ -21,6 +21,7 @@ import (
 	"github.com/tern-net/tern/internal/agentapi"
 	"github.com/tern-net/tern/internal/k8s"
 	"github.com/tern-net/tern/ipam"
+	"github.com/tern-net/tern/policy"
 )
 
 // Config is the agent's configuration, from flags.
@@ -46,6 +47,10 @@ type Config struct {
 	BGP bool
 	// SecretNamespace holds the Secrets of BGP passwords.
 	SecretNamespace string
+	// NetworkPolicy enforces Kubernetes NetworkPolicy (Kubernetes mode).
+	NetworkPolicy bool
+	// LogDrops logs packets that policy drops (NFLOG group 2500, rate-limited).
+	LogDrops bool
 }
 
 // SocketPath is where the agent serves the CNI plugin.
@@ -74,12 +79,13 @@ func (c Config) Validate(withCluster bool) error {
 
 // Agent is one node's tern-agent.
 type Agent struct {
-	cfg     Config
-	log     *slog.Logger
-	ipam    *ipam.Allocator
-	node    *dataplane.Node
-	cluster Cluster // nil in standalone mode
-	metrics *metrics
+	cfg      Config
+	log      *slog.Logger
+	ipam     *ipam.Allocator
+	node     *dataplane.Node
+	policyDP *dataplane.Policy
+	cluster  Cluster // nil in standalone mode
+	metrics  *metrics
 
 	// Owned by the reconcile goroutine.
 	runCtx           context.Context
@@ -99,6 +105,12 @@ type Agent struct {
 	writes  uint64
 	mtu     int // of the node's uplink, read at each reconcile
 	bgpView agentapi.BGP
+	ruleset *policy.Ruleset // last applied
+
+	passMu        sync.Mutex
+	passesStarted uint64
+	passesDone    uint64
+	passCh        chan struct{} // closed at the end of each pass
 }
 
 // Run starts the agent and blocks until ctx is done. Kernel state it wrote stays
@@ -122,10 +134,19 @@ func Run(ctx context.Context, cfg Config, cluster Cluster, log *slog.Logger) err
 	if err != nil {
 		return err
 	}
-	a := &Agent{cfg: cfg, log: log, ipam: alloc, node: dataplane.NewNode(log), cluster: cluster,
+	a := &Agent{cfg: cfg, log: log, ipam: alloc, node: dataplane.NewNode(log), policyDP: dataplane.NewPolicy(log), cluster: cluster, passCh: make(chan struct{}),
 		trigger: make(chan struct{}, 1), disposal: make(chan agentapi.HostLink, 1024),
 		missing: map[ipam.Key]time.Time{}, metrics: newMetrics()}
 	a.metrics.register(a)
+
+	// The host's iptables backend (nft or legacy), as kube-proxy would use it.
+	if b, err := dataplane.DetectBackend(); err != nil {
+		log.Warn("iptables backend not detected; using the default iptables", "err", err)
+	} else {
+		a.node.UseBackend(b)
+		a.policyDP.UseBackend(b)
+		log.Info("iptables backend", "mode", b.String())
+	}
 
 	ln, err := listenUnix(cfg.SocketPath())
 	if err != nil {
@@ -233,15 +254,20 @@ func (a *Agent) reconcileLoop(ctx context.Context) {
 	tick := time.NewTicker(a.cfg.Resync)
 	defer tick.Stop()
 	backoff := time.Duration(0)
+	resync := false // the periodic pass also reads back what drivers cache
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-a.trigger:
 		case <-tick.C:
+			resync = true
 		}
 		t0 := time.Now()
-		err := a.reconcile(ctx)
+		a.passStarted()
+		err := a.reconcile(ctx, resync)
+		resync = false
+		a.passFinished()
 		a.heartbeat.Store(time.Now().UnixNano())
 		a.metrics.observe(time.Since(t0), err)
 		a.mu.Lock()
@@ -264,14 +290,22 @@ func (a *Agent) reconcileLoop(ctx context.Context) {
 	}
 }
 
-func (a *Agent) reconcile(ctx context.Context) error {
+func (a *Agent) reconcile(ctx context.Context, resync bool) error {
+	usePolicy := a.cluster != nil && a.cfg.NetworkPolicy
 	if a.cluster != nil {
 		if err := a.clusterPools(); err != nil {
 			return err
 		}
 	}
+	// Policy first: TERN-FORWARD jumps to TERN-POLICY, which must exist, and
+	// a new pod's rules are in force before anything lets its traffic through.
+	if usePolicy {
+		if err := a.syncPolicy(resync); err != nil {
+			return fmt.Errorf("network policy: %w", err)
+		}
+	}
 	plan := dataplane.PlanNode(dataplane.NodeConfig{
-		PodCIDRs: a.ipam.Pools(), ClusterCIDRs: a.cfg.ClusterCIDRs, NATOutgoing: a.cfg.NATOutgoing,
+		PodCIDRs: a.ipam.Pools(), ClusterCIDRs: a.cfg.ClusterCIDRs, NATOutgoing: a.cfg.NATOutgoing, Policy: usePolicy,
 	})
 	st, err := a.node.Apply(plan)
 	mtu := dataplane.UplinkMTU()

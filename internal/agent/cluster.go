@@ -11,6 +11,7 @@ import (
 	"github.com/tern-net/tern/dataplane"
 	"github.com/tern-net/tern/internal/k8s"
 	"github.com/tern-net/tern/ipam"
+	"github.com/tern-net/tern/policy"
 )
 
 // Cluster is what the agent needs of the Kubernetes API.
@@ -29,6 +30,8 @@ type Cluster interface {
 	// ServiceIPs returns the Services' external and load-balancer IPs.
 	ServiceIPs() ([]bgp.ServiceIP, error)
 	SetNetworkAvailable(ctx context.Context) error
+	// PolicyInput is the NetworkPolicy snapshot: every pod, namespace and policy.
+	PolicyInput() (policy.Input, error)
 }
 
 var _ Cluster = (*k8s.Watcher)(nil)

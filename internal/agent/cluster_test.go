@@ -14,6 +14,7 @@ import (
 	"github.com/tern-net/tern/bgp"
 	"github.com/tern-net/tern/internal/k8s"
 	"github.com/tern-net/tern/ipam"
+	"github.com/tern-net/tern/policy"
 )
 
 // fakeCluster is a Cluster of values; PodGone answers from live (the API
@@ -45,6 +46,7 @@ func (f *fakeCluster) PodGone(_ context.Context, ns, name, uid string) (bool, er
 }
 func (f *fakeCluster) SetNetworkAvailable(context.Context) error { f.patches++; return nil }
 func (f *fakeCluster) ServiceIPs() ([]bgp.ServiceIP, error)      { return nil, nil }
+func (f *fakeCluster) PolicyInput() (policy.Input, error)        { return policy.Input{}, nil }
 func (f *fakeCluster) BGPInput(context.Context, string) ([]bgp.NodeInfo, bgp.Config, []bgp.PeerSpec, []error) {
 	return nil, bgp.DefaultConfig(), nil, nil
 }

@@ -16,6 +16,7 @@ type metrics struct {
 	reconcileTime   prometheus.Histogram
 	reconcileErrors prometheus.Counter
 	bgpErrors       prometheus.Counter
+	policyErrors    prometheus.Counter
 }
 
 func newMetrics() *metrics {
@@ -31,6 +32,9 @@ func newMetrics() *metrics {
 		bgpErrors: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "tern_bgp_errors_total", Help: "BGP passes with an error (planning, peers, announcements, route programming).",
 		}),
+		policyErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "tern_policy_errors_total", Help: "NetworkPolicy applies that failed (ipset or iptables).",
+		}),
 	}
 }
 
@@ -45,7 +49,7 @@ func (m *metrics) observe(d time.Duration, err error) {
 
 // register adds the figures read from a at scrape time.
 func (m *metrics) register(a *Agent) {
-	m.reg.MustRegister(m.reconcileTime, m.reconcileErrors, m.bgpErrors,
+	m.reg.MustRegister(m.reconcileTime, m.reconcileErrors, m.bgpErrors, m.policyErrors,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m.reg.MustRegister(bgpCollector{a: a,
 		up:       prometheus.NewDesc("tern_bgp_session_up", "1 when the BGP session with the peer is established.", []string{"peer", "kind"}, nil),

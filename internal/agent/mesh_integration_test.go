@@ -107,7 +107,10 @@ func TestBGPMesh(t *testing.T) {
 			t.Fatalf("%s keeps the deleted node as a peer: %v", n.Name, err)
 		}
 	}
-	if !strings.Contains(nodes[2].AgentLog(), "BGP routes withdrawn, sessions closed") {
+	// The others may drop it (it is gone from the API) just before it leaves.
+	if err := kubetest.Eventually(10*time.Second, func(context.Context) (bool, error) {
+		return strings.Contains(nodes[2].AgentLog(), "BGP routes withdrawn, sessions closed"), nil
+	}); err != nil {
 		t.Fatalf("the deleted node's agent did not leave BGP:\n%s", clustertest.Tail(nodes[2].AgentLog(), 2000))
 	}
 }

@@ -25,6 +25,7 @@ func (a *Agent) handler() http.Handler {
 	mux.HandleFunc("GET "+agentapi.PathAllocation, a.serveGet)
 	mux.HandleFunc("GET "+agentapi.PathAllocations, a.serveList)
 	mux.HandleFunc("POST "+agentapi.PathGC, a.serveGC)
+	mux.HandleFunc("GET "+agentapi.PathPolicy, a.servePolicy)
 	mux.HandleFunc("GET "+agentapi.PathBGP, func(w http.ResponseWriter, _ *http.Request) {
 		a.mu.Lock()
 		v := a.bgpView
@@ -78,6 +79,7 @@ func (a *Agent) serveAllocate(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	a.log.Debug("allocated", "attachment", req.Attachment, "pod", req.Namespace+"/"+req.Pod, "ips", al.IPs)
+	a.awaitPolicy(r.Context(), req.Namespace, req.Pod)
 	out := toAPI(al)
 	out.MTU = a.uplinkMTU()
 	writeJSON(w, http.StatusOK, out)

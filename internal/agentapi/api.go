@@ -29,6 +29,7 @@ const (
 	PathAllocations = "/v1/allocations"
 	PathGC          = "/v1/gc"
 	PathBGP         = "/v1/bgp"
+	PathPolicy      = "/v1/policy"
 )
 
 // DefaultSocket is where the CNI plugin finds the agent unless configured.
@@ -221,6 +222,37 @@ func (c *Client) List(ctx context.Context) ([]Allocation, error) {
 func (c *Client) BGP(ctx context.Context) (BGP, error) {
 	var out BGP
 	err := c.do(ctx, "GET", PathBGP, nil, &out)
+	return out, err
+}
+
+// PodPolicy is the NetworkPolicy in force for one pod on the node.
+type PodPolicy struct {
+	Pod    string       `json:"pod"`
+	HostIf string       `json:"hostIf"`
+	IPs    []netip.Addr `json:"ips"`
+	// Ingress/Egress: the policies ("namespace/name") selecting the pod in
+	// that direction; none means the pod is open in that direction.
+	Ingress      []string    `json:"ingress"`
+	Egress       []string    `json:"egress"`
+	IngressChain string      `json:"ingressChain,omitempty"`
+	EgressChain  string      `json:"egressChain,omitempty"`
+	IngressRules []string    `json:"ingressRules,omitempty"`
+	EgressRules  []string    `json:"egressRules,omitempty"`
+	Sets         []PolicySet `json:"sets,omitempty"`
+}
+
+// PolicySet is an ipset the pod's rules use.
+type PolicySet struct {
+	Name    string `json:"name"`
+	Type    string `json:"type"`
+	Comment string `json:"comment"`
+	Members int    `json:"members"`
+}
+
+// Policy returns the NetworkPolicy in force for the pod "namespace/name".
+func (c *Client) Policy(ctx context.Context, pod string) (PodPolicy, error) {
+	var out PodPolicy
+	err := c.do(ctx, "GET", PathPolicy+"?pod="+url.QueryEscape(pod), nil, &out)
 	return out, err
 }
 

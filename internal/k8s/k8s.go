@@ -21,7 +21,6 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/dynamic"
@@ -30,6 +29,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	corelisters "k8s.io/client-go/listers/core/v1"
 	discoverylisters "k8s.io/client-go/listers/discovery/v1"
+	networkinglisters "k8s.io/client-go/listers/networking/v1"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/clientcmd"
@@ -85,8 +85,13 @@ func podFromAPI(p *corev1.Pod) Pod {
 }
 
 // trim drops from cached objects what the agent never reads and what makes
-// most of their size: managed fields, and a node's list of images.
+// most of their size: managed fields, a node's list of images, and of a pod
+// everything but its identity, labels, node, ports and addresses (the agent
+// watches every pod of the cluster, for policy peers).
 func trim(obj any) (any, error) {
+	if p, ok := obj.(*corev1.Pod); ok {
+		return slimPod(p), nil
+	}
 	if m, ok := obj.(metav1.Object); ok {
 		m.SetManagedFields(nil)
 	}
@@ -94,6 +99,34 @@ func trim(obj any) (any, error) {
 		n.Status.Images = nil
 	}
 	return obj, nil
+}
+
+func slimPod(p *corev1.Pod) *corev1.Pod {
+	s := &corev1.Pod{
+		TypeMeta: p.TypeMeta,
+		ObjectMeta: metav1.ObjectMeta{Name: p.Name, Namespace: p.Namespace, UID: p.UID, ResourceVersion: p.ResourceVersion,
+			Labels: p.Labels, DeletionTimestamp: p.DeletionTimestamp},
+		Spec:   corev1.PodSpec{NodeName: p.Spec.NodeName, HostNetwork: p.Spec.HostNetwork},
+		Status: corev1.PodStatus{Phase: p.Status.Phase, PodIP: p.Status.PodIP, PodIPs: p.Status.PodIPs},
+	}
+	for _, a := range []string{annotationConfigMirror, annotationConfigHash} {
+		if v, ok := p.Annotations[a]; ok {
+			if s.Annotations == nil {
+				s.Annotations = map[string]string{}
+			}
+			s.Annotations[a] = v
+		}
+	}
+	for _, c := range p.Spec.Containers {
+		var ports []corev1.ContainerPort
+		for _, cp := range c.Ports {
+			if cp.Name != "" {
+				ports = append(ports, corev1.ContainerPort{Name: cp.Name, ContainerPort: cp.ContainerPort, Protocol: cp.Protocol})
+			}
+		}
+		s.Spec.Containers = append(s.Spec.Containers, corev1.Container{Name: c.Name, Ports: ports})
+	}
+	return s
 }
 
 // ErrNodeNotFound: this node has no Node object (yet, or any more).
@@ -122,10 +155,11 @@ type Watcher struct {
 	nodeName string
 	log      *slog.Logger
 
-	cluster informers.SharedInformerFactory // nodes, namespaces, network policies
-	local   informers.SharedInformerFactory // pods with spec.nodeName = this node
+	cluster informers.SharedInformerFactory // nodes, pods, namespaces, network policies, services
 	nodes   corelisters.NodeLister
-	pods    corelisters.PodLister
+	podsInf cache.SharedIndexInformer // every pod (policy peers), indexed by node
+	nsList  corelisters.NamespaceLister
+	netpols networkinglisters.NetworkPolicyLister
 	svcs    corelisters.ServiceLister
 	slices  discoverylisters.EndpointSliceLister
 	synced  []cache.InformerSynced
@@ -151,17 +185,20 @@ func NewWatcher(client kubernetes.Interface, dyn dynamic.Interface, nodeName str
 	w := &Watcher{client: client, dynamic: dyn, nodeName: nodeName, log: log}
 	w.crds = dynamicinformer.NewDynamicSharedInformerFactory(dyn, 0)
 	w.cluster = informers.NewSharedInformerFactory(client, 0)
-	w.local = informers.NewSharedInformerFactoryWithOptions(client, 0,
-		informers.WithTweakListOptions(func(o *metav1.ListOptions) {
-			o.FieldSelector = fields.OneTermEqualSelector("spec.nodeName", nodeName).String()
-		}))
 	nodes := w.cluster.Core().V1().Nodes()
-	pods := w.local.Core().V1().Pods()
+	pods := w.cluster.Core().V1().Pods()
 	for _, inf := range []cache.SharedIndexInformer{nodes.Informer(), pods.Informer(),
 		w.cluster.Core().V1().Namespaces().Informer(), w.cluster.Networking().V1().NetworkPolicies().Informer()} {
 		_ = inf.SetTransform(trim) // before start, it cannot fail
 	}
-	w.nodes, w.pods = nodes.Lister(), pods.Lister()
+	_ = pods.Informer().AddIndexers(cache.Indexers{indexNode: func(obj any) ([]string, error) {
+		if p, ok := obj.(*corev1.Pod); ok && p.Spec.NodeName != "" {
+			return []string{p.Spec.NodeName}, nil
+		}
+		return nil, nil
+	}})
+	w.nodes, w.podsInf = nodes.Lister(), pods.Informer()
+	w.nsList, w.netpols = w.cluster.Core().V1().Namespaces().Lister(), w.cluster.Networking().V1().NetworkPolicies().Lister()
 	svcs, eps := w.cluster.Core().V1().Services(), w.cluster.Discovery().V1().EndpointSlices()
 	w.svcs, w.slices = svcs.Lister(), eps.Lister()
 	w.synced = []cache.InformerSynced{
@@ -185,7 +222,7 @@ func (w *Watcher) Start(ctx context.Context, changed func()) error {
 	}
 	for _, inf := range []cache.SharedIndexInformer{
 		w.cluster.Core().V1().Nodes().Informer(),
-		w.local.Core().V1().Pods().Informer(),
+		w.cluster.Core().V1().Pods().Informer(),
 		w.cluster.Core().V1().Namespaces().Informer(),
 		w.cluster.Networking().V1().NetworkPolicies().Informer(),
 		w.cluster.Core().V1().Services().Informer(),
@@ -196,7 +233,6 @@ func (w *Watcher) Start(ctx context.Context, changed func()) error {
 		}
 	}
 	w.cluster.Start(ctx.Done())
-	w.local.Start(ctx.Done())
 	go func() {
 		if cache.WaitForCacheSync(ctx.Done(), w.synced...) {
 			w.isSync.Store(true)
@@ -322,14 +358,18 @@ func NodeFromAPI(n *corev1.Node) (Node, error) {
 	return out, nil
 }
 
+// indexNode indexes pods by spec.nodeName.
+const indexNode = "node"
+
 // LocalPods returns the pods bound to this node, keyed by "namespace/name".
 func (w *Watcher) LocalPods() (map[string]Pod, error) {
-	list, err := w.pods.List(everything)
+	list, err := w.podsInf.GetIndexer().ByIndex(indexNode, w.nodeName)
 	if err != nil {
 		return nil, err
 	}
 	out := make(map[string]Pod, len(list))
-	for _, p := range list {
+	for _, o := range list {
+		p := o.(*corev1.Pod)
 		out[p.Namespace+"/"+p.Name] = podFromAPI(p)
 	}
 	return out, nil

@@ -233,6 +233,16 @@ func Cleanup(dir, prefix string, progress io.Writer) {
 	}
 	_ = os.Remove(StatePath(dir))
 	_ = os.Remove(SocketPath(dir))
+	// The nodes' state (IPAM databases, logs) and the control plane's data
+	// belong to the lab that is gone; the daemon's log stays for reading.
+	for _, sub := range []string{"nodes", "kube", "cni-bin", "kubeconfig"} {
+		_ = os.RemoveAll(filepath.Join(dir, sub))
+	}
+	if m, _ := filepath.Glob(filepath.Join(dir, "tor*")); len(m) > 0 {
+		for _, p := range m {
+			_ = os.RemoveAll(p)
+		}
+	}
 }
 
 func isLabDaemon(pid int) bool {

@@ -45,6 +45,21 @@ spec:
 	return b.String()
 }
 
+// demoPolicy isolates bank/db for ingress: only pods app=web of namespace
+// bank may connect.
+const demoPolicy = `apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: db-from-web-only, namespace: bank}
+spec:
+  podSelector: {matchLabels: {app: db}}
+  policyTypes: [Ingress]
+  ingress:
+  - from:
+    - podSelector: {matchLabels: {app: web}}
+    ports:
+    - {protocol: TCP, port: 80}
+`
+
 // Demo runs the lab's demo against a ready lab.
 func Demo(ctx context.Context, c *Client, out io.Writer) error {
 	s, err := c.State(ctx)
@@ -88,6 +103,40 @@ func Demo(ctx context.Context, c *Client, out io.Writer) error {
 	if err := Matrix(ctx, c, want, 80, "TCP", out); err != nil {
 		return err
 	}
+	fmt.Fprintln(out, "\n== NetworkPolicy: bank/db accepts connections only from pods app=web of its own namespace")
+	if err := kubectl(demoPolicy, "apply", "-f", "-"); err != nil {
+		return err
+	}
+	// The agents apply it within a reconcile; wait until shop/web is refused.
+	all, _ := c.Pods(ctx)
+	var from, to PodInfo
+	for _, p := range all {
+		switch p.Namespace + "/" + p.Name {
+		case "shop/web":
+			from = p
+		case "bank/db":
+			to = p
+		}
+	}
+	for deadline := time.Now().Add(15 * time.Second); time.Now().Before(deadline) && len(to.IPs) > 0; {
+		if _, err := Probe(ctx, from.NetNS, netip.AddrPortFrom(to.IPs[0], 80), "TCP", 300*time.Millisecond); err != nil {
+			break
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if err := Matrix(ctx, c, want, 80, "TCP", out); err != nil {
+		return err
+	}
+	for _, n := range s.Nodes {
+		if n.Name == to.Node {
+			fmt.Fprintf(out, "\n$ ternctl policy show bank/db   (on %s)\n", n.Name)
+			cmd := NSCommand(n.NetNS, filepath.Join(s.Config.BinDir, "ternctl"), "--socket", n.Socket, "policy", "show", "bank/db")
+			cmd.Stdout, cmd.Stderr = out, out
+			if err := cmd.Run(); err != nil {
+				return err
+			}
+		}
+	}
 	node := s.Nodes[0]
 	fmt.Fprintf(out, "\n== BGP on %s (ternctl node status, run inside the node)\n", node.Name)
 	cmd := NSCommand(node.NetNS, filepath.Join(s.Config.BinDir, "ternctl"), "--socket", node.Socket, "node", "status")
@@ -95,7 +144,7 @@ func Demo(ctx context.Context, c *Client, out io.Writer) error {
 	if err := cmd.Run(); err != nil {
 		return err
 	}
-	fmt.Fprintf(out, "\nTry: export KUBECONFIG=%s; kubectl get nodes -o wide\n     tern-lab probe shop/web bank/db:80\n     tern-lab down\n", s.Kubeconfig)
+	fmt.Fprintf(out, "\nTry: export KUBECONFIG=%s; kubectl get nodes -o wide\n     tern-lab probe shop/web bank/db:80   (refused by the policy)\n     kubectl delete networkpolicy -n bank db-from-web-only\n     tern-lab down\n", s.Kubeconfig)
 	return nil
 }
 

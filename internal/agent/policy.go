@@ -1,0 +1,239 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"slices"
+	"strings"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+
+	"github.com/tern-net/tern/cniplugin"
+	"github.com/tern-net/tern/dataplane"
+	"github.com/tern-net/tern/internal/agentapi"
+	"github.com/tern-net/tern/policy"
+)
+
+// syncPolicy compiles the NetworkPolicy snapshot for this node and applies
+// it: ipsets, then chains, then the cut of established flows the new rules
+// deny. It runs in the reconcile goroutine, before the node's chains (whose
+// TERN-FORWARD jumps to TERN-POLICY first).
+func (a *Agent) syncPolicy(resync bool) error {
+	in, err := a.cluster.PolicyInput()
+	if err != nil {
+		return fmt.Errorf("policy snapshot: %w", err)
+	}
+	in.Node, in.LogDrops = a.cfg.NodeName, a.cfg.LogDrops
+	for _, p := range a.ipam.Pools() {
+		if p.Addr().Is6() {
+			in.IPv6 = true
+		}
+	}
+	a.localPolicyPods(&in)
+	t0 := time.Now()
+	rs := policy.Compile(in)
+	compiled := time.Since(t0)
+	ev := rs.Evaluator()
+	if resync {
+		a.policyDP.Resync()
+	}
+	st, err := a.policyDP.Apply(rs, func(f dataplane.Flow) bool {
+		ok, _ := ev.Allowed(policy.Flow{Src: f.Src, Dst: f.Dst, Protocol: corev1.Protocol(f.Protocol), DstPort: f.DstPort})
+		return !ok
+	})
+	a.metrics.policyErrors.Add(boolFloat(err != nil))
+	if err != nil {
+		return err
+	}
+	a.mu.Lock()
+	a.ruleset = &rs
+	a.mu.Unlock()
+	if st.Changed() {
+		a.log.Info("network policy applied", "policies", len(in.Policies), "localPods", len(rs.Pods), "sets", len(rs.Sets), "chains", len(rs.Chains),
+			"compile", compiled.Round(time.Microsecond), "apply", (time.Since(t0) - compiled).Round(time.Microsecond),
+			"membersAdded", st.MembersAdded, "membersDeleted", st.MembersDeleted, "chainsWritten", st.ChainsWritten, "flowsCut", st.FlowsCut)
+	}
+	return nil
+}
+
+func boolFloat(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// localPolicyPods gives this node's pods their host veth and the addresses
+// the IPAM gave them: the API shows a pod's address only after kubelet
+// writes it, and the pod must be policed (and be a peer) from its first
+// packet.
+func (a *Agent) localPolicyPods(in *policy.Input) {
+	byPod := map[string][]int{}
+	allocs := a.ipam.List()
+	for i, al := range allocs {
+		if al.Namespace != "" && al.Pod != "" {
+			byPod[al.Namespace+"/"+al.Pod] = append(byPod[al.Namespace+"/"+al.Pod], i)
+		}
+	}
+	for i := range in.Pods {
+		p := &in.Pods[i]
+		if p.Node != a.cfg.NodeName || p.HostNetwork {
+			continue
+		}
+		p.HostIf = cniplugin.HostIfName(cniplugin.PodArgs{Namespace: p.Namespace, Name: p.Name}, "", "eth0")
+		for _, j := range byPod[p.Namespace+"/"+p.Name] {
+			al := allocs[j]
+			if al.PodUID != "" && p.UID != "" && al.PodUID != p.UID {
+				continue // an earlier pod of the same name, not yet released
+			}
+			if al.IfName == "eth0" || al.IfName == "" {
+				p.HostIf = al.HostIf
+			}
+			for _, ip := range al.IPs {
+				if !slices.Contains(p.IPs, ip) {
+					p.IPs = append(p.IPs, ip)
+				}
+			}
+		}
+	}
+}
+
+// awaitPolicy holds a CNI ADD until the policy rules for the pod are in
+// force (fail closed: a pod a policy isolates is never reachable before its
+// rules are in place): it waits for the pod to be in the cache, then for a
+// reconcile pass that started after the allocation to finish.
+func (a *Agent) awaitPolicy(ctx context.Context, namespace, pod string) {
+	if a.cluster == nil || !a.cfg.NetworkPolicy || namespace == "" || pod == "" {
+		return
+	}
+	// A pod the API has not shown yet (a static pod's mirror comes later;
+	// the watch may lag) is waited for briefly, not forever.
+	seen, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	for a.cluster.Synced() {
+		pods, err := a.cluster.LocalPods()
+		if _, ok := pods[namespace+"/"+pod]; ok && err == nil {
+			break
+		}
+		select {
+		case <-seen.Done():
+			a.log.Warn("pod not in the cache after 2 s: its policy rules may follow its first packets", "pod", namespace+"/"+pod)
+			return
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	passed, cancel2 := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel2()
+	if err := a.waitPass(passed); err != nil {
+		a.log.Warn("no reconcile pass in time for a new pod's policy", "pod", namespace+"/"+pod, "err", err)
+	}
+}
+
+// waitPass triggers a reconcile and waits until a pass that started after
+// the call has finished.
+func (a *Agent) waitPass(ctx context.Context) error {
+	a.passMu.Lock()
+	target := a.passesStarted + 1
+	a.passMu.Unlock()
+	a.Trigger()
+	for {
+		a.passMu.Lock()
+		done, ch := a.passesDone >= target, a.passCh
+		a.passMu.Unlock()
+		if done {
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// passStarted and passFinished count the reconcile passes for waitPass.
+func (a *Agent) passStarted() {
+	a.passMu.Lock()
+	a.passesStarted++
+	a.passMu.Unlock()
+}
+
+func (a *Agent) passFinished() {
+	a.passMu.Lock()
+	a.passesDone = a.passesStarted
+	close(a.passCh)
+	a.passCh = make(chan struct{})
+	a.passMu.Unlock()
+}
+
+// servePolicy answers `ternctl policy show NS/POD`.
+func (a *Agent) servePolicy(w http.ResponseWriter, r *http.Request) {
+	id := r.URL.Query().Get("pod")
+	a.mu.Lock()
+	rs := a.ruleset
+	a.mu.Unlock()
+	if rs == nil {
+		msg := "network policy is not compiled yet"
+		if !a.cfg.NetworkPolicy || a.cluster == nil {
+			msg = "network policy is off on this node"
+		}
+		writeError(w, http.StatusServiceUnavailable, agentapi.CodeNotReady, msg)
+		return
+	}
+	view, err := podPolicyView(rs, id)
+	if err != nil {
+		writeError(w, http.StatusNotFound, agentapi.CodeBadRequest, err.Error())
+		return
+	}
+	writeJSON(w, http.StatusOK, view)
+}
+
+// podPolicyView is the policy in force for one local pod: the policies that
+// select it and the rules of its chains, with the sets they use.
+func podPolicyView(rs *policy.Ruleset, id string) (agentapi.PodPolicy, error) {
+	pp, ok := rs.Pods[id]
+	if !ok {
+		if !strings.Contains(id, "/") {
+			return agentapi.PodPolicy{}, errors.New("want NAMESPACE/POD")
+		}
+		return agentapi.PodPolicy{}, fmt.Errorf("pod %s is not a pod of this node's network (not on this node, hostNetwork, or unknown)", id)
+	}
+	v := agentapi.PodPolicy{Pod: id, HostIf: pp.HostIf, IPs: pp.IPs, Ingress: pp.Ingress, Egress: pp.Egress}
+	sets := map[string]policy.Set{}
+	for _, s := range rs.Sets {
+		sets[s.Name] = s
+	}
+	used := map[string]bool{}
+	for _, d := range []struct {
+		chain string
+		out   *[]string
+	}{{pp.IngressChain, &v.IngressRules}, {pp.EgressChain, &v.EgressRules}} {
+		for _, c := range rs.Chains {
+			if c.Name != d.chain || d.chain == "" {
+				continue
+			}
+			for _, r := range c.Rules {
+				*d.out = append(*d.out, strings.Join(r, " "))
+				for i, arg := range r {
+					if arg == "--match-set" && i+1 < len(r) {
+						used[r[i+1]] = true
+					}
+				}
+			}
+		}
+	}
+	names := make([]string, 0, len(used))
+	for n := range used {
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	for _, n := range names {
+		s := sets[n]
+		v.Sets = append(v.Sets, agentapi.PolicySet{Name: n, Type: s.Type, Comment: s.Comment, Members: len(s.Members)})
+	}
+	v.IngressChain, v.EgressChain = pp.IngressChain, pp.EgressChain
+	return v, nil
+}
