@@ -120,3 +120,35 @@ func TestParseCommunity(t *testing.T) {
 		}
 	}
 }
+
+// TestSlimPod: the cached pod keeps what the agent reads (identity, labels,
+// node, named ports, addresses, the static pod annotations) and nothing else.
+func TestSlimPod(t *testing.T) {
+	p := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: "a", Namespace: "x", UID: "u", Labels: map[string]string{"app": "a"},
+			Annotations:   map[string]string{annotationConfigMirror: "m", "big": strings.Repeat("x", 1000)},
+			ManagedFields: []metav1.ManagedFieldsEntry{{Manager: "kubectl"}}},
+		Spec: corev1.PodSpec{NodeName: "n1", HostNetwork: true, Containers: []corev1.Container{{Name: "c", Image: "img",
+			Env:   []corev1.EnvVar{{Name: "E", Value: "v"}},
+			Ports: []corev1.ContainerPort{{Name: "http", ContainerPort: 80, Protocol: corev1.ProtocolTCP}, {ContainerPort: 81}}}}},
+		Status: corev1.PodStatus{Phase: corev1.PodRunning, PodIPs: []corev1.PodIP{{IP: "10.244.1.5"}}, Message: "hello"},
+	}
+	got, err := trim(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := got.(*corev1.Pod)
+	if s.Name != "a" || s.Namespace != "x" || s.UID != "u" || s.Labels["app"] != "a" || s.Spec.NodeName != "n1" || !s.Spec.HostNetwork ||
+		len(s.Status.PodIPs) != 1 || s.Status.Phase != corev1.PodRunning || s.Annotations[annotationConfigMirror] != "m" {
+		t.Errorf("lost a field the agent reads: %+v", s)
+	}
+	if len(s.ManagedFields) != 0 || s.Annotations["big"] != "" || s.Spec.Containers[0].Image != "" || len(s.Spec.Containers[0].Env) != 0 || s.Status.Message != "" {
+		t.Errorf("kept a field the agent never reads: %+v", s)
+	}
+	if ports := s.Spec.Containers[0].Ports; len(ports) != 1 || ports[0].Name != "http" || ports[0].ContainerPort != 80 {
+		t.Errorf("named ports: %+v", ports)
+	}
+	if pod := podFromAPI(s); len(pod.UIDs) != 2 || len(pod.IPs) != 1 {
+		t.Errorf("podFromAPI of the slim pod: %+v", pod)
+	}
+}
