@@ -323,7 +323,12 @@ func (sp *Speaker) Peers(ctx context.Context) ([]PeerStatus, error) {
 				st.Since = ts.GetDowntime().AsTime()
 			}
 		}
+		eor, grFams := true, 0
 		for _, as := range p.GetAfiSafis() {
+			if g := as.GetMpGracefulRestart().GetState(); g.GetEnabled() && g.GetReceived() {
+				grFams++
+				eor = eor && g.GetEndOfRibReceived()
+			}
 			st.Received += as.GetState().GetReceived()
 			sent := as.GetState().GetAdvertised()
 			if gr[addr.String()] && sent > 0 {
@@ -331,6 +336,8 @@ func (sp *Speaker) Peers(ctx context.Context) ([]PeerStatus, error) {
 			}
 			st.Sent += sent
 		}
+		st.GracefulRestart = grFams > 0
+		st.EndOfRIB = st.GracefulRestart && eor && st.State == "Established"
 		out = append(out, st)
 	})
 	slices.SortFunc(out, func(a, b PeerStatus) int { return a.Address.Compare(b.Address) })

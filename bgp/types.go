@@ -92,6 +92,10 @@ type PeerStatus struct {
 	Since    time.Time  `json:"since,omitzero"`
 	Received uint64     `json:"received"`
 	Sent     uint64     `json:"sent"`
+	// GracefulRestart: both sides negotiated it; EndOfRIB: the peer has sent
+	// its End-of-RIB marker for every family since the session came up.
+	GracefulRestart bool `json:"gracefulRestart,omitempty"`
+	EndOfRIB        bool `json:"endOfRib,omitempty"`
 }
 
 // diffPeers says which peers to add, delete, or replace (changed settings).

@@ -128,10 +128,16 @@ func (r *routing) settle(configured int, grace time.Duration) {
 	if r.settled {
 		return
 	}
-	up := 0
+	up, eor, plain := 0, 0, 0
 	for _, p := range r.peers {
 		if p.State == "Established" {
 			up++
+			switch {
+			case p.EndOfRIB:
+				eor++
+			case !p.GracefulRestart:
+				plain++
+			}
 		}
 	}
 	switch {
@@ -139,7 +145,9 @@ func (r *routing) settle(configured int, grace time.Duration) {
 		if r.upSince.IsZero() {
 			r.upSince = time.Now()
 		}
-		r.settled = time.Since(r.upSince) >= settleTime
+		// Peers with graceful restart say when they have sent everything
+		// (End-of-RIB); for the others, wait a little after the last came up.
+		r.settled = eor+plain == up && (plain == 0 || time.Since(r.upSince) >= settleTime)
 	case configured == 0:
 		r.settled = true
 	default:
