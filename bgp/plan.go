@@ -31,6 +31,8 @@ type Config struct {
 	ListenPort      int32
 	GracefulRestart time.Duration
 	Communities     []uint32
+	// LargeCommunities go on every announcement with Communities.
+	LargeCommunities []LargeCommunity
 	// ServiceClusterIPs are announced as they are, from every node.
 	ServiceClusterIPs []netip.Prefix
 	// Services' external IPs and load-balancer IPs inside these ranges are
@@ -150,14 +152,14 @@ func Plan(s Snapshot) (Global, Desired, error) {
 	}
 	for _, c := range local.PodCIDRs {
 		if c.Addr().Is4() == local.Address.Is4() {
-			d.Announcements = append(d.Announcements, Announcement{Prefix: c.Masked(), NextHop: local.Address, Communities: s.Config.Communities})
+			d.Announcements = append(d.Announcements, Announcement{Prefix: c.Masked(), NextHop: local.Address, Communities: s.Config.Communities, LargeCommunities: s.Config.LargeCommunities})
 		} else {
 			d.Unannounced = append(d.Unannounced, c.Masked())
 		}
 	}
 	for _, c := range s.Config.ServiceClusterIPs {
 		if c.Addr().Is4() == local.Address.Is4() {
-			d.Announcements = append(d.Announcements, Announcement{Prefix: c.Masked(), NextHop: local.Address, Communities: s.Config.Communities})
+			d.Announcements = append(d.Announcements, Announcement{Prefix: c.Masked(), NextHop: local.Address, Communities: s.Config.Communities, LargeCommunities: s.Config.LargeCommunities})
 		}
 	}
 	for _, ip := range s.ServiceIPs {
@@ -171,7 +173,7 @@ func Plan(s Snapshot) (Global, Desired, error) {
 		}
 		pfx := netip.PrefixFrom(ip.Addr, ip.Addr.BitLen())
 		if !slices.ContainsFunc(d.Announcements, func(a Announcement) bool { return a.Prefix == pfx }) {
-			d.Announcements = append(d.Announcements, Announcement{Prefix: pfx, NextHop: local.Address, Communities: s.Config.Communities})
+			d.Announcements = append(d.Announcements, Announcement{Prefix: pfx, NextHop: local.Address, Communities: s.Config.Communities, LargeCommunities: s.Config.LargeCommunities})
 		}
 	}
 	return g, d, nil

@@ -186,6 +186,14 @@ func apiPath(a Announcement) *api.Path {
 		c, _ := anypb.New(&api.CommunitiesAttribute{Communities: a.Communities})
 		attrs = append(attrs, c)
 	}
+	if len(a.LargeCommunities) > 0 {
+		lc := &api.LargeCommunitiesAttribute{}
+		for _, l := range a.LargeCommunities {
+			lc.Communities = append(lc.Communities, &api.LargeCommunity{GlobalAdmin: l.Global, LocalData1: l.Local1, LocalData2: l.Local2})
+		}
+		c, _ := anypb.New(lc)
+		attrs = append(attrs, c)
+	}
 	return &api.Path{Family: family(a.Prefix), Nlri: nlri, Pattrs: attrs}
 }
 

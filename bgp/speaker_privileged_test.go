@@ -236,8 +236,9 @@ protocol bgp node {
 	cfg := helperConfig{
 		Global: Global{ASN: 64512, RouterID: netip.MustParseAddr("10.210.0.1"), ListenPort: 179},
 		Desired: Desired{
-			Peers:         []Peer{{Address: netip.MustParseAddr("10.210.0.2"), ASN: 65001, Kind: "peer", HoldTime: 9 * time.Second}},
-			Announcements: []Announcement{{Prefix: netip.MustParsePrefix("10.244.5.0/24"), NextHop: netip.MustParseAddr("10.210.0.1")}},
+			Peers: []Peer{{Address: netip.MustParseAddr("10.210.0.2"), ASN: 65001, Kind: "peer", HoldTime: 9 * time.Second}},
+			Announcements: []Announcement{{Prefix: netip.MustParsePrefix("10.244.5.0/24"), NextHop: netip.MustParseAddr("10.210.0.1"),
+				Communities: []uint32{64512<<16 | 100}, LargeCommunities: []LargeCommunity{{Global: 64512, Local1: 4000000000, Local2: 7}}}},
 		},
 		Allowed: []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16")},
 		Local:   []netip.Prefix{netip.MustParsePrefix("10.244.5.0/24")},
@@ -256,6 +257,9 @@ protocol bgp node {
 	l.eventually("BIRD learns the node's pod CIDR", 10*time.Second, func() bool {
 		return strings.Contains(birdRoute("10.244.5.0/24"), "via 10.210.0.1")
 	})
+	if r := birdRoute("10.244.5.0/24"); !strings.Contains(r, "(64512,100)") || !strings.Contains(r, "(64512, 4000000000, 7)") {
+		t.Fatalf("BIRD does not see the communities (standard 64512:100, large 64512:4000000000:7):\n%s", r)
+	}
 	l.eventually("the node installs the other pod CIDR from BIRD", 10*time.Second, func() bool {
 		return strings.Contains(nodeRoutes(), "10.244.6.0/24 via 10.210.0.2 dev nd0 proto 96")
 	})

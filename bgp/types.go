@@ -65,7 +65,12 @@ type Announcement struct {
 	Prefix      netip.Prefix
 	NextHop     netip.Addr
 	Communities []uint32 // standard communities, AS<<16 | value
+	// LargeCommunities (RFC 8092) as "global:local1:local2" values.
+	LargeCommunities []LargeCommunity
 }
+
+// LargeCommunity is one RFC 8092 community.
+type LargeCommunity struct{ Global, Local1, Local2 uint32 }
 
 // Desired is the whole state the speaker is to have.
 type Desired struct {
@@ -131,7 +136,7 @@ func samePeer(a, b Peer) bool {
 // changed one is only added again (the new path replaces the old).
 func diffAnnouncements(have, want map[netip.Prefix]Announcement) (add, del []Announcement) {
 	for p, a := range want {
-		if old, ok := have[p]; !ok || old.NextHop != a.NextHop || !slices.Equal(old.Communities, a.Communities) {
+		if old, ok := have[p]; !ok || old.NextHop != a.NextHop || !slices.Equal(old.Communities, a.Communities) || !slices.Equal(old.LargeCommunities, a.LargeCommunities) {
 			add = append(add, a)
 		}
 	}

@@ -178,9 +178,17 @@ func bgpConfigFrom(u *unstructured.Unstructured) (bgp.Config, error) {
 		cfg.GracefulRestart = time.Duration(*s.GracefulRestartSeconds) * time.Second
 	}
 	for _, c := range s.Communities {
+		if strings.Count(c, ":") == 2 {
+			l, err := parseLargeCommunity(c)
+			if err != nil {
+				return cfg, fmt.Errorf("BGPConfiguration %s: %w", u.GetName(), err)
+			}
+			cfg.LargeCommunities = append(cfg.LargeCommunities, l)
+			continue
+		}
 		v, err := parseCommunity(c)
 		if err != nil {
-			continue // large communities: valid, not sent yet; the rest of the configuration stands
+			return cfg, fmt.Errorf("BGPConfiguration %s: %w", u.GetName(), err)
 		}
 		cfg.Communities = append(cfg.Communities, v)
 	}
@@ -204,16 +212,35 @@ func bgpConfigFrom(u *unstructured.Unstructured) (bgp.Config, error) {
 	return cfg, nil
 }
 
-// parseCommunity reads a standard community "AS:value". (Large communities
-// are accepted by the CRD for the future; the speaker does not send them yet.)
+// parseCommunity reads a standard community "AS:value".
 func parseCommunity(c string) (uint32, error) {
 	a, b, ok := strings.Cut(c, ":")
 	as, err1 := strconv.ParseUint(a, 10, 16)
 	v, err2 := strconv.ParseUint(b, 10, 16)
 	if !ok || err1 != nil || err2 != nil {
-		return 0, fmt.Errorf("community %q: only standard communities (AS:value, each up to 65535) are sent", c)
+		return 0, fmt.Errorf("community %q: want AS:value (each 0 to 65535) or a large community AS:value:value (each 0 to 4294967295)", c)
 	}
 	return uint32(as)<<16 | uint32(v), nil
+}
+
+// parseLargeCommunity reads a large community "AS:value:value" (RFC 8092).
+func parseLargeCommunity(c string) (bgp.LargeCommunity, error) {
+	f := strings.Split(c, ":")
+	var n [3]uint32
+	for i := range n {
+		if len(f) != 3 {
+			break
+		}
+		v, err := strconv.ParseUint(f[i], 10, 32)
+		if err != nil {
+			return bgp.LargeCommunity{}, fmt.Errorf("large community %q: want AS:value:value, each 0 to 4294967295", c)
+		}
+		n[i] = uint32(v)
+	}
+	if len(f) != 3 {
+		return bgp.LargeCommunity{}, fmt.Errorf("large community %q: want AS:value:value, each 0 to 4294967295", c)
+	}
+	return bgp.LargeCommunity{Global: n[0], Local1: n[1], Local2: n[2]}, nil
 }
 
 type secretRef struct{ Name, Key string }

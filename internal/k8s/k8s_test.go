@@ -119,6 +119,14 @@ func TestParseCommunity(t *testing.T) {
 			t.Errorf("%q: %d %v", c.in, got, err)
 		}
 	}
+	if l, err := parseLargeCommunity("65000:4294967295:7"); err != nil || l != (bgp.LargeCommunity{Global: 65000, Local1: 4294967295, Local2: 7}) {
+		t.Errorf("large community: %+v %v", l, err)
+	}
+	for _, bad := range []string{"65000:1", "1:2:3:4", "1:x:3", "4294967296:1:1"} {
+		if _, err := parseLargeCommunity(bad); err == nil {
+			t.Errorf("large community %q accepted", bad)
+		}
+	}
 }
 
 // TestSlimPod: the cached pod keeps what the agent reads (identity, labels,
