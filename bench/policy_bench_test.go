@@ -1,0 +1,661 @@
+package bench
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"runtime/debug"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/containernetworking/plugins/pkg/ns"
+	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+
+	"github.com/tern-net/tern/dataplane"
+	"github.com/tern-net/tern/internal/clustertest"
+	"github.com/tern-net/tern/internal/nodetest"
+	"github.com/tern-net/tern/policy"
+)
+
+// The issue's scale: one node of 1,000 local pods among 5,000, and 500
+// policies of ten shapes, ten in each of 50 namespaces.
+const (
+	polNodes      = 5
+	polPerNode    = 1000
+	polNamespaces = 50
+	polNode       = "node0"
+
+	syncReps     = 9   // full syncs of each kind, rotating
+	remoteAdds   = 200 // incremental: new pods on another node
+	localAdds    = 120 // incremental: new pods on this node, half without the conntrack pass
+	pktPairs     = 20  // per-packet: slices per node and measurement
+	pktSlice     = 200 * time.Millisecond
+	pktPodPrefix = "10.244.0.0/22" // node0's pods: 10.244.0.1 to 10.244.3.250
+)
+
+// BenchmarkPolicy measures NetworkPolicy enforcement at one node's scale
+// (1,000 local pods of 5,000, 500 policies): a full sync from empty against
+// the floor of applying the same sets and rules with one `ipset restore` and
+// one iptables-restore; the latency of adding one pod; the TCP cost of the
+// installed rules between two pods routed through the node; and the memory
+// the compiled state holds. All kernel work happens in network namespaces of
+// its own. Results go to bench-out/policy.md.
+func BenchmarkPolicy(b *testing.B) {
+	if b.N > 1 {
+		b.Skip("one measured run: use -benchtime 1x (make bench does)")
+	}
+	nodetest.RequireRoot(b)
+	for _, bin := range []string{"ipset", "iptables", "ip", "sysctl", "nsenter"} {
+		if _, err := exec.LookPath(bin); err != nil {
+			nodetest.RequirePath(b, bin, bin)
+		}
+	}
+	var backend dataplane.Backend
+	polInNS(b, clustertest.NewNS(b), func() error {
+		var err error
+		backend, err = dataplane.DetectBackend()
+		return err
+	})
+	bins := polBinsFor(b, backend.Mode)
+
+	var out strings.Builder
+	fmt.Fprintf(&out, "# NetworkPolicy\n\nOne node: %d local pods of %d, %d policies of ten shapes in %d namespaces; iptables backend %s; same run (%s).\n",
+		polPerNode, polNodes*polPerNode, 10*polNamespaces, polNamespaces, backend.Mode, time.Now().UTC().Format(time.RFC3339))
+
+	mem := measurePolicyMemory(b, backend)
+	sync := measureFullSync(b, backend, bins)
+	inc := measureIncremental(b, backend)
+	pkt := measurePerPacket(b, backend, bins)
+
+	sync.write(&out)
+	inc.write(&out)
+	pkt.write(&out)
+	mem.write(&out)
+
+	b.Run("full-sync", func(b *testing.B) {
+		b.ReportMetric(ms(median(sync.total)), "tern-ms")
+		b.ReportMetric(ms(median(sync.floor)), "floor-ms")
+		b.ReportMetric(ms(median(sync.total))/ms(median(sync.floor)), "tern/floor-x")
+		b.ReportMetric(ms(median(sync.compile)), "compile-ms")
+		b.ReportMetric(ms(median(sync.noCut))/ms(median(sync.floor)), "no-conntrack-pass/floor-x")
+	})
+	for _, k := range []*incSeries{&inc.remote, &inc.local, &inc.localNoCut} {
+		b.Run("incremental/"+k.name, func(b *testing.B) {
+			b.ReportMetric(ms(polQuantile(k.total, 0.50)), "p50-ms")
+			b.ReportMetric(ms(polQuantile(k.total, 0.90)), "p90-ms")
+			b.ReportMetric(ms(polQuantile(k.total, 0.99)), "p99-ms")
+			b.ReportMetric(ms(polQuantile(k.compile, 0.50)), "compile-p50-ms")
+		})
+	}
+	b.Run("per-packet", func(b *testing.B) {
+		b.ReportMetric(pkt.ratio(0), "rr-x")
+		b.ReportMetric(pkt.ratio(1), "throughput-x")
+		b.ReportMetric(pkt.ratio(2), "conn/s-x")
+		b.ReportMetric(pkt.ratio(3), "conn/s-early-x")
+		b.ReportMetric(pkt.total[2][0].rate(), "conn/s")
+	})
+	b.Run("memory", func(b *testing.B) {
+		b.ReportMetric(mem.heapMB, "heap-MB")
+		b.ReportMetric(mem.rssDeltaMB, "rss-delta-MB")
+		b.ReportMetric(mem.peakDeltaMB, "rss-peak-delta-MB")
+	})
+	writePolicyOut(b, out.String())
+}
+
+// policyInput is the synthetic cluster (the shape of policy/bench_test.go's
+// benchInput): 5,000 pods in 50 namespaces on 5 nodes, 1,000 on this one,
+// and 500 policies of ten shapes, ten per namespace.
+func policyInput() policy.Input {
+	in := policy.Input{Node: polNode}
+	for i := range polNamespaces {
+		in.Namespaces = append(in.Namespaces, policy.Namespace{
+			Name:   fmt.Sprintf("ns%02d", i),
+			Labels: map[string]string{"team": fmt.Sprintf("t%d", i%5), "env": []string{"prod", "dev"}[i%2]},
+		})
+	}
+	for n := range polNodes {
+		for j := range polPerNode {
+			in.Pods = append(in.Pods, benchPod(n*polPerNode+j, n, netip.AddrFrom4([4]byte{10, 244, byte(n*4 + j/250), byte(j%250 + 1)})))
+		}
+	}
+	for i := range polNamespaces {
+		ns := fmt.Sprintf("ns%02d", i)
+		app := func(k int) *metav1.LabelSelector { return matchLabels("app", fmt.Sprintf("app%d", (i+k)%20)) }
+		in.Policies = append(in.Policies,
+			netPolicy(ns, "default-deny", matchLabels(), []networkingv1.PolicyType{networkingv1.PolicyTypeIngress}, nil, nil),
+			netPolicy(ns, "app-to-app", app(0), nil, ingressRule(npPeers(podPeerOf(app(1))), tcpPort(8080)), nil),
+			netPolicy(ns, "team-to-front", matchLabels("tier", "front"), nil,
+				ingressRule(npPeers(networkingv1.NetworkPolicyPeer{NamespaceSelector: matchLabels("team", fmt.Sprintf("t%d", i%5))})), nil),
+			netPolicy(ns, "prod-app-to-back", matchLabels("tier", "back"), nil,
+				ingressRule(npPeers(networkingv1.NetworkPolicyPeer{PodSelector: app(2), NamespaceSelector: matchLabels("env", "prod")}), tcpRange(8000, 8100)), nil),
+			netPolicy(ns, "egress-cluster", app(3), []networkingv1.PolicyType{networkingv1.PolicyTypeEgress}, nil,
+				egressRule(npPeers(networkingv1.NetworkPolicyPeer{IPBlock: &networkingv1.IPBlock{CIDR: "10.244.0.0/16", Except: []string{fmt.Sprintf("10.244.%d.0/24", i)}}}), tcpPort(443))),
+			netPolicy(ns, "egress-named", app(4), nil, nil,
+				egressRule(npPeers(networkingv1.NetworkPolicyPeer{PodSelector: app(5), NamespaceSelector: matchLabels()}), namedPort(corev1.ProtocolTCP, "http"))),
+			netPolicy(ns, "ingress-named", matchLabels("tier", "db"), nil,
+				ingressRule(nil, namedPort(corev1.ProtocolTCP, "http"), namedPort(corev1.ProtocolTCP, "metrics")), nil),
+			netPolicy(ns, "expressions", matchExpr("version", metav1.LabelSelectorOpIn, "v1", "v2"), nil,
+				ingressRule(npPeers(podPeerOf(matchExpr("tier", metav1.LabelSelectorOpNotIn, "db")),
+					networkingv1.NetworkPolicyPeer{NamespaceSelector: matchExpr("env", metav1.LabelSelectorOpExists)})), nil),
+			netPolicy(ns, "egress-dns", app(6), []networkingv1.PolicyType{networkingv1.PolicyTypeEgress}, nil,
+				egressRule(npPeers(networkingv1.NetworkPolicyPeer{NamespaceSelector: matchLabels("team", "t0")}), udpPort(53), namedPort(corev1.ProtocolUDP, "dns"))),
+			netPolicy(ns, "from-block", app(7), nil,
+				ingressRule(npPeers(networkingv1.NetworkPolicyPeer{IPBlock: &networkingv1.IPBlock{CIDR: "10.244.16.0/20", Except: []string{"10.244.17.0/24"}}}), tcpPort(443)), nil),
+		)
+	}
+	return in
+}
+
+// benchPod is pod i of the synthetic cluster, on node n (node0 is this one),
+// with labels that existing selectors match whatever i is.
+func benchPod(i, n int, ip netip.Addr) policy.Pod {
+	p := policy.Pod{
+		Namespace: fmt.Sprintf("ns%02d", i%polNamespaces),
+		Name:      fmt.Sprintf("pod%05d", i),
+		Node:      fmt.Sprintf("node%d", n),
+		Labels: map[string]string{"app": fmt.Sprintf("app%d", (i/polNamespaces)%20),
+			"tier": []string{"front", "back", "db"}[i%3], "version": fmt.Sprintf("v%d", i%4)},
+		IPs:   []netip.Addr{ip},
+		Ports: []policy.NamedPort{{Name: "http", Protocol: corev1.ProtocolTCP, Port: 8080 + int32(i%3)}, {Name: "metrics", Protocol: corev1.ProtocolTCP, Port: 9100}},
+	}
+	if i%5 == 0 {
+		p.Ports = append(p.Ports, policy.NamedPort{Name: "dns", Protocol: corev1.ProtocolUDP, Port: 53})
+	}
+	if n == 0 {
+		p.HostIf = fmt.Sprintf("%s%011x", dataplane.HostIfPrefix, i)
+	}
+	return p
+}
+
+// matchLabels is a selector of key, value pairs; none selects everything.
+func matchLabels(kv ...string) *metav1.LabelSelector {
+	s := &metav1.LabelSelector{}
+	for i := 0; i+1 < len(kv); i += 2 {
+		if s.MatchLabels == nil {
+			s.MatchLabels = map[string]string{}
+		}
+		s.MatchLabels[kv[i]] = kv[i+1]
+	}
+	return s
+}
+
+func matchExpr(key string, op metav1.LabelSelectorOperator, values ...string) *metav1.LabelSelector {
+	return &metav1.LabelSelector{MatchExpressions: []metav1.LabelSelectorRequirement{{Key: key, Operator: op, Values: values}}}
+}
+
+func netPolicy(ns, name string, podSel *metav1.LabelSelector, types []networkingv1.PolicyType,
+	in []networkingv1.NetworkPolicyIngressRule, out []networkingv1.NetworkPolicyEgressRule) *networkingv1.NetworkPolicy {
+	return &networkingv1.NetworkPolicy{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name},
+		Spec:       networkingv1.NetworkPolicySpec{PodSelector: *podSel, PolicyTypes: types, Ingress: in, Egress: out},
+	}
+}
+
+func ingressRule(from []networkingv1.NetworkPolicyPeer, ports ...networkingv1.NetworkPolicyPort) []networkingv1.NetworkPolicyIngressRule {
+	return []networkingv1.NetworkPolicyIngressRule{{From: from, Ports: ports}}
+}
+
+func egressRule(to []networkingv1.NetworkPolicyPeer, ports ...networkingv1.NetworkPolicyPort) []networkingv1.NetworkPolicyEgressRule {
+	return []networkingv1.NetworkPolicyEgressRule{{To: to, Ports: ports}}
+}
+
+func npPeers(ps ...networkingv1.NetworkPolicyPeer) []networkingv1.NetworkPolicyPeer { return ps }
+
+func podPeerOf(s *metav1.LabelSelector) networkingv1.NetworkPolicyPeer {
+	return networkingv1.NetworkPolicyPeer{PodSelector: s}
+}
+
+func npPort(proto corev1.Protocol, port intstr.IntOrString) networkingv1.NetworkPolicyPort {
+	return networkingv1.NetworkPolicyPort{Protocol: &proto, Port: &port}
+}
+
+func tcpPort(n int32) networkingv1.NetworkPolicyPort {
+	return npPort(corev1.ProtocolTCP, intstr.FromInt32(n))
+}
+
+func udpPort(n int32) networkingv1.NetworkPolicyPort {
+	return npPort(corev1.ProtocolUDP, intstr.FromInt32(n))
+}
+
+func tcpRange(n, end int32) networkingv1.NetworkPolicyPort {
+	p := tcpPort(n)
+	p.EndPort = &end
+	return p
+}
+
+func namedPort(proto corev1.Protocol, name string) networkingv1.NetworkPolicyPort {
+	return npPort(proto, intstr.FromString(name))
+}
+
+// polQuietLog discards the drivers' logs.
+var polQuietLog = slog.New(slog.NewTextHandler(io.Discard, nil))
+
+// polInNS runs f in netns (commands it starts run there too) and fails b on error.
+func polInNS(b *testing.B, netns ns.NetNS, f func() error) {
+	b.Helper()
+	if err := netns.Do(func(ns.NetNS) error { return f() }); err != nil {
+		b.Fatal(err)
+	}
+}
+
+// newPolicyDriver is the policy driver an agent holds, writing through backend.
+func newPolicyDriver(backend dataplane.Backend) *dataplane.Policy {
+	p := dataplane.NewPolicy(polQuietLog)
+	p.UseBackend(backend)
+	return p
+}
+
+// polDenied is the denied function an agent hands to Policy.Apply: the
+// ruleset's own evaluator, built only when some flow is judged.
+func polDenied(rs policy.Ruleset) func(dataplane.Flow) bool {
+	var ev *policy.Evaluator
+	return func(f dataplane.Flow) bool {
+		if ev == nil {
+			ev = rs.Evaluator()
+		}
+		ok, _ := ev.Allowed(policy.Flow{Src: f.Src, Dst: f.Dst, Protocol: corev1.Protocol(f.Protocol), DstPort: f.DstPort})
+		return !ok
+	}
+}
+
+// polSyncAt compiles in and applies it with p in the calling thread's
+// namespace: what an agent runs on a watch event. With cut, Apply gets the
+// denied function an agent gives it (so it judges the established flows
+// when it must: a conntrack dump); without, none. It returns the compile
+// time and the whole time.
+func polSyncAt(p *dataplane.Policy, in policy.Input, cut bool) (compile, total time.Duration, st dataplane.PolicyStats, err error) {
+	t0 := time.Now()
+	rs := policy.Compile(in)
+	compile = time.Since(t0)
+	var denied func(dataplane.Flow) bool
+	if cut {
+		denied = polDenied(rs)
+	}
+	st, err = p.Apply(rs, denied)
+	return compile, time.Since(t0), st, err
+}
+
+// polBins are the commands of the floor, of the same backend as tern's.
+type polBins struct{ save, save6, restore string }
+
+func polBinsFor(b *testing.B, mode string) polBins {
+	look := func(names ...string) string {
+		for _, n := range names {
+			if p, err := exec.LookPath(n); err == nil {
+				return p
+			}
+		}
+		b.Fatalf("none of %v installed", names)
+		return ""
+	}
+	return polBins{
+		save:    look("iptables-"+mode+"-save", "iptables-save"),
+		save6:   look("ip6tables-"+mode+"-save", "ip6tables-save"),
+		restore: look("iptables-"+mode+"-restore", "iptables-restore"),
+	}
+}
+
+// polRun runs a command in the calling thread's namespace.
+func polRun(stdin []byte, name string, args ...string) ([]byte, error) {
+	cmd := exec.Command(name, args...)
+	if stdin != nil {
+		cmd.Stdin = bytes.NewReader(stdin)
+	}
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return out, fmt.Errorf("%s %v: %w: %s", name, args, err, bytes.TrimSpace(stderr.Bytes()))
+	}
+	return out, nil
+}
+
+// policyDump is what of a namespace's ipsets and filter table is the policy
+// driver's, in restore syntax.
+type policyDump struct{ sets, rules []byte }
+
+// dumpPolicy reads tern's sets and the TERN-P chains of netns.
+func dumpPolicy(b *testing.B, netns ns.NetNS, bins polBins) policyDump {
+	var d policyDump
+	polInNS(b, netns, func() error {
+		sets, err := polRun(nil, "ipset", "save")
+		if err != nil {
+			return err
+		}
+		rules, err := polRun(nil, bins.save, "-t", "filter")
+		if err != nil {
+			return err
+		}
+		var s, r bytes.Buffer
+		for _, l := range strings.Split(string(sets), "\n") {
+			if f := strings.Fields(l); len(f) >= 2 && strings.HasPrefix(f[1], policy.SetPrefix) {
+				s.WriteString(l + "\n")
+			}
+		}
+		r.WriteString("*filter\n")
+		for _, l := range strings.Split(string(rules), "\n") {
+			if strings.HasPrefix(l, ":"+policy.ChainPrefix) || strings.HasPrefix(l, "-A "+policy.ChainPrefix) {
+				r.WriteString(l + "\n")
+			}
+		}
+		r.WriteString("COMMIT\n")
+		d.sets, d.rules = s.Bytes(), r.Bytes()
+		return nil
+	})
+	return d
+}
+
+// polCount counts the lines of text starting with prefix.
+func polCount(text []byte, prefix string) int {
+	n := 0
+	for _, l := range bytes.Split(text, []byte("\n")) {
+		if bytes.HasPrefix(l, []byte(prefix)) {
+			n++
+		}
+	}
+	return n
+}
+
+// syncResult is the full sync from empty, tern against the floor.
+type syncResult struct {
+	compile, total, floor []time.Duration
+	// noCut: tern's Compile + Apply without a denied function, so without
+	// the conntrack pass.
+	noCut []time.Duration
+	// readBack: the commands of Apply's read-back, alone, in a fresh
+	// namespace.
+	readBack []time.Duration
+	stats    dataplane.PolicyStats
+	dump     policyDump
+	dispatch int // rules of TERN-POLICY
+}
+
+// measureFullSync times, each in a fresh namespace and in rotating order,
+// tern's Compile + Apply from empty (with and without the conntrack pass)
+// and the floor: tern's resulting sets and chains, dumped, fed to one
+// `ipset restore` and one iptables-restore --noflush.
+func measureFullSync(b *testing.B, backend dataplane.Backend, bins polBins) syncResult {
+	in := policyInput()
+	var r syncResult
+	ternOnce := func(cut bool) {
+		netns := clustertest.NewNS(b)
+		p := newPolicyDriver(backend)
+		var c, t time.Duration
+		polInNS(b, netns, func() error {
+			var err error
+			c, t, r.stats, err = polSyncAt(p, in, cut)
+			return err
+		})
+		if cut {
+			r.compile, r.total = append(r.compile, c), append(r.total, t)
+		} else {
+			r.noCut = append(r.noCut, t)
+		}
+		if r.dump.sets == nil {
+			r.dump = dumpPolicy(b, netns, bins)
+		}
+	}
+	floorOnce := func() ns.NetNS {
+		netns := clustertest.NewNS(b)
+		polInNS(b, netns, func() error {
+			t0 := time.Now()
+			if _, err := polRun(r.dump.sets, "ipset", "restore"); err != nil {
+				return err
+			}
+			if _, err := polRun(r.dump.rules, bins.restore, "--noflush", "--wait", "10"); err != nil {
+				return err
+			}
+			r.floor = append(r.floor, time.Since(t0))
+			return nil
+		})
+		return netns
+	}
+	// Untimed: one of each warms the binaries and the kernel modules, makes
+	// the dumps, and checks that the floor installs what tern does.
+	ternOnce(true)
+	ternOnce(false)
+	check := floorOnce()
+	if got := dumpPolicy(b, check, bins); !bytes.Equal(got.sets, r.dump.sets) || !bytes.Equal(got.rules, r.dump.rules) {
+		b.Fatalf("the floor installs other content than tern: %d/%d bytes of sets, %d/%d bytes of rules",
+			len(got.sets), len(r.dump.sets), len(got.rules), len(r.dump.rules))
+	}
+	r.compile, r.total, r.noCut, r.floor = nil, nil, nil, nil
+	ops := []func(){func() { ternOnce(true) }, func() { ternOnce(false) }, func() { floorOnce() }}
+	for i := range syncReps {
+		for k := range ops {
+			ops[(i+k)%len(ops)]()
+		}
+	}
+	for range syncReps {
+		polInNS(b, clustertest.NewNS(b), func() error {
+			t0 := time.Now()
+			for _, cmd := range [][]string{{"ipset", "save"}, {bins.save, "-t", "filter"}, {bins.save6, "-t", "filter"}} {
+				if _, err := polRun(nil, cmd[0], cmd[1:]...); err != nil {
+					return err
+				}
+			}
+			r.readBack = append(r.readBack, time.Since(t0))
+			return nil
+		})
+	}
+	r.dispatch = polCount(r.dump.rules, "-A "+policy.ChainPolicy+" ")
+	return r
+}
+
+func (r syncResult) write(w *strings.Builder) {
+	tm, nm, fm := median(r.total), median(r.noCut), median(r.floor)
+	fmt.Fprintf(w, "\n## Full sync from empty\n\nThe ruleset: %d ipsets with %d members, %d chains with %d rules (%d of them in %s). "+
+		"Each run in a fresh network namespace, %d of each in rotating order, after one untimed run each. "+
+		"The floor's input is tern's result read back with `ipset save` and iptables-save (checked to install the same content); "+
+		"the iptables backend was given to the driver, not detected.\n\n",
+		polCount(r.dump.sets, "create "), polCount(r.dump.sets, "add "), polCount(r.dump.rules, ":"), polCount(r.dump.rules, "-A "),
+		r.dispatch, policy.ChainPolicy, syncReps)
+	w.WriteString("| | median ms | / floor | runs, ms |\n|---|---|---|---|\n")
+	fmt.Fprintf(w, "| tern: policy.Compile + Policy.Apply, the agent's path (with a denied function: conntrack pass) | %.1f | **%.2fx** | %s |\n",
+		ms(tm), ms(tm)/ms(fm), polMsList(r.total))
+	fmt.Fprintf(w, "| of which policy.Compile | %.1f | | %s |\n", ms(median(r.compile)), polMsList(r.compile))
+	fmt.Fprintf(w, "| tern without the conntrack pass (denied nil) | %.1f | %.2fx | %s |\n", ms(nm), ms(nm)/ms(fm), polMsList(r.noCut))
+	fmt.Fprintf(w, "| Apply's read-back commands alone (`ipset save`, iptables-save, ip6tables-save), fresh namespace | %.1f | | %s |\n",
+		ms(median(r.readBack)), polMsList(r.readBack))
+	fmt.Fprintf(w, "| floor: one `ipset restore` + one `iptables-restore --noflush` of the same content | %.1f | 1 | %s |\n", ms(fm), polMsList(r.floor))
+	fmt.Fprintf(w, "\nTarget: at most 1.2x the floor. Apply ran %d `ipset restore` and %d iptables-restore after its read-back; "+
+		"with a denied function its first Apply also dumps the conntrack table (both families) to judge established flows.\n",
+		r.stats.SetRestores, r.stats.Restores)
+}
+
+// incSeries is one kind of incremental change, one sample per new pod.
+type incSeries struct {
+	name           string
+	cut            bool // Apply gets a denied function (the agent's path)
+	compile, total []time.Duration
+	setRestores    int
+	restores       int
+	chainsWritten  int
+}
+
+type incResult struct{ remote, local, localNoCut incSeries }
+
+// measureIncremental adds pods one at a time to a node holding the full
+// ruleset and times Compile + Apply of each: first pods on another node
+// (only set members change), then pods on this node (also a new pod chain
+// and a dispatch rule in TERN-POLICY).
+func measureIncremental(b *testing.B, backend dataplane.Backend) incResult {
+	in := policyInput()
+	in.Pods = slices.Clip(in.Pods)
+	netns := clustertest.NewNS(b)
+	p := newPolicyDriver(backend)
+	r := incResult{
+		remote:     incSeries{name: "remote-pod", cut: true},
+		local:      incSeries{name: "local-pod", cut: true},
+		localNoCut: incSeries{name: "local-pod-no-conntrack-pass"},
+	}
+	polInNS(b, netns, func() error {
+		if _, _, _, err := polSyncAt(p, in, true); err != nil {
+			return err
+		}
+		add := func(s *incSeries, pod policy.Pod) error {
+			in.Pods = append(in.Pods, pod)
+			c, t, st, err := polSyncAt(p, in, s.cut)
+			s.compile, s.total = append(s.compile, c), append(s.total, t)
+			s.setRestores += st.SetRestores
+			s.restores += st.Restores
+			s.chainsWritten += st.ChainsWritten
+			return err
+		}
+		next := polNodes * polPerNode
+		for k := range remoteAdds {
+			if err := add(&r.remote, benchPod(next, 1, netip.AddrFrom4([4]byte{10, 244, byte(100 + k/250), byte(k%250 + 1)}))); err != nil {
+				return err
+			}
+			next++
+		}
+		for k := range localAdds {
+			s := &r.local
+			if k%2 == 1 {
+				s = &r.localNoCut
+			}
+			if err := add(s, benchPod(next, 0, netip.AddrFrom4([4]byte{10, 244, byte(200 + k/250), byte(k%250 + 1)}))); err != nil {
+				return err
+			}
+			next++
+		}
+		return nil
+	})
+	return r
+}
+
+func polQuantile(d []time.Duration, q float64) time.Duration {
+	s := slices.Clone(d)
+	slices.Sort(s)
+	return s[min(len(s)-1, int(q*float64(len(s))))]
+}
+
+func (r incResult) write(w *strings.Builder) {
+	fmt.Fprintf(w, "\n## Incremental: one new pod matching existing selectors\n\n"+
+		"With the full ruleset applied, pods are added one at a time to the snapshot and each time the whole "+
+		"snapshot is compiled and applied, with the denied function an agent gives Apply (what the agent's reconcile "+
+		"runs on a watch event; the rules are in force when Apply returns). The informer's delivery of the event is not "+
+		"included. First %d pods on another node (only set members change), then %d on this node (a new pod chain and "+
+		"a dispatch rule in %s, which is rewritten whole), every other one applied without a denied function to show "+
+		"the conntrack pass's share. ms:\n\n", remoteAdds, localAdds, policy.ChainPolicy)
+	w.WriteString("| new pod | samples | p50 | p90 | p99 | compile p50 | apply p50 | ipset restores | iptables-restores | chains written |\n|---|---|---|---|---|---|---|---|---|---|\n")
+	for _, s := range []incSeries{r.remote, r.local, r.localNoCut} {
+		apply := make([]time.Duration, len(s.total))
+		for i := range s.total {
+			apply[i] = s.total[i] - s.compile[i]
+		}
+		fmt.Fprintf(w, "| %s | %d | %.2f | %.2f | %.2f | %.2f | %.2f | %d | %d | %d |\n", s.name, len(s.total),
+			ms(polQuantile(s.total, .5)), ms(polQuantile(s.total, .9)), ms(polQuantile(s.total, .99)),
+			ms(polQuantile(s.compile, .5)), ms(polQuantile(apply, .5)), s.setRestores, s.restores, s.chainsWritten)
+	}
+	w.WriteString("\nTarget: p50 under 10 ms.\n")
+}
+
+// memResult is the memory the compiled state of one node holds.
+type memResult struct {
+	heapMB, rssBeforeMB, rssAfterMB, rssDeltaMB, peakDeltaMB float64
+}
+
+// measurePolicyMemory builds the snapshot, compiles it and applies it in a
+// namespace of its own, and reports what this process holds for it
+// afterwards: the Go heap in use after a collection, and the growth of the
+// resident set (after returning freed memory to the OS) and of its peak.
+func measurePolicyMemory(b *testing.B, backend dataplane.Backend) memResult {
+	var m memResult
+	var mst runtime.MemStats
+	runtime.GC()
+	debug.FreeOSMemory()
+	runtime.ReadMemStats(&mst)
+	heap0 := mst.HeapInuse
+	m.rssBeforeMB = procStatusMB(b, "VmRSS")
+	// Reset the peak resident set to the current one.
+	if err := os.WriteFile("/proc/self/clear_refs", []byte("5"), 0); err != nil {
+		b.Fatal(err)
+	}
+
+	in := policyInput()
+	netns := clustertest.NewNS(b)
+	p := newPolicyDriver(backend)
+	var rs policy.Ruleset
+	polInNS(b, netns, func() error {
+		rs = policy.Compile(in)
+		_, err := p.Apply(rs, polDenied(rs))
+		return err
+	})
+	peak := procStatusMB(b, "VmHWM")
+	runtime.GC()
+	debug.FreeOSMemory()
+	runtime.ReadMemStats(&mst)
+	m.heapMB = float64(mst.HeapInuse-min(heap0, mst.HeapInuse)) / (1 << 20)
+	m.rssAfterMB = procStatusMB(b, "VmRSS")
+	m.rssDeltaMB = m.rssAfterMB - m.rssBeforeMB
+	m.peakDeltaMB = peak - m.rssBeforeMB
+	runtime.KeepAlive(in)
+	runtime.KeepAlive(rs)
+	runtime.KeepAlive(p)
+	return m
+}
+
+func procStatusMB(b *testing.B, field string) float64 {
+	data, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, l := range strings.Split(string(data), "\n") {
+		if f := strings.Fields(l); len(f) >= 2 && f[0] == field+":" {
+			kb, _ := strconv.ParseFloat(f[1], 64)
+			return kb / 1024
+		}
+	}
+	b.Fatalf("no %s in /proc/self/status", field)
+	return 0
+}
+
+func (m memResult) write(w *strings.Builder) {
+	fmt.Fprintf(w, "\n## Memory (an indication, not the agent's RSS)\n\n"+
+		"This benchmark's process holding the snapshot (%d pods as policy.Pod values, not the informers' API objects), "+
+		"the compiled ruleset and the policy driver's state after a full sync:\n\n", polNodes*polPerNode)
+	w.WriteString("| | MB |\n|---|---|\n")
+	fmt.Fprintf(w, "| Go heap in use, growth, after GC | %.1f |\n", m.heapMB)
+	fmt.Fprintf(w, "| resident set, growth, after GC and returning freed memory | %.1f |\n", m.rssDeltaMB)
+	fmt.Fprintf(w, "| resident set, growth of the peak during compile and apply | %.1f |\n", m.peakDeltaMB)
+	fmt.Fprintf(w, "| resident set of the whole benchmark process afterwards | %.1f |\n", m.rssAfterMB)
+	w.WriteString("\nThe agent's RSS at this scale (target under 100 MB) adds its informer caches of the API objects, " +
+		"client-go, the BGP speaker and the rest: it is measured on the lab separately.\n")
+}
+
+func polMsList(d []time.Duration) string {
+	var s []string
+	for _, x := range d {
+		s = append(s, fmt.Sprintf("%.0f", ms(x)))
+	}
+	return strings.Join(s, ", ")
+}
+
+// writePolicyOut writes bench-out/policy.md under the module root and logs it.
+func writePolicyOut(b *testing.B, text string) {
+	b.Log("\n" + text)
+	root, err := nodetest.ModuleRoot()
+	if err != nil {
+		b.Fatal(err)
+	}
+	dir := filepath.Join(root, "bench-out")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		b.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "policy.md"), []byte(text), 0o644); err != nil {
+		b.Fatal(err)
+	}
+}
