@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -22,6 +23,7 @@ import (
 // rack 2 behind FRR.
 var (
 	labDir, binDir string
+	moduleRoot     string
 	client         *lab.Client
 	prefix         = "tle2e"
 )
@@ -49,6 +51,7 @@ func run(m *testing.M) (int, error) {
 	if err != nil {
 		return 1, err
 	}
+	moduleRoot = root
 	tmp, err := os.MkdirTemp("", "tern-e2e-")
 	if err != nil {
 		return 1, err
@@ -62,7 +65,6 @@ func run(m *testing.M) (int, error) {
 	}
 	before := rootSnapshot()
 	up := labCmd("up", "--nodes", "4", "--racks", "2", "--router", "mixed")
-	up.Dir = root
 	t0 := time.Now()
 	if out, err := up.CombinedOutput(); err != nil {
 		labCmd("down").Run()
@@ -71,9 +73,23 @@ func run(m *testing.M) (int, error) {
 	fmt.Fprintf(os.Stderr, "e2e: lab up in %s\n", time.Since(t0).Round(100*time.Millisecond))
 	client = lab.NewClient(labDir)
 	st, _ := client.State(context.Background())
+	pids := []int{st.PID}
 	code := m.Run()
 	if code != 0 {
 		fmt.Fprintf(os.Stderr, "e2e: lab log (tail):\n%s\n", tailFile(lab.LogPath(labDir), 4000))
+	}
+	// A crashed lab: the daemon dies with SIGKILL, leaving its agents,
+	// routers, namespaces and control plane behind. `up` cleans all that and
+	// starts afresh (here the other topology: one segment, node-to-node mesh).
+	if code == 0 {
+		if err := crashAndRestart(st); err != nil {
+			labCmd("down").Run()
+			return 1, err
+		}
+		if s2, err := client.State(context.Background()); err == nil {
+			st.Nodes = append(st.Nodes, s2.Nodes...)
+			pids = append(pids, s2.PID)
+		}
 	}
 	// tern-lab down leaves nothing: no namespace, no process it started, and
 	// the host's own links, routes and iptables rules as they were.
@@ -84,7 +100,6 @@ func run(m *testing.M) (int, error) {
 	if left, _ := filepath.Glob(filepath.Join(lab.NetNSDir, prefix+"-*")); len(left) > 0 {
 		problems = append(problems, "namespaces left: "+strings.Join(left, " "))
 	}
-	pids := []int{st.PID}
 	for _, n := range st.Nodes {
 		pids = append(pids, n.AgentPID)
 	}
@@ -109,6 +124,7 @@ func run(m *testing.M) (int, error) {
 func labCmd(args ...string) *exec.Cmd {
 	c := exec.Command(filepath.Join(binDir, "tern-lab"), args...)
 	c.Env = append(os.Environ(), "TERN_LAB_DIR="+labDir, "TERN_LAB_NAME="+prefix)
+	c.Dir = moduleRoot
 	return c
 }
 
@@ -148,4 +164,32 @@ func tailFile(path string, n int) string {
 		b = b[len(b)-n:]
 	}
 	return string(b)
+}
+
+// crashAndRestart kills the lab daemon with SIGKILL and checks that `up`
+// removes everything the dead lab left and brings up a new one.
+func crashAndRestart(old lab.State) error {
+	if err := syscall.Kill(old.PID, syscall.SIGKILL); err != nil {
+		return fmt.Errorf("kill the lab daemon: %w", err)
+	}
+	time.Sleep(500 * time.Millisecond)
+	if left, _ := filepath.Glob(filepath.Join(lab.NetNSDir, prefix+"-*")); len(left) == 0 {
+		return fmt.Errorf("the killed lab left no namespaces: the crash test tests nothing")
+	}
+	t0 := time.Now()
+	out, err := labCmd("up", "--nodes", "2", "--router", "none").CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("tern-lab up after a crash: %w\n%s", err, out)
+	}
+	for _, n := range old.Nodes {
+		if n.AgentPID > 0 && processAlive(n.AgentPID) {
+			return fmt.Errorf("the crashed lab's agent %d (%s) still runs after up", n.AgentPID, n.Name)
+		}
+	}
+	s, err := client.State(context.Background())
+	if err != nil || len(s.Nodes) != 2 || len(s.Routers) != 0 {
+		return fmt.Errorf("the new lab: %+v %v", s, err)
+	}
+	fmt.Fprintf(os.Stderr, "e2e: up after a crashed lab: cleaned and up again (2 nodes, mesh) in %s\n", time.Since(t0).Round(100*time.Millisecond))
+	return nil
 }

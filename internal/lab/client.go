@@ -238,10 +238,10 @@ func Cleanup(dir, prefix string, progress io.Writer) {
 	for _, sub := range []string{"nodes", "kube", "cni-bin", "kubeconfig"} {
 		_ = os.RemoveAll(filepath.Join(dir, sub))
 	}
-	if m, _ := filepath.Glob(filepath.Join(dir, "tor*")); len(m) > 0 {
-		for _, p := range m {
-			_ = os.RemoveAll(p)
-		}
+	frr, _ := filepath.Glob(filepath.Join(frrRoot, prefix+"-tor*"))
+	tors, _ := filepath.Glob(filepath.Join(dir, "tor*"))
+	for _, p := range append(frr, tors...) {
+		_ = os.RemoveAll(p)
 	}
 }
 
