@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"slices"
 )
 
 // Node applies a Plan to the kernel of the network namespace it runs in.
@@ -13,7 +14,15 @@ type Node struct {
 	backend *Backend
 	ipt4    *iptablesDriver
 	ipt6    *iptablesDriver
+	// applied is the plan whose chains and jumps the last Apply found or
+	// wrote without error; while a plan's rules equal it, Apply does not
+	// read iptables back (each read is an exec) until Resync.
+	applied *Plan
 }
+
+// Resync makes the next Apply read back the installed rules, repairing
+// drift (a periodic pass does it).
+func (n *Node) Resync() { n.applied = nil }
 
 // NewNode returns a driver for the current network namespace.
 func NewNode(log *slog.Logger) *Node { return &Node{log: log} }
@@ -22,7 +31,7 @@ func NewNode(log *slog.Logger) *Node { return &Node{log: log} }
 // at its first Apply. Give the node and the policy driver the same backend.
 func (n *Node) UseBackend(b Backend) {
 	n.backend = &b
-	n.ipt4, n.ipt6 = nil, nil
+	n.ipt4, n.ipt6, n.applied = nil, nil, nil
 }
 
 // ApplyStats says what an Apply changed.
@@ -49,6 +58,10 @@ func (n *Node) Apply(plan Plan) (ApplyStats, error) {
 	var err error
 	st.RoutesAdded, st.RoutesDeleted, err = applyRoutes(plan.Routes)
 	errs = append(errs, err)
+	if n.applied != nil && sameRules(*n.applied, plan) {
+		return st, errors.Join(errs...)
+	}
+	rulesOK := true
 	for _, v6 := range []bool{false, true} {
 		planned := (v6 && plan.IPv6) || (!v6 && plan.IPv4)
 		d, err := n.driver(v6)
@@ -64,15 +77,42 @@ func (n *Node) Apply(plan Plan) (ApplyStats, error) {
 			j, err2 := d.ensureJumps(plan.Jumps)
 			st.JumpsInserted += j
 			errs = append(errs, err, err2)
+			rulesOK = rulesOK && err == nil && err2 == nil
 		}
 		r, err := d.removeStale(plan)
 		st.StaleRemoved += r
 		errs = append(errs, err)
+		rulesOK = rulesOK && err == nil
+	}
+	if rulesOK {
+		p := plan
+		n.applied = &p
+	} else {
+		n.applied = nil
 	}
 	if st != (ApplyStats{}) {
 		n.log.Info("dataplane updated", "routesAdded", st.RoutesAdded, "routesDeleted", st.RoutesDeleted, "chainsWritten", st.ChainsWritten, "jumpsInserted", st.JumpsInserted, "staleRemoved", st.StaleRemoved)
 	}
 	return st, errors.Join(errs...)
+}
+
+// sameRules reports whether two plans want the same chains and jumps.
+func sameRules(a, b Plan) bool {
+	if a.IPv4 != b.IPv4 || a.IPv6 != b.IPv6 || len(a.Chains) != len(b.Chains) || !slices.Equal(a.Jumps, b.Jumps) {
+		return false
+	}
+	for i := range a.Chains {
+		x, y := a.Chains[i], b.Chains[i]
+		if x.IPv6 != y.IPv6 || x.Table != y.Table || x.Name != y.Name || len(x.Rules) != len(y.Rules) {
+			return false
+		}
+		for j := range x.Rules {
+			if !slices.Equal(x.Rules[j], y.Rules[j]) {
+				return false
+			}
+		}
+	}
+	return true
 }
 
 func (n *Node) driver(v6 bool) (*iptablesDriver, error) {

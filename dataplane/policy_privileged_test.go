@@ -523,6 +523,19 @@ func TestNodeJumpsToPolicy(t *testing.T) {
 			if s := n.save(false); !strings.Contains(s, ":TERN-PI-A") || !strings.Contains(s, ":TERN-PE-A") {
 				t.Fatalf("the node removed policy chains:\n%s", s)
 			}
+			// Between resyncs an unchanged plan costs no read-back; drift
+			// (a rule deleted by hand) is repaired by the next resync.
+			n.ipt(false, "-D", ChainForward, "1")
+			if st, err := nodeApply(); err != nil || st != (ApplyStats{}) {
+				t.Fatalf("unchanged plan without resync: %+v %v (want no work)", st, err)
+			}
+			node.Resync()
+			if st, err := nodeApply(); err != nil || st.ChainsWritten != 1 {
+				t.Fatalf("resync after drift: %+v %v (want TERN-FORWARD rewritten)", st, err)
+			}
+			if rules := n.ipt(false, "-S", ChainForward); !strings.Contains(rules, "-j "+policy.ChainPolicy) {
+				t.Fatalf("drift not repaired:\n%s", rules)
+			}
 			// Everything went through the chosen backend: the other one
 			// holds none of it.
 			other := "legacy"

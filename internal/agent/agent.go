@@ -304,6 +304,9 @@ func (a *Agent) reconcile(ctx context.Context, resync bool) error {
 			return fmt.Errorf("network policy: %w", err)
 		}
 	}
+	if resync {
+		a.node.Resync()
+	}
 	plan := dataplane.PlanNode(dataplane.NodeConfig{
 		PodCIDRs: a.ipam.Pools(), ClusterCIDRs: a.cfg.ClusterCIDRs, NATOutgoing: a.cfg.NATOutgoing, Policy: usePolicy,
 	})
