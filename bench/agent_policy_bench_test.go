@@ -97,7 +97,7 @@ func BenchmarkAgentPolicyRSS(b *testing.B) {
 		case 2: // pod AND namespace, a port range
 			spec.Ingress = []networkingv1.NetworkPolicyIngressRule{{From: []networkingv1.NetworkPolicyPeer{{
 				NamespaceSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"team": "1"}},
-				PodSelector: &metav1.LabelSelector{MatchExpressions: []metav1.LabelSelectorRequirement{{Key: "tier", Operator: metav1.LabelSelectorOpIn, Values: []string{"web", "cache"}}}}}},
+				PodSelector:       &metav1.LabelSelector{MatchExpressions: []metav1.LabelSelectorRequirement{{Key: "tier", Operator: metav1.LabelSelectorOpIn, Values: []string{"web", "cache"}}}}}},
 				Ports: []networkingv1.NetworkPolicyPort{{Protocol: &tcp, Port: &port, EndPort: &end}}}}
 		case 3: // egress to an ipBlock with except, and named port egress
 			spec.PolicyTypes = []networkingv1.PolicyType{networkingv1.PolicyTypeEgress}

@@ -49,8 +49,9 @@ type pktResult struct {
 	// client, server and early (a second server): pod key, HostIf, address.
 	client, server, early string
 	port, earlyPort       int
-	// dispatchPos, earlyPos: positions of the servers' ingress dispatch
-	// rules among the dispatchRules rules of TERN-POLICY.
+	// dispatchPos, earlyPos: the dispatch rules (of TERN-POLICY and the
+	// ingress dispatch tree) a packet to each server walks; dispatchRules:
+	// all the rules of TERN-POLICY and the dispatch chains.
 	dispatchPos, earlyPos, dispatchRules int
 	chainRules                           int // rules of the server's ingress chain
 	// synCount, earlySynCount: packets the servers' dispatch rules counted.
@@ -67,26 +68,55 @@ func (r pktResult) ratio(k int) float64 {
 }
 
 // benchTarget is a server pod and a port a client may reach, and the
-// position of the server's ingress dispatch rule among the rules of
-// TERN-POLICY.
+// number of dispatch rules a packet to the server walks (TERN-POLICY's and
+// the ingress dispatch tree's).
 type benchTarget struct {
 	pod  policy.Pod
 	port int32
 	pos  int
 }
 
-// benchPods picks local pods of rs: a client with an egress chain and two
-// servers with ingress chains that the policies let it reach over TCP, one
-// whose dispatch rule in TERN-POLICY is as late as can be and one as early
-// as can be (to show whether the position matters: a pod chain's RETURN
-// resumes TERN-POLICY after the jump). rules is the length of TERN-POLICY.
-func benchPods(b *testing.B, in policy.Input, rs policy.Ruleset) (client policy.Pod, late, early benchTarget, rules int) {
-	var dispatch []policy.Rule
+// ingressDispatch walks the IPv4 dispatch from TERN-POLICY: for each
+// local pod's veth with an ingress chain, the rules a packet to it is
+// matched against on the way (in TERN-POLICY and the dispatch chains), in
+// the order the tree lists the veths; and all the rules of TERN-POLICY and
+// the dispatch chains.
+func ingressDispatch(rs policy.Ruleset) (order []string, cost map[string]int, rules int) {
+	chains := map[string][]policy.Rule{}
 	for _, c := range rs.Chains {
-		if c.Name == policy.ChainPolicy && !c.IPv6 {
-			dispatch = c.Rules
+		if !c.IPv6 {
+			chains[c.Name] = c.Rules
+			if c.Name == policy.ChainPolicy || strings.HasPrefix(c.Name, policy.ChainPrefix+"D") {
+				rules += len(c.Rules)
+			}
 		}
 	}
+	cost = map[string]int{}
+	var walk func(chain string, base int)
+	walk = func(chain string, base int) {
+		for i, r := range chains[chain] {
+			if len(r) != 4 || r[0] != "-o" {
+				continue
+			}
+			if strings.HasSuffix(r[1], "+") {
+				walk(r[3], base+i+1)
+			} else if _, ok := cost[r[1]]; !ok {
+				order = append(order, r[1])
+				cost[r[1]] = base + i + 1
+			}
+		}
+	}
+	walk(policy.ChainPolicy, 0)
+	return order, cost, rules
+}
+
+// benchPods picks local pods of rs: a client with an egress chain and two
+// servers with ingress chains that the policies let it reach over TCP, one
+// that a packet reaches through as many dispatch rules as can be and one
+// through as few (to show whether that matters). rules counts the rules of
+// TERN-POLICY and the dispatch chains.
+func benchPods(b *testing.B, in policy.Input, rs policy.Ruleset) (client policy.Pod, late, early benchTarget, rules int) {
+	order, cost, rules := ingressDispatch(rs)
 	local := map[string]policy.Pod{}
 	var clients []policy.Pod
 	for _, p := range in.Pods {
@@ -98,12 +128,11 @@ func benchPods(b *testing.B, in policy.Input, rs policy.Ruleset) (client policy.
 			clients = append(clients, p)
 		}
 	}
-	var servers []benchTarget // every pod with an ingress dispatch rule, in order
-	for i, r := range dispatch {
-		if len(r) >= 2 && r[0] == "-o" {
-			servers = append(servers, benchTarget{pod: local[r[1]], pos: i + 1})
-		}
+	var servers []benchTarget // every pod with an ingress dispatch rule, by cost
+	for _, hostIf := range order {
+		servers = append(servers, benchTarget{pod: local[hostIf], pos: cost[hostIf]})
 	}
+	slices.SortStableFunc(servers, func(a, b benchTarget) int { return a.pos - b.pos })
 	ev := rs.Evaluator()
 	// reach finds the first server of the order that cl may reach.
 	reach := func(cl policy.Pod, order func(int) int) (benchTarget, bool) {
@@ -138,7 +167,7 @@ func benchPods(b *testing.B, in policy.Input, rs policy.Ruleset) (client policy.
 	if !found {
 		b.Fatal("no pair of local pods with TCP allowed between them")
 	}
-	return client, late, early, len(dispatch)
+	return client, late, early, rules
 }
 
 // podNS attaches a pod namespace to node the way tern's CNI plugin does:
@@ -330,12 +359,12 @@ func (n *pktNode) slice(b *testing.B, kind int, addr string) (float64, time.Dura
 	return float64(conns), time.Since(t0)
 }
 
-// dispatchPackets reads the packet counter of TERN-POLICY's ingress
-// dispatch rule of hostIf (0 when there is none).
+// dispatchPackets reads the packet counter of hostIf's ingress dispatch
+// rule (0 when there is none).
 func dispatchPackets(b *testing.B, node ns.NetNS, bins polBins, hostIf string) uint64 {
 	out := clustertest.Run(b, node, bins.save, "-c", "-t", "filter")
 	for _, l := range strings.Split(out, "\n") {
-		if strings.Contains(l, "-A "+policy.ChainPolicy+" ") && strings.Contains(l, "-o "+hostIf+" ") {
+		if strings.Contains(l, "-A "+policy.ChainPrefix) && strings.Contains(l, "-o "+hostIf+" ") {
 			if c, _, ok := strings.Cut(strings.TrimPrefix(l, "["), ":"); ok {
 				n, _ := strconv.ParseUint(c, 10, 64)
 				return n
@@ -422,8 +451,8 @@ func (r pktResult) write(w *strings.Builder) {
 		"Local pods in namespaces of their own, attached to a node namespace as tern's CNI plugin attaches them (veth, pod /32, "+
 		"gateway 169.254.1.1 with permanent neighbour entries, host /32 route), so their packets cross the node's FORWARD chain, "+
 		"TERN-FORWARD and %s. Client %s, server %s port %d; the policies allow it through the client's egress chain and the "+
-		"server's ingress chain (%d rules). The server's ingress dispatch rule is rule %d of %d in %s; a second server, "+
-		"%s port %d, has its dispatch rule early, at rule %d. \"0 policies\" is a second node alike whose ruleset has no policy (%s holds its two conntrack "+
+		"server's ingress chain (%d rules). A packet to the server is matched against %d dispatch rules (of %d in %s and the dispatch "+
+		"chains) to reach its ingress chain; a second server, %s port %d, is reached early, after %d. \"0 policies\" is a second node alike whose ruleset has no policy (%s holds its two conntrack "+
 		"rules only); nothing changes in the rules while measuring. Go client and servers in this process; each measurement runs "+
 		"in %d pairs of %s slices, one on each node, in alternating order.\n\n",
 		policy.ChainPolicy, r.client, r.server, r.port, r.chainRules, r.dispatchPos, r.dispatchRules, policy.ChainPolicy,
@@ -442,7 +471,8 @@ func (r pktResult) write(w *strings.Builder) {
 		"rule (RELATED,ESTABLISHED), so request/response and throughput pay two rules per packet; only a connection's first "+
 		"packet goes past it, into the dispatch rules and the pod chains, which the connection rates measure (on the 500-policy "+
 		"node the servers' dispatch rules counted %d and %d packets for %.0f and %.0f connections made). That packet is matched "+
-		"against every rule of %s wherever its pods' dispatch rules are, since a pod chain that allows it RETURNs into %s "+
-		"after the jump: the cost grows with the number of policed local pods, not with a pod's place.\n",
+		"against %s's rules and, per direction, a path through a dispatch tree keyed on the veth's name (at most 16 rules per "+
+		"level, its pod chain reached by goto, so that the chain's RETURN resumes %s): the cost grows with the logarithm of the "+
+		"number of policed local pods.\n",
 		policy.ChainPolicy, r.synCount, r.earlySynCount, r.total[2][0].amount, r.total[3][0].amount, policy.ChainPolicy, policy.ChainPolicy)
 }

@@ -85,6 +85,61 @@ func BenchmarkCompileDualStack(b *testing.B) {
 	}
 }
 
+// benchCompiler is a Compiler warm with the benchmark's snapshot (its
+// policies carrying a ResourceVersion, as from the API).
+func benchCompiler(b *testing.B) (*Compiler, Input) {
+	in := benchInput(false)
+	for i, np := range in.Policies {
+		np.ResourceVersion = fmt.Sprint(i + 1)
+	}
+	c := &Compiler{}
+	c.Compile(in)
+	return c, in
+}
+
+// BenchmarkCompilerRemotePod is the cost of a compile by a warm Compiler
+// after one pod was added on another node: only set members change.
+func BenchmarkCompilerRemotePod(b *testing.B) {
+	benchCompilerNewPod(b, "node1")
+}
+
+// BenchmarkCompilerLocalPod is the same for a pod added on this node: its
+// chains, a leaf of each dispatch tree and set members change.
+func BenchmarkCompilerLocalPod(b *testing.B) {
+	benchCompilerNewPod(b, "node0")
+}
+
+func benchCompilerNewPod(b *testing.B, node string) {
+	c, in := benchCompiler(b)
+	template := in.Pods
+	k := 0
+	for b.Loop() {
+		b.StopTimer()
+		p := template[(k*37)%len(template)]
+		p.Name, p.Node, p.HostIf = fmt.Sprintf("new%05d", k), node, ""
+		p.IPs = []netip.Addr{netip.AddrFrom4([4]byte{10, 245, byte(k >> 8), byte(k)})}
+		if node == in.Node {
+			p.HostIf = fmt.Sprintf("tern%011x", 100000+k)
+		}
+		in.Pods = append(in.Pods, p)
+		k++
+		b.StartTimer()
+		c.Compile(in)
+	}
+	if c.stats.fresh != 1 {
+		b.Fatalf("compiled afresh %d times", c.stats.fresh)
+	}
+}
+
+// BenchmarkCompilerUnchanged is the cost of a compile by a warm Compiler of
+// the same snapshot again (a periodic resync).
+func BenchmarkCompilerUnchanged(b *testing.B) {
+	c, in := benchCompiler(b)
+	for b.Loop() {
+		c.Compile(in)
+	}
+}
+
 // benchFlows are flows between the benchmark's pods: local to local,
 // remote to local, local to remote.
 func benchFlows(in Input) []Flow {

@@ -3,6 +3,7 @@ package policy
 import (
 	"cmp"
 	"fmt"
+	"maps"
 	"slices"
 	"strconv"
 	"strings"
@@ -14,47 +15,94 @@ import (
 //
 // Only local pods (Pod.Node == in.Node, not host-network, with a HostIf) are
 // policed. A pod that some policy selects for a direction gets a chain for
-// that direction, TERN-PI-<hash> (ingress, jumped to on "-o HostIf") or
-// TERN-PE-<hash> (egress, on "-i HostIf"), whose rules RETURN what a rule of
-// one of those policies allows and DROP the rest. Peers are ipsets shared by
+// that direction, TERN-PI-<hash> (ingress, reached on "-o HostIf") or
+// TERN-PE-<hash> (egress, on "-i HostIf") through a dispatch tree keyed on
+// the veth's name (see dispatch.go), whose rules RETURN what a rule of one
+// of those policies allows and DROP the rest. Peers are ipsets shared by
 // every rule with the same meaning. The IPv4 ruleset is always compiled, the
 // IPv6 one when in.IPv6 is set or some pod has an IPv6 address.
 //
 // Compile is pure and deterministic: the order of in's slices and maps does
 // not change the result. It never panics on odd input; what the API server
 // would have rejected (unknown operators or protocols, bad CIDRs) matches
-// nothing. Chains may share Rule values: treat the result as read-only.
+// nothing. Chains may share Rule values: treat the result as read-only. To
+// compile snapshot after snapshot, a Compiler gives the same result faster.
 func Compile(in Input) Ruleset {
-	c := newCompiler(in)
-	rs := Ruleset{Pods: make(map[string]PodPolicy, len(c.local))}
-	for _, v6 := range c.families() {
-		rs.Chains = append(rs.Chains, c.familyChains(v6)...)
-	}
-	for _, s := range c.sets {
-		rs.Sets = append(rs.Sets, *s)
-	}
-	slices.SortFunc(rs.Sets, func(a, b Set) int {
-		return cmp.Or(strings.Compare(a.Name, b.Name), compareBool(a.IPv6, b.IPv6))
-	})
-	slices.SortFunc(rs.Chains, func(a, b Chain) int {
-		return cmp.Or(compareBool(a.IPv6, b.IPv6), strings.Compare(a.Name, b.Name))
-	})
-	for _, lp := range c.local {
-		pp := PodPolicy{
-			Ingress: policyKeys(c.policies, lp.policies[ingress]),
-			Egress:  policyKeys(c.policies, lp.policies[egress]),
-			HostIf:  lp.info.pod.HostIf,
-			IPs:     slices.Clone(lp.info.ips),
-		}
-		if len(lp.policies[ingress]) > 0 {
-			pp.IngressChain = lp.chains[ingress]
-		}
-		if len(lp.policies[egress]) > 0 {
-			pp.EgressChain = lp.chains[egress]
-		}
-		rs.Pods[lp.info.key] = pp
-	}
-	return rs
+	c := Compiler{oneShot: true}
+	return c.Compile(in)
+}
+
+// Compiler compiles snapshot after snapshot, each to exactly what Compile
+// gives for it, and does only the work that the differences from its last
+// snapshot call for: pods that were added, removed or changed patch the
+// members of the sets that select them and, for local pods, their own
+// chains and leaves of the dispatch tree. A change of the policies (told by
+// pointer and ResourceVersion), namespaces, Node, LogDrops or families, or
+// of many pods at once, compiles afresh, keeping what it derived from each
+// unchanged policy and pod.
+//
+// The Compiler relies on the API's conventions: a policy with a
+// ResourceVersion is not modified in place (a changed policy comes as a new
+// object or with a new ResourceVersion; one without a ResourceVersion is
+// compiled each time). Pods are compared by content. The results share
+// memory with each other: treat them as read-only. The zero value is ready
+// to use; a Compiler is not safe for concurrent use.
+type Compiler struct {
+	// oneShot: Compile's, used once; entries need no copies of the pods.
+	oneShot bool
+	round   uint64
+	// pods are the entries of the last snapshot by name, order the same in
+	// the snapshot's order; v6Pods counts those with an IPv6 address.
+	pods   map[podID]*podEntry
+	order  []*podEntry
+	v6Pods int
+	// byAddr indexes pods by address text, for patching sets; nil until
+	// needed.
+	byAddr map[string][]*podEntry
+	// policies of the last snapshot, by name.
+	policies map[podID]*policyEntry
+	// st is what the last compile derived; nil before the first.
+	st *compileState
+	// stats count the compiles by the way they went, for tests.
+	stats struct{ fresh, patched, same int }
+}
+
+// patchMax is the most changed pods that a Compiler patches its last
+// result with; beyond, compiling afresh is cheaper.
+const patchMax = 64
+
+// policyEntry is a policy object and what it compiled to.
+type policyEntry struct {
+	np *networkingv1.NetworkPolicy
+	rv string
+	pi *policyInfo
+}
+
+// compileState is what a Compiler derived from its last snapshot: valid
+// while the policies, namespaces, Node, LogDrops and families stay the
+// same.
+type compileState struct {
+	node     string
+	logDrops bool
+	v6       bool
+	nsLabels map[string]map[string]string
+	// policies sorted by "ns/name", the first of duplicate names; polByNS
+	// holds their indices by namespace, ascending; polUse counts, per
+	// policy and direction, the local pods it selects.
+	policies []*policyInfo
+	polByNS  map[string][]int
+	polUse   [][2]int
+	// local are the policed pods, sorted by HostIf, then key.
+	local []*localPod
+	sets  map[string]*setState
+	// dispatch holds the dispatch chains (ChainPolicy among them) by
+	// family and name.
+	dispatch [2]map[string]Chain
+	rs       Ruleset
+	// Within one compile: the index (built when a set is new) and the
+	// scratch map of podChain.
+	ix   *index
+	seen map[string]bool
 }
 
 // direction indexes per-direction arrays.
@@ -72,24 +120,10 @@ func (d direction) String() string {
 	return "egress"
 }
 
-type compiler struct {
-	in       Input
-	ix       *index
-	v6       bool
-	local    []*localPod // sorted by HostIf, then key
-	policies []*policyInfo
-	// peerPods caches the pods of a pod peer by its key.
-	peerPods map[string][]int
-	// sets by name; each is created by the first rule that refers to it.
-	sets map[string]*Set
-	// setNames caches setName by family and key.
-	setNames [2]map[string]string
-}
-
 // localPod is a pod this node polices.
 type localPod struct {
-	info     *podInfo
-	policies [2][]int    // indices into compiler.policies, ascending
+	e        *podEntry
+	policies [2][]int    // indices into compileState.policies, ascending
 	chains   [2]string   // chain names, also when the pod is open
 	named    portsByName // declared ports, for named ingress ports
 }
@@ -103,52 +137,79 @@ type keyedRule struct {
 	rule Rule
 }
 
-func newCompiler(in Input) *compiler {
-	c := &compiler{
-		in:       in,
-		peerPods: map[string][]int{},
-		sets:     map[string]*Set{},
-		setNames: [2]map[string]string{{}, {}},
-	}
-	c.ix = buildIndex(in.Pods, in.Namespaces)
-	c.v6 = in.IPv6
-	for i := range c.ix.pods {
-		if len(c.ix.pods[i].v6) > 0 {
-			c.v6 = true
-		}
-	}
+// chainKey is a chain's family and name.
+type chainKey struct {
+	v6   bool
+	name string
+}
 
-	// Local pods, by namespace for policy selection.
-	localByNS := map[string][]*localPod{}
-	for i := range c.ix.pods {
-		p := &c.ix.pods[i]
-		if p.pod.Node != in.Node || p.pod.HostIf == "" {
+// Compile compiles in; see Compile and Compiler.
+func (c *Compiler) Compile(in Input) Ruleset {
+	delta, many := c.syncPods(in.Pods)
+	v6 := in.IPv6 || c.v6Pods > 0
+	st := c.st
+	if st == nil || many || st.node != in.Node || st.logDrops != in.LogDrops || st.v6 != v6 ||
+		!c.samePolicies(in.Policies) || !maps.EqualFunc(st.nsLabels, normalizeNamespaces(in.Namespaces, false), sameLabels) {
+		c.stats.fresh++
+		return c.fresh(in, v6)
+	}
+	if len(delta) == 0 {
+		c.stats.same++
+		return st.rs
+	}
+	c.stats.patched++
+	c.patch(delta)
+	return st.rs
+}
+
+func sameLabels(a, b map[string]string) bool { return maps.Equal(a, b) }
+
+// samePolicies reports whether policies are those of the last snapshot,
+// the same objects at the same ResourceVersion.
+func (c *Compiler) samePolicies(policies []*networkingv1.NetworkPolicy) bool {
+	n := 0
+	for _, np := range policies {
+		if np == nil {
 			continue
 		}
-		lp := &localPod{info: p}
-		lp.chains[ingress], lp.chains[egress] = podChainNames(p.key)
-		for _, np := range p.pod.Ports {
-			proto, ok := protocolName(np.Protocol)
-			if !ok || np.Name == "" || np.Port < 1 || np.Port > 65535 {
-				continue
-			}
-			if lp.named == nil {
-				lp.named = portsByName{}
-			}
-			k := proto + "/" + np.Name
-			if !slices.Contains(lp.named[k], np.Port) {
-				lp.named[k] = append(lp.named[k], np.Port)
-				slices.Sort(lp.named[k])
-			}
+		n++
+		e := c.policies[podID{np.Namespace, np.Name}]
+		if e == nil || e.np != np || e.rv == "" || e.rv != np.ResourceVersion {
+			return false
 		}
-		c.local = append(c.local, lp)
-		localByNS[p.pod.Namespace] = append(localByNS[p.pod.Namespace], lp)
 	}
-	slices.SortFunc(c.local, func(a, b *localPod) int {
-		return cmp.Or(strings.Compare(a.info.pod.HostIf, b.info.pod.HostIf), strings.Compare(a.info.key, b.info.key))
-	})
+	return n == len(c.policies)
+}
 
-	// Policies, sorted by "ns/name"; the first of duplicate keys wins.
+func (st *compileState) families() []bool {
+	if st.v6 {
+		return []bool{false, true}
+	}
+	return []bool{false}
+}
+
+// index returns the index of the snapshot's pods, built on first use in a
+// compile.
+func (c *Compiler) index() *index {
+	if c.st.ix == nil {
+		c.st.ix = buildIndex(c.order, c.st.nsLabels)
+	}
+	return c.st.ix
+}
+
+// fresh compiles in from scratch, but for what the Compiler derived from
+// pods and policies before.
+func (c *Compiler) fresh(in Input, v6 bool) Ruleset {
+	st := &compileState{
+		node: in.Node, logDrops: in.LogDrops, v6: v6,
+		nsLabels: normalizeNamespaces(in.Namespaces, !c.oneShot),
+		polByNS:  map[string][]int{},
+		sets:     map[string]*setState{},
+		seen:     map[string]bool{},
+	}
+	c.st = st
+
+	// Policies, sorted by "ns/name"; the first of duplicate names wins.
 	nps := make([]*networkingv1.NetworkPolicy, 0, len(in.Policies))
 	for _, np := range in.Policies {
 		if np != nil {
@@ -158,55 +219,257 @@ func newCompiler(in Input) *compiler {
 	slices.SortStableFunc(nps, func(a, b *networkingv1.NetworkPolicy) int {
 		return cmp.Or(strings.Compare(a.Namespace, b.Namespace), strings.Compare(a.Name, b.Name))
 	})
+	memo := make(map[podID]*policyEntry, len(nps))
 	for _, np := range nps {
-		key := np.Namespace + "/" + np.Name
-		if n := len(c.policies); n > 0 && c.policies[n-1].key == key {
+		id := podID{np.Namespace, np.Name}
+		if memo[id] != nil {
 			continue
 		}
-		pi := compilePolicy(np)
-		idx := len(c.policies)
-		c.policies = append(c.policies, pi)
-		for _, lp := range localByNS[np.Namespace] {
-			if !pi.sel.matches(lp.info.pod.Labels) {
+		e := c.policies[id]
+		if e == nil || e.np != np || e.rv == "" || e.rv != np.ResourceVersion {
+			e = &policyEntry{np: np, rv: np.ResourceVersion, pi: compilePolicy(np)}
+		}
+		memo[id] = e
+		st.polByNS[np.Namespace] = append(st.polByNS[np.Namespace], len(st.policies))
+		st.policies = append(st.policies, e.pi)
+	}
+	c.policies = memo
+	st.polUse = make([][2]int, len(st.policies))
+
+	// Local pods, with the sets their policies refer to.
+	for _, e := range c.order {
+		if e.local(st.node) {
+			lp := st.newLocal(e)
+			st.local = append(st.local, lp)
+			c.use(lp, 1, nil)
+		}
+	}
+	slices.SortFunc(st.local, compareLocal)
+
+	rs := Ruleset{Pods: make(map[string]PodPolicy, len(st.local))}
+	for _, ss := range st.sets {
+		rs.Sets = append(rs.Sets, ss.set)
+	}
+	slices.SortFunc(rs.Sets, compareSets)
+	for _, v6 := range st.families() {
+		for _, d := range []direction{egress, ingress} {
+			for _, lp := range st.local {
+				if len(lp.policies[d]) > 0 {
+					rs.Chains = append(rs.Chains, st.podChain(v6, d, lp))
+				}
+			}
+		}
+		f := famIndex(v6)
+		st.dispatch[f] = map[string]Chain{}
+		for _, ch := range st.dispatchChains(v6) {
+			st.dispatch[f][ch.Name] = ch
+			rs.Chains = append(rs.Chains, ch)
+		}
+	}
+	slices.SortFunc(rs.Chains, compareChains)
+	for _, lp := range st.local {
+		rs.Pods[lp.e.key] = st.podPolicy(lp)
+	}
+	st.rs, st.ix = rs, nil
+	return rs
+}
+
+// patch brings the last result up to date with the changed pods delta: the
+// policies, namespaces and flags are the same.
+func (c *Compiler) patch(delta []podChange) {
+	st := c.st
+	var setPuts []Set
+	var setDels []string
+	// The sets there are: their members, for the pods that changed.
+	for _, ss := range st.sets {
+		members, changed := patchMembers(ss.def, ss.set.Members, delta, st.nsLabels, c.addrIndex)
+		if changed {
+			ss.set.Members = members
+			setPuts = append(setPuts, ss.set)
+		}
+	}
+	// Local pods that came, went or changed: a changed one goes and comes.
+	var gone, came []*localPod
+	for _, ch := range delta {
+		if ch.old != nil && ch.old.local(st.node) {
+			i, ok := slices.BinarySearchFunc(st.local, ch.old, func(lp *localPod, e *podEntry) int {
+				return cmp.Or(strings.Compare(lp.e.snap.HostIf, e.snap.HostIf), strings.Compare(lp.e.key, e.key))
+			})
+			if ok && st.local[i].e == ch.old {
+				gone = append(gone, st.local[i])
+				st.local = slices.Delete(st.local, i, i+1)
+			}
+		}
+		if ch.new != nil && ch.new.local(st.node) {
+			came = append(came, st.newLocal(ch.new))
+		}
+	}
+	rs := st.rs
+	if len(gone) > 0 || len(came) > 0 {
+		// Sets come into being before others go, so that one that stays
+		// in use is kept (and was patched above).
+		for _, lp := range came {
+			c.use(lp, 1, &setPuts)
+			i, _ := slices.BinarySearchFunc(st.local, lp, compareLocal)
+			st.local = slices.Insert(st.local, i, lp)
+		}
+		for _, lp := range gone {
+			c.use(lp, -1, nil)
+		}
+		for name, ss := range st.sets {
+			if ss.users == 0 {
+				delete(st.sets, name)
+				setDels = append(setDels, name)
+			}
+		}
+		// Chains: those of pods gone, then those of pods come (a changed
+		// pod keeps its chains' names).
+		upd := map[chainKey]*Chain{}
+		rs.Pods = maps.Clone(rs.Pods)
+		for _, lp := range gone {
+			for _, v6 := range st.families() {
+				for _, d := range []direction{egress, ingress} {
+					if len(lp.policies[d]) > 0 {
+						upd[chainKey{v6, lp.chains[d]}] = nil
+					}
+				}
+			}
+			delete(rs.Pods, lp.e.key)
+		}
+		for _, lp := range came {
+			for _, v6 := range st.families() {
+				for _, d := range []direction{egress, ingress} {
+					if len(lp.policies[d]) > 0 {
+						ch := st.podChain(v6, d, lp)
+						upd[chainKey{v6, ch.Name}] = &ch
+					}
+				}
+			}
+			rs.Pods[lp.e.key] = st.podPolicy(lp)
+		}
+		// The dispatch: only chains whose content changed.
+		for _, v6 := range st.families() {
+			f := famIndex(v6)
+			next := map[string]Chain{}
+			for _, ch := range st.dispatchChains(v6) {
+				next[ch.Name] = ch
+				if old, ok := st.dispatch[f][ch.Name]; !ok || !slices.EqualFunc(old.Rules, ch.Rules, slices.Equal) || old.Comment != ch.Comment {
+					upd[chainKey{v6, ch.Name}] = &ch
+				}
+			}
+			for name := range st.dispatch[f] {
+				if _, ok := next[name]; !ok {
+					upd[chainKey{v6, name}] = nil
+				}
+			}
+			st.dispatch[f] = next
+		}
+		rs.Chains = updateChains(rs.Chains, upd)
+	}
+	if len(setPuts) > 0 || len(setDels) > 0 {
+		rs.Sets = updateSets(rs.Sets, setPuts, setDels)
+	}
+	st.rs, st.ix = rs, nil
+}
+
+// newLocal makes the local pod of entry e, with the policies selecting it.
+func (st *compileState) newLocal(e *podEntry) *localPod {
+	lp := &localPod{e: e}
+	lp.chains[ingress], lp.chains[egress] = podChainNames(e.key)
+	for _, np := range e.snap.Ports {
+		proto, ok := protocolName(np.Protocol)
+		if !ok || np.Name == "" || np.Port < 1 || np.Port > 65535 {
+			continue
+		}
+		if lp.named == nil {
+			lp.named = portsByName{}
+		}
+		k := proto + "/" + np.Name
+		if !slices.Contains(lp.named[k], np.Port) {
+			lp.named[k] = append(lp.named[k], np.Port)
+			slices.Sort(lp.named[k])
+		}
+	}
+	for _, idx := range st.polByNS[e.snap.Namespace] {
+		pi := st.policies[idx]
+		if !pi.sel.matches(e.snap.Labels) {
+			continue
+		}
+		for _, d := range []direction{ingress, egress} {
+			if pi.dirs[d] {
+				lp.policies[d] = append(lp.policies[d], idx)
+			}
+		}
+	}
+	return lp
+}
+
+// use counts a local pod's policies in (by +1) or out (by -1); a set that
+// a policy direction coming into use refers to comes into being (and is
+// appended to *puts when not nil), one nothing uses any more is left with
+// no users.
+func (c *Compiler) use(lp *localPod, by int, puts *[]Set) {
+	st := c.st
+	for _, d := range []direction{ingress, egress} {
+		for _, idx := range lp.policies[d] {
+			u := &st.polUse[idx][d]
+			*u += by
+			if (by > 0 && *u != 1) || (by < 0 && *u != 0) {
 				continue
 			}
-			for _, d := range []direction{ingress, egress} {
-				if pi.dirs[d] {
-					lp.policies[d] = append(lp.policies[d], idx)
+			for _, v6 := range st.families() {
+				for _, def := range st.policies[idx].setRefs(d, v6) {
+					ss := st.sets[def.name]
+					if ss == nil {
+						ss = &setState{def: def, set: newSet(def, c.index())}
+						st.sets[def.name] = ss
+						if puts != nil {
+							*puts = append(*puts, ss.set)
+						}
+					}
+					ss.users += by
 				}
 			}
 		}
 	}
-	return c
 }
 
-func (c *compiler) families() []bool {
-	if c.v6 {
-		return []bool{false, true}
+// podPolicy is what Ruleset.Pods says of a local pod.
+func (st *compileState) podPolicy(lp *localPod) PodPolicy {
+	pp := PodPolicy{
+		Ingress: policyKeys(st.policies, lp.policies[ingress]),
+		Egress:  policyKeys(st.policies, lp.policies[egress]),
+		HostIf:  lp.e.snap.HostIf,
+		IPs:     slices.Clone(lp.e.ips),
 	}
-	return []bool{false}
+	if len(lp.policies[ingress]) > 0 {
+		pp.IngressChain = lp.chains[ingress]
+	}
+	if len(lp.policies[egress]) > 0 {
+		pp.EgressChain = lp.chains[egress]
+	}
+	return pp
 }
 
-// familyChains renders ChainPolicy and the pod chains of one family.
-func (c *compiler) familyChains(v6 bool) []Chain {
+// dispatchChains renders ChainPolicy and the dispatch trees of a family.
+func (st *compileState) dispatchChains(v6 bool) []Chain {
 	entry := Chain{Name: ChainPolicy, IPv6: v6, Comment: "tern: NetworkPolicy of local pods"}
 	entry.Rules = append(entry.Rules,
 		Rule{"-m", "connmark", "--mark", fmt.Sprintf("%#x/%#x", CutMark, CutMark), "-j", "DROP"},
 		Rule{"-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "RETURN"},
 	)
 	var chains []Chain
-	seen := map[string]bool{}
 	for _, d := range []direction{egress, ingress} {
-		flag := "-o"
-		if d == egress {
-			flag = "-i"
-		}
-		for _, lp := range c.local {
-			if len(lp.policies[d]) == 0 {
-				continue
+		var entries []dispatchEntry
+		for _, lp := range st.local {
+			if len(lp.policies[d]) > 0 {
+				entries = append(entries, dispatchEntry{hostIf: lp.e.snap.HostIf, chain: lp.chains[d]})
 			}
-			entry.Rules = append(entry.Rules, Rule{flag, lp.info.pod.HostIf, "-j", lp.chains[d]})
-			chains = append(chains, c.podChain(v6, d, lp, seen))
+		}
+		enter, tree := dispatchTree(v6, d, entries)
+		if enter != nil {
+			entry.Rules = append(entry.Rules, enter)
+			chains = append(chains, tree...)
 		}
 	}
 	return append(chains, entry)
@@ -215,8 +478,9 @@ func (c *compiler) familyChains(v6 bool) []Chain {
 // podChain renders the chain of a pod and direction: the allow rules of
 // every policy selecting it, first occurrence of each rule only, then the
 // optional log and the drop.
-func (c *compiler) podChain(v6 bool, d direction, lp *localPod, seen map[string]bool) Chain {
-	ch := Chain{Name: lp.chains[d], IPv6: v6, Comment: d.String() + " of " + lp.info.key}
+func (st *compileState) podChain(v6 bool, d direction, lp *localPod) Chain {
+	ch := Chain{Name: lp.chains[d], IPv6: v6, Comment: d.String() + " of " + lp.e.key}
+	seen := st.seen
 	clear(seen)
 	add := func(kr keyedRule) {
 		if !seen[kr.key] {
@@ -225,26 +489,26 @@ func (c *compiler) podChain(v6 bool, d direction, lp *localPod, seen map[string]
 		}
 	}
 	for _, idx := range lp.policies[d] {
-		pi := c.policies[idx]
+		pi := st.policies[idx]
 		if pi.podDependent[d] {
-			c.renderPolicy(pi, d, v6, lp, add)
+			renderPolicy(pi, d, v6, lp, add)
 			continue
 		}
 		f := famIndex(v6)
 		if !pi.renderedOK[d][f] {
 			var rules []keyedRule
-			c.renderPolicy(pi, d, v6, nil, func(kr keyedRule) { rules = append(rules, kr) })
+			renderPolicy(pi, d, v6, nil, func(kr keyedRule) { rules = append(rules, kr) })
 			pi.rendered[d][f], pi.renderedOK[d][f] = rules, true
 		}
 		for _, kr := range pi.rendered[d][f] {
 			add(kr)
 		}
 	}
-	if c.in.LogDrops {
+	if st.logDrops {
 		ch.Rules = append(ch.Rules, Rule{
 			"-m", "limit", "--limit", "10/second", "--limit-burst", "20",
 			"-j", "NFLOG", "--nflog-group", strconv.Itoa(NFLOGGroup),
-			"--nflog-prefix", logPrefix(d == ingress, lp.info.key),
+			"--nflog-prefix", logPrefix(d == ingress, lp.e.key),
 		})
 	}
 	ch.Rules = append(ch.Rules, Rule{"-j", "DROP"})
@@ -260,49 +524,36 @@ func famIndex(v6 bool) int {
 
 // renderPolicy emits one rule per rule × peer × port of a policy's
 // direction. lp is the policed pod, needed only for named ingress ports.
-func (c *compiler) renderPolicy(pi *policyInfo, d direction, v6 bool, lp *localPod, emit func(keyedRule)) {
+func renderPolicy(pi *policyInfo, d direction, v6 bool, lp *localPod, emit func(keyedRule)) {
 	for _, r := range pi.rules[d] {
-		peers := r.peers
-		if r.allPeers {
-			peers = []*peerSpec{nil}
-		}
-		ports := r.ports
-		if r.allPorts {
-			ports = []portSpec{{}}
-		}
+		peers, ports := r.expand()
 		for _, peer := range peers {
 			for _, port := range ports {
-				c.renderRule(d, v6, peer, port, lp, emit)
+				renderRule(d, v6, peer, port, lp, emit)
 			}
 		}
 	}
 }
 
 // renderRule emits the rules of one peer (nil: any) and port (zero: any).
-func (c *compiler) renderRule(d direction, v6 bool, peer *peerSpec, port portSpec, lp *localPod, emit func(keyedRule)) {
+func renderRule(d direction, v6 bool, peer *peerSpec, port portSpec, lp *localPod, emit func(keyedRule)) {
+	set := ruleSet(d, v6, peer, port)
 	if d == egress && port.name != "" {
-		// The destination's port number depends on the destination pod:
-		// one hash:ip,port set holds every (pod IP, port) pair of the
-		// peer's pods declaring that name. An ipBlock peer has no pods,
-		// hence no named ports: the pair matches nothing.
-		if peer != nil && peer.kind == peerIPBlock {
-			return
+		if set != nil {
+			emitRule(emit, "-m", "set", "--match-set", set.name, "dst,dst", "-p", port.proto, "-j", "RETURN")
 		}
-		set := c.namedPortSet(v6, peer, port)
-		emitRule(emit, "-m", "set", "--match-set", set, "dst,dst", "-p", port.proto, "-j", "RETURN")
 		return
 	}
 	var match []string
 	if peer != nil {
-		set, ok := c.peerSet(v6, peer)
-		if !ok {
+		if set == nil {
 			return // an ipBlock of the other family
 		}
 		dir := "src"
 		if d == egress {
 			dir = "dst"
 		}
-		match = []string{"-m", "set", "--match-set", set, dir}
+		match = []string{"-m", "set", "--match-set", set.name, dir}
 	}
 	switch {
 	case port.proto == "":
@@ -334,6 +585,78 @@ func policyKeys(policies []*policyInfo, idx []int) []string {
 	var out []string
 	for _, i := range idx {
 		out = append(out, policies[i].key)
+	}
+	return out
+}
+
+func compareLocal(a, b *localPod) int {
+	return cmp.Or(strings.Compare(a.e.snap.HostIf, b.e.snap.HostIf), strings.Compare(a.e.key, b.e.key))
+}
+
+func compareSets(a, b Set) int {
+	return cmp.Or(strings.Compare(a.Name, b.Name), compareBool(a.IPv6, b.IPv6))
+}
+
+func compareChains(a, b Chain) int {
+	return cmp.Or(compareBool(a.IPv6, b.IPv6), strings.Compare(a.Name, b.Name))
+}
+
+// updateChains returns the sorted chains with the updates: a chain put by
+// family and name, or removed (nil). It never modifies chains.
+func updateChains(chains []Chain, upd map[chainKey]*Chain) []Chain {
+	if len(upd) > patchMax {
+		out := make([]Chain, 0, len(chains)+len(upd))
+		for _, ch := range chains {
+			if _, ok := upd[chainKey{ch.IPv6, ch.Name}]; !ok {
+				out = append(out, ch)
+			}
+		}
+		for _, ch := range upd {
+			if ch != nil {
+				out = append(out, *ch)
+			}
+		}
+		slices.SortFunc(out, compareChains)
+		return out
+	}
+	out := slices.Clone(chains)
+	for k, ch := range upd {
+		i, found := slices.BinarySearchFunc(out, k, func(c Chain, k chainKey) int {
+			return cmp.Or(compareBool(c.IPv6, k.v6), strings.Compare(c.Name, k.name))
+		})
+		switch {
+		case ch == nil && found:
+			out = slices.Delete(out, i, i+1)
+		case ch != nil && found:
+			out[i] = *ch
+		case ch != nil:
+			out = slices.Insert(out, i, *ch)
+		}
+	}
+	return out
+}
+
+// updateSets returns the sorted sets with puts put and dels removed, by
+// name. It never modifies sets.
+func updateSets(sets []Set, puts []Set, dels []string) []Set {
+	out := slices.Clone(sets)
+	find := func(name string) (int, bool) {
+		return slices.BinarySearchFunc(out, name, func(s Set, name string) int { return strings.Compare(s.Name, name) })
+	}
+	for _, s := range puts {
+		if i, ok := find(s.Name); ok {
+			out[i] = s
+		} else {
+			out = slices.Insert(out, i, s)
+		}
+	}
+	for _, name := range dels {
+		if i, ok := find(name); ok {
+			out = slices.Delete(out, i, i+1)
+		}
+	}
+	if len(out) == 0 {
+		out = nil
 	}
 	return out
 }

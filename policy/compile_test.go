@@ -475,8 +475,8 @@ func TestNames(t *testing.T) {
 	}
 }
 
-// TestRulesetShape checks the entry chain's fixed rules and that sets are
-// shared and sorted.
+// TestRulesetShape checks the entry chain's fixed rules, the dispatch, and
+// that sets are shared and sorted.
 func TestRulesetShape(t *testing.T) {
 	in := caseInput(compileCases()[0])
 	in.Policies = []*networkingv1.NetworkPolicy{
@@ -487,32 +487,43 @@ func TestRulesetShape(t *testing.T) {
 		netpol("app", "b", sel("app=db"), ingressRules(allow(peers(podPeer(expr("app", metav1.LabelSelectorOpIn, "client")))))),
 	}
 	rs := Compile(in)
-	var entry *Chain
-	for i := range rs.Chains {
-		if rs.Chains[i].Name == ChainPolicy && !rs.Chains[i].IPv6 {
-			entry = &rs.Chains[i]
+	rules := func(name string) []string {
+		var out []string
+		for _, c := range rs.Chains {
+			if c.Name == name && !c.IPv6 {
+				for _, r := range c.Rules {
+					out = append(out, strings.Join(r, " "))
+				}
+				return out
+			}
 		}
+		t.Fatalf("no IPv4 chain %s", name)
+		return nil
 	}
-	if entry == nil {
-		t.Fatal("no IPv4 TERN-POLICY")
-	}
-	want := []string{
-		"-m connmark --mark 0x1000000/0x1000000 -j DROP",
-		"-m conntrack --ctstate RELATED,ESTABLISHED -j RETURN",
-		"-i ternpending -j " + rs.Pods["app/pending"].EgressChain,
-		"-i ternweb1 -j " + rs.Pods["app/web1"].EgressChain,
-		"-i ternweb2 -j " + rs.Pods["app/web2"].EgressChain,
-		"-o terndb -j " + rs.Pods["app/db"].IngressChain,
-		"-o ternpending -j " + rs.Pods["app/pending"].IngressChain,
-		"-o ternweb1 -j " + rs.Pods["app/web1"].IngressChain,
-		"-o ternweb2 -j " + rs.Pods["app/web2"].IngressChain,
-	}
-	var got []string
-	for _, r := range entry.Rules {
-		got = append(got, strings.Join(r, " "))
-	}
-	if !reflect.DeepEqual(got, want) {
-		t.Errorf("TERN-POLICY:\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	// The test world's veths are not of tern's shape: exact rules at the
+	// dispatch roots.
+	for name, want := range map[string][]string{
+		ChainPolicy: {
+			"-m connmark --mark 0x1000000/0x1000000 -j DROP",
+			"-m conntrack --ctstate RELATED,ESTABLISHED -j RETURN",
+			"-i tern+ -j TERN-PDF",
+			"-o tern+ -j TERN-PDT",
+		},
+		"TERN-PDF": {
+			"-i ternpending -g " + rs.Pods["app/pending"].EgressChain,
+			"-i ternweb1 -g " + rs.Pods["app/web1"].EgressChain,
+			"-i ternweb2 -g " + rs.Pods["app/web2"].EgressChain,
+		},
+		"TERN-PDT": {
+			"-o terndb -g " + rs.Pods["app/db"].IngressChain,
+			"-o ternpending -g " + rs.Pods["app/pending"].IngressChain,
+			"-o ternweb1 -g " + rs.Pods["app/web1"].IngressChain,
+			"-o ternweb2 -g " + rs.Pods["app/web2"].IngressChain,
+		},
+	} {
+		if got := rules(name); !reflect.DeepEqual(got, want) {
+			t.Errorf("%s:\n%s\nwant\n%s", name, strings.Join(got, "\n"), strings.Join(want, "\n"))
+		}
 	}
 	if len(rs.Sets) != 1 {
 		t.Errorf("want one shared set, got %d:\n%s", len(rs.Sets), rs.String())

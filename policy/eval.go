@@ -16,10 +16,11 @@ import (
 //
 // It interprets the chains and sets of rs themselves, rule by rule, so it
 // answers for exactly what Compile emitted (and what the dataplane
-// installs): the interface matches "-i"/"-o" are resolved through the pods'
-// addresses in rs.Pods (a packet from a local pod's address comes in on its
-// HostIf), sets through their members, with hash:net's most-specific-entry
-// and nomatch semantics. The packet is a new connection's first one: it
+// installs): the interface matches "-i"/"-o" (with iptables' trailing "+"
+// wildcard) are resolved through the pods' addresses in rs.Pods (a packet
+// from a local pod's address comes in on its HostIf), sets through their
+// members, with hash:net's most-specific-entry and nomatch semantics, jumps
+// ("-j") and gotos ("-g") with the kernel's RETURN semantics. The packet is a new connection's first one: it
 // carries no connection mark and its conntrack state is NEW.
 //
 // A flow whose family has no ChainPolicy (no IPv6 ruleset) is allowed. A
@@ -28,7 +29,7 @@ import (
 // the rules of the chains it visits; to judge many flows, use Evaluator.
 // Allowed is safe for concurrent use.
 func (rs *Ruleset) Allowed(f Flow) (bool, string) {
-	return rs.allowed(f, nil)
+	return rs.allowed(f, nil, nil)
 }
 
 // Evaluator judges many flows against one ruleset, e.g. every conntrack
@@ -60,11 +61,22 @@ func (rs *Ruleset) Evaluator() *Evaluator {
 
 // Allowed is Ruleset.Allowed of the Evaluator's ruleset.
 func (ev *Evaluator) Allowed(f Flow) (bool, string) {
-	return ev.rs.allowed(f, ev.byIP)
+	return ev.rs.allowed(f, ev.byIP, nil)
 }
 
-// allowed judges f; byIP, when not nil, indexes rs.Pods by address.
-func (rs *Ruleset) allowed(f Flow, byIP map[netip.Addr]string) (bool, string) {
+// dispatchCost is the number of rules of ChainPolicy and the dispatch
+// chains that the first packet of f is matched against on its way through
+// the pod chains: what a new connection pays for reaching them.
+func (rs *Ruleset) dispatchCost(f Flow) int {
+	n := 0
+	rs.allowed(f, nil, &n)
+	return n
+}
+
+// allowed judges f; byIP, when not nil, indexes rs.Pods by address. cost,
+// when not nil, is set to the rules of ChainPolicy and the dispatch chains
+// evaluated.
+func (rs *Ruleset) allowed(f Flow, byIP map[netip.Addr]string, cost *int) (bool, string) {
 	if rs == nil {
 		return true, "no ruleset"
 	}
@@ -104,6 +116,9 @@ func (rs *Ruleset) allowed(f Flow, byIP map[netip.Addr]string) (bool, string) {
 		return true, "no " + ipFamily(e.v6) + " policy ruleset"
 	}
 	verdict, err := e.run(entry, 0)
+	if cost != nil {
+		*cost = e.dispatchRules
+	}
 	if err != nil {
 		return false, "cannot interpret the ruleset: " + err.Error()
 	}
@@ -123,8 +138,10 @@ const (
 	verdictDrop
 )
 
-// maxDepth bounds chain jumps (Compile's chains are two deep).
-const maxDepth = 8
+// maxDepth bounds nested chains, jumps and gotos alike (Compile's are at
+// most 2 + hostIfHexLen deep: ChainPolicy, the dispatch chains, one per
+// character of a veth's hex part at most, and a pod chain).
+const maxDepth = 16
 
 type judge struct {
 	rs       *Ruleset
@@ -138,6 +155,9 @@ type judge struct {
 
 	allowedBy  []string // per pod chain passed: why
 	dropReason string
+	// dispatchRules counts the rules evaluated in ChainPolicy and the
+	// dispatch chains: the cost of reaching the pod chains.
+	dispatchRules int
 }
 
 // chain finds a chain of the flow's family; Chains is sorted by family,
@@ -163,13 +183,20 @@ func (e *judge) set(name string) *Set {
 	return &ss[i]
 }
 
-// run evaluates a chain's rules in order.
+// run evaluates a chain's rules in order. A RETURN, or the end of the
+// chain, returns to the chain that jumped here ("-j"); a goto ("-g") does
+// not come back, so the chain gone to returns for this one, as in the
+// kernel.
 func (e *judge) run(c *Chain, depth int) (verdict, error) {
 	if depth > maxDepth {
 		return 0, fmt.Errorf("chain %s: jumps nested deeper than %d", c.Name, maxDepth)
 	}
+	dispatch := isDispatchChain(c.Name)
 	for _, r := range c.Rules {
-		ok, target, err := e.match(r)
+		if dispatch {
+			e.dispatchRules++
+		}
+		ok, target, goTo, err := e.match(r)
 		if err != nil {
 			return 0, fmt.Errorf("chain %s rule %q: %w", c.Name, strings.Join(r, " "), err)
 		}
@@ -193,7 +220,7 @@ func (e *judge) run(c *Chain, depth int) (verdict, error) {
 				return 0, fmt.Errorf("chain %s: jump to missing chain %s", c.Name, target)
 			}
 			v, err := e.run(next, depth+1)
-			if err != nil || v == verdictDrop {
+			if err != nil || v == verdictDrop || goTo {
 				return v, err
 			}
 		}
@@ -224,76 +251,87 @@ func (e *judge) describeDrop(c *Chain) string {
 
 var errShort = errors.New("option without its value")
 
+// isDispatchChain says whether a chain is ChainPolicy or a dispatch chain.
+func isDispatchChain(name string) bool {
+	return name == ChainPolicy || strings.HasPrefix(name, dispatchFromPrefix) || strings.HasPrefix(name, dispatchToPrefix)
+}
+
 // match evaluates the matches of one rule against the flow, left to right,
-// and returns its target ("" for a rule without -j). It knows the shapes
-// Compile emits.
-func (e *judge) match(r Rule) (matched bool, target string, err error) {
+// and returns its target ("" for a rule without -j or -g) and whether it is
+// a goto. It knows the shapes Compile emits.
+func (e *judge) match(r Rule) (matched bool, target string, goTo bool, err error) {
 	matched = true
 	proto := "" // -p of this rule
 	for i := 0; i < len(r); i++ {
 		a := r[i]
-		if a == "-j" {
+		if a == "-j" || a == "-g" {
 			if i+1 >= len(r) {
-				return false, "", errShort
+				return false, "", false, errShort
 			}
 			target = r[i+1]
-			if err := checkTargetOptions(target, r[i+2:]); err != nil {
-				return false, "", err
+			if a == "-g" {
+				switch target {
+				case "RETURN", "DROP", "NFLOG", "":
+					return false, "", false, fmt.Errorf("-g %q: not a chain", target)
+				}
 			}
-			return matched, target, nil
+			if err := checkTargetOptions(target, r[i+2:]); err != nil {
+				return false, "", false, err
+			}
+			return matched, target, a == "-g", nil
 		}
 		var v string
 		switch a {
 		case "-m", "-p", "-i", "-o", "--dport", "--mark", "--ctstate", "--limit", "--limit-burst":
 			if i+1 >= len(r) {
-				return false, "", fmt.Errorf("%s: %w", a, errShort)
+				return false, "", false, fmt.Errorf("%s: %w", a, errShort)
 			}
 			i++
 			v = r[i]
 		case "--match-set":
 			if i+2 >= len(r) {
-				return false, "", fmt.Errorf("%s: %w", a, errShort)
+				return false, "", false, fmt.Errorf("%s: %w", a, errShort)
 			}
 			ok, err := e.inSet(r[i+1], r[i+2])
 			if err != nil {
-				return false, "", err
+				return false, "", false, err
 			}
 			if !ok {
-				return false, "", nil
+				return false, "", false, nil
 			}
 			i += 2
 			continue
 		default:
-			return false, "", fmt.Errorf("unknown argument %q", a)
+			return false, "", false, fmt.Errorf("unknown argument %q", a)
 		}
 		switch a {
 		case "-m":
 			switch v {
 			case "set", "connmark", "conntrack", "limit", "tcp", "udp", "sctp":
 			default:
-				return false, "", fmt.Errorf("unknown match module %q", v)
+				return false, "", false, fmt.Errorf("unknown match module %q", v)
 			}
 		case "-p":
 			proto = v
 			matched = matched && v == e.proto
 		case "-i":
-			matched = matched && e.srcKey != "" && e.srcPod.HostIf == v
+			matched = matched && e.srcKey != "" && ifaceMatches(v, e.srcPod.HostIf)
 		case "-o":
-			matched = matched && e.dstKey != "" && e.dstPod.HostIf == v
+			matched = matched && e.dstKey != "" && ifaceMatches(v, e.dstPod.HostIf)
 		case "--dport":
 			if proto == "" {
-				return false, "", errors.New("--dport without -p")
+				return false, "", false, errors.New("--dport without -p")
 			}
 			lo, hi, err := parsePortRange(v)
 			if err != nil {
-				return false, "", err
+				return false, "", false, err
 			}
 			matched = matched && e.port >= lo && e.port <= hi
 		case "--mark":
 			// A new connection's mark is 0.
 			val, mask, err := parseMark(v)
 			if err != nil {
-				return false, "", err
+				return false, "", false, err
 			}
 			matched = matched && val&mask == 0
 		case "--ctstate":
@@ -304,10 +342,19 @@ func (e *judge) match(r Rule) (matched bool, target string, err error) {
 		if !matched {
 			// As in the kernel, the first match that fails ends the rule:
 			// the rest is not looked at (nor checked).
-			return false, "", nil
+			return false, "", false, nil
 		}
 	}
-	return matched, target, nil
+	return matched, target, false, nil
+}
+
+// ifaceMatches matches an interface name as iptables does: a trailing
+// "+" matches every name starting with what precedes it.
+func ifaceMatches(pattern, name string) bool {
+	if p, ok := strings.CutSuffix(pattern, "+"); ok {
+		return strings.HasPrefix(name, p)
+	}
+	return pattern == name
 }
 
 // checkTargetOptions accepts the options Compile gives its targets.

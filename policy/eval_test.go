@@ -1,9 +1,12 @@
 package policy
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"math/rand/v2"
 	"net/netip"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -201,63 +204,143 @@ func refPodByIP(in Input, a netip.Addr) *Pod {
 	return nil
 }
 
-// TestAgainstReference compiles random policies over the test world and
-// checks every flow between a set of addresses against the reference.
-func TestAgainstReference(t *testing.T) {
-	r := rand.New(rand.NewPCG(7, 11))
-	podSels := []*metav1.LabelSelector{
+// policyGen makes random policies over the test world's labels.
+type policyGen struct{ r *rand.Rand }
+
+var (
+	genPodSels = []*metav1.LabelSelector{
 		nil, sel(""), sel("app=web"), sel("app=client"), sel("tier=front"),
 		expr("tier", metav1.LabelSelectorOpIn, "front", "back"), expr("tier", metav1.LabelSelectorOpNotIn, "back"),
 		expr("tier", metav1.LabelSelectorOpExists), expr("tier", metav1.LabelSelectorOpDoesNotExist),
 	}
-	nsSels := []*metav1.LabelSelector{
+	genNSSels = []*metav1.LabelSelector{
 		sel(""), sel("team=b"), expr("team", metav1.LabelSelectorOpNotIn, "a"),
 		expr("team", metav1.LabelSelectorOpDoesNotExist), expr("env", metav1.LabelSelectorOpExists),
 	}
-	blocks := []networkingv1.NetworkPolicyPeer{
+	genBlocks = []networkingv1.NetworkPolicyPeer{
 		blockPeer("10.244.1.0/24"), blockPeer("10.244.0.0/16", "10.244.1.0/25"),
 		blockPeer("0.0.0.0/0", "10.244.2.0/24", "10.244.1.12/32"), blockPeer("10.244.2.16/28"),
 		blockPeer("fd10::/64"), blockPeer("::/0", "fd10::1:0/112"),
 	}
-	ports := []networkingv1.NetworkPolicyPort{
+	genPorts = []networkingv1.NetworkPolicyPort{
 		port(tcp, 80), port("", 8080), port(udp, 53), portRange(tcp, 8000, 8100), namedPort(tcp, "http"),
 		namedPort(udp, "dns"), namedPort("", "pg"), namedPort(udp, "http"), protoOnly(udp), protoOnly(sctp), port(sctp, 3868),
 	}
-	randPeer := func() networkingv1.NetworkPolicyPeer {
-		switch r.IntN(4) {
-		case 0:
-			return podPeer(podSels[1+r.IntN(len(podSels)-1)])
-		case 1:
-			return nsPeer(nsSels[r.IntN(len(nsSels))])
-		case 2:
-			return podNSPeer(podSels[1+r.IntN(len(podSels)-1)], nsSels[r.IntN(len(nsSels))])
-		}
-		return blocks[r.IntN(len(blocks))]
-	}
-	randRules := func() []rule {
-		var rs []rule
-		for range r.IntN(3) {
-			var ru rule
-			if r.IntN(3) > 0 {
-				for range 1 + r.IntN(2) {
-					ru.peers = append(ru.peers, randPeer())
-				}
-			}
-			if r.IntN(3) > 0 {
-				for range 1 + r.IntN(2) {
-					ru.ports = append(ru.ports, ports[r.IntN(len(ports))])
-				}
-			}
-			rs = append(rs, ru)
-		}
-		return rs
-	}
-	typeChoices := [][]networkingv1.PolicyType{nil, {tIn}, {tOut}, {tIn, tOut}}
+	genTypes = [][]networkingv1.PolicyType{nil, {tIn}, {tOut}, {tIn, tOut}}
+)
 
+func (g policyGen) peer() networkingv1.NetworkPolicyPeer {
+	r := g.r
+	switch r.IntN(4) {
+	case 0:
+		return podPeer(genPodSels[1+r.IntN(len(genPodSels)-1)])
+	case 1:
+		return nsPeer(genNSSels[r.IntN(len(genNSSels))])
+	case 2:
+		return podNSPeer(genPodSels[1+r.IntN(len(genPodSels)-1)], genNSSels[r.IntN(len(genNSSels))])
+	}
+	return genBlocks[r.IntN(len(genBlocks))]
+}
+
+func (g policyGen) rules() []rule {
+	r := g.r
+	var rs []rule
+	for range r.IntN(3) {
+		var ru rule
+		if r.IntN(3) > 0 {
+			for range 1 + r.IntN(2) {
+				ru.peers = append(ru.peers, g.peer())
+			}
+		}
+		if r.IntN(3) > 0 {
+			for range 1 + r.IntN(2) {
+				ru.ports = append(ru.ports, genPorts[r.IntN(len(genPorts))])
+			}
+		}
+		rs = append(rs, ru)
+	}
+	return rs
+}
+
+// policy is a random policy named name in ns.
+func (g policyGen) policy(ns, name string) *networkingv1.NetworkPolicy {
+	r := g.r
+	opts := []npOpt{types(genTypes[r.IntN(len(genTypes))]...)}
+	if r.IntN(4) > 0 {
+		opts = append(opts, ingressRules(g.rules()...))
+	}
+	if r.IntN(2) > 0 {
+		opts = append(opts, egressRules(g.rules()...))
+	}
+	return netpol(ns, name, genPodSels[r.IntN(len(genPodSels))], opts...)
+}
+
+// policies are one to four random policies.
+func (g policyGen) policies() []*networkingv1.NetworkPolicy {
+	var policies []*networkingv1.NetworkPolicy
+	for i := range 1 + g.r.IntN(4) {
+		policies = append(policies, g.policy([]string{"app", "other"}[g.r.IntN(2)], fmt.Sprintf("p%d", i)))
+	}
+	return policies
+}
+
+// referenceWorld is the test world with two more pods, with IPv6
+// addresses.
+func referenceWorld() ([]Pod, []Namespace) {
 	pods, nss := world()
-	pods = append(pods,
+	return append(pods,
 		pod("app", "client6", "n2", "10.244.2.11 fd10::2:11", "app=client"),
-		pod("app", "web6", testNode, "fd10::1:13 10.244.1.13", "app=web,tier=front", withPorts(NamedPort{"http", tcp, 80})))
+		pod("app", "web6", testNode, "fd10::1:13 10.244.1.13", "app=web,tier=front", withPorts(NamedPort{"http", tcp, 80}))), nss
+}
+
+// hexIf is a host veth name of tern's shape starting with prefix (hex).
+func hexIf(prefix, seed string) string {
+	h := sha256.Sum256([]byte(seed))
+	return "tern" + prefix + hex.EncodeToString(h[:])[:hostIfHexLen-len(prefix)]
+}
+
+// treeWorld is the reference world with veths of tern's shape, crowded by
+// local pods without addresses so that the dispatch splits twice around
+// the pods that have addresses, and one veth of another shape that does
+// not even start with "tern" (so ChainPolicy enters the roots without
+// matching the interface).
+func treeWorld() ([]Pod, []Namespace) {
+	pods, nss := referenceWorld()
+	prefixes := map[string]string{"app/web1": "3a", "app/web2": "3a", "app/db": "3", "app/web6": "3a0", "app/pending": "3a"}
+	for i := range pods {
+		p := &pods[i]
+		if p.HostIf == "" {
+			continue
+		}
+		key := p.Namespace + "/" + p.Name
+		p.HostIf = hexIf(prefixes[key], key)
+		if key == "other/api" {
+			p.HostIf = "eth-api"
+		}
+	}
+	for k := range 60 {
+		prefix := []string{"3a", "3", "", "3a0"}[k%4]
+		name := fmt.Sprintf("filler%02d", k)
+		p := pod("app", name, testNode, "", []string{"app=filler", "tier=front", "app=web"}[k%3])
+		p.HostIf = hexIf(prefix, name)
+		pods = append(pods, p)
+	}
+	return pods, nss
+}
+
+// TestAgainstReference compiles random policies over the test world and
+// checks every flow between a set of addresses against the reference: with
+// the world's veths (exact rules at the dispatch roots) and with veths of
+// tern's shape (a dispatch tree three levels deep).
+func TestAgainstReference(t *testing.T) {
+	for name, mk := range map[string]func() ([]Pod, []Namespace){"flat": referenceWorld, "tree": treeWorld} {
+		t.Run(name, func(t *testing.T) { testAgainstReference(t, mk) })
+	}
+}
+
+func testAgainstReference(t *testing.T, mkWorld func() ([]Pod, []Namespace)) {
+	g := policyGen{rand.New(rand.NewPCG(7, 11))}
+	pods, nss := mkWorld()
 	var addrs []netip.Addr
 	for _, p := range pods {
 		addrs = append(addrs, p.IPs...)
@@ -268,21 +351,13 @@ func TestAgainstReference(t *testing.T) {
 	dports := []int32{80, 8080, 8443, 9090, 53, 5432, 8000, 8100, 8101, 3868, 1}
 
 	checked := 0
+	var comp Compiler
 	for iter := range 150 {
-		var policies []*networkingv1.NetworkPolicy
-		for i := range 1 + r.IntN(4) {
-			ns := []string{"app", "other"}[r.IntN(2)]
-			opts := []npOpt{types(typeChoices[r.IntN(len(typeChoices))]...)}
-			if r.IntN(4) > 0 {
-				opts = append(opts, ingressRules(randRules()...))
-			}
-			if r.IntN(2) > 0 {
-				opts = append(opts, egressRules(randRules()...))
-			}
-			policies = append(policies, netpol(ns, fmt.Sprintf("p%d", i), podSels[r.IntN(len(podSels))], opts...))
-		}
-		in := Input{Node: testNode, Pods: pods, Namespaces: nss, Policies: policies}
+		in := Input{Node: testNode, Pods: pods, Namespaces: nss, Policies: g.policies()}
 		rs := Compile(in)
+		if got := comp.Compile(in); !reflect.DeepEqual(got, rs) {
+			t.Fatalf("iteration %d: a reused Compiler differs from Compile:\n%s\n--- Compile:\n%s", iter, got.String(), rs.String())
+		}
 		ev := rs.Evaluator()
 		for _, s := range addrs {
 			for _, d := range addrs {
@@ -377,6 +452,17 @@ func TestAllowedOddRulesets(t *testing.T) {
 			{Name: "TERN-PE-a", Rules: []Rule{{"-j", "TERN-PE-a"}}},
 			entry(Rule{"-i", "terna", "-j", "TERN-PE-a"}),
 		}}, false, "deeper"},
+		{"a goto's RETURN resumes the chain that jumped", &Ruleset{Pods: pods, Chains: []Chain{
+			{Name: "TERN-PDF", Rules: []Rule{{"-i", "tern+", "-g", "TERN-PE-a"}, {"-j", "DROP"}}},
+			{Name: "TERN-PE-a", Comment: "egress of app/a", Rules: []Rule{{"-j", "RETURN"}}},
+			entry(Rule{"-i", "ter+", "-j", "TERN-PDF"}, Rule{"-j", "TERN-PX"}),
+			{Name: "TERN-PX", Comment: "after", Rules: []Rule{{"-j", "DROP"}}},
+		}}, false, "after: denied"},
+		{"a wildcard that does not match", &Ruleset{Pods: pods, Chains: []Chain{
+			entry(Rule{"-i", "ternb+", "-j", "TERN-PX"}, Rule{"-o", "terna+", "-j", "TERN-PX"}, Rule{"-i", "terna", "-j", "TERN-PX"}),
+			{Name: "TERN-PX", Rules: []Rule{{"-j", "DROP"}}},
+		}}, false, "TERN-PX: denied"},
+		{"goto a target", &Ruleset{Chains: []Chain{entry(Rule{"-g", "RETURN"})}}, false, "not a chain"},
 		{"drop in the pod chain", &Ruleset{Pods: pods, Chains: []Chain{
 			{Name: "TERN-PE-a", Comment: "egress of app/a", Rules: []Rule{{"-p", "udp", "-j", "RETURN"}, {"-j", "DROP"}}},
 			entry(Rule{"-i", "terna", "-j", "TERN-PE-a"}),

@@ -1,7 +1,7 @@
 package policy
 
 import (
-	"cmp"
+	"maps"
 	"net/netip"
 	"slices"
 	"strings"
@@ -147,9 +147,10 @@ func containsSorted(sorted []string, v string) bool {
 
 // index holds the cluster's pods and namespaces for peer matching, and
 // caches every selector's matches by its canonical key, so that a selector
-// used by many policies is evaluated once per compile.
+// used by many policies is evaluated once per index. It is built when a
+// set's members are to be found from scratch.
 type index struct {
-	pods []podInfo
+	pods []*podEntry
 	// byNS maps a namespace to its pods (indices into pods, ascending).
 	byNS map[string][]int
 	// nsNames is every namespace known from Namespaces or from pods,
@@ -162,6 +163,8 @@ type index struct {
 	// byLabel indexes the pods by label, one key at a time on first use:
 	// key → value → pods (ascending).
 	byLabel map[string]map[string][]int
+	// peerPods caches the pods of a pod peer by its key.
+	peerPods map[string][]int
 	// order[f] lists the pods with an address of family f (0: IPv4, 1:
 	// IPv6) in the order of their first such address's text; rank[f][i] is
 	// pod i's place in it, -1 without one. Sets are built in that order, so
@@ -223,79 +226,53 @@ func (ix *index) podsMatching(ns string, s *selector) []int {
 	return out
 }
 
-// buildIndex keeps the pods that can be peers or be policed (not
-// host-network), one per "ns/name", with their addresses normalized.
-func buildIndex(pods []Pod, namespaces []Namespace) *index {
+// buildIndex indexes the pods (one per name) and the namespaces' labels.
+// Nothing in the output depends on the pods' order (sets are sorted), but
+// the snapshot's order, often that of the addresses, spares sorting.
+func buildIndex(pods []*podEntry, nsLabels map[string]map[string]string) *index {
 	ix := &index{
+		pods:      make([]*podEntry, 0, len(pods)),
 		byNS:      map[string][]int{},
-		nsLabels:  map[string]map[string]string{},
+		nsLabels:  nsLabels,
 		nsMatches: map[string][]string{},
 		podSel:    map[string][]int{},
 		byLabel:   map[string]map[string][]int{},
+		peerPods:  map[string][]int{},
 	}
-	// One pod per "ns/name". Duplicates (not in a consistent snapshot)
-	// resolve by content, not by input order: the smallest node, then
-	// HostIf, wins. The order of ix.pods is the input's: nothing in the
-	// output depends on it (sets are sorted, local pods are sorted).
-	winner := make(map[string]int, len(pods))
-	keys := make([]string, len(pods))
-	for i := range pods {
-		p := &pods[i]
-		if p.HostNetwork {
-			continue
-		}
-		keys[i] = p.Namespace + "/" + p.Name
-		if j, ok := winner[keys[i]]; ok {
-			q := &pods[j]
-			if cmp.Or(strings.Compare(p.Node, q.Node), strings.Compare(p.HostIf, q.HostIf)) >= 0 {
-				continue
+	for _, e := range pods {
+		ns := e.snap.Namespace
+		if _, ok := ix.byNS[ns]; !ok {
+			if _, listed := nsLabels[ns]; !listed {
+				ix.nsNames = append(ix.nsNames, ns)
 			}
 		}
-		winner[keys[i]] = i
+		ix.byNS[ns] = append(ix.byNS[ns], len(ix.pods))
+		ix.pods = append(ix.pods, e)
 	}
-	ix.pods = make([]podInfo, 0, len(winner))
-	nsSeen := map[string]bool{}
-	for i := range pods {
-		p := &pods[i]
-		key := keys[i]
-		if p.HostNetwork || winner[key] != i {
-			continue
-		}
-		info := podInfo{key: key, pod: p}
-		for _, a := range p.IPs {
-			if a.IsValid() {
-				info.ips = append(info.ips, a.Unmap().WithZone(""))
-			}
-		}
-		slices.SortFunc(info.ips, netip.Addr.Compare)
-		info.ips = slices.Compact(info.ips)
-		for _, a := range info.ips {
-			if a.Is4() {
-				info.v4 = append(info.v4, a.String())
-			} else {
-				info.v6 = append(info.v6, a.String())
-			}
-		}
-		ix.byNS[p.Namespace] = append(ix.byNS[p.Namespace], len(ix.pods))
-		ix.pods = append(ix.pods, info)
-		nsSeen[p.Namespace] = true
-	}
-	// A namespace missing from namespaces has no labels. Of a duplicated
-	// name (not in a consistent snapshot) the first entry wins.
-	nss := slices.Clone(namespaces)
-	slices.SortStableFunc(nss, func(a, b Namespace) int { return strings.Compare(a.Name, b.Name) })
-	for _, ns := range nss {
-		if _, ok := ix.nsLabels[ns.Name]; !ok {
-			ix.nsLabels[ns.Name] = ns.Labels
-		}
-		nsSeen[ns.Name] = true
-	}
-	for ns := range nsSeen {
+	for ns := range nsLabels {
 		ix.nsNames = append(ix.nsNames, ns)
 	}
 	slices.Sort(ix.nsNames)
 	ix.rankAddrs()
 	return ix
+}
+
+// normalizeNamespaces maps each namespace to its labels; of a duplicated
+// name (not in a consistent snapshot) the first entry wins. clone copies
+// the label maps.
+func normalizeNamespaces(namespaces []Namespace, clone bool) map[string]map[string]string {
+	out := make(map[string]map[string]string, len(namespaces))
+	for _, ns := range namespaces {
+		if _, ok := out[ns.Name]; ok {
+			continue
+		}
+		l := ns.Labels
+		if clone {
+			l = maps.Clone(l)
+		}
+		out[ns.Name] = l
+	}
+	return out
 }
 
 // labelIndex returns the pods by value of a label key.

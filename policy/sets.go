@@ -4,91 +4,166 @@ import (
 	"net/netip"
 	"slices"
 	"strconv"
+	"strings"
 )
 
-// Sets are created by the first rule that refers to them, named after
-// their canonical meaning, and shared by every rule that means the same.
+// Sets are named after their canonical meaning and shared by every rule
+// that means the same. A set exists while some policed pod's chain refers
+// to it; a Compiler finds its members from scratch when it comes into
+// being, and afterwards patches them with the pods that changed.
 
-// peerSet returns the set of a peer in a family, creating it on first use;
-// false for an ipBlock of the other family.
-func (c *compiler) peerSet(v6 bool, peer *peerSpec) (string, bool) {
-	if peer.kind == peerIPBlock {
-		if peer.cidr.Addr().Is6() != v6 {
-			return "", false
-		}
-		name := c.setName(v6, peer.key)
-		if _, ok := c.sets[name]; !ok {
-			c.sets[name] = &Set{Name: name, Type: "hash:net", IPv6: v6, Members: netMembers(peer), Comment: comment(peer.key)}
-		}
-		return name, true
-	}
-	name := c.setName(v6, "pods|"+peer.key)
-	if _, ok := c.sets[name]; !ok {
-		var members []string
-		for _, i := range c.ix.byAddr(c.podsOf(peer), v6) {
-			members = append(members, c.ix.pods[i].addrs(v6)...)
-		}
-		c.sets[name] = &Set{Name: name, Type: "hash:ip", IPv6: v6, Members: sortedUnique(members), Comment: comment(peer.key)}
-	}
-	return name, true
+// setKind is what a set holds.
+type setKind int
+
+const (
+	setPods      setKind = iota // hash:ip: the addresses of a pod peer's pods
+	setIPBlock                  // hash:net: an ipBlock
+	setNamedPort                // hash:ip,port: address and port of a named port
+)
+
+// setDef is what a set stands for: its name, type and comment follow from
+// it, and its members from it and the pods.
+type setDef struct {
+	name, typ, comment string
+	v6                 bool
+	kind               setKind
+	peer               *peerSpec // nil: a named port of every pod
+	port               portSpec  // setNamedPort
 }
 
-// namedPortSet returns the hash:ip,port set of the pods of peer (nil: all
-// pods) that declare port's name with its protocol.
-func (c *compiler) namedPortSet(v6 bool, peer *peerSpec, port portSpec) string {
+// setState is a set of the ruleset and how many policy directions of
+// policed pods use it.
+type setState struct {
+	def   *setDef
+	set   Set
+	users int
+}
+
+// peerSetDef returns the set of a peer in a family; nil for an ipBlock of
+// the other family.
+func peerSetDef(v6 bool, peer *peerSpec) *setDef {
+	if peer.kind == peerIPBlock && peer.cidr.Addr().Is6() != v6 {
+		return nil
+	}
+	f := famIndex(v6)
+	if d := peer.set[f]; d != nil {
+		return d
+	}
+	d := &setDef{v6: v6, peer: peer, comment: comment(peer.key)}
+	if peer.kind == peerIPBlock {
+		d.kind, d.typ, d.name = setIPBlock, "hash:net", setName(v6, peer.key)
+	} else {
+		d.kind, d.typ, d.name = setPods, "hash:ip", setName(v6, "pods|"+peer.key)
+	}
+	peer.set[f] = d
+	return d
+}
+
+// namedPortSetDef returns the hash:ip,port set of the pods of peer (nil:
+// all pods) that declare port's name with its protocol.
+func namedPortSetDef(v6 bool, peer *peerSpec, port portSpec) *setDef {
 	of := "all pods"
 	if peer != nil {
 		of = peer.key
 	}
 	key := "named port " + port.proto + "/" + port.name + " of " + of
-	name := c.setName(v6, key)
-	if _, ok := c.sets[name]; ok {
-		return name
-	}
-	var members []string
-	add := func(p *podInfo) {
-		addrs := p.addrs(v6)
-		if len(addrs) == 0 {
-			return
-		}
-		for _, np := range p.pod.Ports {
-			proto, ok := protocolName(np.Protocol)
-			if !ok || proto != port.proto || np.Name != port.name || np.Port < 1 || np.Port > 65535 {
-				continue
-			}
-			suffix := "," + proto + ":" + strconv.Itoa(int(np.Port))
-			for _, a := range addrs {
-				members = append(members, a+suffix)
-			}
-		}
-	}
-	// In address order, so that members are sorted as they come
-	// ("10.244.1.1,..." sorts before "10.244.1.10,...").
-	pods := c.ix.order[famIndex(v6)]
-	if peer != nil {
-		pods = c.ix.byAddr(c.podsOf(peer), v6)
-	}
-	for _, i := range pods {
-		add(&c.ix.pods[i])
-	}
-	c.sets[name] = &Set{Name: name, Type: "hash:ip,port", IPv6: v6, Members: sortedUnique(members), Comment: comment(key)}
-	return name
+	return &setDef{name: setName(v6, key), typ: "hash:ip,port", comment: comment(key), v6: v6,
+		kind: setNamedPort, peer: peer, port: port}
 }
 
-// setName is setName, once per family and key.
-func (c *compiler) setName(v6 bool, key string) string {
-	m := c.setNames[famIndex(v6)]
-	if n, ok := m[key]; ok {
-		return n
+// ruleSet is the set that the rule of a peer (nil: any) and port (zero:
+// any) refers to; nil for none (or for a rule that matches nothing).
+func ruleSet(d direction, v6 bool, peer *peerSpec, port portSpec) *setDef {
+	if d == egress && port.name != "" {
+		// The destination's port number depends on the destination pod:
+		// one hash:ip,port set holds every (pod IP, port) pair of the
+		// peer's pods declaring that name. An ipBlock peer has no pods,
+		// hence no named ports: the pair matches nothing.
+		if peer != nil && peer.kind == peerIPBlock {
+			return nil
+		}
+		return namedPortSetDef(v6, peer, port)
 	}
-	n := setName(v6, key)
-	m[key] = n
-	return n
+	if peer == nil {
+		return nil
+	}
+	return peerSetDef(v6, peer)
+}
+
+// setRefs returns the sets that the rules of a policy's direction refer
+// to in a family, whichever pod they police.
+func (pi *policyInfo) setRefs(d direction, v6 bool) []*setDef {
+	f := famIndex(v6)
+	if pi.refsOK[d][f] {
+		return pi.refs[d][f]
+	}
+	var refs []*setDef
+	for _, r := range pi.rules[d] {
+		peers, ports := r.expand()
+		for _, peer := range peers {
+			for _, port := range ports {
+				if def := ruleSet(d, v6, peer, port); def != nil {
+					refs = append(refs, def)
+				}
+			}
+		}
+	}
+	pi.refs[d][f], pi.refsOK[d][f] = refs, true
+	return refs
+}
+
+// newSet is the set of def with its members found in ix.
+func newSet(def *setDef, ix *index) Set {
+	s := Set{Name: def.name, Type: def.typ, IPv6: def.v6, Comment: def.comment}
+	switch def.kind {
+	case setIPBlock:
+		s.Members = netMembers(def.peer)
+	case setPods:
+		var members []string
+		for _, i := range ix.byAddr(ix.podsOf(def.peer), def.v6) {
+			members = append(members, ix.pods[i].addrs(def.v6)...)
+		}
+		s.Members = sortedUnique(members)
+	case setNamedPort:
+		// In address order, so that members are sorted as they come
+		// ("10.244.1.1,..." sorts before "10.244.1.10,...").
+		pods := ix.order[famIndex(def.v6)]
+		if def.peer != nil {
+			pods = ix.byAddr(ix.podsOf(def.peer), def.v6)
+		}
+		var members []string
+		for _, i := range pods {
+			members = namedPortMembers(members, &ix.pods[i].podInfo, def.v6, def.port)
+		}
+		s.Members = sortedUnique(members)
+	}
+	return s
+}
+
+// namedPortMembers appends the hash:ip,port members that pod p gives a
+// named port: each of its addresses of the family with each port number
+// it declares under that name and protocol.
+func namedPortMembers(out []string, p *podInfo, v6 bool, port portSpec) []string {
+	addrs := p.addrs(v6)
+	if len(addrs) == 0 {
+		return out
+	}
+	for _, np := range p.pod.Ports {
+		proto, ok := protocolName(np.Protocol)
+		if !ok || proto != port.proto || np.Name != port.name || np.Port < 1 || np.Port > 65535 {
+			continue
+		}
+		suffix := "," + proto + ":" + strconv.Itoa(int(np.Port))
+		for _, a := range addrs {
+			out = append(out, a+suffix)
+		}
+	}
+	return out
 }
 
 // podsOf returns the pods of a pod peer, cached by the peer's key.
-func (c *compiler) podsOf(peer *peerSpec) []int {
-	if got, ok := c.peerPods[peer.key]; ok {
+func (ix *index) podsOf(peer *peerSpec) []int {
+	if got, ok := ix.peerPods[peer.key]; ok {
 		return got
 	}
 	podSel := peer.podSel
@@ -97,12 +172,108 @@ func (c *compiler) podsOf(peer *peerSpec) []int {
 	}
 	var out []int
 	if peer.nsSel == nil {
-		out = c.ix.podsMatching(peer.scopeNS, podSel)
+		out = ix.podsMatching(peer.scopeNS, podSel)
 	} else {
-		out = c.ix.podsInNamespaces(c.ix.namespacesMatching(peer.nsSel), podSel)
+		out = ix.podsInNamespaces(ix.namespacesMatching(peer.nsSel), podSel)
 	}
-	c.peerPods[peer.key] = out
+	ix.peerPods[peer.key] = out
 	return out
+}
+
+// peerSelects reports whether a pod peer selects pod e, as podsOf would
+// find it: nsLabels are the namespaces' labels.
+func peerSelects(peer *peerSpec, nsLabels map[string]map[string]string, e *podEntry) bool {
+	p := &e.snap
+	if peer.nsSel == nil {
+		if p.Namespace != peer.scopeNS {
+			return false
+		}
+	} else if !peer.nsSel.matches(nsLabels[p.Namespace]) {
+		return false
+	}
+	return peer.podSel == nil || peer.podSel.matches(p.Labels)
+}
+
+// entryMembers appends the members pod e gives the set def.
+func entryMembers(out []string, def *setDef, nsLabels map[string]map[string]string, e *podEntry) []string {
+	switch def.kind {
+	case setPods:
+		if peerSelects(def.peer, nsLabels, e) {
+			out = append(out, e.addrs(def.v6)...)
+		}
+	case setNamedPort:
+		if def.peer == nil || peerSelects(def.peer, nsLabels, e) {
+			out = namedPortMembers(out, &e.podInfo, def.v6, def.port)
+		}
+	}
+	return out
+}
+
+// patchMembers returns the members of the set def after the pod changes
+// delta, given those before; false when they are the same. A member that
+// a changed pod gave or gives stays or becomes one exactly when some pod of
+// the snapshot (byAddr: by address) gives it.
+func patchMembers(def *setDef, members []string, delta []podChange, nsLabels map[string]map[string]string, byAddr func() map[string][]*podEntry) ([]string, bool) {
+	if def.kind == setIPBlock {
+		return members, false
+	}
+	var cands []string
+	for _, ch := range delta {
+		if ch.old != nil {
+			cands = entryMembers(cands, def, nsLabels, ch.old)
+		}
+		if ch.new != nil {
+			cands = entryMembers(cands, def, nsLabels, ch.new)
+		}
+	}
+	if len(cands) == 0 {
+		return members, false
+	}
+	slices.Sort(cands)
+	cands = slices.Compact(cands)
+	idx := byAddr()
+	var add, del []string
+	var buf []string
+	for _, m := range cands {
+		addr, _, _ := strings.Cut(m, ",")
+		want := false
+		for _, e := range idx[addr] {
+			buf = entryMembers(buf[:0], def, nsLabels, e)
+			if slices.Contains(buf, m) {
+				want = true
+				break
+			}
+		}
+		_, have := slices.BinarySearch(members, m)
+		switch {
+		case want && !have:
+			add = append(add, m)
+		case !want && have:
+			del = append(del, m)
+		}
+	}
+	if len(add) == 0 && len(del) == 0 {
+		return members, false
+	}
+	// Merge: members without del, with add (both sorted).
+	out := make([]string, 0, len(members)+len(add)-len(del))
+	i, j := 0, 0
+	for i < len(members) || j < len(add) {
+		switch {
+		case j == len(add) || (i < len(members) && members[i] < add[j]):
+			if _, gone := slices.BinarySearch(del, members[i]); !gone {
+				out = append(out, members[i])
+			}
+			i++
+		default:
+			out = append(out, add[j])
+			j++
+		}
+	}
+	if len(out) == 0 {
+		out = nil
+	}
+	return out, true
 }
 
 // netMembers are the hash:net members of an ipBlock: the CIDR, and each

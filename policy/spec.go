@@ -24,8 +24,14 @@ type policyInfo struct {
 	// podDependent says that a direction's rules use named ingress ports,
 	// which resolve per pod; other directions are rendered once per family.
 	podDependent [2]bool
-	rendered     [2][2][]keyedRule // [direction][family], when not pod-dependent
-	renderedOK   [2][2]bool
+	// rendered caches the rules of a direction and family when not
+	// pod-dependent, refs the sets the rules of a direction and family
+	// refer to; both depend on the policy alone, so a Compiler keeps them
+	// with the policy.
+	rendered   [2][2][]keyedRule // [direction][family]
+	renderedOK [2][2]bool
+	refs       [2][2][]*setDef
+	refsOK     [2][2]bool
 }
 
 // ruleSpec is one ingress or egress rule of a policy.
@@ -38,6 +44,25 @@ type ruleSpec struct {
 	// allPorts: no ports, every port and protocol.
 	allPorts bool
 	ports    []portSpec
+}
+
+// anyPeer and anyPort stand for a rule without peers or ports (read-only).
+var (
+	anyPeer = []*peerSpec{nil}
+	anyPort = []portSpec{{}}
+)
+
+// expand returns the peers (nil: any) and ports (zero: any) a rule is the
+// product of.
+func (r *ruleSpec) expand() ([]*peerSpec, []portSpec) {
+	peers, ports := r.peers, r.ports
+	if r.allPeers {
+		peers = anyPeer
+	}
+	if r.allPorts {
+		ports = anyPort
+	}
+	return peers, ports
 }
 
 type peerKind int
@@ -59,6 +84,8 @@ type peerSpec struct {
 	// ipBlock
 	cidr   netip.Prefix
 	except []netip.Prefix
+	// set is the peer's set per family, made on first use.
+	set [2]*setDef
 }
 
 // portSpec is one port entry: proto "" means every protocol (a rule without

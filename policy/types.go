@@ -1,8 +1,9 @@
 // Package policy compiles Kubernetes NetworkPolicy into a ruleset of ipsets and
 // iptables chains for one node. Compile is a pure, deterministic function of a
 // snapshot of pods, namespaces and policies: it does no I/O, and the same
-// snapshot always gives the same ruleset, byte for byte. The dataplane package
-// applies the ruleset.
+// snapshot always gives the same ruleset, byte for byte; a Compiler gives the
+// same for a sequence of snapshots, doing only the work their differences call
+// for. The dataplane package applies the ruleset.
 package policy
 
 import (

@@ -107,6 +107,8 @@ type Agent struct {
 	bgpView agentapi.BGP
 	ruleset *policy.Ruleset // last applied
 
+	compiler policy.Compiler // the reconcile goroutine's
+
 	passMu        sync.Mutex
 	passesStarted uint64
 	passesDone    uint64

@@ -34,7 +34,7 @@ func (a *Agent) syncPolicy(resync bool) error {
 	}
 	a.localPolicyPods(&in)
 	t0 := time.Now()
-	rs := policy.Compile(in)
+	rs := a.compiler.Compile(in) // reuses what did not change since the last pass
 	compiled := time.Since(t0)
 	ev := rs.Evaluator()
 	if resync {
