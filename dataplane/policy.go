@@ -34,10 +34,20 @@ import (
 //  3. one `ipset restore` that destroys sets no rule refers to any more;
 //  4. established flows of local pods that the new ruleset denies are cut
 //     (conntrack mark policy.CutMark, which ChainPolicy's first rule drops),
-//     and cut ones it allows again are let go. This dumps the conntrack
-//     table, so it runs only after the first Apply, after writes that may
-//     deny (anything but members added to sets used positively), and after
-//     any write while some flow is cut.
+//     and cut ones it allows again are let go. This reads the whole
+//     conntrack table (one dump, both families; about 10 ms however few
+//     entries it holds), so it runs only when some flow's verdict may have
+//     changed, and judges only the flows of the pods whose policing
+//     changed (scopeOf): at the first Apply (flows older than the driver
+//     were judged by rules it does not know, or by none) and after a
+//     failure, every local pod's; otherwise those of pods whose policing
+//     may now deny more (a dispatch rule of theirs in ChainPolicy changed,
+//     a chain it leads to was rewritten or uses a set that may match less,
+//     or their address is newly on a policed interface), and those of
+//     pods whose policing may allow more while one of their flows is cut.
+//     Members added to sets used only to allow, pods that no policy
+//     selects, and pods on other nodes trigger no pass. A namespace whose
+//     conntrack table is empty is not read at all.
 //
 // A Policy is not safe for concurrent use: one reconcile goroutine owns it.
 type Policy struct {
@@ -47,16 +57,26 @@ type Policy struct {
 	// synced says sets and chains hold what the kernel has; false before
 	// the first Apply, after Resync and after a failed write.
 	synced bool
-	// cutPending says the flows have not been judged against the ruleset
-	// last written.
-	cutPending bool
-	// marked is how many flows the last judging left with policy.CutMark
-	// (-1: unknown). While it is 0, an Apply that only widens what the
-	// rules allow (adds members) has nothing to cut nor to restore, and
-	// skips the conntrack dump.
-	marked int
 	sets   map[string]*ipsetState
 	chains [2]map[string]*chainState // IPv4, IPv6
+	// ct is the namespace's conntrack table (a fake in tests).
+	ct conntrackTable
+	// pods maps the local pods' addresses to their host interfaces as of
+	// the last Apply (podIfs): how the flows were last judged.
+	pods map[netip.Addr]string
+	// simple says the rules last written are simple (rulesetFacts).
+	simple bool
+	// judgeAll says the next pass judges every flow of a local pod: true
+	// until the first pass succeeds (flows older than this driver were
+	// judged by rules it does not know, or by none) and after a failure.
+	judgeAll bool
+	// judge are the addresses whose flows the next pass judges (besides
+	// the flows carrying the mark).
+	judge map[netip.Addr]bool
+	// marked are the addresses (original source, reply source) of the
+	// flows carrying policy.CutMark after the last pass: a change that may
+	// allow more is judged only for them.
+	marked map[netip.Addr]bool
 }
 
 // chainState is what one of the policy chains holds in the kernel.
@@ -86,6 +106,8 @@ type PolicyStats struct {
 	SetRestores                  int // ipset restore runs
 	FlowsCut                     int // established flows given policy.CutMark
 	FlowsRestored                int // flows allowed again, mark cleared
+	ConntrackDumps               int // reads of the conntrack table (both families each)
+	FlowsJudged                  int // flows handed to the denied function
 }
 
 // Changed reports whether the Apply wrote anything to the kernel.
@@ -96,7 +118,8 @@ func (s PolicyStats) Changed() bool {
 // NewPolicy returns a policy driver for the current network namespace. It
 // writes nothing until Apply.
 func NewPolicy(log *slog.Logger) *Policy {
-	return &Policy{log: log, run: execRun, marked: -1}
+	return &Policy{log: log, run: execRun, ct: kernelConntrack{}, judgeAll: true,
+		judge: map[netip.Addr]bool{}, marked: map[netip.Addr]bool{}}
 }
 
 // UseBackend makes the driver write through backend b instead of detecting
@@ -112,8 +135,11 @@ func (p *Policy) Resync() { p.synced = false }
 
 // Apply brings tern's sets and policy chains to rs, writing only what
 // differs, then cuts the established flows of local pods (rs.Pods) for which
-// denied returns true (nil denied: none). ChainPolicy always exists afterwards
-// in every family it existed in or rs has: with no ChainPolicy in rs for a
+// denied returns true (nil denied: none; the flows a pass would have judged
+// wait for the next Apply that has one). denied must judge by the rules of
+// rs, as policy.Evaluator does: flows whose verdict under those rules cannot
+// have changed are not asked about. ChainPolicy always exists afterwards in
+// every family it existed in or rs has: with no ChainPolicy in rs for a
 // family, an installed one is emptied, not deleted, since the node's
 // TERN-FORWARD may jump to it.
 //
@@ -130,7 +156,7 @@ func (p *Policy) Apply(rs policy.Ruleset, denied func(Flow) bool) (PolicyStats, 
 		p.log.Info("iptables backend", "mode", b.Mode)
 		p.backend = &b
 	}
-	negated, err := validateRuleset(rs, p.backend.v6.has())
+	facts, err := validateRuleset(rs, p.backend.v6.has())
 	if err != nil {
 		return st, fmt.Errorf("invalid ruleset: %w", err)
 	}
@@ -138,40 +164,96 @@ func (p *Policy) Apply(rs policy.Ruleset, denied func(Flow) bool) (PolicyStats, 
 		if err := p.readBack(); err != nil {
 			return st, err
 		}
-		p.synced, p.cutPending = true, true
+		p.synced = true
 	}
-	narrowed := false
-	err = p.apply(rs, negated, &st, &narrowed)
-	if err != nil {
-		// A restore may have stopped half-way: read back next time.
-		p.synced = false
+	ch := newRuleChange()
+	for f := range p.chains {
+		ch.entry[f] = entryOf(p.chains[f][policy.ChainPolicy])
 	}
-	if narrowed || (p.marked != 0 && (st.SetRestores > 0 || st.Restores > 0)) {
-		p.cutPending = true
+	err = p.apply(rs, facts.narrowOnAdd, &st, ch)
+	pods := podIfs(rs.Pods)
+	simple := p.simple && facts.simple // the rules before and after
+	switch {
+	case err != nil:
+		// A restore may have stopped half-way: read back next time, and
+		// judge every flow.
+		p.synced, p.judgeAll = false, true
+	case !p.judgeAll && simple && len(p.marked) == 0 && ch.onlyWidens() && maps.Equal(pods, p.pods):
+		// Only members added to sets used to allow, and no flow is cut:
+		// nothing to judge.
+	case !p.judgeAll && (!ch.empty() || !maps.Equal(pods, p.pods)):
+		var now [2]entryState
+		for f := range p.chains {
+			now[f] = entryOf(p.chains[f][policy.ChainPolicy])
+		}
+		p.await(scopeOf(ch, now, rs, p.pods, pods, simple))
 	}
-	if err == nil && p.cutPending && denied != nil {
-		cut, restored, marked, cerr := cutFlows(localPodIPs(rs), denied)
-		st.FlowsCut, st.FlowsRestored = cut, restored
-		if cerr != nil {
+	p.pods, p.simple = pods, facts.simple && err == nil
+	if err == nil && denied != nil && (p.judgeAll || len(p.judge) > 0) {
+		if cerr := p.cutPass(denied, &st); cerr != nil {
 			err = fmt.Errorf("cut denied flows: %w", cerr)
-		} else {
-			p.cutPending, p.marked = false, marked
 		}
 	}
 	if st.Changed() || err != nil {
 		p.log.Info("policy applied", "setsCreated", st.SetsCreated, "setsDestroyed", st.SetsDestroyed,
 			"membersAdded", st.MembersAdded, "membersDeleted", st.MembersDeleted,
 			"chainsWritten", st.ChainsWritten, "chainsDeleted", st.ChainsDeleted,
+			"conntrackDumps", st.ConntrackDumps, "flowsJudged", st.FlowsJudged,
 			"flowsCut", st.FlowsCut, "flowsRestored", st.FlowsRestored, "error", err)
 	}
 	return st, err
+}
+
+// await records whose flows the next pass judges: those sc narrowed, and
+// those sc widened that some cut flow involves (only a cut flow can be
+// allowed again).
+func (p *Policy) await(sc flowScope) {
+	if sc.all || (sc.widenedAll && len(p.marked) > 0) {
+		p.judgeAll = true
+	}
+	if p.judgeAll {
+		clear(p.judge)
+		return
+	}
+	for a := range sc.narrowed {
+		p.judge[a] = true
+	}
+	for a := range sc.widened {
+		if p.marked[a] {
+			p.judge[a] = true
+		}
+	}
+}
+
+// cutPass judges the flows await recorded (every local pod's with
+// judgeAll), and those carrying the mark. A namespace without conntrack
+// entries has nothing to judge.
+func (p *Policy) cutPass(denied func(Flow) bool, st *PolicyStats) error {
+	if n, ok := p.ct.count(); ok && n == 0 {
+		p.judgeAll = false
+		clear(p.judge)
+		clear(p.marked)
+		return nil
+	}
+	r, err := cutFlows(p.ct, p.pods, p.judgeAll, p.judge, denied)
+	st.ConntrackDumps += r.dumps
+	st.FlowsJudged += r.judged
+	st.FlowsCut += r.cut
+	st.FlowsRestored += r.restored
+	if err != nil {
+		p.judgeAll = true
+		return err
+	}
+	p.judgeAll, p.marked = false, r.marked
+	clear(p.judge)
+	return nil
 }
 
 // apply writes rs. A set that exists with another type or family than rs
 // wants is replaced in two passes: first under a temporary name that the
 // rules are rewritten to (the old set, unreferenced, is destroyed), then
 // under its own name again.
-func (p *Policy) apply(rs policy.Ruleset, negated map[string]bool, st *PolicyStats, narrowed *bool) error {
+func (p *Policy) apply(rs policy.Ruleset, narrowOnAdd map[string]bool, st *PolicyStats, ch *ruleChange) error {
 	rename := map[string]string{}
 	taken := func(n string) bool {
 		return p.sets[n] != nil || slices.ContainsFunc(rs.Sets, func(s policy.Set) bool { return s.Name == n }) ||
@@ -185,33 +267,30 @@ func (p *Policy) apply(rs policy.Ruleset, negated map[string]bool, st *PolicySta
 	}
 	if len(rename) > 0 {
 		p.log.Info("replacing sets of another type", "sets", slices.Sorted(maps.Keys(rename)))
-		if err := p.applyOnce(renameSets(rs, rename), negated, st, narrowed); err != nil {
+		if err := p.applyOnce(renameSets(rs, rename), narrowOnAdd, st, ch); err != nil {
 			return err
 		}
 	}
-	return p.applyOnce(rs, negated, st, narrowed)
+	return p.applyOnce(rs, narrowOnAdd, st, ch)
 }
 
-// applyOnce runs the steps 1 to 3 of Apply's doc for rs. It sets *narrowed
-// when what it writes may deny a flow the installed rules allowed: anything
-// but members added to sets that rules use positively.
-func (p *Policy) applyOnce(rs policy.Ruleset, negated map[string]bool, st *PolicyStats, narrowed *bool) error {
-	sets, err := planSets(p.sets, rs.Sets, negated)
+// applyOnce runs the steps 1 to 3 of Apply's doc for rs, and records in ch
+// what it is about to write.
+func (p *Policy) applyOnce(rs policy.Ruleset, narrowOnAdd map[string]bool, st *PolicyStats, ch *ruleChange) error {
+	sets, err := planSets(p.sets, rs.Sets, narrowOnAdd)
 	if err != nil {
 		return err
 	}
 	if len(sets.incompatible) > 0 {
 		return fmt.Errorf("sets %v still of another type after the renaming pass", sets.incompatible)
 	}
+	ch.noteSets(p.sets, sets, narrowOnAdd)
 	var chains [2]chainPlan
 	for f, v6 := range []bool{false, true} {
 		chains[f] = planChains(p.chains[f], rs.Chains, v6)
-		if len(chains[f].write) > 0 || len(chains[f].stale) > 0 {
-			*narrowed = true
+		for _, c := range chains[f].write {
+			ch.written[f][c.Name] = true
 		}
-	}
-	if sets.narrows || len(sets.stale) > 0 {
-		*narrowed = true
 	}
 	if sets.pre.Len() > 0 {
 		st.SetRestores++
@@ -409,13 +488,32 @@ func (p *chainPlan) input() []byte {
 	return b.Bytes()
 }
 
+// rulesetFacts is what validateRuleset learns of a ruleset for the cut
+// pass.
+type rulesetFacts struct {
+	// narrowOnAdd are the sets where a new member may narrow what is
+	// allowed: those some rule uses negated ("! --match-set"), or in a rule
+	// whose target may deny (anything but RETURN, ACCEPT, a log or none:
+	// DROP, a chain).
+	narrowOnAdd map[string]bool
+	// simple: every rule ends in RETURN, DROP, REJECT, a log, nothing, or a
+	// jump (-j) to a chain of the ruleset, and only ChainPolicy's dispatch
+	// rules (dispatchIf), which all jump to chains, match interfaces, as
+	// Compile's rulesets do. A packet is then denied exactly when the path
+	// it takes reaches a DROP or REJECT, so a member added to a set only
+	// used to RETURN, or a chain no longer jumped to, can only let more
+	// through, and a flow depends on its addresses' interfaces only through
+	// the dispatch rules. scopeOf infers what allows more only for simple
+	// rulesets; any change of another one may deny.
+	simple bool
+}
+
 // validateRuleset checks what the driver relies on before it writes
 // anything: names carry tern's prefixes and fit, set types are supported,
 // and every set and policy chain a rule refers to is in rs, of its family.
-// It returns the sets some rule uses negated ("! --match-set"), where a new
-// member narrows what is allowed.
-func validateRuleset(rs policy.Ruleset, haveV6 bool) (map[string]bool, error) {
-	negated := map[string]bool{}
+func validateRuleset(rs policy.Ruleset, haveV6 bool) (rulesetFacts, error) {
+	facts := rulesetFacts{narrowOnAdd: map[string]bool{}, simple: true}
+	narrowOnAdd := facts.narrowOnAdd
 	var errs []error
 	sets := make(map[string]bool, len(rs.Sets)) // name → IPv6
 	for _, s := range rs.Sets {
@@ -449,6 +547,26 @@ func validateRuleset(rs policy.Ruleset, haveV6 bool) (map[string]bool, error) {
 	}
 	for _, c := range rs.Chains {
 		for _, r := range c.Rules {
+			allows := true
+			dispatch := c.Name == policy.ChainPolicy && dispatchIf(r) != ""
+			for i := 0; i < len(r); i++ {
+				switch r[i] {
+				case "-j", "-g", "--jump", "--goto":
+					if i+1 == len(r) {
+						break
+					}
+					t := r[i+1]
+					allows = t == "RETURN" || t == "ACCEPT" || t == "NFLOG" || t == "LOG"
+					chain := (r[i] == "-j" || r[i] == "--jump") && strings.HasPrefix(t, policy.ChainPrefix)
+					if !chain && (dispatch || t != "RETURN" && t != "DROP" && t != "REJECT" && t != "NFLOG" && t != "LOG") {
+						facts.simple = false
+					}
+				case "-i", "-o", "--in-interface", "--out-interface":
+					if !dispatch {
+						facts.simple = false
+					}
+				}
+			}
 			for i, a := range r {
 				if strings.ContainsAny(a, "\n\r\x00") {
 					errs = append(errs, fmt.Errorf("chain %s: argument %q", c.Name, a))
@@ -461,8 +579,8 @@ func validateRuleset(rs policy.Ruleset, haveV6 bool) (map[string]bool, error) {
 					if v6, ok := sets[next]; !ok || v6 != c.IPv6 {
 						errs = append(errs, fmt.Errorf("%s chain %s refers to set %s, not in the ruleset for its family", family(c.IPv6), c.Name, next))
 					}
-					if i > 0 && r[i-1] == "!" {
-						negated[next] = true
+					if !allows || i > 0 && r[i-1] == "!" {
+						narrowOnAdd[next] = true
 					}
 				case "-j", "-g", "--jump", "--goto":
 					if strings.HasPrefix(next, policy.ChainPrefix) && !chains[famIndex(c.IPv6)][next] {
@@ -472,7 +590,7 @@ func validateRuleset(rs policy.Ruleset, haveV6 bool) (map[string]bool, error) {
 			}
 		}
 	}
-	return negated, errors.Join(errs...)
+	return facts, errors.Join(errs...)
 }
 
 func famIndex(v6 bool) int {

@@ -5,14 +5,9 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
-	"net/netip"
 	"slices"
 	"strings"
 	"testing"
-
-	"github.com/vishvananda/netlink"
-	"golang.org/x/sys/unix"
 
 	"github.com/tern-net/tern/policy"
 )
@@ -351,12 +346,49 @@ func TestValidateRuleset(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			negated, err := validateRuleset(tt.rs, tt.haveV6)
-			if tt.name == "ok" && (len(negated) != 1 || !negated["tern-s4"]) {
-				t.Errorf("negated sets %v, want tern-s4", negated)
+			facts, err := validateRuleset(tt.rs, tt.haveV6)
+			if tt.name == "ok" && (len(facts.narrowOnAdd) != 1 || !facts.narrowOnAdd["tern-s4"] || !facts.simple) {
+				t.Errorf("facts %+v, want tern-s4 narrowing on add, simple", facts)
 			}
 			if tt.err == "" && err != nil || tt.err != "" && (err == nil || !strings.Contains(err.Error(), tt.err)) {
 				t.Errorf("err = %v, want %q", err, tt.err)
+			}
+		})
+	}
+}
+
+// Which rulesets the cut pass may infer from that a change only allows
+// more (rulesetFacts.simple), and the sets where a member narrows.
+func TestValidateRulesetFacts(t *testing.T) {
+	set := []policy.Set{{Name: "tern-s", Type: "hash:ip"}}
+	entry := func(rules ...policy.Rule) policy.Chain { return policy.Chain{Name: policy.ChainPolicy, Rules: rules} }
+	pod := policy.Chain{Name: "TERN-PI-A", Rules: []policy.Rule{{"-m", "set", "--match-set", "tern-s", "src", "-j", "RETURN"}, {"-j", "DROP"}}}
+	for _, tt := range []struct {
+		name   string
+		rs     policy.Ruleset
+		simple bool
+		narrow bool // tern-s narrows on add
+	}{
+		{"compiled", ruleset(set, pod, entry(policy.Rule{"-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "RETURN"},
+			policy.Rule{"-o", "terna", "-j", "TERN-PI-A"})), true, false},
+		{"log and reject", ruleset(set, entry(policy.Rule{"-m", "set", "--match-set", "tern-s", "src", "-j", "NFLOG", "--nflog-group", "5"},
+			policy.Rule{"-j", "REJECT"})), true, false},
+		{"set in a drop rule", ruleset(set, entry(policy.Rule{"-m", "set", "--match-set", "tern-s", "src", "-j", "DROP"})), true, true},
+		{"set in a jump", ruleset(set, pod, entry(policy.Rule{"-m", "set", "--match-set", "tern-s", "src", "-j", "TERN-PI-A"})), true, true},
+		{"accept", ruleset(set, entry(policy.Rule{"-m", "set", "--match-set", "tern-s", "src", "-j", "ACCEPT"})), false, false},
+		{"goto", ruleset(set, pod, entry(policy.Rule{"-g", "TERN-PI-A"})), false, false},
+		{"dispatch to RETURN", ruleset(nil, entry(policy.Rule{"-o", "lo", "-j", "RETURN"})), false, false},
+		{"interface in a pod chain", ruleset(set, policy.Chain{Name: "TERN-PI-A", Rules: []policy.Rule{{"-i", "ternb", "-j", "RETURN"}}},
+			entry(policy.Rule{"-o", "terna", "-j", "TERN-PI-A"})), false, false},
+		{"wildcard interface", ruleset(set, pod, entry(policy.Rule{"-o", "tern+", "-j", "TERN-PI-A"})), false, false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			facts, err := validateRuleset(tt.rs, true)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if facts.simple != tt.simple || facts.narrowOnAdd["tern-s"] != tt.narrow {
+				t.Errorf("facts %+v, want simple %t, tern-s narrowing on add %t", facts, tt.simple, tt.narrow)
 			}
 		})
 	}
@@ -372,34 +404,6 @@ func TestRenameSets(t *testing.T) {
 	}
 	if rs.Sets[0].Name != "tern-a" || rs.Chains[0].Rules[0][3] != "tern-a" {
 		t.Errorf("the input was modified: %+v", rs)
-	}
-}
-
-func TestFlowOf(t *testing.T) {
-	ct := &netlink.ConntrackFlow{
-		FamilyType: unix.AF_INET,
-		// A client pod to a Service address, DNATed to a backend pod.
-		Forward: netlink.IPTuple{Protocol: unix.IPPROTO_TCP, SrcIP: net.ParseIP("10.244.1.2").To4(), DstIP: net.ParseIP("10.96.0.10").To4(), SrcPort: 40000, DstPort: 80},
-		Reverse: netlink.IPTuple{Protocol: unix.IPPROTO_TCP, SrcIP: net.ParseIP("10.244.2.7").To4(), DstIP: net.ParseIP("10.244.1.2").To4(), SrcPort: 8080, DstPort: 40000},
-	}
-	f, ok := flowOf(ct)
-	want := Flow{Src: netip.MustParseAddr("10.244.1.2"), Dst: netip.MustParseAddr("10.244.2.7"), Protocol: "TCP", DstPort: 8080}
-	if !ok || f != want {
-		t.Errorf("flowOf = %+v %t, want %+v", f, ok, want)
-	}
-	ct.Forward.Protocol = unix.IPPROTO_UDP
-	if f, _ := flowOf(ct); f.Protocol != "UDP" {
-		t.Errorf("UDP flow: %+v", f)
-	}
-	ct.Forward.Protocol = unix.IPPROTO_ICMP
-	if _, ok := flowOf(ct); ok {
-		t.Error("an ICMP flow was judged")
-	}
-	// IPv4 addresses in 16-byte form are unmapped.
-	ct.Forward.Protocol = unix.IPPROTO_SCTP
-	ct.Forward.SrcIP = net.ParseIP("10.244.1.2")
-	if f, _ := flowOf(ct); f.Src != want.Src || f.Protocol != "SCTP" {
-		t.Errorf("16-byte IPv4: %+v", f)
 	}
 }
 
