@@ -49,8 +49,10 @@ type flowScope struct {
 
 // ruleChange is what one Apply writes, as scopeOf needs it.
 type ruleChange struct {
-	// entry is ChainPolicy of each family before the Apply.
-	entry [2]entryState
+	// old are the chains of each family that the Apply rewrites, creates
+	// or deletes, as they were before it (chains it leaves are as they
+	// are now).
+	old [2]map[string]entryState
 	// written are the chains each family's restore rewrites or creates.
 	written [2]map[string]bool
 	// narrowedSets may match less than before: members deleted, nomatch
@@ -61,7 +63,7 @@ type ruleChange struct {
 }
 
 func newRuleChange() *ruleChange {
-	return &ruleChange{written: [2]map[string]bool{{}, {}}, narrowedSets: map[string]bool{}, widenedSets: map[string]bool{}}
+	return &ruleChange{old: [2]map[string]entryState{{}, {}}, written: [2]map[string]bool{{}, {}}, narrowedSets: map[string]bool{}, widenedSets: map[string]bool{}}
 }
 
 // empty reports whether the Apply wrote no chain and changed no set.
@@ -100,10 +102,18 @@ func dropsMembers(have, want map[string]bool) bool {
 	return false
 }
 
-// entryState is ChainPolicy of one family as installed.
+// entryState is a policy chain as installed.
 type entryState struct {
 	known bool          // rules is its content; false: only its hashes were read back
 	rules []policy.Rule // nil when empty or absent
+}
+
+// noteOld records chain name of family f as it is before the Apply changes
+// it, unless an earlier pass of the Apply did.
+func (c *ruleChange) noteOld(f int, name string, st *chainState) {
+	if _, ok := c.old[f][name]; !ok {
+		c.old[f][name] = entryOf(st)
+	}
 }
 
 func entryOf(c *chainState) entryState {
@@ -139,23 +149,25 @@ func podIfs(pods map[string]policy.PodPolicy) map[netip.Addr]string {
 }
 
 // scopeOf is whose flows the change ch may have denied or allowed again:
-// now is ChainPolicy of each family after it, rs the ruleset written,
-// before and after the local pods' host interfaces (podIfs) the flows were
-// last judged with and are judged with now (before nil: none known), and
-// simple whether the rules before and after are simple (rulesetFacts;
-// otherwise every change may deny).
+// rs is the ruleset written, before and after the local pods' host
+// interfaces (podIfs) the flows were last judged with and are judged with
+// now (before nil: none known), and simple whether the rules before and
+// after are simple (rulesetFacts; otherwise every change may deny).
 //
-// A pod's flows are narrowed when one of its dispatch rules in ChainPolicy
-// changed (it became isolated, or is policed by another chain), when a
-// chain its dispatch rules lead to (or one that chain jumps to) was
-// rewritten or uses a narrowed set, or when its address is newly on a
-// policed interface. They are widened when its dispatch rules went (it is
-// open now), a chain they lead to uses a widened set, or its address is
-// newly local on an interface nothing polices, or left. Any other change
-// of ChainPolicy (its other rules, their order, or the order of dispatch
-// rules of pods whose own did not change) affects all flows.
-func scopeOf(ch *ruleChange, now [2]entryState, rs policy.Ruleset, before, after map[netip.Addr]string, simple bool) flowScope {
-	sc := scopeOfAny(ch, now, rs, before, after)
+// For each local pod's interface and direction, the dispatch is followed
+// through the rules before and after (dispatchWalker.trace; only when a
+// dispatch chain on its way now was rewritten). A pod's flows are narrowed
+// when its trace changed and still reaches a pod chain (it became
+// isolated, or is policed by another chain), when a pod chain on its way
+// (or one that chain jumps to) was rewritten or uses a narrowed set, or
+// when its address is newly on a policed interface. They are widened when
+// its trace no longer reaches a pod chain (it is open now), a pod chain on
+// its way uses a widened set, or its address is newly local on an
+// interface nothing polices, or left. A change of ChainPolicy's own rules
+// (not dispatch), or a way that cannot be followed (a chain's former
+// content unknown), affects all flows.
+func scopeOf(ch *ruleChange, rs policy.Ruleset, before, after map[netip.Addr]string, simple bool) flowScope {
+	sc := scopeOfAny(ch, rs, before, after)
 	if !simple {
 		// What would only allow more in a simple ruleset may deny in
 		// another (rulesetFacts).
@@ -168,201 +180,170 @@ func scopeOf(ch *ruleChange, now [2]entryState, rs policy.Ruleset, before, after
 	return sc
 }
 
+// ifScope is how the policing of one interface changed.
+type ifScope struct {
+	fresh            bool // an address is newly on it
+	narrows, widens  bool
+	policed, checked bool // policed: a pod chain polices it now (checked: known)
+}
+
 // scopeOfAny is scopeOf as if the rules before and after were simple.
-func scopeOfAny(ch *ruleChange, now [2]entryState, rs policy.Ruleset, before, after map[netip.Addr]string) flowScope {
+func scopeOfAny(ch *ruleChange, rs policy.Ruleset, before, after map[netip.Addr]string) flowScope {
 	sc := flowScope{narrowed: map[netip.Addr]bool{}, widened: map[netip.Addr]bool{}}
-	narrowIf, widenIf := map[string]bool{}, map[string]bool{}
-	for f, v6 := range []bool{false, true} {
-		changed := map[string]bool{}
-		if ch.written[f][policy.ChainPolicy] {
-			old, cur := ch.entry[f], now[f]
-			if !old.known {
-				sc.all = true
-				return sc
-			}
-			// Rules both have in the same place before and after the
-			// differences tell nothing.
-			o, c := trimCommon(old.rules, cur.rules)
-			for ifc, d := range diffDispatch(o, c) {
-				changed[ifc] = true
-				if d {
-					narrowIf[ifc] = true
-				} else {
-					widenIf[ifc] = true
-				}
-			}
-			skip := func(r policy.Rule) bool { return changed[dispatchIf(r)] }
-			if !equalExcept(o, c, skip) {
-				sc.all = true
-				return sc
-			}
+	// The interfaces of the local addresses, per family.
+	ifs := [2]map[string]*ifScope{{}, {}}
+	note := func(a netip.Addr, ifc string, fresh bool) {
+		m := ifs[famIndex(a.Is6())]
+		s := m[ifc]
+		if s == nil {
+			s = &ifScope{}
+			m[ifc] = s
 		}
-		written := len(ch.written[f])
-		if ch.written[f][policy.ChainPolicy] {
-			written--
-		}
-		if written == 0 && len(ch.narrowedSets) == 0 && len(ch.widenedSets) == 0 {
-			continue // no chain ChainPolicy leads to changed
-		}
-		cl := newClassifier(ch, ch.written[f], rs.Chains, v6)
-		for _, r := range now[f].rules {
-			ifc := dispatchIf(r)
-			var c change
-			if ifc == "" {
-				c = cl.rule(r)
-			} else if !changed[ifc] {
-				c = cl.chain(r[3])
-			}
-			switch {
-			case c == narrows && ifc == "":
-				sc.all = true
-				return sc
-			case c == narrows:
-				narrowIf[ifc] = true
-			case c == widens && ifc == "":
-				sc.widenedAll = true
-			case c == widens:
-				widenIf[ifc] = true
-			}
-		}
-	}
-	// An interface of no pod has no flows a denied function can tell (nor
-	// can it judge them by its rules).
-	var policed [2]map[string]bool
-	for a, ifc := range after {
-		if old, ok := before[a]; ok && old == ifc {
-			continue
-		}
-		// Newly this interface's: judged by its rules from now on.
-		f := famIndex(a.Is6())
-		if policed[f] == nil {
-			policed[f] = map[string]bool{}
-			for _, r := range now[f].rules {
-				if ifc := dispatchIf(r); ifc != "" {
-					policed[f][ifc] = true
-				}
-			}
-		}
-		if policed[f][ifc] {
-			sc.narrowed[a] = true
-		} else {
-			sc.widened[a] = true
-		}
+		s.fresh = s.fresh || fresh
 	}
 	for a, ifc := range before {
-		if _, ok := after[a]; !ok {
-			sc.widened[a] = true
+		note(a, ifc, false)
+	}
+	for a, ifc := range after {
+		old, ok := before[a]
+		note(a, ifc, !ok || old != ifc)
+	}
+	setsChanged := len(ch.narrowedSets) > 0 || len(ch.widenedSets) > 0
+	var cur, prev []traceStep
+	for f, v6 := range []bool{false, true} {
+		changed := setsChanged || len(ch.written[f]) > 0
+		if !changed && !hasFresh(ifs[f]) {
+			continue
 		}
-		if narrowIf[ifc] {
-			sc.narrowed[a] = true
-		} else if widenIf[ifc] {
-			sc.widened[a] = true
+		cl := newClassifier(ch, ch.written[f], rs.Chains, v6)
+		now := func(name string) ([]policy.Rule, bool) {
+			if i, ok := cl.index[name]; ok {
+				return rs.Chains[i].Rules, true
+			}
+			return nil, true
+		}
+		nw, ok := newDispatchWalker(now, ch.written[f])
+		if !ok {
+			sc.all = true
+			return sc
+		}
+		var ow *dispatchWalker // the rules before, when needed
+		oldWalker := func() bool {
+			if ow != nil {
+				return true
+			}
+			was := func(name string) ([]policy.Rule, bool) {
+				if st, ok := ch.old[f][name]; ok {
+					return st.rules, st.known
+				}
+				return now(name) // not written: as it was
+			}
+			ow, ok = newDispatchWalker(was, ch.written[f])
+			return ok
+		}
+		if changed {
+			if ch.written[f][policy.ChainPolicy] {
+				if !oldWalker() || !slices.EqualFunc(ow.ownRules(), nw.ownRules(), slices.Equal) {
+					sc.all = true
+					return sc
+				}
+			}
+			for _, r := range nw.ownRules() {
+				switch cl.rule(r) {
+				case narrows:
+					sc.all = true
+					return sc
+				case widens:
+					sc.widenedAll = true
+				}
+			}
+		}
+		for ifc, s := range ifs[f] {
+			if !changed && !s.fresh {
+				continue
+			}
+			s.checked = true
+			for _, flag := range []string{"-i", "-o"} {
+				if cur, ok = nw.trace(ifc, flag, cur[:0]); !ok {
+					sc.all = true
+					return sc
+				}
+				reaches := hasChain(cur)
+				s.policed = s.policed || reaches
+				if !changed {
+					continue
+				}
+				if nw.touched {
+					if !oldWalker() {
+						sc.all = true
+						return sc
+					}
+					if prev, ok = ow.trace(ifc, flag, prev[:0]); !ok {
+						sc.all = true
+						return sc
+					}
+					if !slices.Equal(prev, cur) {
+						if reaches || !hasChain(prev) {
+							s.narrows = true
+						} else {
+							s.widens = true
+						}
+						continue
+					}
+				}
+				for _, st := range cur {
+					if st.rule >= 0 {
+						continue
+					}
+					switch cl.chain(st.chain) {
+					case narrows:
+						s.narrows = true
+					case widens:
+						s.widens = true
+					}
+				}
+			}
 		}
 	}
-	if len(narrowIf) > 0 || len(widenIf) > 0 {
-		for a, ifc := range after {
-			if narrowIf[ifc] {
+	for a, ifc := range after {
+		s := ifs[famIndex(a.Is6())][ifc]
+		if old, ok := before[a]; !ok || old != ifc {
+			// Newly this interface's: judged by its rules from now on.
+			// An interface of no pod has no flows a denied function can
+			// tell (nor can it judge them by its rules).
+			if s.policed || !s.checked {
 				sc.narrowed[a] = true
-			} else if widenIf[ifc] {
+			} else {
 				sc.widened[a] = true
 			}
+		}
+	}
+	for _, m := range []map[netip.Addr]string{before, after} {
+		for a, ifc := range m {
+			s := ifs[famIndex(a.Is6())][ifc]
+			if s.narrows {
+				sc.narrowed[a] = true
+			} else if s.widens {
+				sc.widened[a] = true
+			}
+		}
+	}
+	for a := range before {
+		if _, ok := after[a]; !ok && !sc.narrowed[a] {
+			sc.widened[a] = true
 		}
 	}
 	return sc
 }
 
-// dispatchIf is the interface of a rule of ChainPolicy that sends one
-// pod's packets to a chain ("-i IF -j CHAIN", its egress, or "-o IF -j
-// CHAIN", its ingress), "" for any other rule.
-func dispatchIf(r policy.Rule) string {
-	if len(r) != 4 || r[2] != "-j" || r[0] != "-i" && r[0] != "-o" || r[1] == "" {
-		return ""
-	}
-	for _, c := range []byte(r[1]) {
-		if c == '+' || c == '!' { // a wildcard matches many pods
-			return ""
+// hasFresh reports whether an address is newly on one of the interfaces.
+func hasFresh(ifs map[string]*ifScope) bool {
+	for _, s := range ifs {
+		if s.fresh {
+			return true
 		}
 	}
-	return r[1]
-}
-
-// diffDispatch returns the interfaces whose dispatch rules (direction and
-// target, in order) differ between the rules old and cur of ChainPolicy:
-// true when they have some now, false when they have none left.
-func diffDispatch(old, cur []policy.Rule) map[string]bool {
-	// Up to two rules per interface are compared by position (an ingress
-	// and an egress rule); an interface with more counts as changed.
-	type seen struct {
-		old, cur   [2]int32
-		nOld, nCur int32
-	}
-	byIf := make(map[string]seen, len(cur))
-	for k, rules := range [][]policy.Rule{old, cur} {
-		for i, r := range rules {
-			ifc := dispatchIf(r)
-			if ifc == "" {
-				continue
-			}
-			s := byIf[ifc]
-			if k == 0 {
-				if s.nOld < 2 {
-					s.old[s.nOld] = int32(i)
-				}
-				s.nOld++
-			} else {
-				if s.nCur < 2 {
-					s.cur[s.nCur] = int32(i)
-				}
-				s.nCur++
-			}
-			byIf[ifc] = s
-		}
-	}
-	out := map[string]bool{}
-	for ifc, s := range byIf {
-		same := s.nOld == s.nCur && s.nOld <= 2
-		for j := int32(0); same && j < s.nOld; j++ {
-			o, c := old[s.old[j]], cur[s.cur[j]]
-			same = o[0] == c[0] && o[3] == c[3]
-		}
-		if !same {
-			out[ifc] = s.nCur > 0
-		}
-	}
-	return out
-}
-
-// trimCommon returns a and b without the rules they start and end with
-// alike.
-func trimCommon(a, b []policy.Rule) ([]policy.Rule, []policy.Rule) {
-	for len(a) > 0 && len(b) > 0 && slices.Equal(a[0], b[0]) {
-		a, b = a[1:], b[1:]
-	}
-	for len(a) > 0 && len(b) > 0 && slices.Equal(a[len(a)-1], b[len(b)-1]) {
-		a, b = a[:len(a)-1], b[:len(b)-1]
-	}
-	return a, b
-}
-
-// equalExcept reports whether a and b hold the same rules in the same
-// order once the rules skip says are left out.
-func equalExcept(a, b []policy.Rule, skip func(policy.Rule) bool) bool {
-	i, j := 0, 0
-	for {
-		for i < len(a) && skip(a[i]) {
-			i++
-		}
-		for j < len(b) && skip(b[j]) {
-			j++
-		}
-		if i == len(a) || j == len(b) {
-			return i == len(a) && j == len(b)
-		}
-		if !slices.Equal(a[i], b[j]) {
-			return false
-		}
-		i, j = i+1, j+1
-	}
+	return false
 }
 
 // change is how a chain or rule may match now compared to before.

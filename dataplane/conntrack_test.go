@@ -151,8 +151,10 @@ type testPod struct {
 
 func (p testPod) ip() netip.Addr { return netip.AddrFrom4([4]byte{10, 244, 1, byte(p.n)}) }
 
-// podRuleset is the ruleset of the pods, with extra rules at the end of
-// ChainPolicy and peers in tern-peers.
+// podRuleset is the ruleset of the pods, in the shape policy.Compile
+// gives it (ChainPolicy enters the dispatch tree TERN-PDT, whose rules go to
+// the pod chains), with extra rules at the end of ChainPolicy and peers in
+// tern-peers.
 func podRuleset(pods []testPod, peers []string, extra ...policy.Rule) policy.Ruleset {
 	rs := policy.Ruleset{Pods: map[string]policy.PodPolicy{}}
 	rs.Sets = []policy.Set{{Name: "tern-peers", Type: "hash:ip", Members: peers}}
@@ -160,6 +162,7 @@ func podRuleset(pods []testPod, peers []string, extra ...policy.Rule) policy.Rul
 		{"-m", "connmark", "--mark", "0x1000000/0x1000000", "-j", "DROP"},
 		{"-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "RETURN"},
 	}}
+	tree := policy.Chain{Name: "TERN-PDT"}
 	for _, p := range pods {
 		pp := policy.PodPolicy{HostIf: "tern" + p.name, IPs: []netip.Addr{p.ip()}}
 		if p.isolated {
@@ -169,9 +172,13 @@ func podRuleset(pods []testPod, peers []string, extra ...policy.Rule) policy.Rul
 				rules = append(rules, policy.Rule{"-p", "tcp", "--dport", fmt.Sprint(p.port), "-j", "RETURN"})
 			}
 			rs.Chains = append(rs.Chains, policy.Chain{Name: pp.IngressChain, Rules: append(rules, policy.Rule{"-j", "DROP"})})
-			entry.Rules = append(entry.Rules, policy.Rule{"-o", pp.HostIf, "-j", pp.IngressChain})
+			tree.Rules = append(tree.Rules, policy.Rule{"-o", pp.HostIf, "-g", pp.IngressChain})
 		}
 		rs.Pods["default/"+p.name] = pp
+	}
+	if len(tree.Rules) > 0 {
+		entry.Rules = append(entry.Rules, policy.Rule{"-o", "tern+", "-j", tree.Name})
+		rs.Chains = append(rs.Chains, tree)
 	}
 	entry.Rules = append(entry.Rules, extra...)
 	rs.Chains = append(rs.Chains, entry)
@@ -390,7 +397,7 @@ func TestScopeOf(t *testing.T) {
 		name             string
 		from             *policy.Ruleset // base if nil
 		rs               policy.Ruleset
-		oldUnknown       bool // ChainPolicy was read back and differs
+		oldUnknown       bool // ChainPolicy and TERN-PDT were read back (hashes only)
 		notSimple        bool // the rules before or after are not simple
 		all, widenedAll  bool
 		narrowed, widend []netip.Addr
@@ -415,13 +422,23 @@ func TestScopeOf(t *testing.T) {
 			notSimple: true, all: true},
 		{name: "unknown ChainPolicy rewritten", rs: podRuleset([]testPod{a, {name: "b", n: 3}, c}, peers), oldUnknown: true, all: true},
 		{name: "unknown ChainPolicy unchanged", rs: podRuleset([]testPod{{name: "a", n: 2, isolated: true, port: 1}, b, c}, peers), oldUnknown: true, narrowed: addrs(a)},
-		{name: "dispatch order", rs: func() policy.Ruleset {
+		// The order of the exact rules of a dispatch chain changes no pod's
+		// way; that of ChainPolicy's own rules may change every flow's.
+		{name: "dispatch order", rs: reorder(podRuleset([]testPod{a, b, c}, peers), "TERN-PDT", 0, 1)},
+		{name: "own rule order", rs: reorder(podRuleset([]testPod{a, b, c}, peers), policy.ChainPolicy, 0, 1), all: true},
+		{name: "dispatch to the pod chain direct", rs: func() policy.Ruleset {
 			rs := podRuleset([]testPod{a, b, c}, peers)
 			e := &rs.Chains[slices.IndexFunc(rs.Chains, func(c policy.Chain) bool { return c.Name == policy.ChainPolicy })]
-			e.Rules = slices.Clone(e.Rules)
-			e.Rules[2], e.Rules[3] = e.Rules[3], e.Rules[2]
+			e.Rules = append(slices.Clone(e.Rules[:2]), policy.Rule{"-o", "terna", "-j", "TERN-PI-a"}, policy.Rule{"-o", "ternb", "-j", "TERN-PI-b"})
 			return rs
-		}(), all: true},
+		}()},
+		{name: "b's dispatch to a's chain", rs: func() policy.Ruleset {
+			rs := podRuleset([]testPod{a, b, c}, peers)
+			t := &rs.Chains[slices.IndexFunc(rs.Chains, func(c policy.Chain) bool { return c.Name == "TERN-PDT" })]
+			t.Rules = slices.Clone(t.Rules)
+			t.Rules[1] = policy.Rule{"-o", "ternb", "-g", "TERN-PI-a"}
+			return rs
+		}(), narrowed: addrs(b)},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -434,30 +451,25 @@ func TestScopeOf(t *testing.T) {
 				t.Fatal(err)
 			}
 			if tt.oldUnknown {
-				// As read back: hashes only.
-				st := p.chains[0][policy.ChainPolicy]
+				// As read back: hashes only, of ChainPolicy and the
+				// dispatch tree.
 				for _, c := range from.Chains {
-					if c.Name == policy.ChainPolicy {
-						st.hashes = nil
-						for _, r := range c.Rules {
-							st.hashes = append(st.hashes, Rule(r).Hash(c.Name))
-						}
+					if c.Name != policy.ChainPolicy && c.Name != "TERN-PDT" {
+						continue
 					}
+					st := p.chains[0][c.Name]
+					st.hashes = nil
+					for _, r := range c.Rules {
+						st.hashes = append(st.hashes, Rule(r).Hash(c.Name))
+					}
+					st.known, st.applied = false, nil
 				}
-				st.known, st.applied = false, nil
 			}
 			ch := newRuleChange()
-			for f := range p.chains {
-				ch.entry[f] = entryOf(p.chains[f][policy.ChainPolicy])
-			}
 			if err := p.apply(tt.rs, map[string]bool{}, &PolicyStats{}, ch); err != nil {
 				t.Fatal(err)
 			}
-			var now [2]entryState
-			for f := range p.chains {
-				now[f] = entryOf(p.chains[f][policy.ChainPolicy])
-			}
-			sc := scopeOf(ch, now, tt.rs, podIfs(from.Pods), podIfs(tt.rs.Pods), !tt.notSimple)
+			sc := scopeOf(ch, tt.rs, podIfs(from.Pods), podIfs(tt.rs.Pods), !tt.notSimple)
 			sorted := func(m map[netip.Addr]bool) []netip.Addr {
 				return slices.SortedFunc(maps.Keys(m), netip.Addr.Compare)
 			}
@@ -478,3 +490,11 @@ func TestScopeOf(t *testing.T) {
 }
 
 func ptr[T any](v T) *T { return &v }
+
+// reorder returns rs with rules i and j of chain name swapped.
+func reorder(rs policy.Ruleset, name string, i, j int) policy.Ruleset {
+	c := &rs.Chains[slices.IndexFunc(rs.Chains, func(c policy.Chain) bool { return c.Name == name })]
+	c.Rules = slices.Clone(c.Rules)
+	c.Rules[i], c.Rules[j] = c.Rules[j], c.Rules[i]
+	return rs
+}

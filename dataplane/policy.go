@@ -41,9 +41,11 @@ import (
 //     changed (scopeOf): at the first Apply (flows older than the driver
 //     were judged by rules it does not know, or by none) and after a
 //     failure, every local pod's; otherwise those of pods whose policing
-//     may now deny more (a dispatch rule of theirs in ChainPolicy changed,
-//     a chain it leads to was rewritten or uses a set that may match less,
-//     or their address is newly on a policed interface), and those of
+//     may now deny more (their packets' way through ChainPolicy and the
+//     dispatch tree leads to other pod chains, which rewriting a dispatch
+//     chain for other pods' veths does not do; a pod chain on it was
+//     rewritten or uses a set that may match less; or their address is
+//     newly on a policed interface), and those of
 //     pods whose policing may allow more while one of their flows is cut.
 //     Members added to sets used only to allow, pods that no policy
 //     selects, and pods on other nodes trigger no pass. A namespace whose
@@ -167,9 +169,6 @@ func (p *Policy) Apply(rs policy.Ruleset, denied func(Flow) bool) (PolicyStats, 
 		p.synced = true
 	}
 	ch := newRuleChange()
-	for f := range p.chains {
-		ch.entry[f] = entryOf(p.chains[f][policy.ChainPolicy])
-	}
 	err = p.apply(rs, facts.narrowOnAdd, &st, ch)
 	pods := podIfs(rs.Pods)
 	simple := p.simple && facts.simple // the rules before and after
@@ -182,11 +181,7 @@ func (p *Policy) Apply(rs policy.Ruleset, denied func(Flow) bool) (PolicyStats, 
 		// Only members added to sets used to allow, and no flow is cut:
 		// nothing to judge.
 	case !p.judgeAll && (!ch.empty() || !maps.Equal(pods, p.pods)):
-		var now [2]entryState
-		for f := range p.chains {
-			now[f] = entryOf(p.chains[f][policy.ChainPolicy])
-		}
-		p.await(scopeOf(ch, now, rs, p.pods, pods, simple))
+		p.await(scopeOf(ch, rs, p.pods, pods, simple))
 	}
 	p.pods, p.simple = pods, facts.simple && err == nil
 	if err == nil && denied != nil && (p.judgeAll || len(p.judge) > 0) {
@@ -289,7 +284,11 @@ func (p *Policy) applyOnce(rs policy.Ruleset, narrowOnAdd map[string]bool, st *P
 	for f, v6 := range []bool{false, true} {
 		chains[f] = planChains(p.chains[f], rs.Chains, v6)
 		for _, c := range chains[f].write {
+			ch.noteOld(f, c.Name, p.chains[f][c.Name])
 			ch.written[f][c.Name] = true
+		}
+		for _, name := range chains[f].stale {
+			ch.noteOld(f, name, p.chains[f][name])
 		}
 	}
 	if sets.pre.Len() > 0 {
@@ -497,13 +496,16 @@ type rulesetFacts struct {
 	// DROP, a chain).
 	narrowOnAdd map[string]bool
 	// simple: every rule ends in RETURN, DROP, REJECT, a log, nothing, or a
-	// jump (-j) to a chain of the ruleset, and only ChainPolicy's dispatch
-	// rules (dispatchIf), which all jump to chains, match interfaces, as
-	// Compile's rulesets do. A packet is then denied exactly when the path
-	// it takes reaches a DROP or REJECT, so a member added to a set only
-	// used to RETURN, or a chain no longer jumped to, can only let more
-	// through, and a flow depends on its addresses' interfaces only through
-	// the dispatch rules. scopeOf infers what allows more only for simple
+	// jump (-j) to a chain of the ruleset, and only dispatch rules
+	// (isDispatchRule: an interface or prefix, then -j or -g to a chain of
+	// the ruleset) in ChainPolicy or in dispatch chains (chains of nothing
+	// else) match interfaces, as Compile's rulesets do. A packet is then
+	// denied exactly when the path it takes reaches a DROP or REJECT (a
+	// goto only returns earlier, to where falling off the chain it left
+	// would also return), so a member added to a set only used to RETURN,
+	// or a chain no longer jumped to, can only let more through, and a flow
+	// depends on its addresses' interfaces only through the dispatch
+	// (dispatchWalker). scopeOf infers what allows more only for simple
 	// rulesets; any change of another one may deny.
 	simple bool
 }
@@ -546,9 +548,10 @@ func validateRuleset(rs policy.Ruleset, haveV6 bool) (rulesetFacts, error) {
 		chains[f][c.Name] = true
 	}
 	for _, c := range rs.Chains {
+		tree := c.Name != policy.ChainPolicy && len(c.Rules) > 0 && !slices.ContainsFunc(c.Rules, func(r policy.Rule) bool { return !isDispatchRule(r) })
 		for _, r := range c.Rules {
 			allows := true
-			dispatch := c.Name == policy.ChainPolicy && dispatchIf(r) != ""
+			dispatch := (tree || c.Name == policy.ChainPolicy) && isDispatchRule(r)
 			for i := 0; i < len(r); i++ {
 				switch r[i] {
 				case "-j", "-g", "--jump", "--goto":
@@ -557,7 +560,7 @@ func validateRuleset(rs policy.Ruleset, haveV6 bool) (rulesetFacts, error) {
 					}
 					t := r[i+1]
 					allows = t == "RETURN" || t == "ACCEPT" || t == "NFLOG" || t == "LOG"
-					chain := (r[i] == "-j" || r[i] == "--jump") && strings.HasPrefix(t, policy.ChainPrefix)
+					chain := (dispatch || r[i] == "-j" || r[i] == "--jump") && strings.HasPrefix(t, policy.ChainPrefix)
 					if !chain && (dispatch || t != "RETURN" && t != "DROP" && t != "REJECT" && t != "NFLOG" && t != "LOG") {
 						facts.simple = false
 					}

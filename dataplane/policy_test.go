@@ -380,7 +380,14 @@ func TestValidateRulesetFacts(t *testing.T) {
 		{"dispatch to RETURN", ruleset(nil, entry(policy.Rule{"-o", "lo", "-j", "RETURN"})), false, false},
 		{"interface in a pod chain", ruleset(set, policy.Chain{Name: "TERN-PI-A", Rules: []policy.Rule{{"-i", "ternb", "-j", "RETURN"}}},
 			entry(policy.Rule{"-o", "terna", "-j", "TERN-PI-A"})), false, false},
-		{"wildcard interface", ruleset(set, pod, entry(policy.Rule{"-o", "tern+", "-j", "TERN-PI-A"})), false, false},
+		{"wildcard interface", ruleset(set, pod, entry(policy.Rule{"-o", "tern+", "-j", "TERN-PI-A"})), true, false},
+		{"dispatch tree", ruleset(set, pod, policy.Chain{Name: "TERN-PDT", Rules: []policy.Rule{{"-o", "terna+", "-g", "TERN-PDT-a"}}},
+			policy.Chain{Name: "TERN-PDT-a", Rules: []policy.Rule{{"-o", "terna1", "-g", "TERN-PI-A"}, {"-o", "terna2", "-j", "TERN-PI-A"}}},
+			entry(policy.Rule{"-o", "tern+", "-j", "TERN-PDT"})), true, false},
+		{"goto outside the dispatch", ruleset(set, pod, policy.Chain{Name: "TERN-PDT", Rules: []policy.Rule{{"-o", "terna", "-g", "TERN-PI-A"}, {"-g", "TERN-PI-A"}}},
+			entry(policy.Rule{"-o", "tern+", "-j", "TERN-PDT"})), false, false},
+		{"interface in a chain that is not dispatch", ruleset(set, pod, policy.Chain{Name: "TERN-PDT", Rules: []policy.Rule{{"-o", "terna", "-g", "TERN-PI-A"}, {"-j", "DROP"}}},
+			entry(policy.Rule{"-o", "tern+", "-j", "TERN-PDT"})), false, false},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			facts, err := validateRuleset(tt.rs, true)
