@@ -578,14 +578,16 @@ func forward(netns, addr, target string) (net.Listener, error) {
 					c.Close()
 					return
 				}
-				pipe(c, up)
+				Pipe(c, up)
 			}()
 		}
 	}()
 	return ln, nil
 }
 
-func pipe(a, b net.Conn) {
+// Pipe copies both ways between a and b until both directions are done
+// (each half-closed in turn), then closes both.
+func Pipe(a, b net.Conn) {
 	done := make(chan struct{}, 2)
 	cp := func(dst, src net.Conn) {
 		_, _ = io.Copy(dst, src)

@@ -1,13 +1,14 @@
 package nodetest
 
 import (
-	"io"
 	"net"
 	"sync"
 	"sync/atomic"
 	"testing"
 
 	"github.com/containernetworking/plugins/pkg/ns"
+
+	"github.com/tern-net/tern/internal/lab"
 )
 
 // Forwarder listens on 127.0.0.1 inside a node namespace and forwards each
@@ -54,7 +55,7 @@ func Forward(t testing.TB, netns ns.NetNS, target string, open bool) *Forwarder 
 				c.Close()
 				continue
 			}
-			go pipe(c, up)
+			go lab.Pipe(c, up)
 		}
 	}()
 	return f
@@ -62,20 +63,3 @@ func Forward(t testing.TB, netns ns.NetNS, target string, open bool) *Forwarder 
 
 // Open lets connections through.
 func (f *Forwarder) Open() { f.open.Store(true) }
-
-func pipe(a, b net.Conn) {
-	done := make(chan struct{}, 2)
-	cp := func(dst, src net.Conn) {
-		_, _ = io.Copy(dst, src)
-		if tc, ok := dst.(*net.TCPConn); ok {
-			_ = tc.CloseWrite()
-		}
-		done <- struct{}{}
-	}
-	go cp(a, b)
-	go cp(b, a)
-	<-done
-	<-done
-	a.Close()
-	b.Close()
-}
