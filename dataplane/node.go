@@ -68,6 +68,7 @@ func (n *Node) Apply(plan Plan) (ApplyStats, error) {
 		if err != nil {
 			if planned {
 				errs = append(errs, err)
+				rulesOK = false
 			}
 			continue // no ip6tables: nothing of tern's can be there either
 		}

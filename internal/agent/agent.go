@@ -112,6 +112,7 @@ type Agent struct {
 	passMu        sync.Mutex
 	passesStarted uint64
 	passesDone    uint64
+	passErr       error         // of the last finished pass
 	passCh        chan struct{} // closed at the end of each pass
 }
 
@@ -269,7 +270,7 @@ func (a *Agent) reconcileLoop(ctx context.Context) {
 		a.passStarted()
 		err := a.reconcile(ctx, resync)
 		resync = false
-		a.passFinished()
+		a.passFinished(err)
 		a.heartbeat.Store(time.Now().UnixNano())
 		a.metrics.observe(time.Since(t0), err)
 		a.mu.Lock()

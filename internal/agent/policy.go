@@ -69,8 +69,14 @@ func boolFloat(b bool) float64 {
 // localPolicyPods gives this node's pods their host veth and the addresses
 // the IPAM gave them: the API shows a pod's address only after kubelet
 // writes it, and the pod must be policed (and be a peer) from its first
-// packet.
+// packet. An allocation counts only if it is the pod's (by any of its UIDs:
+// a static pod's runtime knows it by its mirror's config hash), not an
+// earlier pod's of the same name.
 func (a *Agent) localPolicyPods(in *policy.Input) {
+	local, err := a.cluster.LocalPods()
+	if err != nil {
+		local = nil
+	}
 	byPod := map[string][]int{}
 	allocs := a.ipam.List()
 	for i, al := range allocs {
@@ -83,11 +89,15 @@ func (a *Agent) localPolicyPods(in *policy.Input) {
 		if p.Node != a.cfg.NodeName || p.HostNetwork {
 			continue
 		}
+		key := p.Namespace + "/" + p.Name
 		p.HostIf = cniplugin.HostIfName(cniplugin.PodArgs{Namespace: p.Namespace, Name: p.Name}, "", "eth0")
-		for _, j := range byPod[p.Namespace+"/"+p.Name] {
+		for _, j := range byPod[key] {
 			al := allocs[j]
-			if al.PodUID != "" && p.UID != "" && al.PodUID != p.UID {
-				continue // an earlier pod of the same name, not yet released
+			if al.PodUID != "" {
+				kp, ok := local[key]
+				if (ok && !kp.HasUID(al.PodUID)) || (!ok && p.UID != "" && al.PodUID != p.UID) {
+					continue // an earlier pod of the same name, not yet released
+				}
 			}
 			if al.IfName == "eth0" || al.IfName == "" {
 				p.HostIf = al.HostIf
@@ -101,55 +111,70 @@ func (a *Agent) localPolicyPods(in *policy.Input) {
 	}
 }
 
+// errPolicyNotInForce: a new pod's rules could not be put in force in time.
+var errPolicyNotInForce = errors.New("the pod's network policy is not in force yet")
+
 // awaitPolicy holds a CNI ADD until the policy rules for the pod are in
 // force (fail closed: a pod a policy isolates is never reachable before its
-// rules are in place): it waits for the pod to be in the cache, then for a
-// reconcile pass that started after the allocation to finish.
-func (a *Agent) awaitPolicy(ctx context.Context, namespace, pod string) {
+// rules are in place): it waits for the pod (this UID) to be in the cache,
+// then for a reconcile pass that started after the allocation to succeed.
+// A pod the cache does not show within 2 s (a static pod's mirror comes
+// later; the watch may lag) is let through with a warning; a pass that
+// fails or does not come within 5 s fails the ADD, which the runtime retries.
+func (a *Agent) awaitPolicy(ctx context.Context, namespace, pod, uid string) error {
 	if a.cluster == nil || !a.cfg.NetworkPolicy || namespace == "" || pod == "" {
-		return
+		return nil
 	}
-	// A pod the API has not shown yet (a static pod's mirror comes later;
-	// the watch may lag) is waited for briefly, not forever.
 	seen, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
 	for a.cluster.Synced() {
 		pods, err := a.cluster.LocalPods()
-		if _, ok := pods[namespace+"/"+pod]; ok && err == nil {
+		if p, ok := pods[namespace+"/"+pod]; ok && err == nil && (uid == "" || p.HasUID(uid)) {
 			break
 		}
 		select {
 		case <-seen.Done():
 			a.log.Warn("pod not in the cache after 2 s: its policy rules may follow its first packets", "pod", namespace+"/"+pod)
-			return
+			return nil
 		case <-time.After(10 * time.Millisecond):
 		}
 	}
 	passed, cancel2 := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel2()
 	if err := a.waitPass(passed); err != nil {
-		a.log.Warn("no reconcile pass in time for a new pod's policy", "pod", namespace+"/"+pod, "err", err)
+		return fmt.Errorf("%w: %w", errPolicyNotInForce, err)
 	}
+	return nil
 }
 
 // waitPass triggers a reconcile and waits until a pass that started after
-// the call has finished.
+// the call has succeeded; a failed pass is retried (the loop backs off and
+// triggers again) until ctx ends, and then its error is returned.
 func (a *Agent) waitPass(ctx context.Context) error {
 	a.passMu.Lock()
 	target := a.passesStarted + 1
 	a.passMu.Unlock()
+	var stopped <-chan struct{} // nil (never) when the agent is not running
+	if a.runCtx != nil {
+		stopped = a.runCtx.Done()
+	}
 	a.Trigger()
 	for {
 		a.passMu.Lock()
-		done, ch := a.passesDone >= target, a.passCh
+		done, passErr, ch := a.passesDone >= target, a.passErr, a.passCh
 		a.passMu.Unlock()
-		if done {
+		if done && passErr == nil {
 			return nil
 		}
 		select {
 		case <-ch:
 		case <-ctx.Done():
+			if done {
+				return passErr
+			}
 			return ctx.Err()
+		case <-stopped:
+			return errors.New("the agent is stopping")
 		}
 	}
 }
@@ -161,9 +186,10 @@ func (a *Agent) passStarted() {
 	a.passMu.Unlock()
 }
 
-func (a *Agent) passFinished() {
+func (a *Agent) passFinished(err error) {
 	a.passMu.Lock()
 	a.passesDone = a.passesStarted
+	a.passErr = err
 	close(a.passCh)
 	a.passCh = make(chan struct{})
 	a.passMu.Unlock()

@@ -1,6 +1,8 @@
 package agent
 
 import (
+	"context"
+	"errors"
 	"net/netip"
 	"slices"
 	"strings"
@@ -73,5 +75,44 @@ func TestPodPolicyView(t *testing.T) {
 	}
 	if _, err := podPolicyView(&rs, "nonsense"); err == nil || !strings.Contains(err.Error(), "NAMESPACE/POD") {
 		t.Errorf("bad id: %v", err)
+	}
+}
+
+// TestWaitPass: a CNI ADD waits for a pass that started after it and
+// succeeded; a failing pass keeps it waiting, and its error comes back when
+// the wait ends (the ADD then fails closed).
+func TestWaitPass(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		errs []error // results of the passes the loop runs, in turn
+		want error
+	}{
+		{"first pass succeeds", []error{nil}, nil},
+		{"a failure, then success", []error{errors.New("ipset: boom"), nil}, nil},
+		{"always failing", []error{errors.New("ipset: boom")}, errors.New("ipset: boom")},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			a := &Agent{trigger: make(chan struct{}, 1), passCh: make(chan struct{})}
+			stop := make(chan struct{})
+			defer close(stop)
+			go func() { // the reconcile loop, as far as waitPass sees it
+				for i := 0; ; i++ {
+					select {
+					case <-stop:
+						return
+					case <-a.trigger:
+					case <-time.After(20 * time.Millisecond): // the loop's backoff retrigger
+					}
+					a.passStarted()
+					a.passFinished(tc.errs[min(i, len(tc.errs)-1)])
+				}
+			}()
+			ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+			defer cancel()
+			err := a.waitPass(ctx)
+			if (err == nil) != (tc.want == nil) || (err != nil && err.Error() != tc.want.Error()) {
+				t.Errorf("waitPass: %v, want %v", err, tc.want)
+			}
+		})
 	}
 }

@@ -48,6 +48,7 @@ func (a *Agent) serveStatus(w http.ResponseWriter, _ *http.Request) {
 }
 
 func (a *Agent) serveAllocate(w http.ResponseWriter, r *http.Request) {
+	started := time.Now()
 	var req agentapi.AllocateRequest
 	if !readJSON(w, r, &req) {
 		return
@@ -79,7 +80,18 @@ func (a *Agent) serveAllocate(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	a.log.Debug("allocated", "attachment", req.Attachment, "pod", req.Namespace+"/"+req.Pod, "ips", al.IPs)
-	a.awaitPolicy(r.Context(), req.Namespace, req.Pod)
+	if err := a.awaitPolicy(r.Context(), req.Namespace, req.Pod, req.PodUID); err != nil {
+		// Fail closed: no address for a pod whose rules are not in force.
+		// An allocation this request made is released; the runtime retries.
+		if !al.Created.Before(started) {
+			if _, rerr := a.ipam.Release(al.Key); rerr != nil {
+				a.log.Warn("release after a failed policy wait", "attachment", req.Attachment, "err", rerr)
+			}
+		}
+		a.log.Warn("pod refused for now", "pod", req.Namespace+"/"+req.Pod, "err", err)
+		writeError(w, http.StatusServiceUnavailable, agentapi.CodeNotReady, err.Error())
+		return
+	}
 	out := toAPI(al)
 	out.MTU = a.uplinkMTU()
 	writeJSON(w, http.StatusOK, out)
