@@ -11,6 +11,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
@@ -73,11 +74,7 @@ func BenchmarkAgentColdStart(b *testing.B) {
 		}
 		nss = append(nss, ns.Name)
 	}
-	b.Cleanup(func() {
-		for _, ns := range nss {
-			_ = client.CoreV1().Namespaces().Delete(context.Background(), ns, metav1.DeleteOptions{})
-		}
-	})
+	b.Cleanup(func() { removeNamespaces(b, client, nss) })
 	parallel(b, coldPods, func(i int) error {
 		node := fmt.Sprintf("cold-node-%04d", i%(coldNodes-1))
 		if i%(coldNodes) == 0 {
@@ -161,5 +158,34 @@ func parallel(b *testing.B, n int, f func(i int) error) {
 	wg.Wait()
 	if first != nil {
 		b.Fatal(first)
+	}
+}
+
+// removeNamespaces deletes the namespaces' pods at once (no kubelet would
+// confirm a graceful deletion) and the namespaces, and waits until they are
+// gone: the benchmarks after this one share the API server, and an agent
+// watches every pod and policy of the cluster, so leftovers would inflate
+// their figures.
+func removeNamespaces(b *testing.B, client kubernetes.Interface, nss []string) {
+	ctx := context.Background()
+	zero := int64(0)
+	for _, ns := range nss {
+		_ = client.CoreV1().Pods(ns).DeleteCollection(ctx, metav1.DeleteOptions{GracePeriodSeconds: &zero}, metav1.ListOptions{})
+		_ = client.NetworkingV1().NetworkPolicies(ns).DeleteCollection(ctx, metav1.DeleteOptions{}, metav1.ListOptions{})
+		_ = client.CoreV1().Namespaces().Delete(ctx, ns, metav1.DeleteOptions{})
+	}
+	deadline := time.Now().Add(3 * time.Minute)
+	for _, ns := range nss {
+		for {
+			_, err := client.CoreV1().Namespaces().Get(ctx, ns, metav1.GetOptions{})
+			if apierrors.IsNotFound(err) {
+				break
+			}
+			if time.Now().After(deadline) {
+				b.Logf("namespace %s still there after 3 min: later benchmarks share its objects", ns)
+				return
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
 	}
 }

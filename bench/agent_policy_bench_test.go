@@ -56,11 +56,7 @@ func BenchmarkAgentPolicyRSS(b *testing.B) {
 		}
 		nss = append(nss, ns.Name)
 	}
-	b.Cleanup(func() {
-		for _, ns := range nss {
-			_ = client.CoreV1().Namespaces().Delete(context.Background(), ns, metav1.DeleteOptions{})
-		}
-	})
+	b.Cleanup(func() { removeNamespaces(b, client, nss) })
 	parallel(b, scalePods, func(i int) error {
 		node := fmt.Sprintf("other-%d", i%50)
 		if i%(scalePods/scaleLocal) == 0 {
