@@ -103,25 +103,8 @@ func BenchmarkAgentColdStart(b *testing.B) {
 	})
 	b.Logf("created %d nodes, %d pods, %d policies in %s", coldNodes, coldPods, coldPolicies, time.Since(t0).Round(time.Millisecond))
 
-	api, err := url.Parse(env.Config.Host)
-	if err != nil {
-		b.Fatal(err)
-	}
-	fwd := nodetest.Forward(b, n.NS, api.Host, true)
-	kc, err := clientcmd.LoadFromFile(env.Kubeconfig)
-	if err != nil {
-		b.Fatal(err)
-	}
-	for _, c := range kc.Clusters {
-		c.Server = "https://" + fwd.Addr
-	}
-	kcPath := filepath.Join(n.Dir, "kubeconfig")
-	if err := clientcmd.WriteToFile(*kc, kcPath); err != nil {
-		b.Fatal(err)
-	}
-	n.Args = []string{"--kubeconfig", kcPath}
 	start := time.Now()
-	n.StartAgentNoWait()
+	startAgentVia(b, env, n)
 	n.WaitReady(60 * time.Second)
 	ready := time.Since(start)
 	rss := rssMB(b, n.AgentPID())
@@ -188,4 +171,29 @@ func removeNamespaces(b *testing.B, client kubernetes.Interface, nss []string) {
 			time.Sleep(200 * time.Millisecond)
 		}
 	}
+}
+
+// startAgentVia starts n's agent against env's API server, reached through a
+// forwarder inside n's namespace, with the admin's credentials; it does not
+// wait.
+func startAgentVia(b *testing.B, env *kubetest.Env, n *nodetest.Node) {
+	b.Helper()
+	api, err := url.Parse(env.Config.Host)
+	if err != nil {
+		b.Fatal(err)
+	}
+	fwd := nodetest.Forward(b, n.NS, api.Host, true)
+	kc, err := clientcmd.LoadFromFile(env.Kubeconfig)
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, c := range kc.Clusters {
+		c.Server = "https://" + fwd.Addr
+	}
+	kcPath := filepath.Join(n.Dir, "kubeconfig")
+	if err := clientcmd.WriteToFile(*kc, kcPath); err != nil {
+		b.Fatal(err)
+	}
+	n.Args = []string{"--kubeconfig", kcPath}
+	n.StartAgentNoWait()
 }

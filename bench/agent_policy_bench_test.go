@@ -3,8 +3,6 @@ package bench
 import (
 	"context"
 	"fmt"
-	"net/url"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -14,7 +12,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/tern-net/tern/internal/kubetest"
 	"github.com/tern-net/tern/internal/nodetest"
@@ -111,25 +108,8 @@ func BenchmarkAgentPolicyRSS(b *testing.B) {
 	})
 	b.Logf("created %d pods (%d local), %d policies in %s", scalePods, scaleLocal, scalePolicies, time.Since(t0).Round(time.Millisecond))
 
-	api, err := url.Parse(env.Config.Host)
-	if err != nil {
-		b.Fatal(err)
-	}
-	fwd := nodetest.Forward(b, n.NS, api.Host, true)
-	kc, err := clientcmd.LoadFromFile(env.Kubeconfig)
-	if err != nil {
-		b.Fatal(err)
-	}
-	for _, c := range kc.Clusters {
-		c.Server = "https://" + fwd.Addr
-	}
-	kcPath := filepath.Join(n.Dir, "kubeconfig")
-	if err := clientcmd.WriteToFile(*kc, kcPath); err != nil {
-		b.Fatal(err)
-	}
-	n.Args = []string{"--kubeconfig", kcPath}
 	start := time.Now()
-	n.StartAgentNoWait()
+	startAgentVia(b, env, n)
 	n.WaitReady(120 * time.Second)
 	// Ready means the dataplane, policy included, was programmed once; count
 	// the per-pod chains to be sure the policies are in.

@@ -17,11 +17,10 @@ import (
 	"github.com/containernetworking/plugins/pkg/testutils"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/tools/clientcmd"
-	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 
 	"github.com/tern-net/tern/internal/k8s"
 	"github.com/tern-net/tern/internal/kubetest"
+	"github.com/tern-net/tern/internal/lab"
 	"github.com/tern-net/tern/internal/nodetest"
 )
 
@@ -183,26 +182,8 @@ func (c *Cluster) Connect(n *nodetest.Node, open bool) (*nodetest.Forwarder, str
 // (a forwarder in a node namespace) with the bearer token.
 func KubeconfigVia(t testing.TB, env *kubetest.Env, token, server, dir string) string {
 	t.Helper()
-	admin, err := clientcmd.LoadFromFile(env.Kubeconfig)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var ca []byte
-	for _, c := range admin.Clusters {
-		ca = c.CertificateAuthorityData
-		if len(ca) == 0 && c.CertificateAuthority != "" {
-			if ca, err = os.ReadFile(c.CertificateAuthority); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
-	cfg := clientcmdapi.NewConfig()
-	cfg.Clusters["api"] = &clientcmdapi.Cluster{Server: server, CertificateAuthorityData: ca}
-	cfg.AuthInfos["tern-agent"] = &clientcmdapi.AuthInfo{Token: token}
-	cfg.Contexts["tern"] = &clientcmdapi.Context{Cluster: "api", AuthInfo: "tern-agent"}
-	cfg.CurrentContext = "tern"
 	path := filepath.Join(dir, "kubeconfig")
-	if err := clientcmd.WriteToFile(*cfg, path); err != nil {
+	if err := lab.WriteTokenKubeconfig(env.Kubeconfig, token, server, path); err != nil {
 		t.Fatal(err)
 	}
 	return path

@@ -478,26 +478,33 @@ func (d *daemon) addNode(ctx context.Context, n Node) error {
 }
 
 func (d *daemon) agentKubeconfig(ln *labNode) (string, error) {
-	admin, err := clientcmd.LoadFromFile(d.admin)
+	path := filepath.Join(ln.dir, "kubeconfig")
+	return path, WriteTokenKubeconfig(d.admin, d.token, "https://127.0.0.1:6443", path)
+}
+
+// WriteTokenKubeconfig writes to path a kubeconfig that reaches server with
+// a bearer token, trusting the CA of the admin kubeconfig: how an agent in a
+// node namespace reaches the API through a forwarder.
+func WriteTokenKubeconfig(adminKubeconfig, token, server, path string) error {
+	admin, err := clientcmd.LoadFromFile(adminKubeconfig)
 	if err != nil {
-		return "", err
+		return err
 	}
 	var ca []byte
 	for _, c := range admin.Clusters {
 		ca = c.CertificateAuthorityData
 		if len(ca) == 0 && c.CertificateAuthority != "" {
 			if ca, err = os.ReadFile(c.CertificateAuthority); err != nil {
-				return "", err
+				return err
 			}
 		}
 	}
 	cfg := clientcmdapi.NewConfig()
-	cfg.Clusters["lab"] = &clientcmdapi.Cluster{Server: "https://127.0.0.1:6443", CertificateAuthorityData: ca}
-	cfg.AuthInfos["tern-agent"] = &clientcmdapi.AuthInfo{Token: d.token}
-	cfg.Contexts["tern"] = &clientcmdapi.Context{Cluster: "lab", AuthInfo: "tern-agent"}
+	cfg.Clusters["api"] = &clientcmdapi.Cluster{Server: server, CertificateAuthorityData: ca}
+	cfg.AuthInfos["tern-agent"] = &clientcmdapi.AuthInfo{Token: token}
+	cfg.Contexts["tern"] = &clientcmdapi.Context{Cluster: "api", AuthInfo: "tern-agent"}
 	cfg.CurrentContext = "tern"
-	path := filepath.Join(ln.dir, "kubeconfig")
-	return path, clientcmd.WriteToFile(*cfg, path)
+	return clientcmd.WriteToFile(*cfg, path)
 }
 
 // confList is the CNI configuration the DaemonSet installs (from
