@@ -108,6 +108,9 @@ type Agent struct {
 	ruleset *policy.Ruleset // last applied
 
 	compiler policy.Compiler // the reconcile goroutine's
+	// podWait bounds a CNI ADD's wait for its pod in the cache (0:
+	// podCacheWait).
+	podWait time.Duration
 
 	passMu        sync.Mutex
 	passesStarted uint64

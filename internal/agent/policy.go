@@ -114,28 +114,49 @@ func (a *Agent) localPolicyPods(in *policy.Input) {
 // errPolicyNotInForce: a new pod's rules could not be put in force in time.
 var errPolicyNotInForce = errors.New("the pod's network policy is not in force yet")
 
+// errPodNotKnown: the pod of a CNI ADD is not in the agent's cache, so the
+// policies that select it cannot be known yet.
+var errPodNotKnown = errors.New("the pod is not in the agent's cache yet, so its network policy cannot be put in force")
+
+// podCacheWait bounds how long a CNI ADD waits for its pod to reach the
+// agent's cache; the plugin asks again within its own bound.
+const podCacheWait = 5 * time.Second
+
 // awaitPolicy holds a CNI ADD until the policy rules for the pod are in
-// force (fail closed: a pod a policy isolates is never reachable before its
-// rules are in place): it waits for the pod (this UID) to be in the cache,
-// then for a reconcile pass that started after the allocation to succeed.
-// A pod the cache does not show within 2 s (a static pod's mirror comes
-// later; the watch may lag) is let through with a warning; a pass that
-// fails or does not come within 5 s fails the ADD, which the runtime retries.
+// force (fail closed: a pod is never reachable, nor sends, before the rules
+// of the policies selecting it are in place): it waits for the pod (this
+// UID) to be in the cache, then for a reconcile pass that started after the
+// allocation to succeed. A pod the cache does not show in time (the watch
+// lags; a static pod's mirror is not created yet) is refused, as is one
+// whose pass fails or does not come within 5 s: the ADD fails with "try
+// again later" and the runtime retries, so a pod never carries traffic that
+// the agent has not judged. Only an attachment with no pod identity (no
+// K8S_POD_NAMESPACE/K8S_POD_NAME: not a Kubernetes pod, so no policy can
+// select it) is not waited for.
 func (a *Agent) awaitPolicy(ctx context.Context, namespace, pod, uid string) error {
 	if a.cluster == nil || !a.cfg.NetworkPolicy || namespace == "" || pod == "" {
 		return nil
 	}
-	seen, cancel := context.WithTimeout(ctx, 2*time.Second)
+	wait := a.podWait
+	if wait <= 0 {
+		wait = podCacheWait
+	}
+	seen, cancel := context.WithTimeout(ctx, wait)
 	defer cancel()
-	for a.cluster.Synced() {
-		pods, err := a.cluster.LocalPods()
-		if p, ok := pods[namespace+"/"+pod]; ok && err == nil && (uid == "" || p.HasUID(uid)) {
-			break
+	for {
+		if a.cluster.Synced() {
+			pods, err := a.cluster.LocalPods()
+			if p, ok := pods[namespace+"/"+pod]; ok && err == nil && (uid == "" || p.HasUID(uid)) {
+				break
+			}
 		}
 		select {
 		case <-seen.Done():
-			a.log.Warn("pod not in the cache after 2 s: its policy rules may follow its first packets", "pod", namespace+"/"+pod)
-			return nil
+			what := namespace + "/" + pod
+			if uid != "" {
+				what += " (UID " + uid + ")"
+			}
+			return fmt.Errorf("%w: pod %s, waited %s", errPodNotKnown, what, wait)
 		case <-time.After(10 * time.Millisecond):
 		}
 	}

@@ -3,9 +3,12 @@ package agent
 import (
 	"context"
 	"errors"
+	"maps"
 	"net/netip"
 	"slices"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -13,6 +16,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/tern-net/tern/cniplugin"
+	"github.com/tern-net/tern/internal/k8s"
 	"github.com/tern-net/tern/ipam"
 	"github.com/tern-net/tern/policy"
 )
@@ -112,6 +116,99 @@ func TestWaitPass(t *testing.T) {
 			err := a.waitPass(ctx)
 			if (err == nil) != (tc.want == nil) || (err != nil && err.Error() != tc.want.Error()) {
 				t.Errorf("waitPass: %v, want %v", err, tc.want)
+			}
+		})
+	}
+}
+
+// lateCluster is a fakeCluster whose cache gets a pod while a CNI ADD waits.
+type lateCluster struct {
+	*fakeCluster
+	mu sync.Mutex
+}
+
+func (l *lateCluster) LocalPods() (map[string]k8s.Pod, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return maps.Clone(l.cache), nil
+}
+
+func (l *lateCluster) put(p k8s.Pod) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.cache[p.Namespace+"/"+p.Name] = p
+}
+
+// TestAwaitPolicy: a CNI ADD whose pod (by UID) is not in the cache is
+// refused once the wait is over, never let through unpoliced; one whose pod
+// arrives in time waits for a pass and goes on.
+func TestAwaitPolicy(t *testing.T) {
+	const wait = 150 * time.Millisecond
+	web := k8s.Pod{Namespace: "x", Name: "web", UIDs: []string{"uid-1"}}
+	for _, tc := range []struct {
+		name          string
+		cached        []k8s.Pod
+		late          *k8s.Pod // put into the cache 30 ms into the wait
+		ns, pod, uid  string
+		policyOff     bool
+		wantNotKnown  bool
+		wantPassFirst bool // the answer comes only after a pass
+	}{
+		{name: "pod in the cache", cached: []k8s.Pod{web}, ns: "x", pod: "web", uid: "uid-1", wantPassFirst: true},
+		{name: "pod arrives while the ADD waits", late: &web, ns: "x", pod: "web", uid: "uid-1", wantPassFirst: true},
+		{name: "pod never arrives: refused", ns: "x", pod: "web", uid: "uid-1", wantNotKnown: true},
+		{name: "only an earlier pod of the name: refused", cached: []k8s.Pod{{Namespace: "x", Name: "web", UIDs: []string{"uid-0"}}}, ns: "x", pod: "web", uid: "uid-1", wantNotKnown: true},
+		{name: "no UID given: the name decides", cached: []k8s.Pod{web}, ns: "x", pod: "web", wantPassFirst: true},
+		{name: "no pod identity: not a Kubernetes pod", ns: "", pod: ""},
+		{name: "network policy off", ns: "x", pod: "web", uid: "uid-1", policyOff: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := &lateCluster{fakeCluster: &fakeCluster{synced: true, cache: map[string]k8s.Pod{}}}
+			for _, p := range tc.cached {
+				f.put(p)
+			}
+			a := clusterAgent(t, f.fakeCluster, time.Minute)
+			a.cluster, a.podWait = f, wait
+			a.cfg.NetworkPolicy = !tc.policyOff
+			a.trigger, a.passCh = make(chan struct{}, 1), make(chan struct{})
+			var passes atomic.Int32
+			stop := make(chan struct{})
+			defer close(stop)
+			go func() { // the reconcile loop, as far as awaitPolicy sees it
+				for {
+					select {
+					case <-stop:
+						return
+					case <-a.trigger:
+					}
+					a.passStarted()
+					passes.Add(1)
+					a.passFinished(nil)
+				}
+			}()
+			if tc.late != nil {
+				time.AfterFunc(30*time.Millisecond, func() { f.put(*tc.late) })
+			}
+			t0 := time.Now()
+			err := a.awaitPolicy(context.Background(), tc.ns, tc.pod, tc.uid)
+			took := time.Since(t0)
+			switch {
+			case tc.wantNotKnown:
+				if !errors.Is(err, errPodNotKnown) || !strings.Contains(err.Error(), "x/web (UID uid-1)") {
+					t.Fatalf("err %v, want the pod refused as not known", err)
+				}
+				if took < wait {
+					t.Errorf("refused after %s, before the wait of %s was over", took, wait)
+				}
+				if passes.Load() != 0 {
+					t.Errorf("%d passes waited for, want none for a pod not known", passes.Load())
+				}
+			case err != nil:
+				t.Fatalf("err %v, want the ADD to go on", err)
+			case tc.wantPassFirst && passes.Load() == 0:
+				t.Errorf("the ADD went on without a reconcile pass")
+			case !tc.wantPassFirst && passes.Load() != 0:
+				t.Errorf("%d passes waited for, want none", passes.Load())
 			}
 		})
 	}

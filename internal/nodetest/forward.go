@@ -15,10 +15,13 @@ import (
 // connection to an address of the test's own namespace, such as the API
 // server on the host's loopback: how an agent in a node namespace reaches the
 // control plane without any address or route in the root namespace. Until
-// Open is called it closes every connection at once.
+// Open is called it closes every connection at once; Cut closes it again.
 type Forwarder struct {
 	Addr string // inside the node namespace
 	open atomic.Bool
+
+	mu    sync.Mutex
+	conns map[net.Conn]net.Conn // the connections being forwarded: client end to server end
 }
 
 // Forward starts a Forwarder in netns to target, stopped at cleanup.
@@ -33,7 +36,7 @@ func Forward(t testing.TB, netns ns.NetNS, target string, open bool) *Forwarder 
 	if err != nil {
 		t.Fatalf("listen in %s: %v", netns.Path(), err)
 	}
-	f := &Forwarder{Addr: ln.Addr().String()}
+	f := &Forwarder{Addr: ln.Addr().String(), conns: map[net.Conn]net.Conn{}}
 	f.open.Store(open)
 	var wg sync.WaitGroup
 	t.Cleanup(func() { ln.Close(); wg.Wait() })
@@ -55,7 +58,15 @@ func Forward(t testing.TB, netns ns.NetNS, target string, open bool) *Forwarder 
 				c.Close()
 				continue
 			}
-			go lab.Pipe(c, up)
+			f.mu.Lock()
+			f.conns[c] = up
+			f.mu.Unlock()
+			go func() {
+				lab.Pipe(c, up)
+				f.mu.Lock()
+				delete(f.conns, c)
+				f.mu.Unlock()
+			}()
 		}
 	}()
 	return f
@@ -63,3 +74,16 @@ func Forward(t testing.TB, netns ns.NetNS, target string, open bool) *Forwarder 
 
 // Open lets connections through.
 func (f *Forwarder) Open() { f.open.Store(true) }
+
+// Cut closes the connections being forwarded and refuses new ones until
+// Open: the API server becomes unreachable from the node, as when its
+// network fails.
+func (f *Forwarder) Cut() {
+	f.open.Store(false)
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for c, up := range f.conns {
+		c.Close()
+		up.Close()
+	}
+}
