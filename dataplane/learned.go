@@ -257,8 +257,9 @@ func newResolver(table []TableRoute) *resolver {
 //   - an IPv6 link-local gw is refused: it means something only on one link,
 //     and a BGP next hop does not say which, so the kernel could not use it;
 //   - the most specific route of the main table covering gw wins (ties: the
-//     lowest metric, then dump order; dead routes pass). It must be unicast and not of host
-//     scope: a blackhole, unreachable or prohibit route is not a way there.
+//     lowest metric, then dump order; dead routes are passed by). It must be
+//     unicast and not of host scope: a blackhole, unreachable or prohibit
+//     route is not a way there.
 //     A connected route (no gateway) puts gw on its link; a route through a
 //     gateway gives that gateway on its link (one level of recursion, as the
 //     kernel's own lookup gives), a multipath route each of its gateways.
