@@ -348,7 +348,8 @@ func (p *Policy) applyOnce(rs policy.Ruleset, narrowOnAdd map[string]bool, st *P
 // wrote records chains of family f as written.
 func (p *Policy) wrote(f int, chains []policy.Chain, st *PolicyStats) {
 	for _, ch := range chains {
-		p.chains[f][ch.Name] = &chainState{known: true, applied: slices.Clone(ch.Rules)}
+		// Apply's caller does not modify the rules afterwards: no copy.
+		p.chains[f][ch.Name] = &chainState{known: true, applied: ch.Rules}
 	}
 	st.ChainsWritten += len(chains)
 }
@@ -463,7 +464,7 @@ func (s *chainState) matches(c policy.Chain) bool {
 			return false
 		}
 	}
-	s.known, s.applied, s.hashes = true, slices.Clone(c.Rules), nil
+	s.known, s.applied, s.hashes = true, c.Rules, nil
 	return true
 }
 
