@@ -86,7 +86,7 @@ func ingressDispatch(rs policy.Ruleset) (order []string, cost map[string]int, ru
 	for _, c := range rs.Chains {
 		if !c.IPv6 {
 			chains[c.Name] = c.Rules
-			if c.Name == policy.ChainPolicy || strings.HasPrefix(c.Name, policy.ChainPrefix+"D") {
+			if c.Kind == policy.EntryChain || c.Kind == policy.DispatchChain {
 				rules += len(c.Rules)
 			}
 		}
@@ -95,14 +95,14 @@ func ingressDispatch(rs policy.Ruleset) (order []string, cost map[string]int, ru
 	var walk func(chain string, base int)
 	walk = func(chain string, base int) {
 		for i, r := range chains[chain] {
-			if len(r) != 4 || r[0] != "-o" {
+			if r.Out == "" {
 				continue
 			}
-			if strings.HasSuffix(r[1], "+") {
-				walk(r[3], base+i+1)
-			} else if _, ok := cost[r[1]]; !ok {
-				order = append(order, r[1])
-				cost[r[1]] = base + i + 1
+			if strings.HasSuffix(r.Out, "+") {
+				walk(r.Target, base+i+1)
+			} else if _, ok := cost[r.Out]; !ok {
+				order = append(order, r.Out)
+				cost[r.Out] = base + i + 1
 			}
 		}
 	}

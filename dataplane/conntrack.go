@@ -104,7 +104,7 @@ func dropsMembers(have, want map[string]bool) bool {
 
 // entryState is a policy chain as installed.
 type entryState struct {
-	known bool          // rules is its content; false: only its hashes were read back
+	known bool          // rules is its content, values and arguments; false: only its hashes were read back
 	rules []policy.Rule // nil when empty or absent
 }
 
@@ -243,7 +243,7 @@ func scopeOfAny(ch *ruleChange, rs policy.Ruleset, before, after map[netip.Addr]
 		}
 		if changed {
 			if ch.written[f][policy.ChainPolicy] {
-				if !oldWalker() || !slices.EqualFunc(ow.ownRules(), nw.ownRules(), slices.Equal) {
+				if !oldWalker() || !slices.EqualFunc(ow.ownRules(), nw.ownRules(), policy.Rule.Equal) {
 					sc.all = true
 					return sc
 				}
@@ -405,18 +405,16 @@ func (c *classifier) chain(name string) change {
 // rule is how the sets a rule matches and the chain it jumps to changed.
 func (c *classifier) rule(r policy.Rule) change {
 	v := unchanged
-	for i := 0; i+1 < len(r); i++ {
-		switch r[i] {
-		case "--match-set":
-			if c.ch.narrowedSets[r[i+1]] {
-				return narrows
-			}
-			if c.ch.widenedSets[r[i+1]] {
-				v = widens
-			}
-		case "-j", "-g", "--jump", "--goto":
-			v = max(v, c.chain(r[i+1]))
+	for _, m := range r.Sets {
+		if c.ch.narrowedSets[m.Name] {
+			return narrows
 		}
+		if c.ch.widenedSets[m.Name] {
+			v = widens
+		}
+	}
+	if r.Target != "" {
+		v = max(v, c.chain(r.Target))
 	}
 	return v
 }

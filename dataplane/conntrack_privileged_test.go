@@ -145,8 +145,8 @@ func (l *cutLab) nodeApply(t *testing.T, withPolicy, v6 bool) {
 func entryRules() []policy.Rule {
 	cut := fmt.Sprintf("%#x/%#x", policy.CutMark, policy.CutMark)
 	return []policy.Rule{
-		{"-m", "connmark", "--mark", cut, "-j", "DROP"},
-		{"-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "RETURN"},
+		rule("-m", "connmark", "--mark", cut, "-j", "DROP"),
+		rule("-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "RETURN"),
 	}
 }
 
@@ -173,11 +173,11 @@ func isolateB(pods map[string]policy.PodPolicy, v6 bool, extra ...string) policy
 			policy.Set{Name: "tern-pods-a" + suffix, Type: "hash:ip", IPv6: fam, Members: []string{a.String()}})
 		rs.Chains = append(rs.Chains,
 			policy.Chain{Name: "TERN-PI-B", IPv6: fam, Rules: []policy.Rule{
-				{"-p", "tcp", "--dport", "9090", "-m", "set", "--match-set", "tern-pods-a" + suffix, "src", "-j", "RETURN"},
-				{"-p", "tcp", "--dport", "8080", "-m", "set", "--match-set", "tern-extra" + suffix, "src", "-j", "RETURN"},
-				{"-j", "DROP"},
+				rule("-p", "tcp", "--dport", "9090", "-m", "set", "--match-set", "tern-pods-a"+suffix, "src", "-j", "RETURN"),
+				rule("-p", "tcp", "--dport", "8080", "-m", "set", "--match-set", "tern-extra"+suffix, "src", "-j", "RETURN"),
+				rule("-j", "DROP"),
 			}},
-			policy.Chain{Name: policy.ChainPolicy, IPv6: fam, Rules: append(entryRules(), policy.Rule{"-o", "ternb", "-j", "TERN-PI-B"})},
+			policy.Chain{Name: policy.ChainPolicy, IPv6: fam, Rules: append(entryRules(), rule("-o", "ternb", "-j", "TERN-PI-B"))},
 		)
 	}
 	slices.SortFunc(rs.Sets, func(x, y policy.Set) int { return strings.Compare(x.Name, y.Name) })

@@ -159,25 +159,25 @@ func podRuleset(pods []testPod, peers []string, extra ...policy.Rule) policy.Rul
 	rs := policy.Ruleset{Pods: map[string]policy.PodPolicy{}}
 	rs.Sets = []policy.Set{{Name: "tern-peers", Type: "hash:ip", Members: peers}}
 	entry := policy.Chain{Name: policy.ChainPolicy, Rules: []policy.Rule{
-		{"-m", "connmark", "--mark", "0x1000000/0x1000000", "-j", "DROP"},
-		{"-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "RETURN"},
+		rule("-m", "connmark", "--mark", "0x1000000/0x1000000", "-j", "DROP"),
+		rule("-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "RETURN"),
 	}}
 	tree := policy.Chain{Name: "TERN-PDT"}
 	for _, p := range pods {
 		pp := policy.PodPolicy{HostIf: "tern" + p.name, IPs: []netip.Addr{p.ip()}}
 		if p.isolated {
 			pp.Ingress, pp.IngressChain = []string{"default/deny"}, "TERN-PI-"+p.name
-			rules := []policy.Rule{{"-p", "tcp", "--dport", "80", "-m", "set", "--match-set", "tern-peers", "src", "-j", "RETURN"}}
+			rules := []policy.Rule{rule("-p", "tcp", "--dport", "80", "-m", "set", "--match-set", "tern-peers", "src", "-j", "RETURN")}
 			if p.port != 0 {
-				rules = append(rules, policy.Rule{"-p", "tcp", "--dport", fmt.Sprint(p.port), "-j", "RETURN"})
+				rules = append(rules, rule("-p", "tcp", "--dport", fmt.Sprint(p.port), "-j", "RETURN"))
 			}
-			rs.Chains = append(rs.Chains, policy.Chain{Name: pp.IngressChain, Rules: append(rules, policy.Rule{"-j", "DROP"})})
-			tree.Rules = append(tree.Rules, policy.Rule{"-o", pp.HostIf, "-g", pp.IngressChain})
+			rs.Chains = append(rs.Chains, policy.Chain{Name: pp.IngressChain, Rules: append(rules, rule("-j", "DROP"))})
+			tree.Rules = append(tree.Rules, rule("-o", pp.HostIf, "-g", pp.IngressChain))
 		}
 		rs.Pods["default/"+p.name] = pp
 	}
 	if len(tree.Rules) > 0 {
-		entry.Rules = append(entry.Rules, policy.Rule{"-o", "tern+", "-j", tree.Name})
+		entry.Rules = append(entry.Rules, rule("-o", "tern+", "-j", tree.Name))
 		rs.Chains = append(rs.Chains, tree)
 	}
 	entry.Rules = append(entry.Rules, extra...)
@@ -354,7 +354,7 @@ func TestPolicyJudgesOnlyChangedPods(t *testing.T) {
 
 	// A change of ChainPolicy's other rules concerns every flow.
 	r = &recorder{denied: podDenied([]testPod{a, b}, peers)}
-	if _, err := p.Apply(podRuleset([]testPod{a, b}, peers, policy.Rule{"-p", "udp", "-j", "DROP"}), r.judge); err != nil {
+	if _, err := p.Apply(podRuleset([]testPod{a, b}, peers, rule("-p", "udp", "-j", "DROP")), r.judge); err != nil {
 		t.Fatal(err)
 	}
 	if len(r.asked) != 3 {
@@ -391,7 +391,7 @@ func TestScopeOf(t *testing.T) {
 		return out
 	}
 	withGlobal := func(peers ...string) policy.Ruleset {
-		return podRuleset([]testPod{a, b, c}, peers, policy.Rule{"-m", "set", "--match-set", "tern-peers", "src", "-j", "RETURN"})
+		return podRuleset([]testPod{a, b, c}, peers, rule("-m", "set", "--match-set", "tern-peers", "src", "-j", "RETURN"))
 	}
 	tests := []struct {
 		name             string
@@ -412,7 +412,7 @@ func TestScopeOf(t *testing.T) {
 		{name: "new open pod", rs: podRuleset([]testPod{a, b, c, {name: "d", n: 5}}, peers), widend: addrs(testPod{n: 5})},
 		{name: "new isolated pod", rs: podRuleset([]testPod{a, b, c, {name: "d", n: 5, isolated: true}}, peers), narrowed: addrs(testPod{n: 5})},
 		{name: "a moved to c's address", rs: podRuleset([]testPod{{name: "a", n: 4, isolated: true}, b}, peers), narrowed: addrs(c), widend: addrs(a)},
-		{name: "global rule", rs: podRuleset([]testPod{a, b, c}, peers, policy.Rule{"-p", "udp", "-j", "DROP"}), all: true},
+		{name: "global rule", rs: podRuleset([]testPod{a, b, c}, peers, rule("-p", "udp", "-j", "DROP")), all: true},
 		{name: "global rule uses a widened set", from: ptr(withGlobal("10.244.9.1")), rs: withGlobal("10.244.9.1", "10.244.9.2"),
 			widenedAll: true, widend: addrs(a, b)},
 		{name: "global rule uses a narrowed set", from: ptr(withGlobal("10.244.9.1")), rs: withGlobal(), all: true},
@@ -429,14 +429,14 @@ func TestScopeOf(t *testing.T) {
 		{name: "dispatch to the pod chain direct", rs: func() policy.Ruleset {
 			rs := podRuleset([]testPod{a, b, c}, peers)
 			e := &rs.Chains[slices.IndexFunc(rs.Chains, func(c policy.Chain) bool { return c.Name == policy.ChainPolicy })]
-			e.Rules = append(slices.Clone(e.Rules[:2]), policy.Rule{"-o", "terna", "-j", "TERN-PI-a"}, policy.Rule{"-o", "ternb", "-j", "TERN-PI-b"})
+			e.Rules = append(slices.Clone(e.Rules[:2]), rule("-o", "terna", "-j", "TERN-PI-a"), rule("-o", "ternb", "-j", "TERN-PI-b"))
 			return rs
 		}()},
 		{name: "b's dispatch to a's chain", rs: func() policy.Ruleset {
 			rs := podRuleset([]testPod{a, b, c}, peers)
 			t := &rs.Chains[slices.IndexFunc(rs.Chains, func(c policy.Chain) bool { return c.Name == "TERN-PDT" })]
 			t.Rules = slices.Clone(t.Rules)
-			t.Rules[1] = policy.Rule{"-o", "ternb", "-g", "TERN-PI-a"}
+			t.Rules[1] = rule("-o", "ternb", "-g", "TERN-PI-a")
 			return rs
 		}(), narrowed: addrs(b)},
 	}
@@ -460,7 +460,7 @@ func TestScopeOf(t *testing.T) {
 					st := p.chains[0][c.Name]
 					st.hashes = nil
 					for _, r := range c.Rules {
-						st.hashes = append(st.hashes, Rule(r).Hash(c.Name))
+						st.hashes = append(st.hashes, Rule(r.Args).Hash(c.Name))
 					}
 					st.known, st.applied = false, nil
 				}

@@ -19,8 +19,9 @@ import (
 // rules before and after a change, and only a pod whose trace differs has
 // had its dispatch changed.
 //
-// The walker knows the shape by content, not by name: a dispatch rule is
-// {"-i"|"-o", IF or PREFIX+, "-j"|"-g", CHAIN}; a dispatch chain holds
+// The walker knows the shape by the rules' values, not by names: a dispatch
+// rule matches nothing but one interface or prefix (In or Out) and jumps or
+// goes to a chain of the ruleset; a dispatch chain holds
 // nothing but dispatch rules; in ChainPolicy a dispatch rule, or an
 // unconditional jump or goto to a dispatch chain, is a dispatch rule, and
 // any other rule is one of ChainPolicy's own (the cut mark, established
@@ -40,12 +41,19 @@ type traceStep struct {
 // the interfaces starting with a prefix ("tern3+"), to a chain of the
 // ruleset.
 func isDispatchRule(r policy.Rule) bool {
-	if len(r) != 4 || r[0] != "-i" && r[0] != "-o" || r[2] != "-j" && r[2] != "-g" ||
-		!strings.HasPrefix(r[3], policy.ChainPrefix) {
+	if (r.In == "") == (r.Out == "") || !r.MatchesOnlyInterfaces() || !strings.HasPrefix(r.Target, policy.ChainPrefix) {
 		return false
 	}
-	name := strings.TrimSuffix(r[1], "+")
+	name := strings.TrimSuffix(r.In+r.Out, "+")
 	return name != "" && !strings.ContainsAny(name, "+!")
+}
+
+// ruleIface is the interface a rule matches for flag ("-i": In, "-o": Out).
+func ruleIface(r policy.Rule, flag string) string {
+	if flag == "-i" {
+		return r.In
+	}
+	return r.Out
 }
 
 // ifMatches reports whether the interface pattern pat (iptables' "-i": a
@@ -107,8 +115,8 @@ func (w *dispatchWalker) isEntryDispatch(r policy.Rule) (bool, bool) {
 	if isDispatchRule(r) {
 		return true, true
 	}
-	if len(r) == 2 && (r[0] == "-j" || r[0] == "-g") && strings.HasPrefix(r[1], policy.ChainPrefix) {
-		return w.isTree(r[1])
+	if r.In == "" && r.Out == "" && r.MatchesOnlyInterfaces() && strings.HasPrefix(r.Target, policy.ChainPrefix) {
+		return w.isTree(r.Target)
 	}
 	return false, true
 }
@@ -160,20 +168,16 @@ func (w *dispatchWalker) trace(ifc, flag string, out []traceStep) ([]traceStep, 
 			out = append(out, traceStep{rule: w.own[i]})
 			continue
 		}
-		target, verb := "", ""
-		if len(r) == 2 {
-			verb, target = r[0], r[1]
-		} else {
-			if r[0] != flag || !ifMatches(r[1], ifc) {
+		if r.In != "" || r.Out != "" {
+			if pat := ruleIface(r, flag); pat == "" || !ifMatches(pat, ifc) {
 				continue
 			}
-			verb, target = r[2], r[3]
 		}
 		var ok bool
-		if out, ok = w.enter(target, ifc, flag, out, 0); !ok {
+		if out, ok = w.enter(r.Target, ifc, flag, out, 0); !ok {
 			return out, false
 		}
-		if verb == "-g" {
+		if r.Goto {
 			return out, true // the target's return leaves ChainPolicy
 		}
 	}
@@ -194,13 +198,13 @@ func (w *dispatchWalker) enter(name, ifc, flag string, out []traceStep, depth in
 	}
 	rules, _ := w.view(name)
 	for _, r := range rules {
-		if r[0] != flag || !ifMatches(r[1], ifc) {
+		if pat := ruleIface(r, flag); pat == "" || !ifMatches(pat, ifc) {
 			continue
 		}
-		if out, ok = w.enter(r[3], ifc, flag, out, depth+1); !ok {
+		if out, ok = w.enter(r.Target, ifc, flag, out, depth+1); !ok {
 			return out, false
 		}
-		if r[2] == "-g" {
+		if r.Goto {
 			return out, true
 		}
 	}

@@ -128,15 +128,27 @@ func (d *iptablesDriver) restoreTable(table string, chains []Chain) error {
 
 // writeChainRules writes the rules of chain as iptables-restore lines, each
 // marked with its hash comment. Arguments with blanks or quotes are quoted.
-func writeChainRules[R ~[]string](b *bytes.Buffer, chain string, rules []R) {
+func writeChainRules(b *bytes.Buffer, chain string, rules []Rule) {
 	for _, r := range rules {
-		fmt.Fprintf(b, "-A %s -m comment --comment %s", chain, Rule(r).Hash(chain))
-		for _, a := range r {
-			b.WriteByte(' ')
-			b.WriteString(quoteArg(a))
-		}
-		b.WriteByte('\n')
+		writeRule(b, chain, r)
 	}
+}
+
+// writePolicyRules is writeChainRules for a policy chain's rules.
+func writePolicyRules(b *bytes.Buffer, chain string, rules []policy.Rule) {
+	for _, r := range rules {
+		writeRule(b, chain, r.Args)
+	}
+}
+
+// writeRule writes one rule's arguments as an iptables-restore line.
+func writeRule(b *bytes.Buffer, chain string, args []string) {
+	fmt.Fprintf(b, "-A %s -m comment --comment %s", chain, Rule(args).Hash(chain))
+	for _, a := range args {
+		b.WriteByte(' ')
+		b.WriteString(quoteArg(a))
+	}
+	b.WriteByte('\n')
 }
 
 // quoteArg quotes an iptables-restore argument that would otherwise split.

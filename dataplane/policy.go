@@ -83,8 +83,10 @@ type Policy struct {
 
 // chainState is what one of the policy chains holds in the kernel.
 type chainState struct {
-	// known: applied is the chain's content. Otherwise only the hash
-	// comments of its rules are known (a read-back).
+	// known: applied is the chain's content, the rules (values and
+	// arguments) the driver wrote or found matching their hashes.
+	// Otherwise only the hash comments of its rules are known (a
+	// read-back).
 	known   bool
 	applied []policy.Rule
 	hashes  []string
@@ -346,7 +348,8 @@ func (p *Policy) applyOnce(rs policy.Ruleset, narrowOnAdd map[string]bool, st *P
 // wrote records chains of family f as written.
 func (p *Policy) wrote(f int, chains []policy.Chain, st *PolicyStats) {
 	for _, ch := range chains {
-		p.chains[f][ch.Name] = &chainState{known: true, applied: slices.Clone(ch.Rules)}
+		// Apply's caller does not modify the rules afterwards: no copy.
+		p.chains[f][ch.Name] = &chainState{known: true, applied: ch.Rules}
 	}
 	st.ChainsWritten += len(chains)
 }
@@ -451,17 +454,17 @@ func planChains(have map[string]*chainState, want []policy.Chain, v6 bool) chain
 // chain whose hashes match is remembered as holding them.
 func (s *chainState) matches(c policy.Chain) bool {
 	if s.known {
-		return slices.EqualFunc(s.applied, c.Rules, slices.Equal)
+		return slices.EqualFunc(s.applied, c.Rules, policy.Rule.Equal)
 	}
 	if len(s.hashes) != len(c.Rules) {
 		return false
 	}
 	for i, r := range c.Rules {
-		if Rule(r).Hash(c.Name) != s.hashes[i] {
+		if Rule(r.Args).Hash(c.Name) != s.hashes[i] {
 			return false
 		}
 	}
-	s.known, s.applied, s.hashes = true, slices.Clone(c.Rules), nil
+	s.known, s.applied, s.hashes = true, c.Rules, nil
 	return true
 }
 
@@ -475,7 +478,7 @@ func (p *chainPlan) input() []byte {
 		fmt.Fprintf(&b, ":%s - [0:0]\n", c.Name)
 	}
 	for _, c := range p.write {
-		writeChainRules(&b, c.Name, c.Rules)
+		writePolicyRules(&b, c.Name, c.Rules)
 	}
 	for _, name := range p.stale {
 		fmt.Fprintf(&b, "-F %s\n", name)
@@ -488,34 +491,34 @@ func (p *chainPlan) input() []byte {
 }
 
 // rulesetFacts is what validateRuleset learns of a ruleset for the cut
-// pass.
+// pass, from the rules' values (policy.Rule's fields).
 type rulesetFacts struct {
 	// narrowOnAdd are the sets where a new member may narrow what is
-	// allowed: those some rule uses negated ("! --match-set"), or in a rule
-	// whose target may deny (anything but RETURN, ACCEPT, a log or none:
-	// DROP, a chain).
+	// allowed: those some rule matches negated, or in a rule whose target
+	// may deny (anything but RETURN, ACCEPT, a log or none: DROP, a
+	// chain).
 	narrowOnAdd map[string]bool
 	// simple: every rule ends in RETURN, DROP, REJECT, a log, nothing, or a
-	// jump (-j) to a chain of the ruleset, and only dispatch rules
-	// (isDispatchRule: an interface or prefix, then -j or -g to a chain of
-	// the ruleset) in ChainPolicy or in dispatch chains (chains of nothing
-	// else) match interfaces, as Compile's rulesets do. A packet is then
-	// denied exactly when the path it takes reaches a DROP or REJECT (a
-	// goto only returns earlier, to where falling off the chain it left
-	// would also return), so a member added to a set only used to RETURN,
-	// or a chain no longer jumped to, can only let more through, and a flow
-	// depends on its addresses' interfaces only through the dispatch
-	// (dispatchWalker). scopeOf infers what allows more only for simple
-	// rulesets; any change of another one may deny.
+	// jump (not a goto) to a chain of the ruleset, and only dispatch rules
+	// (isDispatchRule: an interface or prefix, then a jump or goto to a
+	// chain of the ruleset) in ChainPolicy or in dispatch chains (chains
+	// of nothing else) match interfaces, as Compile's rulesets do. A
+	// packet is then denied exactly when the path it takes reaches a DROP
+	// or REJECT (a goto only returns earlier, to where falling off the
+	// chain it left would also return), so a member added to a set only
+	// used to RETURN, or a chain no longer jumped to, can only let more
+	// through, and a flow depends on its addresses' interfaces only
+	// through the dispatch (dispatchWalker). scopeOf infers what allows
+	// more only for simple rulesets; any change of another one may deny.
 	simple bool
 }
 
 // validateRuleset checks what the driver relies on before it writes
 // anything: names carry tern's prefixes and fit, set types are supported,
-// and every set and policy chain a rule refers to is in rs, of its family.
+// every set and policy chain a rule refers to is in rs, of its family, and
+// every rule has arguments (rules are made by policy.Rule.Render).
 func validateRuleset(rs policy.Ruleset, haveV6 bool) (rulesetFacts, error) {
 	facts := rulesetFacts{narrowOnAdd: map[string]bool{}, simple: true}
-	narrowOnAdd := facts.narrowOnAdd
 	var errs []error
 	sets := make(map[string]bool, len(rs.Sets)) // name → IPv6
 	for _, s := range rs.Sets {
@@ -550,45 +553,35 @@ func validateRuleset(rs policy.Ruleset, haveV6 bool) (rulesetFacts, error) {
 	for _, c := range rs.Chains {
 		tree := c.Name != policy.ChainPolicy && len(c.Rules) > 0 && !slices.ContainsFunc(c.Rules, func(r policy.Rule) bool { return !isDispatchRule(r) })
 		for _, r := range c.Rules {
-			allows := true
-			dispatch := (tree || c.Name == policy.ChainPolicy) && isDispatchRule(r)
-			for i := 0; i < len(r); i++ {
-				switch r[i] {
-				case "-j", "-g", "--jump", "--goto":
-					if i+1 == len(r) {
-						break
-					}
-					t := r[i+1]
-					allows = t == "RETURN" || t == "ACCEPT" || t == "NFLOG" || t == "LOG"
-					chain := (dispatch || r[i] == "-j" || r[i] == "--jump") && strings.HasPrefix(t, policy.ChainPrefix)
-					if !chain && (dispatch || t != "RETURN" && t != "DROP" && t != "REJECT" && t != "NFLOG" && t != "LOG") {
-						facts.simple = false
-					}
-				case "-i", "-o", "--in-interface", "--out-interface":
-					if !dispatch {
-						facts.simple = false
-					}
-				}
+			if len(r.Args) == 0 {
+				errs = append(errs, fmt.Errorf("chain %s: a rule without arguments (not rendered)", c.Name))
 			}
-			for i, a := range r {
+			for _, a := range r.Args {
 				if strings.ContainsAny(a, "\n\r\x00") {
 					errs = append(errs, fmt.Errorf("chain %s: argument %q", c.Name, a))
 				}
-				if i+1 == len(r) {
-					break
+			}
+			dispatch := (tree || c.Name == policy.ChainPolicy) && isDispatchRule(r)
+			allows := true
+			if t := r.Target; t != "" {
+				allows = t == "RETURN" || t == "ACCEPT" || t == "NFLOG" || t == "LOG"
+				chain := (dispatch || !r.Goto) && strings.HasPrefix(t, policy.ChainPrefix)
+				if !chain && (dispatch || t != "RETURN" && t != "DROP" && t != "REJECT" && t != "NFLOG" && t != "LOG") {
+					facts.simple = false
 				}
-				switch next := r[i+1]; a {
-				case "--match-set":
-					if v6, ok := sets[next]; !ok || v6 != c.IPv6 {
-						errs = append(errs, fmt.Errorf("%s chain %s refers to set %s, not in the ruleset for its family", family(c.IPv6), c.Name, next))
-					}
-					if !allows || i > 0 && r[i-1] == "!" {
-						narrowOnAdd[next] = true
-					}
-				case "-j", "-g", "--jump", "--goto":
-					if strings.HasPrefix(next, policy.ChainPrefix) && !chains[famIndex(c.IPv6)][next] {
-						errs = append(errs, fmt.Errorf("%s chain %s jumps to %s, not in the ruleset for its family", family(c.IPv6), c.Name, next))
-					}
+				if strings.HasPrefix(t, policy.ChainPrefix) && !chains[famIndex(c.IPv6)][t] {
+					errs = append(errs, fmt.Errorf("%s chain %s jumps to %s, not in the ruleset for its family", family(c.IPv6), c.Name, t))
+				}
+			}
+			if (r.In != "" || r.Out != "") && !dispatch {
+				facts.simple = false
+			}
+			for _, m := range r.Sets {
+				if v6, ok := sets[m.Name]; !ok || v6 != c.IPv6 {
+					errs = append(errs, fmt.Errorf("%s chain %s refers to set %s, not in the ruleset for its family", family(c.IPv6), c.Name, m.Name))
+				}
+				if !allows || m.Negated {
+					facts.narrowOnAdd[m.Name] = true
 				}
 			}
 		}
@@ -604,7 +597,8 @@ func famIndex(v6 bool) int {
 }
 
 // renameSets returns rs with the sets in rename under their new names, in
-// the sets and in every rule argument that names them.
+// the sets and in every rule that matches them (its values and its
+// arguments).
 func renameSets(rs policy.Ruleset, rename map[string]string) policy.Ruleset {
 	out := rs
 	out.Sets = slices.Clone(rs.Sets)
@@ -613,21 +607,26 @@ func renameSets(rs policy.Ruleset, rename map[string]string) policy.Ruleset {
 			out.Sets[i].Name = n
 		}
 	}
-	renamed := func(a string) bool { _, ok := rename[a]; return ok }
+	renamed := func(m policy.SetMatch) bool { _, ok := rename[m.Name]; return ok }
 	out.Chains = slices.Clone(rs.Chains)
 	for i := range out.Chains {
 		c := &out.Chains[i]
-		if !slices.ContainsFunc(c.Rules, func(r policy.Rule) bool { return slices.ContainsFunc(r, renamed) }) {
+		if !slices.ContainsFunc(c.Rules, func(r policy.Rule) bool { return slices.ContainsFunc(r.Sets, renamed) }) {
 			continue
 		}
-		rules := make([]policy.Rule, len(c.Rules))
-		for j, r := range c.Rules {
-			rules[j] = slices.Clone(r)
-			for k, a := range r {
-				if n, ok := rename[a]; ok {
-					rules[j][k] = n
+		rules := slices.Clone(c.Rules)
+		for j := range rules {
+			r := &rules[j]
+			if !slices.ContainsFunc(r.Sets, renamed) {
+				continue
+			}
+			r.Sets = slices.Clone(r.Sets)
+			for k, m := range r.Sets {
+				if n, ok := rename[m.Name]; ok {
+					r.Sets[k].Name = n
 				}
 			}
+			*r = r.Render()
 		}
 		c.Rules = rules
 	}

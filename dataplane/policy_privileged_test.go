@@ -154,28 +154,28 @@ func lifecycleRuleset(extra ...string) policy.Ruleset {
 			{Name: "tern-port-c", Type: "hash:ip,port", Members: []string{"10.244.1.2,tcp:8080"}},
 		},
 		Chains: []policy.Chain{
-			{Name: "TERN-PE-A", Rules: []policy.Rule{{"-j", "RETURN"}}},
+			{Name: "TERN-PE-A", Rules: []policy.Rule{rule("-j", "RETURN")}},
 			{Name: "TERN-PI-A", Rules: []policy.Rule{
-				{"-p", "tcp", "--dport", "80", "-m", "set", "--match-set", "tern-peers-a", "src", "-j", "RETURN"},
-				{"-m", "set", "--match-set", "tern-net-b", "src", "-j", "RETURN"},
-				{"-m", "set", "--match-set", "tern-port-c", "dst,dst", "-j", "RETURN"},
-				{"-j", "DROP"},
+				rule("-p", "tcp", "--dport", "80", "-m", "set", "--match-set", "tern-peers-a", "src", "-j", "RETURN"),
+				rule("-m", "set", "--match-set", "tern-net-b", "src", "-j", "RETURN"),
+				rule("-m", "set", "--match-set", "tern-port-c", "dst,dst", "-j", "RETURN"),
+				rule("-j", "DROP"),
 			}},
 			{Name: policy.ChainPolicy, Rules: []policy.Rule{
-				{"-m", "connmark", "--mark", cut, "-j", "DROP"},
-				{"-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "RETURN"},
-				{"-o", "lo", "-j", "RETURN"},
-				{"-o", "ternaaaa", "-j", "TERN-PI-A"},
-				{"-i", "ternaaaa", "-j", "TERN-PE-A"},
+				rule("-m", "connmark", "--mark", cut, "-j", "DROP"),
+				rule("-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "RETURN"),
+				rule("-o", "lo", "-j", "RETURN"),
+				rule("-o", "ternaaaa", "-j", "TERN-PI-A"),
+				rule("-i", "ternaaaa", "-j", "TERN-PE-A"),
 			}},
 			{Name: "TERN-PI-A", IPv6: true, Rules: []policy.Rule{
-				{"-m", "set", "--match-set", "tern-peers-a6", "src", "-j", "RETURN"},
-				{"-j", "DROP"},
+				rule("-m", "set", "--match-set", "tern-peers-a6", "src", "-j", "RETURN"),
+				rule("-j", "DROP"),
 			}},
 			{Name: policy.ChainPolicy, IPv6: true, Rules: []policy.Rule{
-				{"-m", "connmark", "--mark", cut, "-j", "DROP"},
-				{"-o", "lo", "-j", "RETURN"},
-				{"-o", "ternaaaa", "-j", "TERN-PI-A"},
+				rule("-m", "connmark", "--mark", cut, "-j", "DROP"),
+				rule("-o", "lo", "-j", "RETURN"),
+				rule("-o", "ternaaaa", "-j", "TERN-PI-A"),
 			}},
 		},
 	}
@@ -609,16 +609,16 @@ func manyPodsRuleset(pods int, extra ...string) policy.Ruleset {
 		rs.Sets = append(rs.Sets, set)
 	}
 	entry := policy.Chain{Name: policy.ChainPolicy, Rules: []policy.Rule{
-		{"-m", "connmark", "--mark", "0x1000000/0x1000000", "-j", "DROP"},
-		{"-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "RETURN"},
+		rule("-m", "connmark", "--mark", "0x1000000/0x1000000", "-j", "DROP"),
+		rule("-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "RETURN"),
 	}}
 	for i := range pods {
 		name := fmt.Sprintf("TERN-PI-%06d", i)
-		entry.Rules = append(entry.Rules, policy.Rule{"-o", fmt.Sprintf("tern%011x", i), "-j", name})
+		entry.Rules = append(entry.Rules, rule("-o", fmt.Sprintf("tern%011x", i), "-j", name))
 		rs.Chains = append(rs.Chains, policy.Chain{Name: name, Rules: []policy.Rule{
-			{"-p", "tcp", "--dport", "80", "-m", "set", "--match-set", rs.Sets[i%50].Name, "src", "-j", "RETURN"},
-			{"-p", "tcp", "--dport", "443", "-m", "set", "--match-set", rs.Sets[(i+1)%50].Name, "src", "-j", "RETURN"},
-			{"-j", "DROP"},
+			rule("-p", "tcp", "--dport", "80", "-m", "set", "--match-set", rs.Sets[i%50].Name, "src", "-j", "RETURN"),
+			rule("-p", "tcp", "--dport", "443", "-m", "set", "--match-set", rs.Sets[(i+1)%50].Name, "src", "-j", "RETURN"),
+			rule("-j", "DROP"),
 		}})
 	}
 	rs.Chains = append(rs.Chains, entry)

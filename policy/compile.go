@@ -2,10 +2,8 @@ package policy
 
 import (
 	"cmp"
-	"fmt"
 	"maps"
 	"slices"
-	"strconv"
 	"strings"
 
 	networkingv1 "k8s.io/api/networking/v1"
@@ -126,6 +124,9 @@ type localPod struct {
 	policies [2][]int    // indices into compileState.policies, ascending
 	chains   [2]string   // chain names, also when the pod is open
 	named    portsByName // declared ports, for named ingress ports
+	// sets collects the sets its chains match, from podChain to
+	// podPolicy.
+	sets []string
 }
 
 // portsByName maps "proto/name" to the declared port numbers, sorted.
@@ -353,7 +354,7 @@ func (c *Compiler) patch(delta []podChange) {
 			next := map[string]Chain{}
 			for _, ch := range st.dispatchChains(v6) {
 				next[ch.Name] = ch
-				if old, ok := st.dispatch[f][ch.Name]; !ok || !slices.EqualFunc(old.Rules, ch.Rules, slices.Equal) || old.Comment != ch.Comment {
+				if old, ok := st.dispatch[f][ch.Name]; !ok || !slices.EqualFunc(old.Rules, ch.Rules, Rule.Equal) || old.Comment != ch.Comment {
 					upd[chainKey{v6, ch.Name}] = &ch
 				}
 			}
@@ -448,16 +449,18 @@ func (st *compileState) podPolicy(lp *localPod) PodPolicy {
 	if len(lp.policies[egress]) > 0 {
 		pp.EgressChain = lp.chains[egress]
 	}
+	if len(lp.sets) > 0 {
+		slices.Sort(lp.sets)
+		pp.Sets = slices.Clip(slices.Compact(lp.sets))
+		lp.sets = nil
+	}
 	return pp
 }
 
 // dispatchChains renders ChainPolicy and the dispatch trees of a family.
 func (st *compileState) dispatchChains(v6 bool) []Chain {
-	entry := Chain{Name: ChainPolicy, IPv6: v6, Comment: "tern: NetworkPolicy of local pods"}
-	entry.Rules = append(entry.Rules,
-		Rule{"-m", "connmark", "--mark", fmt.Sprintf("%#x/%#x", CutMark, CutMark), "-j", "DROP"},
-		Rule{"-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "RETURN"},
-	)
+	entry := Chain{Name: ChainPolicy, IPv6: v6, Kind: EntryChain, Comment: "tern: NetworkPolicy of local pods"}
+	entry.Rules = append(entry.Rules, cutRule, establishedRule)
 	var chains []Chain
 	for _, d := range []direction{egress, ingress} {
 		var entries []dispatchEntry
@@ -467,7 +470,7 @@ func (st *compileState) dispatchChains(v6 bool) []Chain {
 			}
 		}
 		enter, tree := dispatchTree(v6, d, entries)
-		if enter != nil {
+		if enter.Target != "" {
 			entry.Rules = append(entry.Rules, enter)
 			chains = append(chains, tree...)
 		}
@@ -486,6 +489,9 @@ func (st *compileState) podChain(v6 bool, d direction, lp *localPod) Chain {
 		if !seen[kr.key] {
 			seen[kr.key] = true
 			ch.Rules = append(ch.Rules, kr.rule)
+			for _, m := range kr.rule.Sets {
+				lp.sets = append(lp.sets, m.Name)
+			}
 		}
 	}
 	for _, idx := range lp.policies[d] {
@@ -506,12 +512,11 @@ func (st *compileState) podChain(v6 bool, d direction, lp *localPod) Chain {
 	}
 	if st.logDrops {
 		ch.Rules = append(ch.Rules, Rule{
-			"-m", "limit", "--limit", "10/second", "--limit-burst", "20",
-			"-j", "NFLOG", "--nflog-group", strconv.Itoa(NFLOGGroup),
-			"--nflog-prefix", logPrefix(d == ingress, lp.e.key),
-		})
+			Limit: "10/second", LimitBurst: 20,
+			Target: "NFLOG", LogGroup: NFLOGGroup, LogPrefix: logPrefix(d == ingress, lp.e.key),
+		}.Render())
 	}
-	ch.Rules = append(ch.Rules, Rule{"-j", "DROP"})
+	ch.Rules = append(ch.Rules, dropRule)
 	return ch
 }
 
@@ -540,46 +545,54 @@ func renderRule(d direction, v6 bool, peer *peerSpec, port portSpec, lp *localPo
 	set := ruleSet(d, v6, peer, port)
 	if d == egress && port.name != "" {
 		if set != nil {
-			emitRule(emit, "-m", "set", "--match-set", set.name, "dst,dst", "-p", port.proto, "-j", "RETURN")
+			emitRule(emit, Rule{Sets: []SetMatch{{Name: set.name, Flags: "dst,dst"}}, Proto: port.proto, Target: "RETURN"})
 		}
 		return
 	}
-	var match []string
+	r := Rule{Target: "RETURN"}
 	if peer != nil {
 		if set == nil {
 			return // an ipBlock of the other family
 		}
-		dir := "src"
+		flags := "src"
 		if d == egress {
-			dir = "dst"
+			flags = "dst"
 		}
-		match = []string{"-m", "set", "--match-set", set.name, dir}
+		r.Sets = []SetMatch{{Name: set.name, Flags: flags}}
 	}
+	r.Proto = port.proto
 	switch {
 	case port.proto == "":
-		emitRule(emit, append(match, "-j", "RETURN")...)
+		emitRule(emit, r)
 	case port.name != "": // ingress: the policed pod's own port numbers
 		if lp == nil {
 			return
 		}
 		for _, n := range lp.named[port.proto+"/"+port.name] {
-			emitRule(emit, append(slices.Clip(match), "-p", port.proto, "-m", port.proto, "--dport", strconv.Itoa(int(n)), "-j", "RETURN")...)
+			r.DPort = n
+			emitRule(emit, r)
 		}
 	case port.port == 0:
-		emitRule(emit, append(match, "-p", port.proto, "-j", "RETURN")...)
+		emitRule(emit, r)
 	default:
-		dport := strconv.Itoa(int(port.port))
-		if port.end != 0 {
-			dport += ":" + strconv.Itoa(int(port.end))
-		}
-		emitRule(emit, append(match, "-p", port.proto, "-m", port.proto, "--dport", dport, "-j", "RETURN")...)
+		r.DPort, r.DPortEnd = port.port, port.end
+		emitRule(emit, r)
 	}
 }
 
-func emitRule(emit func(keyedRule), args ...string) {
-	r := Rule(slices.Clip(args))
-	emit(keyedRule{key: strings.Join(r, "\x00"), rule: r})
+// emitRule renders r and emits it.
+func emitRule(emit func(keyedRule), r Rule) {
+	r = r.Render()
+	emit(keyedRule{key: strings.Join(r.Args, "\x00"), rule: r})
 }
+
+// The rules every ruleset has: ChainPolicy's first two and the pod chains'
+// last.
+var (
+	cutRule         = Rule{CutMark: true, Target: "DROP"}.Render()
+	establishedRule = Rule{Established: true, Target: "RETURN"}.Render()
+	dropRule        = Rule{Target: "DROP"}.Render()
+)
 
 func policyKeys(policies []*policyInfo, idx []int) []string {
 	var out []string

@@ -5,6 +5,7 @@ import (
 	"math/rand/v2"
 	"net/netip"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 
@@ -403,6 +404,7 @@ func TestCompile(t *testing.T) {
 			in := caseInput(tc)
 			rs := Compile(in)
 			checkGolden(t, tc.name, rs.String())
+			checkValues(t, rs)
 			for _, f := range tc.flows {
 				fl := Flow{Src: resolve(t, in.Pods, f.src, tc.v6), Dst: resolve(t, in.Pods, f.dst, tc.v6), Protocol: f.proto, DstPort: f.port}
 				if fl.Src == fl.Dst {
@@ -418,6 +420,52 @@ func TestCompile(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// checkValues checks what consumers read instead of the rules' arguments:
+// each rule's arguments are those its values render, each chain's kind fits
+// its place, and each pod's Sets are the sets its chains match.
+func checkValues(t *testing.T, rs Ruleset) {
+	t.Helper()
+	podChains := map[string]bool{}
+	for _, pp := range rs.Pods {
+		podChains[pp.IngressChain], podChains[pp.EgressChain] = true, true
+	}
+	used := map[string][]string{}
+	for _, c := range rs.Chains {
+		want := DispatchChain
+		switch {
+		case c.Name == ChainPolicy:
+			want = EntryChain
+		case podChains[c.Name]:
+			want = PodChain
+		case !strings.HasPrefix(c.Name, dispatchFromPrefix) && !strings.HasPrefix(c.Name, dispatchToPrefix):
+			t.Errorf("chain %s: neither ChainPolicy, nor a pod's, nor dispatch", c.Name)
+		}
+		if c.Kind != want {
+			t.Errorf("chain %s: kind %d, want %d", c.Name, c.Kind, want)
+		}
+		for _, r := range c.Rules {
+			if got := r.Render().Args; !slices.Equal(got, r.Args) {
+				t.Errorf("chain %s: rule %q renders as %q", c.Name, r.Args, got)
+			}
+			for _, m := range r.Sets {
+				used[c.Name] = append(used[c.Name], m.Name)
+			}
+		}
+	}
+	for key, pp := range rs.Pods {
+		var want []string
+		for _, c := range []string{pp.IngressChain, pp.EgressChain} {
+			if c != "" {
+				want = append(want, used[c]...)
+			}
+		}
+		slices.Sort(want)
+		if want = slices.Compact(want); !slices.Equal(pp.Sets, want) {
+			t.Errorf("pod %s: sets %q, its chains match %q", key, pp.Sets, want)
+		}
 	}
 }
 
@@ -492,7 +540,7 @@ func TestRulesetShape(t *testing.T) {
 		for _, c := range rs.Chains {
 			if c.Name == name && !c.IPv6 {
 				for _, r := range c.Rules {
-					out = append(out, strings.Join(r, " "))
+					out = append(out, r.String())
 				}
 				return out
 			}

@@ -80,19 +80,16 @@ func isTernHostIf(name string) bool {
 }
 
 // dispatchTree builds the dispatch of one family and direction: the rule
-// of ChainPolicy that enters it (nil without entries) and its chains.
+// of ChainPolicy that enters it (none, the zero Rule, without entries) and
+// its chains.
 // entries are sorted by veth name (duplicates, which a consistent snapshot
 // does not have, next to each other).
 func dispatchTree(v6 bool, d direction, entries []dispatchEntry) (Rule, []Chain) {
 	if len(entries) == 0 {
-		return nil, nil
+		return Rule{}, nil
 	}
-	flag := "-o"
-	if d == egress {
-		flag = "-i"
-	}
-	b := dispatchBuilder{v6: v6, d: d, flag: flag}
-	root := Chain{Name: dispatchChainName(d, ""), IPv6: v6, Comment: "tern: " + d.String() + " dispatch"}
+	b := dispatchBuilder{v6: v6, d: d}
+	root := Chain{Name: dispatchChainName(d, ""), IPv6: v6, Kind: DispatchChain, Comment: "tern: " + d.String() + " dispatch"}
 	guarded := true
 	var hex []dispatchEntry
 	var odd []dispatchEntry
@@ -109,9 +106,9 @@ func dispatchTree(v6 bool, d direction, entries []dispatchEntry) (Rule, []Chain)
 	root.Rules = b.exact(nil, odd)
 	root.Rules = b.node(root.Rules, "", hex)
 	b.chains = append(b.chains, root)
-	enter := Rule{flag, hostIfPrefix + "+", "-j", root.Name}
+	enter := b.rule(hostIfPrefix+"+", root.Name, false)
 	if !guarded {
-		enter = Rule{"-j", root.Name}
+		enter = Rule{Target: root.Name}.Render()
 	}
 	return enter, b.chains
 }
@@ -119,7 +116,6 @@ func dispatchTree(v6 bool, d direction, entries []dispatchEntry) (Rule, []Chain)
 type dispatchBuilder struct {
 	v6     bool
 	d      direction
-	flag   string
 	chains []Chain
 }
 
@@ -128,11 +124,8 @@ type dispatchBuilder struct {
 // veth is passed, as when every pod had its own veth.
 func (b *dispatchBuilder) exact(rules []Rule, es []dispatchEntry) []Rule {
 	for i, e := range es {
-		verb := "-g"
-		if i+1 < len(es) && es[i+1].hostIf == e.hostIf {
-			verb = "-j"
-		}
-		rules = append(rules, Rule{b.flag, e.hostIf, verb, e.chain})
+		goTo := i+1 == len(es) || es[i+1].hostIf != e.hostIf
+		rules = append(rules, b.rule(e.hostIf, e.chain, goTo))
 	}
 	return rules
 }
@@ -162,12 +155,24 @@ func (b *dispatchBuilder) node(rules []Rule, prefix string, es []dispatchEntry) 
 			n++
 		}
 		sub := first[len(hostIfPrefix):n]
-		child := Chain{Name: dispatchChainName(b.d, sub), IPv6: b.v6, Comment: "tern: " + b.d.String() + " dispatch " + hostIfPrefix + sub}
+		child := Chain{Name: dispatchChainName(b.d, sub), IPv6: b.v6, Kind: DispatchChain, Comment: "tern: " + b.d.String() + " dispatch " + hostIfPrefix + sub}
 		child.Rules = b.node(nil, sub, group)
 		b.chains = append(b.chains, child)
-		rules = append(rules, Rule{b.flag, first[:n] + "+", "-g", child.Name})
+		rules = append(rules, b.rule(first[:n]+"+", child.Name, true))
 	}
 	return rules
+}
+
+// rule is the dispatch rule sending the packets of the interface ifc (or
+// of the prefix, with a trailing "+") to target.
+func (b *dispatchBuilder) rule(ifc, target string, goTo bool) Rule {
+	r := Rule{Target: target, Goto: goTo}
+	if b.d == egress {
+		r.In = ifc
+	} else {
+		r.Out = ifc
+	}
+	return r.Render()
 }
 
 // distinctHostIfs counts the veths of sorted entries.

@@ -158,6 +158,7 @@ func TestDispatchDepth(t *testing.T) {
 	// rules and a path in each.
 	in := crowdedInput(300)
 	rs := Compile(in)
+	checkValues(t, rs)
 	if n := rs.dispatchCost(Flow{Src: in.Pods[3].IPs[0], Dst: in.Pods[200].IPs[0], Protocol: tcp, DstPort: 80}); n > 4+4*dispatchLeafMax {
 		t.Errorf("local to local: %d dispatch rules", n)
 	}
@@ -191,6 +192,7 @@ func chainDiff(a, b Ruleset) []string {
 func TestDispatchNewPodRewritesLittle(t *testing.T) {
 	in := crowdedInput(300)
 	rs := Compile(in)
+	checkValues(t, rs)
 	splits := 0
 	for k := range 200 {
 		name := fmt.Sprintf("new%03d", k)

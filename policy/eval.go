@@ -14,19 +14,23 @@ import (
 // kernel would judge it in the filter FORWARD chain, and why, in a few
 // words ("egress of ns/a: denied, no rule of ns/p allows it").
 //
-// It interprets the chains and sets of rs themselves, rule by rule, so it
-// answers for exactly what Compile emitted (and what the dataplane
-// installs): the interface matches "-i"/"-o" (with iptables' trailing "+"
+// It interprets the chains and sets of rs themselves, rule by rule, from
+// the rules' values (Rule's fields; Args, their rendering, are not read), so
+// it answers for exactly what Compile emitted (and what the dataplane
+// installs): the interface matches In and Out (with iptables' trailing "+"
 // wildcard) are resolved through the pods' addresses in rs.Pods (a packet
 // from a local pod's address comes in on its HostIf), sets through their
 // members, with hash:net's most-specific-entry and nomatch semantics, jumps
-// ("-j") and gotos ("-g") with the kernel's RETURN semantics. The packet is a new connection's first one: it
-// carries no connection mark and its conntrack state is NEW.
+// and gotos with the kernel's RETURN semantics. The packet is a new
+// connection's first one: it carries no connection mark and its conntrack
+// state is NEW.
 //
 // A flow whose family has no ChainPolicy (no IPv6 ruleset) is allowed. A
-// rule Allowed cannot interpret (not one of Compile's shapes) denies the
-// flow, with the reason saying so. Each call costs a pass over rs.Pods plus
-// the rules of the chains it visits; to judge many flows, use Evaluator.
+// rule Allowed cannot interpret (a missing set or chain, a goto to a target
+// that is not a chain, a port without a protocol: not one of Compile's
+// shapes) denies the flow, with the reason saying so. Each call costs a
+// pass over rs.Pods plus the rules of the chains it visits; to judge many
+// flows, use Evaluator.
 // Allowed is safe for concurrent use.
 func (rs *Ruleset) Allowed(f Flow) (bool, string) {
 	return rs.allowed(f, nil, nil)
@@ -191,22 +195,22 @@ func (e *judge) run(c *Chain, depth int) (verdict, error) {
 	if depth > maxDepth {
 		return 0, fmt.Errorf("chain %s: jumps nested deeper than %d", c.Name, maxDepth)
 	}
-	dispatch := isDispatchChain(c.Name)
+	dispatch := c.Kind == EntryChain || c.Kind == DispatchChain
 	for _, r := range c.Rules {
 		if dispatch {
 			e.dispatchRules++
 		}
-		ok, target, goTo, err := e.match(r)
+		ok, err := e.match(r)
 		if err != nil {
-			return 0, fmt.Errorf("chain %s rule %q: %w", c.Name, strings.Join(r, " "), err)
+			return 0, fmt.Errorf("chain %s rule %q: %w", c.Name, r.String(), err)
 		}
 		if !ok {
 			continue
 		}
-		switch target {
+		switch target, goTo := r.Target, r.Goto; target {
 		case "RETURN":
 			if c.Name != ChainPolicy {
-				e.allowedBy = append(e.allowedBy, c.Comment+" by `"+strings.Join(r, " ")+"`")
+				e.allowedBy = append(e.allowedBy, c.Comment+" by `"+r.String()+"`")
 			}
 			return verdictReturn, nil
 		case "DROP":
@@ -249,103 +253,62 @@ func (e *judge) describeDrop(c *Chain) string {
 	return what + ": denied, no rule of " + strings.Join(policies, ", ") + " allows it"
 }
 
-var errShort = errors.New("option without its value")
-
-// isDispatchChain says whether a chain is ChainPolicy or a dispatch chain.
-func isDispatchChain(name string) bool {
-	return name == ChainPolicy || strings.HasPrefix(name, dispatchFromPrefix) || strings.HasPrefix(name, dispatchToPrefix)
-}
-
-// match evaluates the matches of one rule against the flow, left to right,
-// and returns its target ("" for a rule without -j or -g) and whether it is
-// a goto. It knows the shapes Compile emits.
-func (e *judge) match(r Rule) (matched bool, target string, goTo bool, err error) {
-	matched = true
-	proto := "" // -p of this rule
-	for i := 0; i < len(r); i++ {
-		a := r[i]
-		if a == "-j" || a == "-g" {
-			if i+1 >= len(r) {
-				return false, "", false, errShort
-			}
-			target = r[i+1]
-			if a == "-g" {
-				switch target {
-				case "RETURN", "DROP", "NFLOG", "":
-					return false, "", false, fmt.Errorf("-g %q: not a chain", target)
-				}
-			}
-			if err := checkTargetOptions(target, r[i+2:]); err != nil {
-				return false, "", false, err
-			}
-			return matched, target, a == "-g", nil
-		}
-		var v string
-		switch a {
-		case "-m", "-p", "-i", "-o", "--dport", "--mark", "--ctstate", "--limit", "--limit-burst":
-			if i+1 >= len(r) {
-				return false, "", false, fmt.Errorf("%s: %w", a, errShort)
-			}
-			i++
-			v = r[i]
-		case "--match-set":
-			if i+2 >= len(r) {
-				return false, "", false, fmt.Errorf("%s: %w", a, errShort)
-			}
-			ok, err := e.inSet(r[i+1], r[i+2])
-			if err != nil {
-				return false, "", false, err
-			}
-			if !ok {
-				return false, "", false, nil
-			}
-			i += 2
-			continue
-		default:
-			return false, "", false, fmt.Errorf("unknown argument %q", a)
-		}
-		switch a {
-		case "-m":
-			switch v {
-			case "set", "connmark", "conntrack", "limit", "tcp", "udp", "sctp":
-			default:
-				return false, "", false, fmt.Errorf("unknown match module %q", v)
-			}
-		case "-p":
-			proto = v
-			matched = matched && v == e.proto
-		case "-i":
-			matched = matched && e.srcKey != "" && ifaceMatches(v, e.srcPod.HostIf)
-		case "-o":
-			matched = matched && e.dstKey != "" && ifaceMatches(v, e.dstPod.HostIf)
-		case "--dport":
-			if proto == "" {
-				return false, "", false, errors.New("--dport without -p")
-			}
-			lo, hi, err := parsePortRange(v)
-			if err != nil {
-				return false, "", false, err
-			}
-			matched = matched && e.port >= lo && e.port <= hi
-		case "--mark":
-			// A new connection's mark is 0.
-			val, mask, err := parseMark(v)
-			if err != nil {
-				return false, "", false, err
-			}
-			matched = matched && val&mask == 0
-		case "--ctstate":
-			matched = matched && slices.Contains(strings.Split(v, ","), "NEW")
-		case "--limit", "--limit-burst":
-			// The rate limit is taken as not reached.
-		}
-		if !matched {
-			// As in the kernel, the first match that fails ends the rule:
-			// the rest is not looked at (nor checked).
-			return false, "", false, nil
+// match evaluates the matches of one rule against the flow, in the order
+// of Rule's fields (that of its arguments), and checks its target. It knows
+// the matches and targets Compile emits.
+func (e *judge) match(r Rule) (bool, error) {
+	if r.Goto {
+		switch r.Target {
+		case "RETURN", "DROP", "NFLOG", "":
+			return false, fmt.Errorf("-g %q: not a chain", r.Target)
 		}
 	}
-	return matched, target, false, nil
+	if (r.LogGroup != 0 || r.LogPrefix != "") && r.Target != "NFLOG" {
+		return false, fmt.Errorf("NFLOG options of target %q", r.Target)
+	}
+	// As in the kernel, the first match that fails ends the rule: the
+	// rest is not looked at (nor checked).
+	if r.In != "" && (e.srcKey == "" || !ifaceMatches(r.In, e.srcPod.HostIf)) {
+		return false, nil
+	}
+	if r.Out != "" && (e.dstKey == "" || !ifaceMatches(r.Out, e.dstPod.HostIf)) {
+		return false, nil
+	}
+	for _, m := range r.Sets {
+		ok, err := e.inSet(m.Name, m.Flags)
+		if err != nil {
+			return false, err
+		}
+		if ok == m.Negated {
+			return false, nil
+		}
+	}
+	if r.Proto != "" && r.Proto != e.proto {
+		return false, nil
+	}
+	if r.DPort != 0 || r.DPortEnd != 0 {
+		if r.Proto == "" {
+			return false, errors.New("--dport without -p")
+		}
+		switch r.Proto {
+		case "tcp", "udp", "sctp":
+		default:
+			return false, fmt.Errorf("--dport of protocol %q", r.Proto)
+		}
+		hi := r.DPortEnd
+		if hi == 0 {
+			hi = r.DPort
+		}
+		if e.port < r.DPort || e.port > hi {
+			return false, nil
+		}
+	}
+	// A new connection carries no mark and is not established; the rate
+	// limit is taken as not reached.
+	if r.CutMark || r.Established {
+		return false, nil
+	}
+	return true, nil
 }
 
 // ifaceMatches matches an interface name as iptables does: a trailing
@@ -357,28 +320,7 @@ func ifaceMatches(pattern, name string) bool {
 	return pattern == name
 }
 
-// checkTargetOptions accepts the options Compile gives its targets.
-func checkTargetOptions(target string, opts []string) error {
-	if target != "NFLOG" {
-		if len(opts) > 0 {
-			return fmt.Errorf("unknown options %q of target %s", opts, target)
-		}
-		return nil
-	}
-	for i := 0; i < len(opts); i += 2 {
-		switch opts[i] {
-		case "--nflog-group", "--nflog-prefix":
-			if i+1 >= len(opts) {
-				return fmt.Errorf("%s: %w", opts[i], errShort)
-			}
-		default:
-			return fmt.Errorf("unknown NFLOG option %q", opts[i])
-		}
-	}
-	return nil
-}
-
-// inSet evaluates "-m set --match-set NAME FLAGS".
+// inSet evaluates the match of set name with flags.
 func (e *judge) inSet(name, flags string) (bool, error) {
 	s := e.set(name)
 	if s == nil {
@@ -452,37 +394,6 @@ func netSetContains(members []string, addr netip.Addr) (bool, error) {
 		nomatch = nomatch || flag == "nomatch"
 	}
 	return found && !nomatch, nil
-}
-
-// parsePortRange parses "80" or "80:90".
-func parsePortRange(v string) (lo, hi int32, err error) {
-	a, b, isRange := strings.Cut(v, ":")
-	l, err := strconv.ParseUint(a, 10, 16)
-	if err != nil {
-		return 0, 0, fmt.Errorf("port %q: %w", v, err)
-	}
-	h := l
-	if isRange {
-		if h, err = strconv.ParseUint(b, 10, 16); err != nil {
-			return 0, 0, fmt.Errorf("port %q: %w", v, err)
-		}
-	}
-	return int32(l), int32(h), nil
-}
-
-// parseMark parses "0x1000000/0x1000000" (the mask defaults to all bits).
-func parseMark(v string) (val, mask uint64, err error) {
-	a, b, hasMask := strings.Cut(v, "/")
-	if val, err = strconv.ParseUint(a, 0, 32); err != nil {
-		return 0, 0, fmt.Errorf("mark %q: %w", v, err)
-	}
-	mask = 0xffffffff
-	if hasMask {
-		if mask, err = strconv.ParseUint(b, 0, 32); err != nil {
-			return 0, 0, fmt.Errorf("mark %q: %w", v, err)
-		}
-	}
-	return val, mask, nil
 }
 
 func ipFamily(v6 bool) string {

@@ -429,11 +429,16 @@ func TestAllowedOddRulesets(t *testing.T) {
 	b := netip.MustParseAddr("10.244.2.10")
 	pods := map[string]PodPolicy{"app/a": {HostIf: "terna", IPs: []netip.Addr{a}, EgressChain: "TERN-PE-a", Egress: []string{"app/p"}}}
 	entry := func(rules ...Rule) Chain {
-		return Chain{Name: ChainPolicy, Rules: append([]Rule{
-			{"-m", "connmark", "--mark", "0x1000000/0x1000000", "-j", "DROP"},
-			{"-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "RETURN"},
-		}, rules...)}
+		return Chain{Name: ChainPolicy, Kind: EntryChain, Rules: append([]Rule{cutRule, establishedRule}, rules...)}
 	}
+	// r renders rules.
+	r := func(rules ...Rule) []Rule {
+		for i := range rules {
+			rules[i] = rules[i].Render()
+		}
+		return rules
+	}
+	e := func(rules ...Rule) Chain { return entry(r(rules...)...) }
 	f := Flow{Src: a, Dst: b, Protocol: tcp, DstPort: 80}
 	for _, tc := range []struct {
 		name   string
@@ -444,28 +449,33 @@ func TestAllowedOddRulesets(t *testing.T) {
 		{"nil ruleset", nil, true, "no ruleset"},
 		{"no chains", &Ruleset{}, true, "no IPv4 policy ruleset"},
 		{"cut mark and established do not match a new flow", &Ruleset{Chains: []Chain{entry()}}, true, "not isolated"},
-		{"unknown argument", &Ruleset{Chains: []Chain{entry(Rule{"-s", "10.0.0.0/8", "-j", "DROP"})}}, false, "cannot interpret"},
-		{"missing set", &Ruleset{Chains: []Chain{entry(Rule{"-m", "set", "--match-set", "tern-x", "src", "-j", "DROP"})}}, false, "missing set"},
-		{"missing chain", &Ruleset{Pods: pods, Chains: []Chain{entry(Rule{"-i", "terna", "-j", "TERN-PE-a"})}}, false, "missing chain"},
-		{"dport without -p", &Ruleset{Chains: []Chain{entry(Rule{"--dport", "80", "-j", "DROP"})}}, false, "without -p"},
+		{"log options of another target", &Ruleset{Chains: []Chain{e(Rule{Target: "DROP", LogGroup: 5})}}, false, "cannot interpret"},
+		{"missing set", &Ruleset{Chains: []Chain{e(Rule{Sets: []SetMatch{{Name: "tern-x", Flags: "src"}}, Target: "DROP"})}}, false, "missing set"},
+		{"missing chain", &Ruleset{Pods: pods, Chains: []Chain{e(Rule{In: "terna", Target: "TERN-PE-a"})}}, false, "missing chain"},
+		{"dport without -p", &Ruleset{Chains: []Chain{e(Rule{DPort: 80, Target: "DROP"})}}, false, "without -p"},
 		{"loop", &Ruleset{Pods: pods, Chains: []Chain{
-			{Name: "TERN-PE-a", Rules: []Rule{{"-j", "TERN-PE-a"}}},
-			entry(Rule{"-i", "terna", "-j", "TERN-PE-a"}),
+			{Name: "TERN-PE-a", Rules: r(Rule{Target: "TERN-PE-a"})},
+			e(Rule{In: "terna", Target: "TERN-PE-a"}),
 		}}, false, "deeper"},
 		{"a goto's RETURN resumes the chain that jumped", &Ruleset{Pods: pods, Chains: []Chain{
-			{Name: "TERN-PDF", Rules: []Rule{{"-i", "tern+", "-g", "TERN-PE-a"}, {"-j", "DROP"}}},
-			{Name: "TERN-PE-a", Comment: "egress of app/a", Rules: []Rule{{"-j", "RETURN"}}},
-			entry(Rule{"-i", "ter+", "-j", "TERN-PDF"}, Rule{"-j", "TERN-PX"}),
-			{Name: "TERN-PX", Comment: "after", Rules: []Rule{{"-j", "DROP"}}},
+			{Name: "TERN-PDF", Kind: DispatchChain, Rules: r(Rule{In: "tern+", Target: "TERN-PE-a", Goto: true}, Rule{Target: "DROP"})},
+			{Name: "TERN-PE-a", Comment: "egress of app/a", Rules: r(Rule{Target: "RETURN"})},
+			e(Rule{In: "ter+", Target: "TERN-PDF"}, Rule{Target: "TERN-PX"}),
+			{Name: "TERN-PX", Comment: "after", Rules: r(Rule{Target: "DROP"})},
 		}}, false, "after: denied"},
 		{"a wildcard that does not match", &Ruleset{Pods: pods, Chains: []Chain{
-			entry(Rule{"-i", "ternb+", "-j", "TERN-PX"}, Rule{"-o", "terna+", "-j", "TERN-PX"}, Rule{"-i", "terna", "-j", "TERN-PX"}),
-			{Name: "TERN-PX", Rules: []Rule{{"-j", "DROP"}}},
+			e(Rule{In: "ternb+", Target: "TERN-PX"}, Rule{Out: "terna+", Target: "TERN-PX"}, Rule{In: "terna", Target: "TERN-PX"}),
+			{Name: "TERN-PX", Rules: r(Rule{Target: "DROP"})},
 		}}, false, "TERN-PX: denied"},
-		{"goto a target", &Ruleset{Chains: []Chain{entry(Rule{"-g", "RETURN"})}}, false, "not a chain"},
+		{"goto a target", &Ruleset{Chains: []Chain{e(Rule{Target: "RETURN", Goto: true})}}, false, "not a chain"},
+		{"negated set", &Ruleset{Sets: []Set{{Name: "tern-x", Type: "hash:ip", Members: []string{"10.244.1.10"}}}, Chains: []Chain{
+			e(Rule{Sets: []SetMatch{{Name: "tern-x", Flags: "src", Negated: true}}, Target: "TERN-PX"}, Rule{Sets: []SetMatch{{Name: "tern-x", Flags: "dst", Negated: true}}, Target: "TERN-PY"}),
+			{Name: "TERN-PX", Rules: r(Rule{Target: "DROP"})},
+			{Name: "TERN-PY", Comment: "not in tern-x", Rules: r(Rule{Target: "DROP"})},
+		}}, false, "not in tern-x: denied"},
 		{"drop in the pod chain", &Ruleset{Pods: pods, Chains: []Chain{
-			{Name: "TERN-PE-a", Comment: "egress of app/a", Rules: []Rule{{"-p", "udp", "-j", "RETURN"}, {"-j", "DROP"}}},
-			entry(Rule{"-i", "terna", "-j", "TERN-PE-a"}),
+			{Name: "TERN-PE-a", Comment: "egress of app/a", Rules: r(Rule{Proto: "udp", Target: "RETURN"}, Rule{Target: "DROP"})},
+			e(Rule{In: "terna", Target: "TERN-PE-a"}),
 		}}, false, "egress of app/a: denied, no rule of app/p allows it"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

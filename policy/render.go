@@ -22,7 +22,7 @@ func (rs *Ruleset) String() string {
 	for _, c := range rs.Chains {
 		fmt.Fprintf(&b, "chain %s %s  # %s\n", c.Name, ipFamily(c.IPv6), c.Comment)
 		for _, r := range c.Rules {
-			fmt.Fprintf(&b, "  %s\n", strings.Join(r, " "))
+			fmt.Fprintf(&b, "  %s\n", r.String())
 		}
 	}
 	keys := make([]string, 0, len(rs.Pods))

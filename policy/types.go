@@ -7,7 +7,11 @@
 package policy
 
 import (
+	"fmt"
 	"net/netip"
+	"slices"
+	"strconv"
+	"strings"
 
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
@@ -122,15 +126,166 @@ type Set struct {
 type Chain struct {
 	Name string // ChainPrefix + ..., at most 28 characters
 	IPv6 bool
-	// Rules are iptables arguments without "-A CHAIN" and without the hash
-	// comment, which the driver adds.
+	// Kind says what the chain is for.
+	Kind ChainKind
+	// Rules without "-A CHAIN" and without the hash comment, which the
+	// driver adds.
 	Rules []Rule
 	// Comment says what the chain stands for.
 	Comment string
 }
 
-// Rule is one rule's arguments, e.g. {"-p", "tcp", "--dport", "80", "-j", "RETURN"}.
-type Rule []string
+// ChainKind is what a chain of the ruleset is for.
+type ChainKind uint8
+
+const (
+	// PodChain polices one pod in one direction: allow rules, then the
+	// drop.
+	PodChain ChainKind = iota
+	// EntryChain is ChainPolicy.
+	EntryChain
+	// DispatchChain is a chain of a dispatch tree (see dispatch.go): it
+	// sends a pod's packets to its pod chain by the host veth's name.
+	DispatchChain
+)
+
+// Rule is one rule of a chain: as values, what it matches and where it
+// sends a matching packet, and Args, the same as iptables arguments. The
+// matches all must hold, in the order of the fields (the order of Args).
+// Consumers read the values; Args are for iptables and for people. Make a
+// rule with Render, which fills Args from the values, so the two agree.
+type Rule struct {
+	// Args are the iptables arguments, e.g. {"-p", "tcp", "-m", "tcp",
+	// "--dport", "80", "-j", "RETURN"}.
+	Args []string
+	// In and Out match the packet's input and output interface ("-i",
+	// "-o"): a name, or a name prefix with a trailing "+"; "" any.
+	In, Out string
+	// Sets must all match ("-m set [!] --match-set NAME FLAGS").
+	Sets []SetMatch
+	// Proto matches the protocol ("-p tcp"; "" any). DPort, with Proto,
+	// matches the destination port, or the range DPort to DPortEnd when
+	// that is not 0 ("-m tcp --dport 8000:8100"; 0 any).
+	Proto           string
+	DPort, DPortEnd int32
+	// CutMark matches packets of connections carrying CutMark ("-m
+	// connmark --mark CutMark/CutMark").
+	CutMark bool
+	// Established matches packets of established and related connections
+	// ("-m conntrack --ctstate RELATED,ESTABLISHED").
+	Established bool
+	// Limit, with LimitBurst, rate-limits the rule ("-m limit --limit
+	// 10/second --limit-burst 20"; "" none).
+	Limit      string
+	LimitBurst int
+	// Target is what a matching packet goes to: RETURN, DROP, NFLOG, a
+	// chain, or nothing (""). Goto goes ("-g") instead of jumping ("-j").
+	Target string
+	Goto   bool
+	// LogGroup and LogPrefix are the options of target NFLOG
+	// ("--nflog-group 2500 --nflog-prefix P"; 0 and "" none).
+	LogGroup  int
+	LogPrefix string
+}
+
+// SetMatch is one ipset match of a rule.
+type SetMatch struct {
+	Name string
+	// Flags are the match's direction flags: "src" or "dst", or, for
+	// hash:ip,port, "dst,dst".
+	Flags string
+	// Negated matches packets the set does not match ("! --match-set").
+	Negated bool
+}
+
+// Render returns r with Args rendered from its values.
+func (r Rule) Render() Rule {
+	n := 2
+	if r.In != "" {
+		n += 2
+	}
+	if r.Out != "" {
+		n += 2
+	}
+	n += 6 * len(r.Sets)
+	if r.Proto != "" {
+		n += 5
+	}
+	if r.CutMark || r.Established {
+		n += 4
+	}
+	if r.Limit != "" {
+		n += 6
+	}
+	if r.LogGroup != 0 || r.LogPrefix != "" {
+		n += 4
+	}
+	a := make([]string, 0, n)
+	if r.In != "" {
+		a = append(a, "-i", r.In)
+	}
+	if r.Out != "" {
+		a = append(a, "-o", r.Out)
+	}
+	for _, s := range r.Sets {
+		a = append(a, "-m", "set")
+		if s.Negated {
+			a = append(a, "!")
+		}
+		a = append(a, "--match-set", s.Name, s.Flags)
+	}
+	if r.Proto != "" {
+		a = append(a, "-p", r.Proto)
+	}
+	if r.DPort != 0 {
+		dport := strconv.Itoa(int(r.DPort))
+		if r.DPortEnd != 0 {
+			dport += ":" + strconv.Itoa(int(r.DPortEnd))
+		}
+		a = append(a, "-m", r.Proto, "--dport", dport)
+	}
+	if r.CutMark {
+		a = append(a, "-m", "connmark", "--mark", cutMarkArg)
+	}
+	if r.Established {
+		a = append(a, "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED")
+	}
+	if r.Limit != "" {
+		a = append(a, "-m", "limit", "--limit", r.Limit, "--limit-burst", strconv.Itoa(r.LimitBurst))
+	}
+	if r.Target != "" {
+		verb := "-j"
+		if r.Goto {
+			verb = "-g"
+		}
+		a = append(a, verb, r.Target)
+	}
+	if r.LogGroup != 0 {
+		a = append(a, "--nflog-group", strconv.Itoa(r.LogGroup))
+	}
+	if r.LogPrefix != "" {
+		a = append(a, "--nflog-prefix", r.LogPrefix)
+	}
+	r.Args = a
+	return r
+}
+
+// cutMarkArg is CutMark as connmark's --mark value and mask.
+var cutMarkArg = fmt.Sprintf("%#x/%#x", CutMark, CutMark)
+
+// String is the rule's arguments joined by blanks.
+func (r Rule) String() string { return strings.Join(r.Args, " ") }
+
+// Equal reports whether r and o are the same rule: rules rendered from
+// their values are when their arguments are.
+func (r Rule) Equal(o Rule) bool { return slices.Equal(r.Args, o.Args) }
+
+// MatchesOnlyInterfaces reports whether r matches on nothing but the
+// interfaces (In, Out), if on anything.
+func (r Rule) MatchesOnlyInterfaces() bool {
+	return len(r.Sets) == 0 && r.Proto == "" && r.DPort == 0 && r.DPortEnd == 0 &&
+		!r.CutMark && !r.Established && r.Limit == ""
+}
 
 // PodPolicy is the policy state of one local pod.
 type PodPolicy struct {
@@ -139,6 +294,8 @@ type PodPolicy struct {
 	Ingress, Egress []string
 	// IngressChain/EgressChain police the pod's traffic ("" when open).
 	IngressChain, EgressChain string
-	HostIf                    string
-	IPs                       []netip.Addr
+	// Sets are the sets the rules of those chains match, sorted.
+	Sets   []string
+	HostIf string
+	IPs    []netip.Addr
 }

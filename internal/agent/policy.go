@@ -249,11 +249,6 @@ func podPolicyView(rs *policy.Ruleset, id string) (agentapi.PodPolicy, error) {
 		return agentapi.PodPolicy{}, fmt.Errorf("pod %s is not a pod of this node's network (not on this node, hostNetwork, or unknown)", id)
 	}
 	v := agentapi.PodPolicy{Pod: id, HostIf: pp.HostIf, IPs: pp.IPs, Ingress: pp.Ingress, Egress: pp.Egress}
-	sets := map[string]policy.Set{}
-	for _, s := range rs.Sets {
-		sets[s.Name] = s
-	}
-	used := map[string]bool{}
 	for _, d := range []struct {
 		chain string
 		out   *[]string
@@ -263,22 +258,15 @@ func podPolicyView(rs *policy.Ruleset, id string) (agentapi.PodPolicy, error) {
 				continue
 			}
 			for _, r := range c.Rules {
-				*d.out = append(*d.out, strings.Join(r, " "))
-				for i, arg := range r {
-					if arg == "--match-set" && i+1 < len(r) {
-						used[r[i+1]] = true
-					}
-				}
+				*d.out = append(*d.out, r.String())
 			}
 		}
 	}
-	names := make([]string, 0, len(used))
-	for n := range used {
-		names = append(names, n)
-	}
-	slices.Sort(names)
-	for _, n := range names {
-		s := sets[n]
+	for _, n := range pp.Sets {
+		var s policy.Set // rs.Sets is sorted by name
+		if i, ok := slices.BinarySearchFunc(rs.Sets, n, func(s policy.Set, n string) int { return strings.Compare(s.Name, n) }); ok {
+			s = rs.Sets[i]
+		}
 		v.Sets = append(v.Sets, agentapi.PolicySet{Name: n, Type: s.Type, Comment: s.Comment, Members: len(s.Members)})
 	}
 	v.IngressChain, v.EgressChain = pp.IngressChain, pp.EgressChain
