@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/tern-net/tern/dataplane"
+	"github.com/tern-net/tern/hostveth"
 	"github.com/tern-net/tern/internal/agentapi"
 	"github.com/tern-net/tern/internal/k8s"
 	"github.com/tern-net/tern/ipam"
@@ -97,7 +98,7 @@ type Agent struct {
 	heartbeat        atomic.Int64 // unix nanoseconds of the loop's last pass
 
 	trigger  chan struct{}
-	disposal chan agentapi.HostLink
+	disposal chan hostveth.Link
 
 	mu      sync.Mutex
 	ready   bool
@@ -138,7 +139,7 @@ func Run(ctx context.Context, cfg Config, cluster Cluster, log *slog.Logger) err
 		return err
 	}
 	a := &Agent{cfg: cfg, log: log, ipam: alloc, node: dataplane.NewNode(log), policyDP: dataplane.NewPolicy(log), cluster: cluster, passCh: make(chan struct{}),
-		trigger: make(chan struct{}, 1), disposal: make(chan agentapi.HostLink, 1024),
+		trigger: make(chan struct{}, 1), disposal: make(chan hostveth.Link, 1024),
 		missing: map[ipam.Key]time.Time{}, metrics: newMetrics()}
 	a.metrics.register(a)
 
@@ -201,9 +202,9 @@ func Run(ctx context.Context, cfg Config, cluster Cluster, log *slog.Logger) err
 }
 
 // dispose wakes the loop that deletes the veths of gone pods. The plugin has
-// put them into dataplane.DisposeGroup, down (which removed their routes):
+// put them into hostveth.Group, down (which removed their routes):
 // when the queue is full they wait there for the loop's next pass.
-func (a *Agent) dispose(links []agentapi.HostLink) {
+func (a *Agent) dispose(links []hostveth.Link) {
 	for _, l := range links {
 		select {
 		case a.disposal <- l:
@@ -239,7 +240,7 @@ func (a *Agent) disposeLoop(ctx context.Context) {
 }
 
 func (a *Agent) deleteDisposed() {
-	if _, err := dataplane.DeleteDisposed(); err != nil {
+	if _, err := hostveth.DeleteDisposed(); err != nil {
 		a.log.Warn("delete veths of gone pods", "err", err)
 	}
 }
