@@ -91,7 +91,8 @@ func newTestAgent(t *testing.T, cfg Config, store *fakeStore) *testAgent {
 		t.Fatalf("ipam.New: %v", err)
 	}
 	a := &Agent{cfg: cfg, log: slog.New(slog.NewTextHandler(io.Discard, nil)), ipam: alloc, trigger: make(chan struct{}, 1),
-		disposal: make(chan hostveth.Link, 1024)} // never drained: nothing here deletes real links
+		disposal:    make(chan struct{}, 1), // drained only by a test that runs the loop
+		deleteVeths: func() (int, error) { return 0, errors.New("a test agent deletes no links") }}
 	a.ready = true
 	return &testAgent{a: a, store: store, h: a.handler()}
 }
