@@ -27,6 +27,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 
 	"github.com/tern-net/tern/dataplane"
+	"github.com/tern-net/tern/hostveth"
 	"github.com/tern-net/tern/internal/clustertest"
 	"github.com/tern-net/tern/internal/nodetest"
 	"github.com/tern-net/tern/policy"
@@ -183,7 +184,7 @@ func benchPod(i, n int, ip netip.Addr) policy.Pod {
 		p.Ports = append(p.Ports, policy.NamedPort{Name: "dns", Protocol: corev1.ProtocolUDP, Port: 53})
 	}
 	if n == 0 {
-		p.HostIf = fmt.Sprintf("%s%011x", dataplane.HostIfPrefix, i)
+		p.HostIf = fmt.Sprintf("%s%011x", hostveth.Prefix, i)
 	}
 	return p
 }

@@ -18,8 +18,8 @@ import (
 	"github.com/containernetworking/plugins/pkg/ns"
 	corev1 "k8s.io/api/core/v1"
 
-	"github.com/tern-net/tern/cniplugin"
 	"github.com/tern-net/tern/dataplane"
+	"github.com/tern-net/tern/hostveth"
 	"github.com/tern-net/tern/internal/clustertest"
 	"github.com/tern-net/tern/policy"
 )
@@ -179,7 +179,7 @@ func podNS(b *testing.B, node ns.NetNS, p policy.Pod) ns.NetNS {
 	ip := p.IPs[0].String()
 	a4 := p.IPs[0].As4()
 	podMAC := fmt.Sprintf("02:00:%02x:%02x:%02x:%02x", a4[0], a4[1], a4[2], a4[3])
-	clustertest.Run(b, node, "ip", "link", "add", p.HostIf, "address", cniplugin.HostVethMAC.String(),
+	clustertest.Run(b, node, "ip", "link", "add", p.HostIf, "address", hostveth.MAC.String(),
 		"type", "veth", "peer", "name", "eth0", "address", podMAC, "netns", filepath.Base(pod.Path()))
 	clustertest.Run(b, node, "sysctl", "-qw", "net.ipv4.conf."+p.HostIf+".proxy_arp=1")
 	clustertest.Run(b, node, "ip", "link", "set", p.HostIf, "up")
@@ -188,7 +188,7 @@ func podNS(b *testing.B, node ns.NetNS, p policy.Pod) ns.NetNS {
 	clustertest.Run(b, pod, "ip", "addr", "add", ip+"/32", "dev", "eth0")
 	clustertest.Run(b, pod, "ip", "link", "set", "eth0", "up")
 	clustertest.Run(b, pod, "ip", "route", "add", "169.254.1.1", "dev", "eth0", "scope", "link")
-	clustertest.Run(b, pod, "ip", "neigh", "replace", "169.254.1.1", "lladdr", cniplugin.HostVethMAC.String(), "dev", "eth0", "nud", "permanent")
+	clustertest.Run(b, pod, "ip", "neigh", "replace", "169.254.1.1", "lladdr", hostveth.MAC.String(), "dev", "eth0", "nud", "permanent")
 	clustertest.Run(b, pod, "ip", "route", "add", "default", "via", "169.254.1.1", "dev", "eth0")
 	return pod
 }

@@ -10,7 +10,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
-	"github.com/tern-net/tern/dataplane"
+	"github.com/tern-net/tern/hostveth"
 )
 
 // checkAttachment verifies, in the host namespace and in the pod's, everything
@@ -70,10 +70,10 @@ func checkAttachment(podNS ns.NetNS, hostIf, contIf string, ips []netip.Addr) []
 			}
 			found := false
 			for _, nb := range neighs {
-				found = found || (nb.IP.Equal(gw.AsSlice()) && nb.HardwareAddr.String() == HostVethMAC.String())
+				found = found || (nb.IP.Equal(gw.AsSlice()) && nb.HardwareAddr.String() == hostveth.MAC.String())
 			}
 			if !found {
-				bad("neighbour %s lladdr %s is missing in the pod", gw, HostVethMAC)
+				bad("neighbour %s lladdr %s is missing in the pod", gw, hostveth.MAC)
 			}
 		}
 		for _, r := range podRoutes(link.Attrs().Index, ips) {
@@ -102,9 +102,9 @@ func hasRoute(fam int, want *netlink.Route, withGw bool) bool {
 	if err != nil {
 		return false
 	}
-	wantDst, _ := dataplane.PrefixOf(want.Dst)
+	wantDst, _ := prefixOf(want.Dst)
 	for _, r := range routes {
-		dst, ok := dataplane.PrefixOf(r.Dst)
+		dst, ok := prefixOf(r.Dst)
 		if !ok {
 			dst = netip.PrefixFrom(netip.IPv6Unspecified(), 0)
 			if fam == netlink.FAMILY_V4 {

@@ -4,8 +4,6 @@
 package cniplugin
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"path/filepath"
@@ -14,7 +12,6 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 	"github.com/containernetworking/cni/pkg/version"
 
-	"github.com/tern-net/tern/dataplane"
 	"github.com/tern-net/tern/internal/agentapi"
 )
 
@@ -134,20 +131,4 @@ func ParseArgs(s string) (PodArgs, error) {
 		}
 	}
 	return a, nil
-}
-
-// HostIfName is the host-side veth of a pod's interface: "tern" and 11 hex
-// characters of a SHA-256 of "<namespace>.<pod>" (or of the container ID
-// without pod args); for an interface other than eth0 (a second tern
-// attachment), of "<namespace>.<pod>.<ifName>".
-func HostIfName(pod PodArgs, containerID, ifName string) string {
-	key := containerID
-	if pod.Namespace != "" && pod.Name != "" {
-		key = pod.Namespace + "." + pod.Name
-	}
-	if ifName != "" && ifName != "eth0" {
-		key += "." + ifName
-	}
-	sum := sha256.Sum256([]byte(key))
-	return dataplane.HostIfPrefix + hex.EncodeToString(sum[:])[:11]
 }

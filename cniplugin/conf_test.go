@@ -3,7 +3,6 @@ package cniplugin
 import (
 	"errors"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"testing"
 
@@ -273,61 +272,6 @@ func TestParseArgs(t *testing.T) {
 	}
 }
 
-var hostIfRe = regexp.MustCompile(`^tern[0-9a-f]{11}$`)
-
-func TestHostIfName(t *testing.T) {
-	tests := []struct {
-		name string
-		pod  PodArgs
-		cid  string
-	}{
-		{"pod args", PodArgs{Namespace: "default", Name: "web-0"}, "c1"},
-		{"other namespace", PodArgs{Namespace: "prod", Name: "web-0"}, "c1"},
-		{"other pod", PodArgs{Namespace: "default", Name: "web-1"}, "c1"},
-		{"no pod args", PodArgs{}, "0123456789abcdef"},
-		{"other container", PodArgs{}, "fedcba9876543210"},
-		{"namespace only", PodArgs{Namespace: "default"}, "c2"},
-		{"name only", PodArgs{Name: "web-0"}, "c3"},
-		{"empty everything", PodArgs{}, ""},
-	}
-	seen := map[string]string{}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			got := HostIfName(tt.pod, tt.cid, "eth0")
-			if len(got) != 15 {
-				t.Errorf("HostIfName = %q, len %d, want 15 (IFNAMSIZ-1)", got, len(got))
-			}
-			if !hostIfRe.MatchString(got) {
-				t.Errorf("HostIfName = %q, want tern + 11 lowercase hex characters", got)
-			}
-			if again := HostIfName(tt.pod, tt.cid, "eth0"); again != got {
-				t.Errorf("HostIfName is not deterministic: %q then %q", got, again)
-			}
-			if other, dup := seen[got]; dup {
-				t.Errorf("HostIfName(%s) = %q, same as for %s", tt.name, got, other)
-			}
-			seen[got] = tt.name
-		})
-	}
-}
-
-func TestHostIfNameKeys(t *testing.T) {
-	pod := PodArgs{Namespace: "default", Name: "web-0"}
-	if a, b := HostIfName(pod, "c1", "eth0"), HostIfName(pod, "c2", "eth0"); a != b {
-		t.Errorf("with pod args the container ID must not matter: %q vs %q", a, b)
-	}
-	// Without both pod args, the container ID is the key.
-	for _, p := range []PodArgs{{}, {Namespace: "default"}, {Name: "web-0"}} {
-		if a, b := HostIfName(p, "c1", "eth0"), HostIfName(PodArgs{}, "c1", "eth0"); a != b {
-			t.Errorf("HostIfName(%+v, c1) = %q, want the container-ID name %q", p, a, b)
-		}
-	}
-	// A fixed vector pins the hash, so names survive upgrades of the plugin.
-	if got, want := HostIfName(PodArgs{}, "", "eth0"), "terne3b0c44298f"; got != want {
-		t.Errorf("HostIfName of the empty key = %q, want %q (sha256 of \"\")", got, want)
-	}
-}
-
 // FuzzParseConf checks that ParseConf never panics and that its answer is
 // always either a usable conf or a CNI error with code 6 or 7.
 func FuzzParseConf(f *testing.F) {
@@ -387,15 +331,4 @@ func FuzzParseConf(f *testing.F) {
 			t.Error("Name is empty")
 		}
 	})
-}
-
-func TestHostIfNamePerInterface(t *testing.T) {
-	pod := PodArgs{Namespace: "default", Name: "web"}
-	eth0, net1 := HostIfName(pod, "c1", "eth0"), HostIfName(pod, "c1", "net1")
-	if eth0 == net1 || len(net1) != 15 {
-		t.Fatalf("eth0 %q and net1 %q of one pod must differ", eth0, net1)
-	}
-	if HostIfName(pod, "c1", "") != eth0 {
-		t.Fatal("an empty interface name must name eth0's veth")
-	}
 }

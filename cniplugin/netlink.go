@@ -3,6 +3,7 @@ package cniplugin
 import (
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"slices"
@@ -15,7 +16,8 @@ import (
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
-	"github.com/tern-net/tern/dataplane"
+	"github.com/tern-net/tern/hostveth"
+	"github.com/tern-net/tern/internal/rtproto"
 )
 
 // pair is a pod's veth pair under construction. Its methods run in the host
@@ -49,7 +51,7 @@ func (p *pair) close() { p.hostNL.Close(); p.podNL.Close() }
 // depend on the pod's addresses, so that it runs while the agent allocates.
 func (p *pair) create(mtu int) error {
 	veth := &netlink.Veth{
-		LinkAttrs:     netlink.LinkAttrs{Name: p.hostIf, MTU: mtu, HardwareAddr: HostVethMAC},
+		LinkAttrs:     netlink.LinkAttrs{Name: p.hostIf, MTU: mtu, HardwareAddr: hostveth.MAC},
 		PeerName:      p.contIf,
 		PeerNamespace: netlink.NsFd(int(p.podNS.Fd())),
 	}
@@ -111,7 +113,7 @@ func (p *pair) clearStale() error {
 		return fmt.Errorf("the pod's network namespace already has an interface %s", p.contIf)
 	case old.Type() != "veth":
 		return fmt.Errorf("host interface %s exists and is a %s, not tern's veth", p.hostIf, old.Type())
-	case old.Attrs().Group == dataplane.DisposeGroup,
+	case old.Attrs().Group == hostveth.Group,
 		cerr == nil && cont.Attrs().ParentIndex == old.Attrs().Index:
 		if err := p.hostNL.LinkDel(old); err != nil && !errors.Is(err, unix.ENODEV) {
 			return fmt.Errorf("delete stale host veth %s: %w", p.hostIf, err)
@@ -133,7 +135,7 @@ func (p *pair) destroy() error {
 		return nil
 	}
 	if p.host != nil {
-		return dataplane.DeleteHostVeth(p.hostIf, p.host.Attrs().Index)
+		return hostveth.Delete(p.hostIf, p.host.Attrs().Index)
 	}
 	return deleteHostVeth(p.hostIf)
 }
@@ -141,7 +143,7 @@ func (p *pair) destroy() error {
 // configure gives the pair the pod's addresses and routes.
 func (p *pair) configure(ips []netip.Addr, mtu int) (Attached, error) {
 	out := Attached{HostIf: p.hostIf, ContIf: p.contIf, Sandbox: p.podNS.Path(), IPs: ips, MTU: mtu,
-		HostMAC: HostVethMAC.String(), ContMAC: p.cont.Attrs().HardwareAddr.String()}
+		HostMAC: hostveth.MAC.String(), ContMAC: p.cont.Attrs().HardwareAddr.String()}
 	if p.host.Attrs().MTU != mtu {
 		if err := p.hostNL.LinkSetMTU(p.host, mtu); err != nil {
 			return out, fmt.Errorf("set MTU of %s: %w", p.hostIf, err)
@@ -177,7 +179,7 @@ func (p *pair) configure(ips []netip.Addr, mtu int) (Attached, error) {
 
 	// Pod side: the address as a host route, the gateway on the link, default via it.
 	for _, ip := range ips {
-		addr := &netlink.Addr{IPNet: dataplane.IPNet(netip.PrefixFrom(ip, ip.BitLen()))}
+		addr := &netlink.Addr{IPNet: ipNet(netip.PrefixFrom(ip, ip.BitLen()))}
 		if ip.Is6() {
 			addr.Flags = unix.IFA_F_NODAD
 		}
@@ -194,7 +196,7 @@ func (p *pair) configure(ips []netip.Addr, mtu int) (Attached, error) {
 	for _, gw := range gateways(ips) {
 		if err := p.podNL.NeighSet(&netlink.Neigh{
 			LinkIndex: p.cont.Attrs().Index, Family: family(gw), State: netlink.NUD_PERMANENT,
-			IP: gw.AsSlice(), HardwareAddr: HostVethMAC,
+			IP: gw.AsSlice(), HardwareAddr: hostveth.MAC,
 		}); err != nil {
 			return out, fmt.Errorf("add neighbour %s in the pod: %w", gw, err)
 		}
@@ -245,13 +247,13 @@ func podRoutes(linkIndex int, ips []netip.Addr) []*netlink.Route {
 	}
 	if v4 {
 		out = append(out,
-			&netlink.Route{LinkIndex: linkIndex, Dst: dataplane.IPNet(netip.PrefixFrom(GatewayV4, 32)), Scope: netlink.SCOPE_LINK, Protocol: dataplane.RouteProtocol},
-			&netlink.Route{LinkIndex: linkIndex, Dst: dataplane.IPNet(netip.MustParsePrefix("0.0.0.0/0")), Gw: GatewayV4.AsSlice(), Protocol: dataplane.RouteProtocol},
+			&netlink.Route{LinkIndex: linkIndex, Dst: ipNet(netip.PrefixFrom(GatewayV4, 32)), Scope: netlink.SCOPE_LINK, Protocol: rtproto.Tern},
+			&netlink.Route{LinkIndex: linkIndex, Dst: ipNet(netip.MustParsePrefix("0.0.0.0/0")), Gw: GatewayV4.AsSlice(), Protocol: rtproto.Tern},
 		)
 	}
 	if v6 {
 		out = append(out,
-			&netlink.Route{LinkIndex: linkIndex, Dst: dataplane.IPNet(netip.MustParsePrefix("::/0")), Gw: GatewayV6.AsSlice(), Protocol: dataplane.RouteProtocol},
+			&netlink.Route{LinkIndex: linkIndex, Dst: ipNet(netip.MustParsePrefix("::/0")), Gw: GatewayV6.AsSlice(), Protocol: rtproto.Tern},
 		)
 	}
 	return out
@@ -261,9 +263,9 @@ func podRoutes(linkIndex int, ips []netip.Addr) []*netlink.Route {
 func hostRoute(linkIndex int, ip netip.Addr) *netlink.Route {
 	return &netlink.Route{
 		LinkIndex: linkIndex,
-		Dst:       dataplane.IPNet(netip.PrefixFrom(ip, ip.BitLen())),
+		Dst:       ipNet(netip.PrefixFrom(ip, ip.BitLen())),
 		Scope:     netlink.SCOPE_LINK,
-		Protocol:  dataplane.RouteProtocol,
+		Protocol:  rtproto.Tern,
 	}
 }
 
@@ -284,7 +286,7 @@ func addHostRoute(nl *netlink.Handle, host netlink.Link, ip netip.Addr) error {
 		return fmt.Errorf("add host route %s: %w (and listing the one in the way: %v)", routeString(r), err, lerr)
 	}
 	for _, e := range existing {
-		if e.Protocol != dataplane.RouteProtocol {
+		if e.Protocol != rtproto.Tern {
 			return fmt.Errorf("add host route %s: a route to %s of protocol %d (not tern's) is in the way", routeString(r), ip, e.Protocol)
 		}
 	}
@@ -297,7 +299,7 @@ func addHostRoute(nl *netlink.Handle, host netlink.Link, ip netip.Addr) error {
 // deleteHostVeth deletes a tern host veth (and with it its peer and routes). A
 // veth that does not exist is not an error.
 func deleteHostVeth(name string) error {
-	if !strings.HasPrefix(name, dataplane.HostIfPrefix) {
+	if !strings.HasPrefix(name, hostveth.Prefix) {
 		return fmt.Errorf("refusing to delete %q: not a tern host veth", name)
 	}
 	link, err := netlinksafe.LinkByName(name)
@@ -342,4 +344,23 @@ func writeSysctl(name, value string) error {
 func readSysctl(name string) (string, error) {
 	b, err := os.ReadFile("/proc/sys/" + name)
 	return strings.TrimSpace(string(b)), err
+}
+
+// ipNet is p as netlink takes it.
+func ipNet(p netip.Prefix) *net.IPNet {
+	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
+}
+
+// prefixOf converts a netlink destination; a nil one (a default route, in
+// some dumps) is not a prefix.
+func prefixOf(n *net.IPNet) (netip.Prefix, bool) {
+	if n == nil {
+		return netip.Prefix{}, false
+	}
+	a, ok := netip.AddrFromSlice(n.IP)
+	if !ok {
+		return netip.Prefix{}, false
+	}
+	ones, _ := n.Mask.Size()
+	return netip.PrefixFrom(a.Unmap(), ones), true
 }

@@ -17,7 +17,7 @@ import (
 	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/containernetworking/plugins/pkg/ns"
 
-	"github.com/tern-net/tern/dataplane"
+	"github.com/tern-net/tern/hostveth"
 	"github.com/tern-net/tern/internal/agentapi"
 )
 
@@ -87,7 +87,7 @@ func cmdAdd(args *skel.CmdArgs) error {
 	if err != nil {
 		return err
 	}
-	hostIf := HostIfName(pod, args.ContainerID, args.IfName)
+	hostIf := hostveth.Name(pod.Namespace, pod.Name, args.ContainerID, args.IfName)
 	podNS, err := ns.GetNS(args.Netns)
 	if err != nil {
 		return types.NewError(types.ErrInvalidEnvironmentVariables,
@@ -167,11 +167,11 @@ func cmdDel(args *skel.CmdArgs) error {
 	// of the pod. Without the pod's namespace there is none: a veth dies with
 	// its namespace. Its routes go now, so that the address is routed nowhere
 	// once released; the veth itself the agent deletes after answering.
-	host, err := dataplane.DetachHostVeth(args.Netns, args.IfName)
+	host, err := hostveth.Detach(args.Netns, args.IfName)
 	if err != nil {
 		return types.NewError(types.ErrInternal, "detach pod: "+err.Error(), "")
 	}
-	var dispose []agentapi.HostLink
+	var dispose []hostveth.Link
 	if host.Index > 0 {
 		dispose = append(dispose, host)
 	}
@@ -179,7 +179,7 @@ func cmdDel(args *skel.CmdArgs) error {
 	if err != nil && !agentapi.IsCode(err, agentapi.CodeNotFound) {
 		// The agent cannot delete it: do it here, then let the runtime retry.
 		if host.Index > 0 {
-			if derr := dataplane.DeleteHostVeth(host.Name, host.Index); derr != nil {
+			if derr := hostveth.Delete(host.Name, host.Index); derr != nil {
 				iv.log.Error("delete host veth", "err", derr)
 			}
 		}
@@ -205,7 +205,7 @@ func cmdCheck(args *skel.CmdArgs) error {
 	var hostIf string
 	var ips []netip.Addr
 	for _, itf := range prev.Interfaces {
-		if itf.Sandbox == "" && strings.HasPrefix(itf.Name, "tern") {
+		if itf.Sandbox == "" && strings.HasPrefix(itf.Name, hostveth.Prefix) {
 			hostIf = itf.Name
 		}
 	}
@@ -283,9 +283,9 @@ func cmdGC(args *skel.CmdArgs) error {
 	var errs []error
 	released := 0
 	for _, al := range resp.Stale {
-		var dispose []agentapi.HostLink
+		var dispose []hostveth.Link
 		if al.Netns != "" {
-			host, err := dataplane.DetachHostVeth(al.Netns, al.IfName)
+			host, err := hostveth.Detach(al.Netns, al.IfName)
 			if err != nil {
 				errs = append(errs, fmt.Errorf("%s/%s: %w", al.ContainerID, al.IfName, err))
 				continue

@@ -22,7 +22,7 @@ import (
 	"github.com/containernetworking/plugins/pkg/testutils"
 	"github.com/vishvananda/netlink"
 
-	"github.com/tern-net/tern/cniplugin"
+	"github.com/tern-net/tern/hostveth"
 	"github.com/tern-net/tern/internal/agentapi"
 	"github.com/tern-net/tern/internal/nodetest"
 )
@@ -40,8 +40,8 @@ func TestTwoPodsTalkTCPThroughHostRoutes(t *testing.T) {
 	if !pfx.Contains(ipA) || !pfx.Contains(ipB) || ipA == ipB {
 		t.Fatalf("addresses %s and %s: want two distinct addresses in %s", ipA, ipB, pfx)
 	}
-	hostIf := cniplugin.HostIfName(cniplugin.PodArgs{Namespace: "default", Name: "a"}, "", "eth0")
-	if a.Result.Interfaces[0].Name != hostIf || !strings.HasPrefix(hostIf, "tern") || len(hostIf) != 15 {
+	hostIf := hostveth.Name("default", "a", "", "eth0")
+	if a.Result.Interfaces[0].Name != hostIf || !hostveth.IsTern(hostIf) || len(hostIf) != 15 {
 		t.Fatalf("host interface %q, want %q (tern + 11 hex)", a.Result.Interfaces[0].Name, hostIf)
 	}
 
@@ -344,7 +344,7 @@ func TestChainedWithDebianPlugins(t *testing.T) {
 		t.Fatalf("ADD through tern+tuning+bandwidth+portmap: %v\n%s", err, n.AgentLog())
 	}
 	// prevResult went through every plugin: the final result is still ours.
-	if len(res.IPs) != 1 || len(res.Interfaces) < 2 || !strings.HasPrefix(res.Interfaces[0].Name, "tern") {
+	if len(res.IPs) != 1 || len(res.Interfaces) < 2 || !hostveth.IsTern(res.Interfaces[0].Name) {
 		t.Fatalf("final result lost tern's result: %+v", res)
 	}
 	podIP := res.IPs[0].Address.IP.String()

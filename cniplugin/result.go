@@ -6,17 +6,14 @@ import (
 
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
-
-	"github.com/tern-net/tern/dataplane"
 )
 
 // Gateway addresses the pod routes through. IPv4: a link-local address answered
 // by proxy ARP on the host veth. IPv6: the link-local address of the host veth,
-// whose MAC is fixed to HostVethMAC.
+// whose MAC is fixed to hostveth.MAC.
 var (
-	GatewayV4   = netip.MustParseAddr("169.254.1.1")
-	GatewayV6   = netip.MustParseAddr("fe80::ecee:eeff:feee:eeee")
-	HostVethMAC = dataplane.HostVethMAC
+	GatewayV4 = netip.MustParseAddr("169.254.1.1")
+	GatewayV6 = netip.MustParseAddr("fe80::ecee:eeff:feee:eeee")
 )
 
 // Attached describes an attachment once the netlink work is done.

@@ -8,6 +8,8 @@ import (
 
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
+
+	"github.com/tern-net/tern/hostveth"
 )
 
 func TestBuildResult(t *testing.T) {
@@ -58,7 +60,7 @@ func TestBuildResult(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			a := Attached{
 				HostIf: "tern0123456789a", ContIf: "eth0",
-				HostMAC: HostVethMAC.String(), ContMAC: "0a:58:0a:f4:01:07",
+				HostMAC: hostveth.MAC.String(), ContMAC: "0a:58:0a:f4:01:07",
 				Sandbox: "/var/run/netns/cni-1234", IPs: tt.ips, MTU: tt.mtu,
 			}
 			res := BuildResult(a, tt.dns)
@@ -146,8 +148,8 @@ func TestBuildResultGatewaysAreThePackageAddresses(t *testing.T) {
 	if GatewayV6.String() != "fe80::ecee:eeff:feee:eeee" {
 		t.Errorf("GatewayV6 = %s, want fe80::ecee:eeff:feee:eeee", GatewayV6)
 	}
-	// The IPv6 gateway is the EUI-64 link-local address of HostVethMAC.
-	mac := HostVethMAC
+	// The IPv6 gateway is the EUI-64 link-local address of hostveth.MAC.
+	mac := hostveth.MAC
 	eui := [16]byte{0xfe, 0x80, 8: mac[0] ^ 0x02, 9: mac[1], 10: mac[2], 11: 0xff, 12: 0xfe, 13: mac[3], 14: mac[4], 15: mac[5]}
 	if got := netip.AddrFrom16(eui); got != GatewayV6 {
 		t.Errorf("EUI-64 link-local of %s = %s, want GatewayV6 %s", mac, got, GatewayV6)

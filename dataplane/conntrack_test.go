@@ -9,6 +9,7 @@ import (
 	"slices"
 	"testing"
 
+	"github.com/tern-net/tern/hostveth"
 	"github.com/vishvananda/netlink/nl"
 	"golang.org/x/sys/unix"
 
@@ -164,7 +165,7 @@ func podRuleset(pods []testPod, peers []string, extra ...policy.Rule) policy.Rul
 	}}
 	tree := policy.Chain{Name: "TERN-PDT"}
 	for _, p := range pods {
-		pp := policy.PodPolicy{HostIf: "tern" + p.name, IPs: []netip.Addr{p.ip()}}
+		pp := policy.PodPolicy{HostIf: hostveth.Prefix + p.name, IPs: []netip.Addr{p.ip()}}
 		if p.isolated {
 			pp.Ingress, pp.IngressChain = []string{"default/deny"}, "TERN-PI-"+p.name
 			rules := []policy.Rule{rule("-p", "tcp", "--dport", "80", "-m", "set", "--match-set", "tern-peers", "src", "-j", "RETURN")}

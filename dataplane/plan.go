@@ -12,18 +12,18 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/tern-net/tern/hostveth"
+	"github.com/tern-net/tern/internal/rtproto"
 	"github.com/tern-net/tern/policy"
 )
 
-// RouteProtocol marks every route tern writes (iproute2 name: "tern").
-const RouteProtocol = 96
+// RouteProtocol marks every route tern writes (rtproto.Tern).
+const RouteProtocol = rtproto.Tern
 
 // Chain names; all of tern's chains start with "TERN-".
 const (
 	ChainNATOutgoing = "TERN-NAT-OUTGOING"
 	ChainForward     = "TERN-FORWARD"
-	// HostIfPrefix starts the name of every host-side pod veth.
-	HostIfPrefix = "tern"
 )
 
 // NodeConfig is what the node's dataplane is computed from.
@@ -113,8 +113,8 @@ func PlanNode(cfg NodeConfig) Plan {
 			fwd.Rules = append(fwd.Rules, Rule{"-j", policy.ChainPolicy})
 		}
 		fwd.Rules = append(fwd.Rules,
-			Rule{"-i", HostIfPrefix + "+", "-j", "ACCEPT"},
-			Rule{"-o", HostIfPrefix + "+", "-j", "ACCEPT"},
+			Rule{"-i", hostveth.Prefix + "+", "-j", "ACCEPT"},
+			Rule{"-o", hostveth.Prefix + "+", "-j", "ACCEPT"},
 		)
 		p.Chains = append(p.Chains, fwd)
 		p.Jumps = append(p.Jumps, Jump{IPv6: v6, Table: "filter", From: "FORWARD", To: ChainForward, Comment: "tern: pod forwarding"})

@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/containernetworking/plugins/pkg/netlinksafe"
+	"github.com/tern-net/tern/hostveth"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )
@@ -114,7 +115,7 @@ func UplinkMTU() int {
 	if err == nil {
 		for _, l := range links {
 			a := l.Attrs()
-			if a.Flags&net.FlagUp == 0 || a.Flags&net.FlagLoopback != 0 || strings.HasPrefix(a.Name, HostIfPrefix) {
+			if a.Flags&net.FlagUp == 0 || a.Flags&net.FlagLoopback != 0 || strings.HasPrefix(a.Name, hostveth.Prefix) {
 				continue
 			}
 			best = max(best, a.MTU)

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/tern-net/tern/hostveth"
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -55,7 +56,7 @@ func pod(ns, name, node, ips, lbls string, opts ...podOpt) Pod {
 		p.IPs = append(p.IPs, netip.MustParseAddr(a))
 	}
 	if node == testNode {
-		p.HostIf = "tern" + name
+		p.HostIf = hostveth.Prefix + name
 	}
 	for _, o := range opts {
 		o(&p)

@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"testing"
 
+	"github.com/tern-net/tern/hostveth"
 	networkingv1 "k8s.io/api/networking/v1"
 )
 
@@ -77,7 +78,7 @@ func (m *mutator) randomPod() Pod {
 	if node == testNode {
 		p.HostIf = hexIf([]string{"", "3", "3a", "3a0"}[m.r.IntN(4)], p.Namespace+"."+name)
 		if m.r.IntN(10) == 0 {
-			p.HostIf = "tern" + name // not of tern's shape
+			p.HostIf = hostveth.Prefix + name // not of tern's shape
 		}
 	}
 	if m.r.IntN(30) == 0 {

@@ -2,21 +2,24 @@ package policy
 
 import (
 	"strings"
+
+	"github.com/tern-net/tern/hostveth"
 )
 
 // The dispatch from ChainPolicy to the pod chains is a tree keyed on the
-// host veth's name, as Calico's is: tern's host veths are "tern" and 11
-// lowercase hex characters, and iptables matches an interface name prefix
-// with a trailing "+" ("-i tern3a+"). Per family and direction,
-// ChainPolicy jumps ("-j") to the root, TERN-PDF (from pods: "-i", egress)
-// or TERN-PDT (to pods: "-o", ingress); a dispatch chain holding more than
-// dispatchLeafMax veths splits them by their next hex character into chains
-// TERN-PDF-<prefix> (one per character that more than one of them has; a
-// lone veth keeps its exact rule), and a leaf holds one exact rule per veth,
-// "-i <veth> -g TERN-PE-<hash>". A child is named after the longest prefix
-// its veths share, so a chain's name depends only on its own veths: adding
-// or removing a pod rewrites its leaf (and, when a leaf splits or merges,
-// the leaf's parent and the leaf's children), never the whole dispatch.
+// host veth's name, as Calico's is: tern's host veths are hostveth.Prefix
+// ("tern") and hostveth.HexLen (11) lowercase hex characters, and iptables
+// matches an interface name prefix with a trailing "+" ("-i tern3a+"). Per
+// family and direction, ChainPolicy jumps ("-j") to the root, TERN-PDF (from
+// pods: "-i", egress) or TERN-PDT (to pods: "-o", ingress); a dispatch chain
+// holding more than dispatchLeafMax veths splits them by their next hex
+// character into chains TERN-PDF-<prefix> (one per character that more than
+// one of them has; a lone veth keeps its exact rule), and a leaf holds one
+// exact rule per veth, "-i <veth> -g TERN-PE-<hash>". A child is named
+// after the longest prefix its veths share, so a chain's name depends only
+// on its own veths: adding or removing a pod rewrites its leaf (and, when a
+// leaf splits or merges, the leaf's parent and the leaf's children), never
+// the whole dispatch.
 //
 // Inside the tree every rule goes to ("-g"), so that when the pod chain
 // RETURNs, the packet is back in ChainPolicy right after the rule that
@@ -29,8 +32,8 @@ import (
 //
 // Veths whose name does not have tern's shape (not from tern's CNI plugin)
 // get exact rules at the root's start, before any prefix rule could catch
-// them; if one does not even start with "tern", ChainPolicy jumps to the
-// root unconditionally instead of on "tern+".
+// them; if one does not even start with hostveth.Prefix, ChainPolicy jumps
+// to the root unconditionally instead of on "tern+".
 
 const (
 	// dispatchFromPrefix and dispatchToPrefix name the dispatch chains of
@@ -42,10 +45,6 @@ const (
 	// dispatchLeafMax is the most veths a leaf holds, and the most rules
 	// a packet walks in one dispatch chain (16 hex characters).
 	dispatchLeafMax = 16
-	// hostIfPrefix and hostIfHexLen are the shape of tern's host veths
-	// (cniplugin.HostIfName).
-	hostIfPrefix = "tern"
-	hostIfHexLen = 11
 )
 
 // dispatchEntry is one policed pod of a direction: its veth and its chain.
@@ -66,19 +65,6 @@ func dispatchChainName(d direction, prefix string) string {
 	return base + "-" + prefix
 }
 
-// isTernHostIf reports whether name has the shape of tern's host veths.
-func isTernHostIf(name string) bool {
-	if len(name) != len(hostIfPrefix)+hostIfHexLen || !strings.HasPrefix(name, hostIfPrefix) {
-		return false
-	}
-	for i := len(hostIfPrefix); i < len(name); i++ {
-		if c := name[i]; (c < '0' || c > '9') && (c < 'a' || c > 'f') {
-			return false
-		}
-	}
-	return true
-}
-
 // dispatchTree builds the dispatch of one family and direction: the rule
 // of ChainPolicy that enters it (none, the zero Rule, without entries) and
 // its chains.
@@ -94,19 +80,19 @@ func dispatchTree(v6 bool, d direction, entries []dispatchEntry) (Rule, []Chain)
 	var hex []dispatchEntry
 	var odd []dispatchEntry
 	for _, e := range entries {
-		if isTernHostIf(e.hostIf) {
+		if hostveth.IsTern(e.hostIf) {
 			hex = append(hex, e)
 			continue
 		}
 		odd = append(odd, e)
-		if !strings.HasPrefix(e.hostIf, hostIfPrefix) {
+		if !strings.HasPrefix(e.hostIf, hostveth.Prefix) {
 			guarded = false
 		}
 	}
 	root.Rules = b.exact(nil, odd)
 	root.Rules = b.node(root.Rules, "", hex)
 	b.chains = append(b.chains, root)
-	enter := b.rule(hostIfPrefix+"+", root.Name, false)
+	enter := b.rule(hostveth.Prefix+"+", root.Name, false)
 	if !guarded {
 		enter = Rule{Target: root.Name}.Render()
 	}
@@ -136,7 +122,7 @@ func (b *dispatchBuilder) node(rules []Rule, prefix string, es []dispatchEntry) 
 	if distinctHostIfs(es) <= dispatchLeafMax {
 		return b.exact(rules, es)
 	}
-	at := len(hostIfPrefix) + len(prefix)
+	at := len(hostveth.Prefix) + len(prefix)
 	for i := 0; i < len(es); {
 		j := i + 1
 		for j < len(es) && es[j].hostIf[at] == es[i].hostIf[at] {
@@ -154,8 +140,8 @@ func (b *dispatchBuilder) node(rules []Rule, prefix string, es []dispatchEntry) 
 		for n < len(first) && first[n] == last[n] {
 			n++
 		}
-		sub := first[len(hostIfPrefix):n]
-		child := Chain{Name: dispatchChainName(b.d, sub), IPv6: b.v6, Kind: DispatchChain, Comment: "tern: " + b.d.String() + " dispatch " + hostIfPrefix + sub}
+		sub := first[len(hostveth.Prefix):n]
+		child := Chain{Name: dispatchChainName(b.d, sub), IPv6: b.v6, Kind: DispatchChain, Comment: "tern: " + b.d.String() + " dispatch " + hostveth.Prefix + sub}
 		child.Rules = b.node(nil, sub, group)
 		b.chains = append(b.chains, child)
 		rules = append(rules, b.rule(first[:n]+"+", child.Name, true))

@@ -8,22 +8,14 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/tern-net/tern/hostveth"
 	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
-func TestIsTernHostIf(t *testing.T) {
-	for name, want := range map[string]bool{
-		"tern0123456789a": true, "ternfffffffffff": true, hexIf("", "x"): true,
-		"tern0123456789": false, "tern0123456789ab": false, "tern0123456789A": false, "tern012345678g9": false,
-		"eth0123456789ab": false, "ternweb1": false, "": false,
-	} {
-		if got := isTernHostIf(name); got != want {
-			t.Errorf("isTernHostIf(%q) = %t", name, got)
-		}
-	}
+func TestDispatchChainName(t *testing.T) {
 	for _, d := range []direction{ingress, egress} {
-		if n := dispatchChainName(d, strings.Repeat("f", hostIfHexLen)); len(n) > maxChainName || !strings.HasPrefix(n, ChainPrefix) {
+		if n := dispatchChainName(d, strings.Repeat("f", hostveth.HexLen)); len(n) > maxChainName || !strings.HasPrefix(n, ChainPrefix) {
 			t.Errorf("dispatch chain %q", n)
 		}
 	}

@@ -143,7 +143,7 @@ const (
 )
 
 // maxDepth bounds nested chains, jumps and gotos alike (Compile's are at
-// most 2 + hostIfHexLen deep: ChainPolicy, the dispatch chains, one per
+// most 2 + hostveth.HexLen deep: ChainPolicy, the dispatch chains, one per
 // character of a veth's hex part at most, and a pod chain).
 const maxDepth = 16
 

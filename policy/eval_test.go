@@ -11,6 +11,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/tern-net/tern/hostveth"
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -296,13 +297,13 @@ func referenceWorld() ([]Pod, []Namespace) {
 // hexIf is a host veth name of tern's shape starting with prefix (hex).
 func hexIf(prefix, seed string) string {
 	h := sha256.Sum256([]byte(seed))
-	return "tern" + prefix + hex.EncodeToString(h[:])[:hostIfHexLen-len(prefix)]
+	return hostveth.Prefix + prefix + hex.EncodeToString(h[:])[:hostveth.HexLen-len(prefix)]
 }
 
 // treeWorld is the reference world with veths of tern's shape, crowded by
 // local pods without addresses so that the dispatch splits twice around
 // the pods that have addresses, and one veth of another shape that does
-// not even start with "tern" (so ChainPolicy enters the roots without
+// not even start with hostveth.Prefix (so ChainPolicy enters the roots without
 // matching the interface).
 func treeWorld() ([]Pod, []Namespace) {
 	pods, nss := referenceWorld()

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/tern-net/tern/dataplane"
+	"github.com/tern-net/tern/hostveth"
 	"github.com/tern-net/tern/internal/agentapi"
 	"github.com/tern-net/tern/internal/k8s"
 	"github.com/tern-net/tern/ipam"
@@ -96,8 +97,12 @@ type Agent struct {
 	releasedGone     atomic.Int64
 	heartbeat        atomic.Int64 // unix nanoseconds of the loop's last pass
 
-	trigger  chan struct{}
-	disposal chan agentapi.HostLink
+	trigger chan struct{} // a reconcile pass; requests coalesce
+	// disposal wakes the reconcile goroutine to delete the veths of gone
+	// pods (deleteVeths, hostveth.DeleteDisposed outside tests); requests
+	// coalesce, and whatever is in hostveth.Group then goes in one request.
+	disposal    chan struct{}
+	deleteVeths func() (int, error)
 
 	mu      sync.Mutex
 	ready   bool
@@ -141,7 +146,7 @@ func Run(ctx context.Context, cfg Config, cluster Cluster, log *slog.Logger) err
 		return err
 	}
 	a := &Agent{cfg: cfg, log: log, ipam: alloc, node: dataplane.NewNode(log), policyDP: dataplane.NewPolicy(log), cluster: cluster, passCh: make(chan struct{}),
-		trigger: make(chan struct{}, 1), disposal: make(chan agentapi.HostLink, 1024),
+		trigger: make(chan struct{}, 1), disposal: make(chan struct{}, 1), deleteVeths: hostveth.DeleteDisposed,
 		missing: map[ipam.Key]time.Time{}, metrics: newMetrics()}
 	a.metrics.register(a)
 
@@ -184,65 +189,56 @@ func Run(ctx context.Context, cfg Config, cluster Cluster, log *slog.Logger) err
 		"allocations", len(alloc.List()))
 
 	a.Trigger()
-	var loops sync.WaitGroup
-	loops.Add(2)
-	go func() { defer loops.Done(); a.reconcileLoop(ctx) }()
-	go func() { defer loops.Done(); a.disposeLoop(ctx) }()
+	loopDone := make(chan struct{})
+	go func() { defer close(loopDone); a.reconcileLoop(ctx) }()
 
 	select {
 	case <-ctx.Done():
 	case err = <-srvErr:
 		err = fmt.Errorf("serve %s: %w", cfg.SocketPath(), err)
 	}
-	stop() // the loops end with the server, whichever went first
+	stop() // the loop ends with the server, whichever went first
 	shutdown, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	_ = srv.Shutdown(shutdown)
-	loops.Wait()
+	<-loopDone
 	log.Info("tern-agent stopped; routes and rules stay in place")
 	return err
 }
 
-// dispose wakes the loop that deletes the veths of gone pods. The plugin has
-// put them into dataplane.DisposeGroup, down (which removed their routes):
-// when the queue is full they wait there for the loop's next pass.
-func (a *Agent) dispose(links []agentapi.HostLink) {
-	for _, l := range links {
-		select {
-		case a.disposal <- l:
-		default:
-		}
+// dispose asks the reconcile goroutine, the one writer of kernel state, to
+// delete the veths of gone pods. The plugin has put them into hostveth.Group,
+// down (which removed their routes); until the goroutine gets to them they
+// wait there, and a veth still in the group when the agent stops is deleted
+// at its next start (and with its pod's namespace in any case).
+func (a *Agent) dispose(links []hostveth.Link) {
+	if len(links) == 0 {
+		return
+	}
+	select {
+	case a.disposal <- struct{}{}:
+	default: // one is pending: it deletes these too
 	}
 }
 
-// disposeLoop deletes the veths of gone pods: everything queued meanwhile
-// goes in one request. It writes nothing before the agent is ready (the
-// caches synced, the dataplane programmed); a veth still in the group when the
-// agent stops is deleted at its next start (and with its pod's namespace in
-// any case).
-func (a *Agent) disposeLoop(ctx context.Context) {
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-a.disposal:
-		}
-	drain:
-		for {
-			select {
-			case <-a.disposal:
-			default:
-				break drain
-			}
-		}
-		if ok, _ := a.readiness(); ok {
-			a.deleteDisposed()
-		} // else the first reconcile pass deletes them
+// disposeIfReady deletes the veths of hostveth.Group on behalf of dispose,
+// without a whole reconcile pass. It writes nothing before the agent is ready
+// (the caches synced, the dataplane programmed): the first pass deletes them.
+// Only the reconcile goroutine calls it.
+func (a *Agent) disposeIfReady() {
+	if ok, _ := a.readiness(); ok {
+		a.deleteDisposed()
 	}
 }
 
+// deleteDisposed deletes the veths of hostveth.Group. A request of dispose
+// that came before it is answered by it. Only the reconcile goroutine calls it.
 func (a *Agent) deleteDisposed() {
-	if _, err := dataplane.DeleteDisposed(); err != nil {
+	select {
+	case <-a.disposal:
+	default:
+	}
+	if _, err := a.deleteVeths(); err != nil {
 		a.log.Warn("delete veths of gone pods", "err", err)
 	}
 }
@@ -255,7 +251,8 @@ func (a *Agent) Trigger() {
 	}
 }
 
-// reconcileLoop is the one writer of the node dataplane.
+// reconcileLoop is the one writer of the node's kernel state: the node
+// dataplane, and the deletion of the veths of gone pods.
 func (a *Agent) reconcileLoop(ctx context.Context) {
 	tick := time.NewTicker(a.cfg.Resync)
 	defer tick.Stop()
@@ -265,6 +262,9 @@ func (a *Agent) reconcileLoop(ctx context.Context) {
 		select {
 		case <-ctx.Done():
 			return
+		case <-a.disposal:
+			a.disposeIfReady()
+			continue
 		case <-a.trigger:
 		case <-tick.C:
 			resync = true

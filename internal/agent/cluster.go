@@ -8,7 +8,7 @@ import (
 	"time"
 
 	"github.com/tern-net/tern/bgp"
-	"github.com/tern-net/tern/dataplane"
+	"github.com/tern-net/tern/hostveth"
 	"github.com/tern-net/tern/internal/k8s"
 	"github.com/tern-net/tern/ipam"
 	"github.com/tern-net/tern/policy"
@@ -161,14 +161,14 @@ func (a *Agent) releaseGone(ctx context.Context) error {
 // down first (found from the pod's namespace, never by name: a new sandbox of
 // a pod of the same name has the same veth name), then the address.
 func (a *Agent) releaseAllocation(al ipam.Allocation) error {
-	var host dataplane.HostLink
+	var host hostveth.Link
 	if al.Netns != "" {
 		var err error
-		if host, err = dataplane.DetachHostVeth(al.Netns, al.IfName); err != nil {
+		if host, err = hostveth.Detach(al.Netns, al.IfName); err != nil {
 			return fmt.Errorf("release %s of gone pod %s/%s: %w", al.Key, al.Namespace, al.Pod, err)
 		}
 	}
-	if host.Index == 0 && al.HostIf != "" && dataplane.LinkUp(al.HostIf) {
+	if host.Index == 0 && al.HostIf != "" && hostveth.Up(al.HostIf) {
 		// Its namespace cannot be opened from here, and a live veth of its
 		// name exists: its owner cannot be told, so nothing is released.
 		return fmt.Errorf("gone pod %s/%s: cannot open %s to find its veth, and an up veth %s exists; left for CNI DEL or GC",

@@ -11,8 +11,8 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 
-	"github.com/tern-net/tern/cniplugin"
 	"github.com/tern-net/tern/dataplane"
+	"github.com/tern-net/tern/hostveth"
 	"github.com/tern-net/tern/internal/agentapi"
 	"github.com/tern-net/tern/policy"
 )
@@ -90,7 +90,7 @@ func (a *Agent) localPolicyPods(in *policy.Input) {
 			continue
 		}
 		key := p.Namespace + "/" + p.Name
-		p.HostIf = cniplugin.HostIfName(cniplugin.PodArgs{Namespace: p.Namespace, Name: p.Name}, "", "eth0")
+		p.HostIf = hostveth.Name(p.Namespace, p.Name, "", "eth0")
 		for _, j := range byPod[key] {
 			al := allocs[j]
 			if al.PodUID != "" {

@@ -15,7 +15,7 @@ import (
 	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
-	"github.com/tern-net/tern/cniplugin"
+	"github.com/tern-net/tern/hostveth"
 	"github.com/tern-net/tern/internal/k8s"
 	"github.com/tern-net/tern/ipam"
 	"github.com/tern-net/tern/policy"
@@ -39,7 +39,7 @@ func TestLocalPolicyPods(t *testing.T) {
 	if p := in.Pods[0]; p.HostIf != "terna" || !slices.Equal(p.IPs, []netip.Addr{netip.MustParseAddr("10.244.1.5")}) {
 		t.Errorf("x/a: %+v, want its allocation's veth and address", p)
 	}
-	want := cniplugin.HostIfName(cniplugin.PodArgs{Namespace: "x", Name: "b"}, "", "eth0")
+	want := hostveth.Name("x", "b", "", "eth0")
 	if p := in.Pods[1]; p.HostIf != want || len(p.IPs) != 0 {
 		t.Errorf("x/b (new UID): %+v, want veth %s and no address of the old pod", p, want)
 	}

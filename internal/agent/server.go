@@ -11,7 +11,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/tern-net/tern/dataplane"
+	"github.com/tern-net/tern/hostveth"
 	"github.com/tern-net/tern/internal/agentapi"
 	"github.com/tern-net/tern/ipam"
 )
@@ -53,9 +53,9 @@ func (a *Agent) serveAllocate(w http.ResponseWriter, r *http.Request) {
 	if !readJSON(w, r, &req) {
 		return
 	}
-	if !strings.HasPrefix(req.HostIf, dataplane.HostIfPrefix) || len(req.HostIf) > 15 {
+	if !strings.HasPrefix(req.HostIf, hostveth.Prefix) || len(req.HostIf) > 15 {
 		writeError(w, http.StatusBadRequest, agentapi.CodeBadRequest,
-			fmt.Sprintf("hostIf %q is not a tern host veth name (%q and at most 11 more characters)", req.HostIf, dataplane.HostIfPrefix))
+			fmt.Sprintf("hostIf %q is not a tern host veth name (%q and at most 11 more characters)", req.HostIf, hostveth.Prefix))
 		return
 	}
 	if ready, reason := a.readiness(); !ready {
@@ -103,7 +103,7 @@ func (a *Agent) serveRelease(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	for _, l := range req.Dispose {
-		if !strings.HasPrefix(l.Name, dataplane.HostIfPrefix) || l.Index <= 0 {
+		if !strings.HasPrefix(l.Name, hostveth.Prefix) || l.Index <= 0 {
 			writeError(w, http.StatusBadRequest, agentapi.CodeBadRequest, fmt.Sprintf("dispose: %+v is not a tern host veth", l))
 			return
 		}

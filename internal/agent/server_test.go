@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tern-net/tern/hostveth"
 	"github.com/tern-net/tern/internal/agentapi"
 	"github.com/tern-net/tern/ipam"
 )
@@ -90,7 +91,8 @@ func newTestAgent(t *testing.T, cfg Config, store *fakeStore) *testAgent {
 		t.Fatalf("ipam.New: %v", err)
 	}
 	a := &Agent{cfg: cfg, log: slog.New(slog.NewTextHandler(io.Discard, nil)), ipam: alloc, trigger: make(chan struct{}, 1),
-		disposal: make(chan agentapi.HostLink, 1024)} // never drained: nothing here deletes real links
+		disposal:    make(chan struct{}, 1), // drained only by a test that runs the loop
+		deleteVeths: func() (int, error) { return 0, errors.New("a test agent deletes no links") }}
 	a.ready = true
 	return &testAgent{a: a, store: store, h: a.handler()}
 }
@@ -242,14 +244,14 @@ func TestAllocateErrors(t *testing.T) {
 		{name: "unknown field", body: `{"containerID":"c1","ifName":"eth0","hostIf":"tern","bogus":1}`, status: 400, code: agentapi.CodeBadRequest, msgHas: "bogus"},
 		{name: "wrong type", body: `{"containerID":7,"ifName":"eth0","hostIf":"tern"}`, status: 400, code: agentapi.CodeBadRequest, msgHas: "malformed request"},
 		{name: "empty hostIf", body: allocBody("c1", "eth0", ""), status: 400, code: agentapi.CodeBadRequest, msgHas: "hostIf"},
-		{name: "empty containerID", body: allocBody("", "eth0", "tern"), status: 400, code: agentapi.CodeBadRequest, msgHas: "container ID"},
-		{name: "empty ifName", body: allocBody("c1", "", "tern"), status: 400, code: agentapi.CodeBadRequest, msgHas: "interface name"},
+		{name: "empty containerID", body: allocBody("", "eth0", hostveth.Prefix), status: 400, code: agentapi.CodeBadRequest, msgHas: "container ID"},
+		{name: "empty ifName", body: allocBody("c1", "", hostveth.Prefix), status: 400, code: agentapi.CodeBadRequest, msgHas: "interface name"},
 		{
 			name: "pool full",
 			cfg:  Config{PodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.1.0/30")}}, // .1 and .2
 			setup: func(t *testing.T, ta *testAgent) {
 				for _, c := range []string{"a", "b"} {
-					decode[agentapi.Allocation](t, ta.do(t, "POST", agentapi.PathAllocate, allocBody(c, "eth0", "tern"+c)), 200)
+					decode[agentapi.Allocation](t, ta.do(t, "POST", agentapi.PathAllocate, allocBody(c, "eth0", hostveth.Prefix+c)), 200)
 				}
 			},
 			body: allocBody("c", "eth0", "ternc"), status: 409, code: agentapi.CodePoolFull, msgHas: "10.244.1.0/30",
@@ -262,11 +264,11 @@ func TestAllocateErrors(t *testing.T) {
 			},
 			body: allocBody("c", "eth0", "ternc"), status: 409, code: agentapi.CodePoolFull, msgHas: "fd00::/127",
 		},
-		{name: "no pools", noPool: true, body: allocBody("c1", "eth0", "tern"), status: 409, code: agentapi.CodePoolFull, msgHas: "no pod CIDR"},
+		{name: "no pools", noPool: true, body: allocBody("c1", "eth0", hostveth.Prefix), status: 409, code: agentapi.CodePoolFull, msgHas: "no pod CIDR"},
 		{
 			name:  "not ready",
 			setup: func(_ *testing.T, ta *testAgent) { ta.a.ready = false },
-			body:  allocBody("c1", "eth0", "tern"), status: 503, code: agentapi.CodeNotReady, msgHas: "not programmed",
+			body:  allocBody("c1", "eth0", hostveth.Prefix), status: 503, code: agentapi.CodeNotReady, msgHas: "not programmed",
 		},
 		{
 			name: "not ready after a failed reconcile says why",
@@ -274,12 +276,12 @@ func TestAllocateErrors(t *testing.T) {
 				ta.a.ready = false
 				ta.a.lastErr = errors.New("iptables-restore: exit status 4")
 			},
-			body: allocBody("c1", "eth0", "tern"), status: 503, code: agentapi.CodeNotReady, msgHas: "exit status 4",
+			body: allocBody("c1", "eth0", hostveth.Prefix), status: 503, code: agentapi.CodeNotReady, msgHas: "exit status 4",
 		},
 		{
 			name:  "store write fails",
 			setup: func(_ *testing.T, ta *testAgent) { ta.store.putErr = errors.New("disk on fire") },
-			body:  allocBody("c1", "eth0", "tern"), status: 500, code: agentapi.CodeInternal, msgHas: "disk on fire",
+			body:  allocBody("c1", "eth0", hostveth.Prefix), status: 500, code: agentapi.CodeInternal, msgHas: "disk on fire",
 		},
 	}
 	for _, tt := range tests {
@@ -308,7 +310,7 @@ func TestAllocateErrors(t *testing.T) {
 func TestAllocateAfterPoolFullFreed(t *testing.T) {
 	ta := newTestAgent(t, Config{PodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.1.0/31")}}, newFakeStore())
 	for _, c := range []string{"a", "b"} {
-		decode[agentapi.Allocation](t, ta.do(t, "POST", agentapi.PathAllocate, allocBody(c, "eth0", "tern"+c)), 200)
+		decode[agentapi.Allocation](t, ta.do(t, "POST", agentapi.PathAllocate, allocBody(c, "eth0", hostveth.Prefix+c)), 200)
 	}
 	wantError(t, ta.do(t, "POST", agentapi.PathAllocate, allocBody("c", "eth0", "ternc")), 409, agentapi.CodePoolFull, "")
 	rel := decode[agentapi.Allocation](t, ta.do(t, "POST", agentapi.PathRelease, `{"containerID":"a","ifName":"eth0"}`), 200)
@@ -356,7 +358,7 @@ func TestRelease(t *testing.T) {
 
 func TestReleaseStoreFailureKeepsAllocation(t *testing.T) {
 	ta := newTestAgent(t, dualStack, newFakeStore())
-	decode[agentapi.Allocation](t, ta.do(t, "POST", agentapi.PathAllocate, allocBody("c1", "eth0", "tern")), 200)
+	decode[agentapi.Allocation](t, ta.do(t, "POST", agentapi.PathAllocate, allocBody("c1", "eth0", hostveth.Prefix)), 200)
 	ta.store.deleteErr = errors.New("disk on fire")
 	wantError(t, ta.do(t, "POST", agentapi.PathRelease, `{"containerID":"c1","ifName":"eth0"}`), 500, agentapi.CodeInternal, "disk on fire")
 	decode[agentapi.Allocation](t, ta.do(t, "GET", agentapi.PathAllocation+"?containerID=c1&ifName=eth0", ""), 200)
@@ -430,7 +432,7 @@ func TestGC(t *testing.T) {
 	old := time.Now().Add(-2 * time.Hour).UTC()
 	seed := func(cid, network, ip string) ipam.Allocation {
 		return ipam.Allocation{
-			Key: ipam.Key{ContainerID: cid, IfName: "eth0"}, Network: network, HostIf: "tern" + cid,
+			Key: ipam.Key{ContainerID: cid, IfName: "eth0"}, Network: network, HostIf: hostveth.Prefix + cid,
 			IPs: []netip.Addr{netip.MustParseAddr(ip)}, Created: old,
 		}
 	}
@@ -559,7 +561,7 @@ func TestStatus(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			ta := newTestAgent(t, Config{NodeName: "worker-3", PodCIDRs: dualStack.PodCIDRs}, newFakeStore())
 			for i := range tt.allocate {
-				decode[agentapi.Allocation](t, ta.do(t, "POST", agentapi.PathAllocate, allocBody(fmt.Sprint("c", i), "eth0", fmt.Sprint("tern", i))), 200)
+				decode[agentapi.Allocation](t, ta.do(t, "POST", agentapi.PathAllocate, allocBody(fmt.Sprint("c", i), "eth0", fmt.Sprint(hostveth.Prefix, i))), 200)
 			}
 			tt.setup(ta)
 			st := decode[agentapi.Status](t, ta.do(t, "GET", agentapi.PathStatus, ""), 200)

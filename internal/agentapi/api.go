@@ -17,7 +17,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/tern-net/tern/dataplane"
+	"github.com/tern-net/tern/hostveth"
 )
 
 // Paths served on the socket.
@@ -68,17 +68,13 @@ type Allocation struct {
 	MTU int `json:"mtu,omitempty"`
 }
 
-// HostLink names a host-side pod veth by name and index, so that a veth of
-// the same name made later for another sandbox is never mistaken for it.
-type HostLink = dataplane.HostLink
-
 // ReleaseRequest frees an attachment's addresses. Dispose lists host veths of
 // the attachment, already without routes, that the agent deletes after it
 // answers: deleting a veth waits for the kernel (an RCU grace period, 10-20 ms)
 // and the runtime need not wait for that.
 type ReleaseRequest struct {
 	Attachment
-	Dispose []HostLink `json:"dispose,omitempty"`
+	Dispose []hostveth.Link `json:"dispose,omitempty"`
 }
 
 // BGP is the agent's BGP speaker and what it installed.
@@ -209,7 +205,7 @@ func (c *Client) Get(ctx context.Context, a Attachment) (Allocation, error) {
 // Release frees an attachment's addresses; it returns the released record, or a
 // NotFound error when there was none. The veths in dispose are deleted in
 // either case.
-func (c *Client) Release(ctx context.Context, a Attachment, dispose ...HostLink) (Allocation, error) {
+func (c *Client) Release(ctx context.Context, a Attachment, dispose ...hostveth.Link) (Allocation, error) {
 	var al Allocation
 	err := c.do(ctx, "POST", PathRelease, ReleaseRequest{Attachment: a, Dispose: dispose}, &al)
 	return al, err

@@ -1,4 +1,4 @@
-package dataplane
+package hostveth
 
 import (
 	"errors"
@@ -15,13 +15,9 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// DisposeGroup is the link group of host veths whose pods are gone, waiting
-// for the agent to delete them all in one request.
-const DisposeGroup = 0x7e52
-
-// DeleteHostVeth deletes the tern veth with this name and index. A link that is
+// Delete deletes the tern veth with this name and index. A link that is
 // gone, or whose index now belongs to another name, is left alone.
-func DeleteHostVeth(name string, index int) error {
+func Delete(name string, index int) error {
 	link, err := netlink.LinkByIndex(index)
 	if err != nil {
 		var nf netlink.LinkNotFoundError
@@ -30,7 +26,7 @@ func DeleteHostVeth(name string, index int) error {
 		}
 		return fmt.Errorf("find link %d: %w", index, err)
 	}
-	if link.Attrs().Name != name || link.Type() != "veth" || !strings.HasPrefix(name, HostIfPrefix) {
+	if link.Attrs().Name != name || link.Type() != "veth" || !strings.HasPrefix(name, Prefix) {
 		return nil
 	}
 	if err := netlink.LinkDel(link); err != nil && !errors.Is(err, unix.ENODEV) {
@@ -39,7 +35,7 @@ func DeleteHostVeth(name string, index int) error {
 	return nil
 }
 
-// DeleteDisposed deletes the links of DisposeGroup: when all are tern veths,
+// DeleteDisposed deletes the links of Group: when all are tern veths,
 // in one request (the kernel then waits for one RCU grace period for all of
 // them, not one per veth); a link of the group that is not a tern veth is
 // never deleted, and then the tern veths go one by one.
@@ -51,10 +47,10 @@ func DeleteDisposed() (int, error) {
 	var ours []netlink.Link
 	foreign := false
 	for _, l := range links {
-		if l.Attrs().Group != DisposeGroup {
+		if l.Attrs().Group != Group {
 			continue
 		}
-		if l.Type() == "veth" && strings.HasPrefix(l.Attrs().Name, HostIfPrefix) {
+		if l.Type() == "veth" && strings.HasPrefix(l.Attrs().Name, Prefix) {
 			ours = append(ours, l)
 		} else {
 			foreign = true
@@ -66,7 +62,7 @@ func DeleteDisposed() (int, error) {
 	if !foreign {
 		req := nl.NewNetlinkRequest(unix.RTM_DELLINK, unix.NLM_F_ACK)
 		req.AddData(nl.NewIfInfomsg(unix.AF_UNSPEC))
-		req.AddData(nl.NewRtAttr(unix.IFLA_GROUP, nl.Uint32Attr(DisposeGroup)))
+		req.AddData(nl.NewRtAttr(unix.IFLA_GROUP, nl.Uint32Attr(Group)))
 		_, err := req.Execute(unix.NETLINK_ROUTE, 0)
 		if err == nil || errors.Is(err, unix.ENODEV) {
 			return len(ours), nil
@@ -75,32 +71,23 @@ func DeleteDisposed() (int, error) {
 	}
 	var errs []error
 	for _, l := range ours {
-		if err := DeleteHostVeth(l.Attrs().Name, l.Attrs().Index); err != nil {
+		if err := Delete(l.Attrs().Name, l.Attrs().Index); err != nil {
 			errs = append(errs, err)
 		}
 	}
 	if foreign {
-		errs = append(errs, fmt.Errorf("link group %#x holds links that are not tern veths; left alone", DisposeGroup))
+		errs = append(errs, fmt.Errorf("link group %#x holds links that are not tern veths; left alone", Group))
 	}
 	return len(ours), errors.Join(errs...)
 }
 
-// HostVethMAC is the MAC of every host-side pod veth: the pod's gateway.
-var HostVethMAC = net.HardwareAddr{0xee, 0xee, 0xee, 0xee, 0xee, 0xee}
-
-// HostLink names a host veth by name and index.
-type HostLink struct {
-	Name  string `json:"name"`
-	Index int    `json:"index"`
-}
-
-// DetachHostVeth finds the host veth paired with the pod's interface contIf
+// Detach finds the host veth paired with the pod's interface contIf
 // in the namespace at netnsPath, sets it down (which removes the host routes
 // to the pod through it) and marks it for the agent to delete. It returns a
-// zero HostLink when there is no such veth: the namespace or the interface is
+// zero Link when there is no such veth: the namespace or the interface is
 // gone, or its peer is not a tern veth.
-func DetachHostVeth(netnsPath, contIf string) (HostLink, error) {
-	var none HostLink
+func Detach(netnsPath, contIf string) (Link, error) {
+	var none Link
 	var nf netlink.LinkNotFoundError
 	podNS, err := ns.GetNS(netnsPath)
 	if err != nil {
@@ -141,8 +128,8 @@ func DetachHostVeth(netnsPath, contIf string) (HostLink, error) {
 	// The same index in this namespace could be another link: it is the peer
 	// only if it points back at the pod's interface and is tern's.
 	a := host.Attrs()
-	if host.Type() != "veth" || !strings.HasPrefix(a.Name, HostIfPrefix) ||
-		a.ParentIndex != cont.Attrs().Index || a.HardwareAddr.String() != HostVethMAC.String() {
+	if host.Type() != "veth" || !strings.HasPrefix(a.Name, Prefix) ||
+		a.ParentIndex != cont.Attrs().Index || a.HardwareAddr.String() != MAC.String() {
 		return none, nil
 	}
 	// Down takes the routes through it away at once; the group marks it for
@@ -150,14 +137,14 @@ func DetachHostVeth(netnsPath, contIf string) (HostLink, error) {
 	if err := hostNL.LinkSetDown(host); err != nil {
 		return none, fmt.Errorf("set host veth %s down: %w", a.Name, err)
 	}
-	if err := hostNL.LinkSetGroup(host, DisposeGroup); err != nil {
+	if err := hostNL.LinkSetGroup(host, Group); err != nil {
 		return none, fmt.Errorf("mark host veth %s for deletion: %w", a.Name, err)
 	}
-	return HostLink{Name: a.Name, Index: a.Index}, nil
+	return Link{Name: a.Name, Index: a.Index}, nil
 }
 
-// LinkUp reports whether a link of this name exists and is up.
-func LinkUp(name string) bool {
+// Up reports whether a link of this name exists and is up.
+func Up(name string) bool {
 	l, err := netlink.LinkByName(name)
 	return err == nil && l.Attrs().Flags&net.FlagUp != 0
 }
