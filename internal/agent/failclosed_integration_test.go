@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -87,6 +88,10 @@ func TestAddBeforePodKnown(t *testing.T) {
 	otherRT, otherNS := runtimeConf(other)
 	addWhenKnown(clientRT)
 	addWhenKnown(otherRT)
+	// A pod of the policy's, attached before: it shows when the agent has
+	// the policy.
+	web0RT, _ := runtimeConf(createPod("web0", map[string]string{"app": "web"}))
+	addWhenKnown(web0RT)
 	if _, err := env.Client.NetworkingV1().NetworkPolicies(ns).Create(ctx, &networkingv1.NetworkPolicy{
 		ObjectMeta: metav1.ObjectMeta{Name: "web-from-client"},
 		Spec: networkingv1.NetworkPolicySpec{
@@ -98,7 +103,8 @@ func TestAddBeforePodKnown(t *testing.T) {
 		t.Fatal(err)
 	}
 	if err := kubetest.Eventually(20*time.Second, func(ctx context.Context) (bool, error) {
-		return strings.Contains(n.AgentLog(), `msg="network policy applied" policies=1`), nil
+		pp, err := n.Client().Policy(ctx, ns+"/web0")
+		return err == nil && slices.Contains(pp.Ingress, ns+"/web-from-client"), nil
 	}); err != nil {
 		t.Fatalf("the agent did not apply the policy: %v\n%s", err, clustertest.Tail(n.AgentLog(), 3000))
 	}
