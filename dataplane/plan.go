@@ -1,8 +1,3 @@
-// Package dataplane owns the kernel state of a node that is not per pod: sysctls,
-// tern's routes (route protocol 96), tern's iptables chains, and the ipsets and
-// chains of the compiled NetworkPolicy ruleset (Policy). Plans are pure values
-// computed from the node's configuration; drivers read back what is installed,
-// and write only the difference.
 package dataplane
 
 import (
