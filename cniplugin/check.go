@@ -11,6 +11,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/tern-net/tern/hostveth"
+	"github.com/tern-net/tern/internal/route"
 )
 
 // checkAttachment verifies, in the host namespace and in the pod's, everything
@@ -102,9 +103,9 @@ func hasRoute(fam int, want *netlink.Route, withGw bool) bool {
 	if err != nil {
 		return false
 	}
-	wantDst, _ := prefixOf(want.Dst)
+	wantDst, _ := route.Prefix(want.Dst)
 	for _, r := range routes {
-		dst, ok := prefixOf(r.Dst)
+		dst, ok := route.Prefix(r.Dst)
 		if !ok {
 			dst = netip.PrefixFrom(netip.IPv6Unspecified(), 0)
 			if fam == netlink.FAMILY_V4 {

@@ -3,7 +3,6 @@ package cniplugin
 import (
 	"errors"
 	"fmt"
-	"net"
 	"net/netip"
 	"os"
 	"slices"
@@ -17,7 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/tern-net/tern/hostveth"
-	"github.com/tern-net/tern/internal/rtproto"
+	"github.com/tern-net/tern/internal/route"
 )
 
 // pair is a pod's veth pair under construction. Its methods run in the host
@@ -179,7 +178,7 @@ func (p *pair) configure(ips []netip.Addr, mtu int) (Attached, error) {
 
 	// Pod side: the address as a host route, the gateway on the link, default via it.
 	for _, ip := range ips {
-		addr := &netlink.Addr{IPNet: ipNet(netip.PrefixFrom(ip, ip.BitLen()))}
+		addr := &netlink.Addr{IPNet: route.IPNet(netip.PrefixFrom(ip, ip.BitLen()))}
 		if ip.Is6() {
 			addr.Flags = unix.IFA_F_NODAD
 		}
@@ -247,13 +246,13 @@ func podRoutes(linkIndex int, ips []netip.Addr) []*netlink.Route {
 	}
 	if v4 {
 		out = append(out,
-			&netlink.Route{LinkIndex: linkIndex, Dst: ipNet(netip.PrefixFrom(GatewayV4, 32)), Scope: netlink.SCOPE_LINK, Protocol: rtproto.Tern},
-			&netlink.Route{LinkIndex: linkIndex, Dst: ipNet(netip.MustParsePrefix("0.0.0.0/0")), Gw: GatewayV4.AsSlice(), Protocol: rtproto.Tern},
+			&netlink.Route{LinkIndex: linkIndex, Dst: route.IPNet(netip.PrefixFrom(GatewayV4, 32)), Scope: netlink.SCOPE_LINK, Protocol: route.Protocol},
+			&netlink.Route{LinkIndex: linkIndex, Dst: route.IPNet(netip.MustParsePrefix("0.0.0.0/0")), Gw: GatewayV4.AsSlice(), Protocol: route.Protocol},
 		)
 	}
 	if v6 {
 		out = append(out,
-			&netlink.Route{LinkIndex: linkIndex, Dst: ipNet(netip.MustParsePrefix("::/0")), Gw: GatewayV6.AsSlice(), Protocol: rtproto.Tern},
+			&netlink.Route{LinkIndex: linkIndex, Dst: route.IPNet(netip.MustParsePrefix("::/0")), Gw: GatewayV6.AsSlice(), Protocol: route.Protocol},
 		)
 	}
 	return out
@@ -263,9 +262,9 @@ func podRoutes(linkIndex int, ips []netip.Addr) []*netlink.Route {
 func hostRoute(linkIndex int, ip netip.Addr) *netlink.Route {
 	return &netlink.Route{
 		LinkIndex: linkIndex,
-		Dst:       ipNet(netip.PrefixFrom(ip, ip.BitLen())),
+		Dst:       route.IPNet(netip.PrefixFrom(ip, ip.BitLen())),
 		Scope:     netlink.SCOPE_LINK,
-		Protocol:  rtproto.Tern,
+		Protocol:  route.Protocol,
 	}
 }
 
@@ -286,7 +285,7 @@ func addHostRoute(nl *netlink.Handle, host netlink.Link, ip netip.Addr) error {
 		return fmt.Errorf("add host route %s: %w (and listing the one in the way: %v)", routeString(r), err, lerr)
 	}
 	for _, e := range existing {
-		if e.Protocol != rtproto.Tern {
+		if e.Protocol != route.Protocol {
 			return fmt.Errorf("add host route %s: a route to %s of protocol %d (not tern's) is in the way", routeString(r), ip, e.Protocol)
 		}
 	}
@@ -344,23 +343,4 @@ func writeSysctl(name, value string) error {
 func readSysctl(name string) (string, error) {
 	b, err := os.ReadFile("/proc/sys/" + name)
 	return strings.TrimSpace(string(b)), err
-}
-
-// ipNet is p as netlink takes it.
-func ipNet(p netip.Prefix) *net.IPNet {
-	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
-}
-
-// prefixOf converts a netlink destination; a nil one (a default route, in
-// some dumps) is not a prefix.
-func prefixOf(n *net.IPNet) (netip.Prefix, bool) {
-	if n == nil {
-		return netip.Prefix{}, false
-	}
-	a, ok := netip.AddrFromSlice(n.IP)
-	if !ok {
-		return netip.Prefix{}, false
-	}
-	ones, _ := n.Mask.Size()
-	return netip.PrefixFrom(a.Unmap(), ones), true
 }

@@ -13,6 +13,8 @@ import (
 	"strings"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/tern-net/tern/internal/route"
 )
 
 // LearnedRoute is a route to another node's prefix through one or more next
@@ -87,7 +89,7 @@ func (r TableRoute) hops() []NextHop {
 // the main table, unicast, through a gateway. tern's other routes (the pod
 // CIDR's blackhole, the pods' /32 routes) are not.
 func (r TableRoute) isLearned() bool {
-	return r.Table == unix.RT_TABLE_MAIN && r.Protocol == RouteProtocol && r.Type == unix.RTN_UNICAST &&
+	return r.Table == unix.RT_TABLE_MAIN && r.Protocol == route.Protocol && r.Type == unix.RTN_UNICAST &&
 		(r.Gw.IsValid() || len(r.MultiPath) > 0)
 }
 

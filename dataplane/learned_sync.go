@@ -12,6 +12,8 @@ import (
 	"github.com/containernetworking/plugins/pkg/netlinksafe"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/tern-net/tern/internal/route"
 )
 
 // SyncStats says what a SyncLearned changed.
@@ -62,7 +64,7 @@ func applyLearned(plan LearnedPlan) (SyncStats, error) {
 		st.Added++
 	}
 	for _, dst := range plan.Delete {
-		del := &netlink.Route{Dst: IPNet(dst), Protocol: RouteProtocol, Table: unix.RT_TABLE_MAIN}
+		del := &netlink.Route{Dst: route.IPNet(dst), Protocol: route.Protocol, Table: unix.RT_TABLE_MAIN}
 		if err := netlink.RouteDel(del); err != nil && !errors.Is(err, unix.ESRCH) {
 			errs = append(errs, fmt.Errorf("delete route %s: %w", dst, err))
 			continue
@@ -73,7 +75,7 @@ func applyLearned(plan LearnedPlan) (SyncStats, error) {
 }
 
 func learnedNetlinkRoute(r PlannedRoute) *netlink.Route {
-	nr := &netlink.Route{Dst: IPNet(r.Dst), Protocol: RouteProtocol, Table: unix.RT_TABLE_MAIN}
+	nr := &netlink.Route{Dst: route.IPNet(r.Dst), Protocol: route.Protocol, Table: unix.RT_TABLE_MAIN}
 	if len(r.Hops) == 1 {
 		nr.LinkIndex, nr.Gw = r.Hops[0].LinkIndex, r.Hops[0].Gw.AsSlice()
 		return nr
@@ -109,7 +111,7 @@ func tableRoutes(fam int, rs []netlink.Route) []TableRoute {
 		if r.Table != unix.RT_TABLE_MAIN && r.Table != unix.RT_TABLE_LOCAL {
 			continue
 		}
-		dst, ok := PrefixOf(r.Dst)
+		dst, ok := route.Prefix(r.Dst)
 		if !ok {
 			if r.Dst != nil {
 				continue
@@ -129,7 +131,7 @@ func tableRoutes(fam int, rs []netlink.Route) []TableRoute {
 			LinkIndex: r.LinkIndex,
 			Gw:        gatewayOf(r.Gw, r.Via),
 		}
-		ours := t.Protocol == RouteProtocol
+		ours := t.Protocol == route.Protocol
 		for _, h := range r.MultiPath {
 			if h.Flags&unix.RTNH_F_DEAD != 0 && !ours {
 				continue
@@ -154,9 +156,4 @@ func gatewayOf(gw net.IP, via netlink.Destination) netip.Addr {
 		}
 	}
 	return netip.Addr{}
-}
-
-// IPNet is p as netlink takes it.
-func IPNet(p netip.Prefix) *net.IPNet {
-	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
 }

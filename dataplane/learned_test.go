@@ -10,6 +10,8 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/tern-net/tern/internal/route"
 )
 
 // Routes of a table, as a dump shows them. Link 2 is the uplink, 3 a second
@@ -34,11 +36,11 @@ func localAddr(a string) TableRoute {
 }
 
 // tern marks r as tern's (protocol 96).
-func tern(r TableRoute) TableRoute { r.Protocol = RouteProtocol; return r }
+func tern(r TableRoute) TableRoute { r.Protocol = route.Protocol; return r }
 
 // installed is a learned route of tern's, hops as "gw@link".
 func installed(dst string, hops ...string) TableRoute {
-	r := TableRoute{Table: unix.RT_TABLE_MAIN, Dst: netip.MustParsePrefix(dst), Type: unix.RTN_UNICAST, Protocol: RouteProtocol}
+	r := TableRoute{Table: unix.RT_TABLE_MAIN, Dst: netip.MustParsePrefix(dst), Type: unix.RTN_UNICAST, Protocol: route.Protocol}
 	hs := parseHops(hops...)
 	if len(hs) == 1 {
 		r.Gw, r.LinkIndex = hs[0].Gw, hs[0].LinkIndex
@@ -368,7 +370,7 @@ func TestTableRoutes(t *testing.T) {
 		{Table: unix.RT_TABLE_MAIN, Type: unix.RTN_UNICAST, Dst: ipnet("10.99.0.0/16"), MultiPath: []*netlink.NexthopInfo{
 			{LinkIndex: 2, Gw: net.ParseIP("10.210.0.2"), Flags: unix.RTNH_F_DEAD}, {LinkIndex: 3, Gw: net.ParseIP("10.211.0.2")}}},
 		{Table: unix.RT_TABLE_MAIN, Type: unix.RTN_UNICAST, Dst: ipnet("10.98.0.0/16"), LinkIndex: 2, Gw: net.ParseIP("10.210.0.2"), Flags: unix.RTNH_F_DEAD},
-		{Table: unix.RT_TABLE_MAIN, Type: unix.RTN_UNICAST, Protocol: RouteProtocol, Dst: ipnet("10.244.8.0/24"), MultiPath: []*netlink.NexthopInfo{
+		{Table: unix.RT_TABLE_MAIN, Type: unix.RTN_UNICAST, Protocol: route.Protocol, Dst: ipnet("10.244.8.0/24"), MultiPath: []*netlink.NexthopInfo{
 			{LinkIndex: 3, Gw: net.ParseIP("10.211.0.2"), Flags: unix.RTNH_F_DEAD}, {LinkIndex: 2, Gw: net.ParseIP("10.210.0.2")}}},
 	})
 	var lines []string

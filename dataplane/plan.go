@@ -8,12 +8,8 @@ import (
 	"strings"
 
 	"github.com/tern-net/tern/hostveth"
-	"github.com/tern-net/tern/internal/rtproto"
 	"github.com/tern-net/tern/policy"
 )
-
-// RouteProtocol marks every route tern writes (rtproto.Tern).
-const RouteProtocol = rtproto.Tern
 
 // Chain names; all of tern's chains start with "TERN-".
 const (

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/tern-net/tern/internal/route"
 	"github.com/tern-net/tern/policy"
 )
 
@@ -34,7 +35,7 @@ func renderPlan(p Plan) string {
 		if r.Blackhole {
 			kind = "blackhole"
 		}
-		fmt.Fprintf(&b, "%s %s proto %d\n", kind, r.Dst, RouteProtocol)
+		fmt.Fprintf(&b, "%s %s proto %d\n", kind, r.Dst, route.Protocol)
 	}
 	for _, c := range p.Chains {
 		fmt.Fprintf(&b, "\n# %s *%s\n:%s - [0:0]\n", family(c.IPv6), c.Table, c.Name)

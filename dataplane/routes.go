@@ -4,11 +4,11 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"net/netip"
 	"strings"
 
 	"github.com/containernetworking/plugins/pkg/netlinksafe"
 	"github.com/tern-net/tern/hostveth"
+	"github.com/tern-net/tern/internal/route"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )
@@ -18,7 +18,7 @@ import (
 func installedRoutes() ([]Route, error) {
 	var out []Route
 	for _, fam := range []int{netlink.FAMILY_V4, netlink.FAMILY_V6} {
-		rs, err := netlinksafe.RouteListFiltered(fam, &netlink.Route{Protocol: RouteProtocol, Table: unix.RT_TABLE_MAIN},
+		rs, err := netlinksafe.RouteListFiltered(fam, &netlink.Route{Protocol: route.Protocol, Table: unix.RT_TABLE_MAIN},
 			netlink.RT_FILTER_PROTOCOL|netlink.RT_FILTER_TABLE)
 		if err != nil {
 			return nil, fmt.Errorf("list routes: %w", err)
@@ -27,7 +27,7 @@ func installedRoutes() ([]Route, error) {
 			if r.Type != unix.RTN_BLACKHOLE || r.Dst == nil {
 				continue
 			}
-			p, ok := PrefixOf(r.Dst)
+			p, ok := route.Prefix(r.Dst)
 			if !ok {
 				continue
 			}
@@ -39,8 +39,8 @@ func installedRoutes() ([]Route, error) {
 
 func netlinkRoute(r Route) *netlink.Route {
 	nr := &netlink.Route{
-		Dst:      IPNet(r.Dst),
-		Protocol: RouteProtocol,
+		Dst:      route.IPNet(r.Dst),
+		Protocol: route.Protocol,
 		Table:    unix.RT_TABLE_MAIN,
 	}
 	if r.Blackhole {
@@ -77,20 +77,6 @@ func applyRoutes(desired []Route) (added, deleted int, err error) {
 		deleted++
 	}
 	return added, deleted, errors.Join(errs...)
-}
-
-// PrefixOf converts a netlink destination; a nil one (a default route, in some
-// dumps) is not a prefix.
-func PrefixOf(n *net.IPNet) (netip.Prefix, bool) {
-	if n == nil {
-		return netip.Prefix{}, false
-	}
-	a, ok := netip.AddrFromSlice(n.IP)
-	if !ok {
-		return netip.Prefix{}, false
-	}
-	ones, _ := n.Mask.Size()
-	return netip.PrefixFrom(a.Unmap(), ones), true
 }
 
 // UplinkMTU is the MTU of the interface of the default route (IPv4, then IPv6);
