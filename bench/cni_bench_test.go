@@ -41,7 +41,7 @@ func summarize(d []time.Duration, wall time.Duration) latencies {
 
 // phase runs op for every pod with `workers` concurrent callers and returns
 // each call's latency and the wall time of the whole phase.
-func phase(b *testing.B, podNS []ns.NetNS, workers int, op func(rt *libcni.RuntimeConf) error) ([]time.Duration, time.Duration) {
+func phase(b *testing.B, podNS []ns.NetNS, workers int, op func(i int, rt *libcni.RuntimeConf) error) ([]time.Duration, time.Duration) {
 	d := make([]time.Duration, len(podNS))
 	next := make(chan int)
 	var wg sync.WaitGroup
@@ -54,7 +54,7 @@ func phase(b *testing.B, podNS []ns.NetNS, workers int, op func(rt *libcni.Runti
 			for i := range next {
 				rt := nodetest.RuntimeConf(fmt.Sprintf("bench%03d", i), podNS[i])
 				t0 := time.Now()
-				if err := op(rt); err != nil {
+				if err := op(i, rt); err != nil {
 					failed.Do(func() { b.Errorf("pod %d: %v", i, err) })
 				}
 				d[i] = time.Since(t0)
@@ -75,11 +75,25 @@ type pooled struct {
 	addWall, delWall time.Duration
 }
 
-func (p *pooled) run(b *testing.B, n *nodetest.Node, list *libcni.NetworkConfigList, podNS []ns.NetNS, workers int) {
-	d, w := phase(b, podNS, workers, func(rt *libcni.RuntimeConf) error { _, err := n.Add(list, rt); return err })
+func (p *pooled) run(b *testing.B, pl plugin, podNS []ns.NetNS, workers int) {
+	d, w := phase(b, podNS, workers, pl.add)
 	p.add, p.addWall = append(p.add, d...), p.addWall+w
-	d, w = phase(b, podNS, workers, func(rt *libcni.RuntimeConf) error { return n.Del(list, rt) })
+	d, w = phase(b, podNS, workers, pl.del)
 	p.del, p.delWall = append(p.del, d...), p.delWall+w
+}
+
+// plugin is one way to attach pods: a CNI plugin through libcni, or the
+// kernel floor.
+type plugin struct {
+	name     string
+	add, del func(i int, rt *libcni.RuntimeConf) error
+}
+
+func cniPlugin(name string, n *nodetest.Node, list *libcni.NetworkConfigList) plugin {
+	return plugin{name: name,
+		add: func(_ int, rt *libcni.RuntimeConf) error { _, err := n.Add(list, rt); return err },
+		del: func(_ int, rt *libcni.RuntimeConf) error { return n.Del(list, rt) },
+	}
 }
 
 type row struct {
@@ -89,8 +103,10 @@ type row struct {
 }
 
 // BenchmarkCNI measures CNI ADD and DEL latency (p50, p99) and pods per second
-// for tern and for Debian's ptp + host-local (the CNI project's reference
-// plugins), with 1 and 10 concurrent callers over 200 pods, in the same run.
+// for tern, for Debian's ptp + host-local (the CNI project's reference
+// plugins) and for the kernel floor (the same veth, addresses, routes and
+// neighbour entries made by one process with netlink: floor), with 1 and 10
+// concurrent callers over 200 pods, in the same run.
 func BenchmarkCNI(b *testing.B) {
 	if b.N > 1 {
 		b.Skip("one measured run: use -benchtime 1x (make bench does)")
@@ -112,18 +128,16 @@ func BenchmarkCNI(b *testing.B) {
 	for i := range podNS {
 		podNS[i] = tern.NewPodNS()
 	}
-	type plugin struct {
-		name string
-		n    *nodetest.Node
-		list *libcni.NetworkConfigList
-	}
-	plugins := []plugin{{"tern", tern, ternList}, {"ptp+host-local", ref, ptpList}}
+	fl := &floor{node: nodetest.NewNodeNS(b).NS, podNS: podNS}
+	plugins := []plugin{cniPlugin("tern", tern, ternList), cniPlugin("ptp+host-local", ref, ptpList),
+		{name: "floor (netlink only)", add: func(i int, _ *libcni.RuntimeConf) error { return fl.add(i) },
+			del: func(i int, _ *libcni.RuntimeConf) error { return fl.del(i) }}}
 	for _, p := range plugins {
 		// Warm the page cache and the binaries once, untimed.
-		if _, err := p.n.Add(p.list, nodetest.RuntimeConf("warm", podNS[0])); err != nil {
+		if err := p.add(0, nodetest.RuntimeConf("warm", podNS[0])); err != nil {
 			b.Fatalf("%s warm-up: %v", p.name, err)
 		}
-		if err := p.n.Del(p.list, nodetest.RuntimeConf("warm", podNS[0])); err != nil {
+		if err := p.del(0, nodetest.RuntimeConf("warm", podNS[0])); err != nil {
 			b.Fatalf("%s warm-up: %v", p.name, err)
 		}
 	}
@@ -135,7 +149,7 @@ func BenchmarkCNI(b *testing.B) {
 		for round := range rounds {
 			for k := range plugins {
 				i := (k + round) % len(plugins)
-				res[i].run(b, plugins[i].n, plugins[i].list, podNS, workers)
+				res[i].run(b, plugins[i], podNS, workers)
 			}
 		}
 		for i, p := range plugins {
@@ -151,12 +165,16 @@ func BenchmarkCNI(b *testing.B) {
 			})
 		}
 	}
-	for i := 0; i+1 < len(rows); i += 2 {
-		t, r := rows[i], rows[i+1]
+	for i := 0; i+2 < len(rows); i += 3 {
+		t, r, f := rows[i], rows[i+1], rows[i+2]
 		b.Run(fmt.Sprintf("ratio-tern-over-ptp/callers=%d", t.workers), func(b *testing.B) {
 			b.ReportMetric(ms(t.add.p50)/ms(r.add.p50), "add-p50-x")
 			b.ReportMetric(ms(t.del.p50)/ms(r.del.p50), "del-p50-x")
 			b.ReportMetric(t.add.perSec/r.add.perSec, "attach/s-x")
+		})
+		b.Run(fmt.Sprintf("ratio-tern-over-floor/callers=%d", t.workers), func(b *testing.B) {
+			b.ReportMetric(ms(t.add.p50)/ms(f.add.p50), "add-p50-x")
+			b.ReportMetric(ms(t.del.p50)/ms(f.del.p50), "del-p50-x")
 		})
 	}
 	writeTable(b, rows)
@@ -210,10 +228,11 @@ func writeTable(b *testing.B, rows []row) {
 		fmt.Fprintf(&s, "| %s | %d | %.2f | %.2f | %.2f | %.2f | %.0f |\n", r.plugin, r.workers,
 			ms(r.add.p50), ms(r.add.p99), ms(r.del.p50), ms(r.del.p99), r.add.perSec)
 	}
-	s.WriteString("\n| callers | ADD p50 tern/ptp | DEL p50 tern/ptp | attached/s tern/ptp |\n|---|---|---|---|\n")
-	for i := 0; i+1 < len(rows); i += 2 {
-		t, r := rows[i], rows[i+1]
-		fmt.Fprintf(&s, "| %d | %.2fx | %.2fx | %.2fx |\n", t.workers, ms(t.add.p50)/ms(r.add.p50), ms(t.del.p50)/ms(r.del.p50), t.add.perSec/r.add.perSec)
+	s.WriteString("\n| callers | ADD p50 tern/ptp | DEL p50 tern/ptp | attached/s tern/ptp | ADD p50 tern/floor | DEL p50 tern/floor |\n|---|---|---|---|---|---|\n")
+	for i := 0; i+2 < len(rows); i += 3 {
+		t, r, f := rows[i], rows[i+1], rows[i+2]
+		fmt.Fprintf(&s, "| %d | %.2fx | %.2fx | %.2fx | %.2fx | %.2fx |\n", t.workers, ms(t.add.p50)/ms(r.add.p50), ms(t.del.p50)/ms(r.del.p50),
+			t.add.perSec/r.add.perSec, ms(t.add.p50)/ms(f.add.p50), ms(t.del.p50)/ms(f.del.p50))
 	}
 	appendOut(b, s.String())
 }
