@@ -10,6 +10,7 @@ import (
 	"net/url"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -59,10 +60,10 @@ func TestReconcileWithoutAPIServer(t *testing.T) {
 		return
 	}
 	c := clustertest.NewCluster(t)
-	n := nodetest.NewNodeNS(t)
-	if err := n.Exec("ip", "addr", "add", "10.36.0.1/32", "dev", "lo"); err != nil {
-		t.Fatal(err)
-	}
+	nodetest.RequireRoot(t)
+	netns := clustertest.NewNS(t)
+	name, dir := filepath.Base(netns.Path()), t.TempDir()
+	clustertest.Run(t, netns, "ip", "addr", "add", "10.36.0.1/32", "dev", "lo")
 	ctx := context.Background()
 	secrets := c.Env.Client.CoreV1().Secrets("tern-system")
 	if _, err := secrets.Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "bgp-offline"},
@@ -75,30 +76,36 @@ func TestReconcileWithoutAPIServer(t *testing.T) {
 	c.Apply(`apiVersion: tern.io/v1alpha1
 kind: BGPPeer
 metadata: {name: offline-tor}
-spec: {peerIP: 10.36.0.254, asNumber: 65001, node: ` + n.Name + `, passwordSecretRef: {name: bgp-offline, key: password}}
+spec: {peerIP: 10.36.0.254, asNumber: 65001, node: ` + name + `, passwordSecretRef: {name: bgp-offline, key: password}}
 `)
 	nodes := c.Env.Client.CoreV1().Nodes()
-	if _, err := nodes.Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: n.Name,
+	if _, err := nodes.Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name,
 		Annotations: map[string]string{k8s.AddressAnnotation: "10.36.0.1"}}}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = nodes.Delete(context.Background(), n.Name, metav1.DeleteOptions{}) })
+	t.Cleanup(func() { _ = nodes.Delete(context.Background(), name, metav1.DeleteOptions{}) })
 	var podCIDR string
 	if err := kubetest.Eventually(30*time.Second, func(ctx context.Context) (bool, error) {
-		nd, err := nodes.Get(ctx, n.Name, metav1.GetOptions{})
+		nd, err := nodes.Get(ctx, name, metav1.GetOptions{})
 		if err == nil {
 			podCIDR = nd.Spec.PodCIDR
 		}
 		return podCIDR != "", err
 	}); err != nil {
-		t.Fatalf("node %s has no podCIDR: %v", n.Name, err)
+		t.Fatalf("node %s has no podCIDR: %v", name, err)
 	}
-	_, kubeconfig := c.Connect(n, true)
-	p, err := json.Marshal(offlineParams{Kubeconfig: kubeconfig, Node: n.Name, Dir: n.Dir, PodCIDR: netip.MustParsePrefix(podCIDR)})
+	api, err := url.Parse(c.Env.Config.Host)
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command("nsenter", "--net="+n.NS.Path(), "--", os.Args[0],
+	fwd := nodetest.Forward(t, netns, api.Host, true)
+	token := c.Env.ServiceAccountConfig(t, "tern-system", "tern-agent").BearerToken
+	kubeconfig := clustertest.KubeconfigVia(t, c.Env, token, "https://"+fwd.Addr, dir)
+	p, err := json.Marshal(offlineParams{Kubeconfig: kubeconfig, Node: name, Dir: dir, PodCIDR: netip.MustParsePrefix(podCIDR)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command("nsenter", "--net="+netns.Path(), "--", os.Args[0],
 		"-test.run=^TestReconcileWithoutAPIServer$", "-test.v", "-test.count=1", "-test.timeout=3m")
 	cmd.Env = append(os.Environ(), offlineEnv+"="+string(p))
 	out, err := cmd.CombinedOutput()
