@@ -61,7 +61,7 @@ func TestManifestsInstall(t *testing.T) {
 		{"update", "nodes --subresource=status", "", "no"},
 		{"list", "secrets", "tern-system", "yes"},
 		{"watch", "secrets", "tern-system", "yes"},
-		{"get", "secrets", "tern-system", "no"}, // the agent reads its cache
+		{"get", "secrets", "tern-system", "yes"},
 		{"list", "secrets", "kube-system", "no"},
 		{"watch", "secrets", "default", "no"},
 		{"list", "secrets", "", "no"},

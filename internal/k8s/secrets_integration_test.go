@@ -95,11 +95,11 @@ func TestBGPPasswordsFromSecretsCache(t *testing.T) {
 	wait("no Secret", func(_ string, err error) bool { return err != nil && strings.Contains(err.Error(), "not found") })
 
 	secrets := env.Client.CoreV1().Secrets(ns)
+	before := events.Load()
 	if _, err := secrets.Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "bgp-md5"},
 		StringData: map[string]string{"password": "first"}}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	before := events.Load()
 	wait("Secret created", func(pw string, err error) bool { return err == nil && pw == "first" })
 	if events.Load() == before {
 		t.Fatal("no event for the new Secret")
