@@ -63,7 +63,7 @@ func run(args []string) error {
 	fs.DurationVar(&cfg.GCMinAge, "gc-min-age", time.Minute, "CNI GC spares allocations younger than this (an ADD may be in flight)")
 	fs.DurationVar(&cfg.PodReleaseGrace, "pod-release-grace", time.Minute, "release the address of a pod gone from the API after this long (Kubernetes mode)")
 	fs.BoolVar(&cfg.BGP, "bgp", true, "run the BGP speaker: announce this node's pod CIDRs, install the other nodes' (Kubernetes mode)")
-	fs.StringVar(&cfg.SecretNamespace, "secret-namespace", envOr("POD_NAMESPACE", "tern-system"), "namespace of the Secrets that BGPPeers name (default $POD_NAMESPACE or tern-system)")
+	secretNamespace := fs.String("secret-namespace", envOr("POD_NAMESPACE", "tern-system"), "namespace of the Secrets that BGPPeers name (default $POD_NAMESPACE or tern-system); the agent watches the Secrets there")
 	fs.DurationVar(&cfg.Resync, "resync", 30*time.Second, "period of the resync that repairs drift")
 	fs.BoolVar(&cfg.NetworkPolicy, "network-policy", true, "enforce Kubernetes NetworkPolicy (Kubernetes mode)")
 	fs.BoolVar(&cfg.LogDrops, "log-policy-drops", false, "log packets dropped by NetworkPolicy to NFLOG group 2500 (rate-limited)")
@@ -102,7 +102,10 @@ func run(args []string) error {
 		if err != nil {
 			return fmt.Errorf("client of the Kubernetes API: %w", err)
 		}
-		cluster = k8s.NewWatcher(client, dyn, cfg.NodeName, log)
+		if !cfg.BGP {
+			*secretNamespace = "" // no passwords to read
+		}
+		cluster = k8s.NewWatcher(client, dyn, cfg.NodeName, *secretNamespace, log)
 	} else if *kubeconfig != "" {
 		return fmt.Errorf("--pod-cidr (standalone mode) and --kubeconfig exclude each other")
 	}

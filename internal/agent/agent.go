@@ -46,8 +46,6 @@ type Config struct {
 	Version string
 	// BGP runs the speaker (Kubernetes mode).
 	BGP bool
-	// SecretNamespace holds the Secrets of BGP passwords.
-	SecretNamespace string
 	// NetworkPolicy enforces Kubernetes NetworkPolicy (Kubernetes mode).
 	NetworkPolicy bool
 	// LogDrops logs packets that policy drops (NFLOG group 2500, rate-limited).
@@ -91,6 +89,7 @@ type Agent struct {
 	// Owned by the reconcile goroutine.
 	runCtx           context.Context
 	routing          routing
+	api              apiCalls
 	networkAvailable bool
 	localNode        k8s.Node               // as read by this pass's clusterPools
 	missing          map[ipam.Key]time.Time // allocations whose pod is gone, since

@@ -26,7 +26,8 @@ type Cluster interface {
 	// PodGone asks the API server (not a cache) whether the pod with uid is gone.
 	PodGone(ctx context.Context, namespace, name, uid string) (bool, error)
 	// BGPInput returns every node, the BGPConfiguration and the BGPPeers.
-	BGPInput(ctx context.Context, secretNamespace string) ([]bgp.NodeInfo, bgp.Config, []bgp.PeerSpec, []error)
+	// It reads caches only, never the API server.
+	BGPInput() ([]bgp.NodeInfo, bgp.Config, []bgp.PeerSpec, []error)
 	// ServiceIPs returns the Services' external and load-balancer IPs.
 	ServiceIPs() ([]bgp.ServiceIP, error)
 	SetNetworkAvailable(ctx context.Context) error
@@ -91,14 +92,18 @@ func (a *Agent) outsidePools() int {
 
 // afterProgrammed does what follows a successful dataplane pass: tell the API
 // the node's network is up (whenever the Node says otherwise: it may have
-// been re-created), and release the addresses of pods gone.
+// been re-created), and release the addresses of pods gone. Neither waits
+// for the API server (see apiCalls).
 func (a *Agent) afterProgrammed(ctx context.Context) error {
 	if !a.networkAvailable {
-		if err := a.cluster.SetNetworkAvailable(ctx); err != nil {
+		done, err := a.setNetworkAvailable(ctx)
+		if err != nil {
 			return err
 		}
-		a.networkAvailable = true
-		a.log.Info("node condition NetworkUnavailable set to False")
+		if done {
+			a.networkAvailable = true
+			a.log.Info("node condition NetworkUnavailable set to False")
+		}
 	}
 	return a.releaseGone(ctx)
 }
@@ -107,7 +112,9 @@ func (a *Agent) afterProgrammed(ctx context.Context) error {
 // node (deleted, or recreated under the same name with a new UID) once they
 // have been missing for the grace period. The runtime's DEL normally does
 // this; this catches DELs that never came. Allocations without pod names
-// (made outside Kubernetes) are left to CNI DEL and GC.
+// (made outside Kubernetes) are left to CNI DEL and GC. The API server's
+// word, which it takes last, comes from a goroutine: a pass asks, a later
+// pass releases.
 func (a *Agent) releaseGone(ctx context.Context) error {
 	pods, err := a.cluster.LocalPods()
 	if err != nil {
@@ -116,6 +123,7 @@ func (a *Agent) releaseGone(ctx context.Context) error {
 	now := time.Now()
 	seen := map[ipam.Key]bool{}
 	var errs []error
+	var ask []ipam.Allocation
 	for _, al := range a.ipam.List() {
 		if al.Pod == "" {
 			continue
@@ -137,10 +145,13 @@ func (a *Agent) releaseGone(ctx context.Context) error {
 			continue
 		}
 		// The cache can be stale (a broken watch): the API server decides.
-		gone, err := a.cluster.PodGone(ctx, al.Namespace, al.Pod, al.PodUID)
-		if err != nil || !gone {
-			if err != nil {
-				errs = append(errs, fmt.Errorf("check pod %s/%s: %w", al.Namespace, al.Pod, err))
+		ans, answered := a.podAnswer(al, &ask)
+		if !answered {
+			continue
+		}
+		if ans.err != nil || !ans.gone {
+			if ans.err != nil {
+				errs = append(errs, fmt.Errorf("check pod %s/%s: %w", al.Namespace, al.Pod, ans.err))
 			}
 			delete(a.missing, al.Key)
 			continue
@@ -154,6 +165,7 @@ func (a *Agent) releaseGone(ctx context.Context) error {
 			delete(a.missing, k)
 		}
 	}
+	a.askPods(ctx, ask, seen)
 	return errors.Join(errs...)
 }
 

@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -26,7 +27,10 @@ type fakeCluster struct {
 	cache   map[string]k8s.Pod
 	live    map[string]k8s.Pod
 	liveErr error
-	patches int
+	// block, when not nil, holds the API calls until it is closed.
+	block    chan struct{}
+	patches  atomic.Int32
+	patchErr error
 }
 
 var _ Cluster = (*fakeCluster)(nil)
@@ -38,16 +42,25 @@ func (f *fakeCluster) LocalPods() (map[string]k8s.Pod, error) {
 	return f.cache, nil
 }
 func (f *fakeCluster) PodGone(_ context.Context, ns, name, uid string) (bool, error) {
+	if f.block != nil {
+		<-f.block
+	}
 	if f.liveErr != nil {
 		return false, f.liveErr
 	}
 	p, ok := f.live[ns+"/"+name]
 	return !ok || (uid != "" && !p.HasUID(uid)), nil
 }
-func (f *fakeCluster) SetNetworkAvailable(context.Context) error { f.patches++; return nil }
-func (f *fakeCluster) ServiceIPs() ([]bgp.ServiceIP, error)      { return nil, nil }
-func (f *fakeCluster) PolicyInput() (policy.Input, error)        { return policy.Input{}, nil }
-func (f *fakeCluster) BGPInput(context.Context, string) ([]bgp.NodeInfo, bgp.Config, []bgp.PeerSpec, []error) {
+func (f *fakeCluster) SetNetworkAvailable(context.Context) error {
+	if f.block != nil {
+		<-f.block
+	}
+	f.patches.Add(1)
+	return f.patchErr
+}
+func (f *fakeCluster) ServiceIPs() ([]bgp.ServiceIP, error) { return nil, nil }
+func (f *fakeCluster) PolicyInput() (policy.Input, error)   { return policy.Input{}, nil }
+func (f *fakeCluster) BGPInput() ([]bgp.NodeInfo, bgp.Config, []bgp.PeerSpec, []error) {
 	return nil, bgp.DefaultConfig(), nil, nil
 }
 
@@ -152,7 +165,7 @@ func TestReleaseGone(t *testing.T) {
 				t.Fatalf("first pass released at once: left %v", got)
 			}
 			time.Sleep(2 * grace)
-			err := a.releaseGone(context.Background())
+			err := settle(t, a, func() error { return a.releaseGone(context.Background()) })
 			if (c.liveErr != nil) != (err != nil) {
 				t.Fatalf("err %v", err)
 			}
@@ -160,6 +173,50 @@ func TestReleaseGone(t *testing.T) {
 				t.Fatalf("left %v, want %v", got, c.left)
 			}
 		})
+	}
+}
+
+// settle runs step, a part of a pass, until the calls to the API server it
+// started have been answered and taken in; it returns the error of the last run.
+func settle(t *testing.T, a *Agent, step func() error) error {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		err := step()
+		if !a.api.checking && !a.api.patching {
+			return err
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the API calls of the pass are not answered")
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// TestAPICallsDoNotBlock: a pass does not wait for the API server; its
+// answers are taken in by a later pass.
+func TestAPICallsDoNotBlock(t *testing.T) {
+	const grace = 10 * time.Millisecond
+	f := &fakeCluster{synced: true, node: k8s.Node{Name: "n1"}, block: make(chan struct{})}
+	a := clusterAgent(t, f, grace, podAlloc("c1", "default", "web", "u1", "10.244.1.2", time.Hour))
+	_ = a.releaseGone(context.Background())
+	time.Sleep(2 * grace)
+	t0 := time.Now()
+	if err := a.afterProgrammed(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if d := time.Since(t0); d > 100*time.Millisecond {
+		t.Fatalf("the pass waited %v for the API server", d)
+	}
+	if !a.api.patching || !a.api.checking || len(left(a)) != 1 || a.networkAvailable {
+		t.Fatalf("patching %v, checking %v, left %v, available %v", a.api.patching, a.api.checking, left(a), a.networkAvailable)
+	}
+	close(f.block) // the API server answers
+	if err := settle(t, a, func() error { return a.afterProgrammed(context.Background()) }); err != nil {
+		t.Fatal(err)
+	}
+	if len(left(a)) != 0 || !a.networkAvailable || f.patches.Load() != 1 {
+		t.Fatalf("left %v, available %v, patches %d", left(a), a.networkAvailable, f.patches.Load())
 	}
 }
 
@@ -187,18 +244,29 @@ func TestClusterPools(t *testing.T) {
 		t.Fatalf("pools %v", got)
 	}
 	// The condition is patched whenever the Node does not say False.
-	if err := a.afterProgrammed(context.Background()); err != nil || f.patches != 1 {
-		t.Fatalf("patches %d, %v", f.patches, err)
+	after := func() error { return settle(t, a, func() error { return a.afterProgrammed(context.Background()) }) }
+	if err := after(); err != nil || f.patches.Load() != 1 || !a.networkAvailable {
+		t.Fatalf("patches %d, %v", f.patches.Load(), err)
 	}
 	_ = a.clusterPools()
-	_ = a.afterProgrammed(context.Background())
-	if f.patches != 2 {
-		t.Fatalf("a Node without the condition was not patched again: %d", f.patches)
+	_ = after()
+	if f.patches.Load() != 2 {
+		t.Fatalf("a Node without the condition was not patched again: %d", f.patches.Load())
 	}
 	f.node.NetworkAvailable = true
 	_ = a.clusterPools()
-	_ = a.afterProgrammed(context.Background())
-	if f.patches != 2 {
-		t.Fatalf("patched a Node that says so already: %d", f.patches)
+	_ = after()
+	if f.patches.Load() != 2 {
+		t.Fatalf("patched a Node that says so already: %d", f.patches.Load())
+	}
+	// A failed patch fails the pass, and the next one tries again.
+	f.node.NetworkAvailable, f.patchErr = false, errors.New("connection refused")
+	_ = a.clusterPools()
+	if err := after(); err == nil || a.networkAvailable {
+		t.Fatalf("a failed patch: %v, available %v", err, a.networkAvailable)
+	}
+	f.patchErr = nil
+	if err := after(); err != nil || !a.networkAvailable || f.patches.Load() != 4 {
+		t.Fatalf("after a failed patch: %v, available %v, patches %d", err, a.networkAvailable, f.patches.Load())
 	}
 }

@@ -26,7 +26,14 @@ type routing struct {
 	downSince    map[string]time.Time
 	warned       map[string]bool
 	warnedFamily bool
+	// leaving: since when the speaker's routes are withdrawn for a node gone
+	// from the API; its sessions close leaveDelay later, in another pass.
+	leaving time.Time
 }
+
+// leaveDelay: between the withdrawals and the Cease, so that peers receive
+// the withdrawals first.
+const leaveDelay = 200 * time.Millisecond
 
 // downWarnAfter: a session not up after this long gets a log line.
 const downWarnAfter = 20 * time.Second
@@ -45,9 +52,9 @@ func (a *Agent) syncBGP(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	nodes, cfg, specs, errs := a.cluster.BGPInput(ctx, a.cfg.SecretNamespace)
+	nodes, cfg, specs, errs := a.cluster.BGPInput()
 	for _, e := range errs {
-		if errors.Is(e, k8s.ErrCustomResourcesNotSynced) {
+		if errors.Is(e, k8s.ErrCustomResourcesNotSynced) || errors.Is(e, k8s.ErrSecretsNotSynced) {
 			return nil // the watcher triggers a pass when they are in
 		}
 	}
@@ -60,6 +67,14 @@ func (a *Agent) syncBGP(ctx context.Context) error {
 		return errors.Join(append(errs, err)...)
 	}
 	r := &a.routing
+	if !r.leaving.IsZero() {
+		// The node is back before its leave was over: finish it (the
+		// sessions close), then start afresh.
+		if time.Since(r.leaving) < leaveDelay {
+			return nil // leaveBGP's timer triggers the pass
+		}
+		a.leaveBGP(ctx)
+	}
 	// Only the speaker's identity restarts it (with a Cease to every peer);
 	// a changed graceful-restart time waits for the next start.
 	if r.speaker != nil && !sameIdentity(r.global, g) {
@@ -162,23 +177,33 @@ func (r *routing) settle(configured int, grace time.Duration) {
 }
 
 // leaveBGP is for a node that is gone from the API: withdraw its routes and
-// close its sessions with a Cease, so that peers flush it at once.
+// close its sessions with a Cease, so that peers flush it at once. It does
+// not wait in the pass: the first call withdraws and asks for a pass
+// leaveDelay later; the call of that pass (or of any later one) closes the
+// sessions.
 func (a *Agent) leaveBGP(ctx context.Context) {
 	r := &a.routing
 	if r.speaker == nil {
 		return
 	}
-	if err := r.speaker.Withdraw(ctx); err != nil {
-		a.log.Warn("withdraw on leaving", "err", err)
+	if r.leaving.IsZero() {
+		if err := r.speaker.Withdraw(ctx); err != nil {
+			a.log.Warn("withdraw on leaving", "err", err)
+		}
+		r.leaving = time.Now()
+		time.AfterFunc(leaveDelay, a.Trigger)
+		return
 	}
-	time.Sleep(200 * time.Millisecond) // let the withdrawals go out before the Cease
+	if time.Since(r.leaving) < leaveDelay {
+		return // the timer triggers the pass that goes on
+	}
 	if err := r.speaker.Stop(ctx, true); err != nil {
 		a.log.Warn("stop BGP", "err", err)
 	}
 	if _, err := dataplane.SyncLearned(nil, true); err != nil {
 		a.log.Warn("remove learned routes on leaving", "err", err)
 	}
-	r.speaker = nil
+	r.speaker, r.leaving = nil, time.Time{}
 	a.mu.Lock()
 	a.bgpView = agentapi.BGP{}
 	a.mu.Unlock()

@@ -1,7 +1,6 @@
 package k8s
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -12,7 +11,6 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/labels"
@@ -24,6 +22,11 @@ import (
 // ErrCustomResourcesNotSynced: BGP waits for the tern.io caches, so that it
 // never starts on defaults and restarts moments later on the real settings.
 var ErrCustomResourcesNotSynced = errors.New("waiting for the tern.io custom resources")
+
+// ErrSecretsNotSynced: a BGPPeer names a password Secret and the Secrets
+// cache has not its list yet. BGP waits rather than peer without the
+// password (or drop the peer) on a cache not yet filled.
+var ErrSecretsNotSynced = errors.New("waiting for the Secrets of BGP passwords")
 
 // Node annotations of BGP.
 const (
@@ -63,9 +66,13 @@ type bgpPeerSpec struct {
 
 // BGPInput gathers what the BGP plan needs: every node, the cluster's
 // BGPConfiguration (defaults without one) and the BGPPeers, with passwords
-// read from Secrets in secretNamespace. Objects that do not convert are
-// reported in errs and left out; the rest still applies.
-func (w *Watcher) BGPInput(ctx context.Context, secretNamespace string) (nodes []bgp.NodeInfo, cfg bgp.Config, peers []bgp.PeerSpec, errs []error) {
+// from the Secrets of the Watcher's secret namespace. It reads caches only,
+// never the API server. Objects that do not convert, and peers whose
+// password Secret or key is missing, are reported in errs and left out (a
+// peer is never configured without its password); the rest still applies.
+// While the API server cannot be reached the caches keep what they had: a
+// password stays as last seen.
+func (w *Watcher) BGPInput() (nodes []bgp.NodeInfo, cfg bgp.Config, peers []bgp.PeerSpec, errs []error) {
 	list, err := w.nodes.List(everything)
 	if err != nil {
 		return nil, cfg, nil, []error{err}
@@ -106,7 +113,10 @@ func (w *Watcher) BGPInput(ctx context.Context, secretNamespace string) (nodes [
 	for _, u := range objs {
 		p, ref, err := bgpPeerFrom(u)
 		if err == nil && ref != nil {
-			p.Password, err = w.secretValue(ctx, secretNamespace, ref.Name, ref.Key)
+			if w.secretsInf != nil && !w.secretsSynced.Load() {
+				return nil, cfg, nil, []error{ErrSecretsNotSynced}
+			}
+			p.Password, err = w.secretValue(ref.Name, ref.Key)
 		}
 		if err != nil {
 			errs = append(errs, fmt.Errorf("BGPPeer %s: %w", u.GetName(), err))
@@ -278,30 +288,19 @@ func bgpPeerFrom(u *unstructured.Unstructured) (bgp.PeerSpec, *secretRef, error)
 	return p, ref, nil
 }
 
-// secretValue reads a password. When the API cannot be asked (it restarts,
-// say), the last value read stands: a peer is never dropped, and its session
-// reset, for a failed read.
-func (w *Watcher) secretValue(ctx context.Context, namespace, name, key string) (string, error) {
-	ck := namespace + "/" + name + "/" + key
-	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	s, err := w.client.CoreV1().Secrets(namespace).Get(ctx, name, metav1.GetOptions{})
-	w.secretsMu.Lock()
-	defer w.secretsMu.Unlock()
+// secretValue reads a password from the Secrets cache.
+func (w *Watcher) secretValue(name, key string) (string, error) {
+	if w.secrets == nil {
+		return "", fmt.Errorf("password Secret %s: no namespace for Secrets (--secret-namespace)", name)
+	}
+	s, err := w.secrets.Secrets(w.secretNamespace).Get(name)
 	if err != nil {
-		if v, ok := w.secrets[ck]; ok && !apierrors.IsNotFound(err) {
-			return v, nil
-		}
-		return "", fmt.Errorf("password Secret %s/%s: %w", namespace, name, err)
+		return "", fmt.Errorf("password Secret %s/%s: %w", w.secretNamespace, name, err)
 	}
 	v, ok := s.Data[key]
 	if !ok {
-		return "", fmt.Errorf("password Secret %s/%s has no key %q", namespace, name, key)
+		return "", fmt.Errorf("password Secret %s/%s has no key %q", w.secretNamespace, name, key)
 	}
-	if w.secrets == nil {
-		w.secrets = map[string]string{}
-	}
-	w.secrets[ck] = string(v)
 	return string(v), nil
 }
 

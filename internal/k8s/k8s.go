@@ -13,7 +13,6 @@ import (
 	"log/slog"
 	"net/netip"
 	"slices"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -170,8 +169,11 @@ type Watcher struct {
 	crdsOn     atomic.Bool
 	crdsAbsent atomic.Bool // discovery says the API does not serve them (yet)
 
-	secretsMu sync.Mutex
-	secrets   map[string]string // last password read, by namespace/name/key
+	// The Secrets of BGP passwords, in secretNamespace only; nil without one.
+	secretNamespace string
+	secretsInf      informers.SharedInformerFactory
+	secrets         corelisters.SecretLister
+	secretsSynced   atomic.Bool
 }
 
 // The custom resources of API group tern.io the agent watches.
@@ -180,9 +182,16 @@ var (
 	BGPPeers          = schema.GroupVersionResource{Group: "tern.io", Version: "v1alpha1", Resource: "bgppeers"}
 )
 
-// NewWatcher prepares informers for node nodeName. Nothing runs before Start.
-func NewWatcher(client kubernetes.Interface, dyn dynamic.Interface, nodeName string, log *slog.Logger) *Watcher {
-	w := &Watcher{client: client, dynamic: dyn, nodeName: nodeName, log: log}
+// NewWatcher prepares informers for node nodeName, and for the Secrets of
+// secretNamespace (the BGP passwords; none watched when it is empty).
+// Nothing runs before Start.
+func NewWatcher(client kubernetes.Interface, dyn dynamic.Interface, nodeName, secretNamespace string, log *slog.Logger) *Watcher {
+	w := &Watcher{client: client, dynamic: dyn, nodeName: nodeName, secretNamespace: secretNamespace, log: log}
+	if secretNamespace != "" {
+		w.secretsInf = informers.NewSharedInformerFactoryWithOptions(client, 0, informers.WithNamespace(secretNamespace))
+		_ = w.secretsInf.Core().V1().Secrets().Informer().SetTransform(trim)
+		w.secrets = w.secretsInf.Core().V1().Secrets().Lister()
+	}
 	w.crds = dynamicinformer.NewDynamicSharedInformerFactory(dyn, 0)
 	w.cluster = informers.NewSharedInformerFactory(client, 0)
 	nodes := w.cluster.Core().V1().Nodes()
@@ -241,7 +250,34 @@ func (w *Watcher) Start(ctx context.Context, changed func()) error {
 		}
 	}()
 	go w.watchCustomResources(ctx, h)
+	if w.secretsInf != nil {
+		if _, err := w.secretsInf.Core().V1().Secrets().Informer().AddEventHandler(h); err != nil {
+			return fmt.Errorf("informer handler: %w", err)
+		}
+		w.secretsInf.Start(ctx.Done())
+		go w.waitSecrets(ctx, changed)
+	}
 	return nil
+}
+
+// secretsSlow: the Secrets not listed after this long get a log line (BGP
+// peers with a password wait for them).
+const secretsSlow = 30 * time.Second
+
+// waitSecrets marks the Secrets cache synced once it has its list, and asks
+// for a pass then.
+func (w *Watcher) waitSecrets(ctx context.Context, changed func()) {
+	synced := w.secretsInf.Core().V1().Secrets().Informer().HasSynced
+	slow := time.AfterFunc(secretsSlow, func() {
+		w.log.Warn("the Secrets of BGP passwords are not listed yet: BGPPeers with a passwordSecretRef wait (may tern-agent list and watch Secrets there? manifests/02-rbac.yaml)",
+			"namespace", w.secretNamespace)
+	})
+	defer slow.Stop()
+	if cache.WaitForCacheSync(ctx.Done(), synced) {
+		w.secretsSynced.Store(true)
+		w.log.Info("watching Secrets", "namespace", w.secretNamespace)
+		changed()
+	}
 }
 
 // watchCustomResources starts the tern.io informers once the API serves the
@@ -305,7 +341,9 @@ func (w *Watcher) CustomResources(gvr schema.GroupVersionResource) ([]*unstructu
 	return out, nil
 }
 
-// Synced reports whether every cache has its initial list.
+// Synced reports whether the caches the dataplane programs from have their
+// initial lists. The tern.io resources and the Secrets, which only BGP
+// reads, have theirs apart (BGPInput says when they are not in).
 func (w *Watcher) Synced() bool { return w.isSync.Load() }
 
 // LocalNode returns this node as the cache has it.
