@@ -123,6 +123,13 @@ type Agent struct {
 	passCh        chan struct{} // closed at the end of each pass
 }
 
+// newAgent is an agent of cfg, not running yet.
+func newAgent(cfg Config, cluster Cluster, alloc *ipam.Allocator, log *slog.Logger) *Agent {
+	return &Agent{cfg: cfg, log: log, ipam: alloc, node: dataplane.NewNode(log), policyDP: dataplane.NewPolicy(log), cluster: cluster, passCh: make(chan struct{}),
+		trigger: make(chan struct{}, 1), disposal: make(chan struct{}, 1), deleteVeths: hostveth.DeleteDisposed,
+		missing: map[ipam.Key]time.Time{}, metrics: newMetrics()}
+}
+
 // Run starts the agent and blocks until ctx is done. Kernel state it wrote stays
 // in place when it returns, so running pods are not disturbed by a restart.
 func Run(ctx context.Context, cfg Config, cluster Cluster, log *slog.Logger) error {
@@ -144,9 +151,7 @@ func Run(ctx context.Context, cfg Config, cluster Cluster, log *slog.Logger) err
 	if err != nil {
 		return err
 	}
-	a := &Agent{cfg: cfg, log: log, ipam: alloc, node: dataplane.NewNode(log), policyDP: dataplane.NewPolicy(log), cluster: cluster, passCh: make(chan struct{}),
-		trigger: make(chan struct{}, 1), disposal: make(chan struct{}, 1), deleteVeths: hostveth.DeleteDisposed,
-		missing: map[ipam.Key]time.Time{}, metrics: newMetrics()}
+	a := newAgent(cfg, cluster, alloc, log)
 	a.metrics.register(a)
 
 	// The host's iptables backend (nft or legacy), as kube-proxy would use it.

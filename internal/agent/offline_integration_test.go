@@ -23,8 +23,6 @@ import (
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 
-	"github.com/tern-net/tern/dataplane"
-	"github.com/tern-net/tern/internal/agentapi"
 	"github.com/tern-net/tern/internal/clustertest"
 	"github.com/tern-net/tern/internal/k8s"
 	"github.com/tern-net/tern/internal/kubetest"
@@ -154,11 +152,9 @@ func offlineChild(t *testing.T, param string) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	w := k8s.NewWatcher(client, dyn, p.Node, "tern-system", log)
-	a := &Agent{cfg: Config{NodeName: p.Node, StateDir: p.Dir + "/state", RunDir: p.Dir + "/run", Resync: time.Second,
-		PodReleaseGrace: time.Minute, BGP: true, NetworkPolicy: true},
-		log: log, ipam: alloc, node: dataplane.NewNode(log), policyDP: dataplane.NewPolicy(log), cluster: w,
-		runCtx: ctx, trigger: make(chan struct{}, 1), disposal: make(chan agentapi.HostLink, 1),
-		missing: map[ipam.Key]time.Time{}, metrics: newMetrics(), passCh: make(chan struct{})}
+	a := newAgent(Config{NodeName: p.Node, StateDir: p.Dir + "/state", RunDir: p.Dir + "/run", Resync: time.Second,
+		PodReleaseGrace: time.Minute, BGP: true, NetworkPolicy: true}, w, alloc, log)
+	a.runCtx = ctx
 	if err := w.Start(ctx, a.Trigger); err != nil {
 		t.Fatal(err)
 	}
