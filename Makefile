@@ -40,11 +40,7 @@ tools: ## install cnitool into bin/ from the Go module proxy
 	@test -x $(BIN)/cnitool || GOBIN=$(BIN) $(GO) install github.com/containernetworking/cni/cnitool@$(CNITOOL_VERSION)
 
 test: deps build tools kube-env ## run every test this machine can run (as root: the network-namespace tests too)
-	@# Build first, side by side: compiling and vetting every test package in
-	@# parallel (-exec true runs none of them) fills the build cache, so the
-	@# run below only links. A build error shows there, in go test's words.
-	@$(GO) test -count=1 -exec /bin/true ./... >/dev/null 2>&1 || true
-	@# Run one package at a time: several start a control plane of their own and
+	@# One package at a time: several start a control plane of their own and
 	@# time-sensitive BGP sessions; side by side on two cores they starve each other.
 	$(GO) test -count=1 -p 1 -timeout 25m ./...
 
