@@ -30,7 +30,7 @@ const clkTck = 100
 // BenchmarkLab: `tern-lab up --nodes N --route-reflectors 2` (BIRD, one rack)
 // for 20 nodes, then 40 if memory allows: wall time to every agent ready and
 // every pod CIDR in every node's kernel, where that time went (control plane,
-// nodes, agents, routes, from the lab's and the agents' logs), the agents'
+// nodes, agents, routes, from the lab's timings and the agents' logs), the agents'
 // memory (VmRSS and PSS, per agent and in total), BGP sessions per node, and
 // what the machine did meanwhile (CPU busy, per component, load, memory).
 // Then `tern-lab down`, which must leave no namespace and no process. The
@@ -107,7 +107,7 @@ type labRun struct {
 	skipped string // why this size did not run
 	err     string // why it did not come up, or what was wrong once up
 
-	up, controlPlane, kubeEnv     time.Duration // wall; control plane's took=; kube-env.sh's own "ready in"
+	up, controlPlane, kubeEnv     time.Duration // wall; the lab's timings: control plane up, kube-env.sh up alone
 	nodesStarted, agentsReady     time.Duration // control plane up → last node started → last agent ready
 	routes, tail                  time.Duration // last agent ready → lab ready → `up` returned
 	agentReadyMed, agentReadyMax  time.Duration // per agent, process start → ready (its log)
@@ -215,7 +215,6 @@ func runLab(b *testing.B, r *labRun, root, bin, dir string) {
 	logText, _ := os.ReadFile(lab.LogPath(dir))
 	ev := parseLabLog(string(logText))
 	r.waits, r.restarts = ev.waits, ev.restarts
-	r.controlPlane, r.kubeEnv = ev.controlPlaneTook, ev.kubeEnv
 	if upErr != nil {
 		r.err = fmt.Sprintf("tern-lab up after %s: %v: %s", r.up.Round(time.Second), upErr, labLastLines(string(out), 3))
 		// Its log outlives the temporary directory, for the evidence.
@@ -223,8 +222,12 @@ func runLab(b *testing.B, r *labRun, root, bin, dir string) {
 		if os.MkdirAll(filepath.Dir(kept), 0o755) == nil && os.WriteFile(kept, append(logText, out...), 0o644) == nil {
 			r.err += " (lab log and up's output: " + kept + ")"
 		}
-		// The daemon tore the lab down; the agents' logs stay.
-		agentsFromLogs(r, dir, ev)
+		// The daemon tore the lab down; its last state and the agents'
+		// logs stay.
+		st, _ := lab.ReadState(dir)
+		ph, _ := phasesOf(st.Timings, nil)
+		r.controlPlane, r.kubeEnv = ph.controlPlane, ph.kubeEnv
+		agentsFromLogs(r, dir, st.Timings)
 		return
 	}
 
@@ -247,10 +250,19 @@ func runLab(b *testing.B, r *labRun, root, bin, dir string) {
 			r.pids[p] = t.start
 		}
 	}
-	var lastStarted, lastReady time.Time
+	var names []string
 	for _, n := range st.Nodes {
-		lastStarted = labLater(lastStarted, ev.nodeStarted[n.Name])
+		names = append(names, n.Name)
 	}
+	ph, err := phasesOf(st.Timings, names)
+	if err != nil {
+		r.err = err.Error()
+		return
+	}
+	r.controlPlane, r.kubeEnv = ph.controlPlane, ph.kubeEnv
+	lastStarted := ph.lastStarted
+	var lastReady time.Time
+	var neverReady []string
 	var readies []time.Duration
 	for _, n := range st.Nodes {
 		a := agentFigures{node: n.Name, reflector: n.Reflector}
@@ -264,7 +276,9 @@ func runLab(b *testing.B, r *labRun, root, bin, dir string) {
 		if t := procStart(n.AgentPID); !t.IsZero() {
 			start = t // the exec, not the first log line
 		}
-		if !ready.IsZero() {
+		if ready.IsZero() {
+			neverReady = append(neverReady, n.Name)
+		} else {
 			a.ready = ready.Sub(start)
 			readies = append(readies, a.ready)
 			lastReady = labLater(lastReady, ready)
@@ -272,15 +286,16 @@ func runLab(b *testing.B, r *labRun, root, bin, dir string) {
 		r.agents = append(r.agents, a)
 		r.rss, r.pss = append(r.rss, a.rss), append(r.pss, a.pss)
 	}
-	if len(readies) > 0 {
-		r.agentReadyMed, r.agentReadyMax = median(readies), slices.Max(readies)
+	if len(neverReady) > 0 {
+		// The lab says they are ready; their logs must say when.
+		r.err = fmt.Sprintf("no %q in the log of the agents of %s", agentReadyMsg, strings.Join(neverReady, ", "))
+		return
 	}
-	if !ev.controlPlaneUp.IsZero() && !lastStarted.IsZero() && !lastReady.IsZero() && !ev.ready.IsZero() {
-		r.nodesStarted = lastStarted.Sub(ev.controlPlaneUp)
-		r.agentsReady = lastReady.Sub(lastStarted)
-		r.routes = ev.ready.Sub(lastReady)
-		r.tail = t0.Add(r.up).Sub(ev.ready)
-	}
+	r.agentReadyMed, r.agentReadyMax = median(readies), slices.Max(readies)
+	r.nodesStarted = lastStarted.Sub(st.Timings.ControlPlaneUp)
+	r.agentsReady = lastReady.Sub(lastStarted)
+	r.routes = st.Timings.Ready.Sub(lastReady)
+	r.tail = t0.Add(r.up).Sub(st.Timings.Ready)
 
 	// Where the CPU went during `up`, and what the lab holds in memory.
 	r.cpu = cpuShares(st, procs0, procs1, s1, s2)
@@ -386,11 +401,11 @@ func labSessions(b *testing.B, r *labRun, st lab.State) {
 
 // agentsFromLogs fills the per-agent readiness of a lab that failed, from
 // the agents' logs the teardown left.
-func agentsFromLogs(r *labRun, dir string, ev labLog) {
+func agentsFromLogs(r *labRun, dir string, tm lab.Timings) {
 	logs, _ := filepath.Glob(filepath.Join(dir, "nodes", "*", "agent.log"))
 	var readies []time.Duration
 	var lastStarted time.Time
-	for _, t := range ev.nodeStarted {
+	for _, t := range tm.NodesStarted {
 		lastStarted = labLater(lastStarted, t)
 	}
 	notReady := 0
@@ -405,10 +420,10 @@ func agentsFromLogs(r *labRun, dir string, ev labLog) {
 	if len(readies) > 0 {
 		r.agentReadyMed, r.agentReadyMax = median(readies), slices.Max(readies)
 	}
-	if !ev.controlPlaneUp.IsZero() && !lastStarted.IsZero() {
-		r.nodesStarted = lastStarted.Sub(ev.controlPlaneUp)
+	if !tm.ControlPlaneUp.IsZero() && !lastStarted.IsZero() {
+		r.nodesStarted = lastStarted.Sub(tm.ControlPlaneUp)
 	}
-	r.err += fmt.Sprintf(" [%d of %d nodes started, %d agents never ready]", len(ev.nodeStarted), r.nodes, notReady)
+	r.err += fmt.Sprintf(" [%d of %d nodes started, %d agents never ready]", len(tm.NodesStarted), r.nodes, notReady)
 }
 
 // cpuShares splits the machine's busy CPU time during `up` (between the
@@ -539,31 +554,62 @@ func kubePIDs(st lab.State) []int {
 	return out
 }
 
-// labLog is what the daemon's log says about the run.
+// labLog is what the daemon's log says about the run besides its timings:
+// what it waited for, and how often a process had to be restarted.
 type labLog struct {
-	controlPlaneTook, kubeEnv time.Duration
-	controlPlaneUp, ready     time.Time
-	nodeStarted               map[string]time.Time
-	waits                     []labWait
-	restarts                  int
+	waits    []labWait
+	restarts int
+}
+
+// labPhases are the figures of one `up` taken from the lab's timings.
+type labPhases struct {
+	controlPlane, kubeEnv time.Duration
+	lastStarted           time.Time // the last of nodes' agents started
+}
+
+// phasesOf computes the phases from the lab's timings of an `up` that came
+// through, with nodes started; it fails naming every milestone missing, so
+// that a figure is never a silent zero.
+func phasesOf(tm lab.Timings, nodes []string) (labPhases, error) {
+	var ph labPhases
+	var missing []string
+	if tm.Up.IsZero() {
+		missing = append(missing, "up")
+	}
+	if tm.KubeEnvUp <= 0 {
+		missing = append(missing, "kubeEnvUp")
+	}
+	if tm.ControlPlaneUp.IsZero() {
+		missing = append(missing, "controlPlaneUp")
+	}
+	if tm.Ready.IsZero() {
+		missing = append(missing, "ready")
+	}
+	for _, n := range nodes {
+		t, ok := tm.NodesStarted[n]
+		if !ok {
+			missing = append(missing, "nodesStarted["+n+"]")
+		}
+		ph.lastStarted = labLater(ph.lastStarted, t)
+	}
+	ph.kubeEnv = tm.KubeEnvUp
+	if !tm.Up.IsZero() && !tm.ControlPlaneUp.IsZero() {
+		ph.controlPlane = tm.ControlPlaneUp.Sub(tm.Up)
+	}
+	if len(missing) > 0 {
+		return ph, fmt.Errorf("the lab's timings lack %s", strings.Join(missing, ", "))
+	}
+	return ph, nil
 }
 
 func parseLabLog(text string) labLog {
-	ev := labLog{nodeStarted: map[string]time.Time{}}
+	var ev labLog
 	var lastWait string
 	var lastAt time.Time
 	sc := bufio.NewScanner(strings.NewReader(text))
 	sc.Buffer(make([]byte, 1<<20), 1<<20)
 	for sc.Scan() {
-		line := sc.Text()
-		if rest, ok := strings.CutPrefix(line, "kube-env: ready in "); ok {
-			if f := strings.Fields(rest); len(f) > 0 {
-				s, _ := strconv.ParseFloat(f[0], 64)
-				ev.kubeEnv = time.Duration(s * float64(time.Second))
-			}
-			continue
-		}
-		kv := logfmt(line)
+		kv := logfmt(sc.Text())
 		at, err := time.Parse(time.RFC3339Nano, kv["time"])
 		if err != nil {
 			continue
@@ -574,15 +620,8 @@ func parseLabLog(text string) labLog {
 			lastWait = ""
 		}
 		switch kv["msg"] {
-		case "control plane up":
-			ev.controlPlaneUp = at
-			ev.controlPlaneTook, _ = time.ParseDuration(kv["took"])
-		case "node started":
-			ev.nodeStarted[kv["node"]] = at
 		case "waiting":
 			lastWait, lastAt = kv["for"], at
-		case "lab ready":
-			ev.ready = at
 		case "process exited; restarting in 1 s":
 			ev.restarts++
 		}
@@ -593,6 +632,9 @@ func parseLabLog(text string) labLog {
 	slices.SortStableFunc(ev.waits, func(a, b labWait) int { return int(b.took - a.took) })
 	return ev
 }
+
+// agentReadyMsg is what an agent logs once ready.
+const agentReadyMsg = "node dataplane programmed; ready"
 
 // agentLogTimes: when an agent's process logged its start, and its readiness
 // (the last run's, should it have restarted).
@@ -610,7 +652,7 @@ func agentLogTimes(path string) (start, ready time.Time) {
 		switch kv["msg"] {
 		case "tern-agent started":
 			start, ready = at, time.Time{}
-		case "node dataplane programmed; ready":
+		case agentReadyMsg:
 			ready = at
 		}
 	}

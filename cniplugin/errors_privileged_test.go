@@ -5,13 +5,19 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net"
+	"net/http"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/containernetworking/cni/pkg/types"
+	current "github.com/containernetworking/cni/pkg/types/100"
 
 	"github.com/tern-net/tern/internal/nodetest"
 )
@@ -68,7 +74,7 @@ func TestErrorsFollowTheSpec(t *testing.T) {
 		{"bad CNI_ARGS", with(add("c1"), "CNI_ARGS", "K8S_POD_NAME"), conf(""), types.ErrInvalidEnvironmentVariables, "CNI_ARGS"},
 		{"no netns", with(add("c1"), "CNI_NETNS", "/var/run/netns/not-there"), conf(""), types.ErrInvalidEnvironmentVariables, "not-there"},
 		{"missing CNI_NETNS", with(add("c1"), "CNI_NETNS", ""), conf(""), types.ErrInvalidEnvironmentVariables, "CNI_NETNS"},
-		{"agent unreachable", add("c1"), `{"cniVersion":"1.0.0","name":"tern","type":"tern","agentSocket":"/run/tern-test-nothing/cni.sock"}`, types.ErrTryAgainLater, "unreachable at /run/tern-test-nothing/cni.sock"},
+		{"agent unreachable", add("c1"), `{"cniVersion":"1.0.0","name":"tern","type":"tern","agentSocket":"/run/tern-test-nothing/cni.sock","agentTimeoutSeconds":1}`, types.ErrTryAgainLater, "unreachable at /run/tern-test-nothing/cni.sock"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -125,5 +131,69 @@ func assertCNIError(t *testing.T, stdout, stderr string, code uint, msg string) 
 	}
 	if e.Code != code || !strings.Contains(e.Msg+" "+e.Details, msg) {
 		t.Fatalf("error %d %q (%q); want code %d and %q", e.Code, e.Msg, e.Details, code, msg)
+	}
+}
+
+// An ADD that comes while the agent starts waits for it, within
+// agentTimeoutSeconds: sent before the agent runs, it succeeds once the agent
+// is ready. An agent that stays not ready gets code 11 at the bound.
+func TestAddWaitsForStartingAgent(t *testing.T) {
+	n := nodetest.NewNodeNS(t)
+	n.PodCIDRs = "10.244.7.0/24"
+	list := n.ConfList("1.0.0")
+	podNS := n.NewPodNS()
+	type added struct {
+		res *current.Result
+		err error
+	}
+	done := make(chan added, 1)
+	go func() {
+		res, err := n.Add(list, nodetest.RuntimeConf("early", podNS))
+		done <- added{res, err}
+	}()
+	time.Sleep(300 * time.Millisecond) // the scenario: the agent starts 300 ms after the ADD
+	select {
+	case a := <-done:
+		t.Fatalf("ADD with no agent running ended at once: %+v %v", a.res, a.err)
+	default:
+	}
+	n.StartAgentNoWait()
+	select {
+	case a := <-done:
+		if a.err != nil {
+			t.Fatalf("ADD sent before the agent started: %v\n%s", a.err, n.PluginLog())
+		}
+		if got := podAddr(t, podNS); !netip.MustParsePrefix(n.PodCIDRs).Contains(got) {
+			t.Fatalf("pod address %s", got)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatalf("ADD did not return within agentTimeoutSeconds (30 s)\n%s", n.AgentLog())
+	}
+
+	// A fake agent that never gets ready.
+	sock := filepath.Join(n.Dir, "not-ready.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var requests atomic.Int32
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		requests.Add(1)
+		w.WriteHeader(http.StatusServiceUnavailable)
+		w.Write([]byte(`{"code":"NotReady","message":"waiting for the Kubernetes caches"}`))
+	})}
+	go func() { _ = srv.Serve(ln) }()
+	t.Cleanup(func() { srv.Close() })
+	env := map[string]string{"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "late", "CNI_NETNS": n.NewPodNS().Path(), "CNI_IFNAME": "eth0",
+		"CNI_ARGS": "K8S_POD_NAMESPACE=default;K8S_POD_NAME=late"}
+	t0 := time.Now()
+	stdout, stderr, code := execPlugin(t, n, env, fmt.Sprintf(`{"cniVersion":"1.0.0","name":"tern","type":"tern","agentSocket":%q,"agentTimeoutSeconds":1}`, sock))
+	took := time.Since(t0)
+	if code == 0 {
+		t.Fatalf("ADD succeeded against an agent that is never ready: %s", stdout)
+	}
+	assertCNIError(t, stdout, stderr, types.ErrTryAgainLater, "not ready")
+	if took < 800*time.Millisecond || requests.Load() < 3 {
+		t.Fatalf("code 11 after %v and %d requests; want it at agentTimeoutSeconds (1 s), after several tries", took, requests.Load())
 	}
 }

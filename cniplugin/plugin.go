@@ -104,7 +104,11 @@ func cmdAdd(args *skel.CmdArgs) error {
 	}
 	allocated := make(chan allocation, 1)
 	go func() {
-		al, err := iv.agent.Allocate(iv.ctx, agentapi.AllocateRequest{
+		// An agent that is starting (socket not there yet, or not ready) is
+		// waited for, within agentTimeoutSeconds: a refusal now would send
+		// kubelet into its sandbox back-off for a few hundred milliseconds'
+		// wait.
+		al, err := iv.agent.WaitForStart().Allocate(iv.ctx, agentapi.AllocateRequest{
 			Attachment: att, Network: iv.conf.Name, Namespace: pod.Namespace, Pod: pod.Name, PodUID: pod.UID, HostIf: hostIf, Netns: args.Netns,
 		})
 		allocated <- allocation{al, err}

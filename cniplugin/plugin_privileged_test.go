@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -626,7 +627,16 @@ func TestNewSandboxNeverTakesALiveSandboxsVeth(t *testing.T) {
 	if err := n.Del(list, oldRT); err != nil {
 		t.Fatalf("late DEL of the old sandbox: %v", err)
 	}
-	time.Sleep(200 * time.Millisecond) // the agent's disposal of veths, if any
+	// The late DEL marked for disposal whatever veth it took for the old
+	// sandbox's, before its release request returned: once the agent has
+	// deleted every link of the group, nothing it does is still to come.
+	eventually(t, 10*time.Second, func() error {
+		out, err := n.Output("ip", "-o", "link", "show", "group", strconv.Itoa(hostveth.Group))
+		if err != nil || strings.TrimSpace(out) != "" {
+			return fmt.Errorf("links waiting for the agent's disposal: %v\n%s", err, out)
+		}
+		return nil
+	})
 	if err := n.Check(list, newRT); err != nil {
 		t.Fatalf("the new sandbox was damaged by the old one's DEL: %v", err)
 	}

@@ -5,7 +5,6 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
@@ -13,11 +12,11 @@ import (
 	"sort"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/containernetworking/plugins/pkg/testutils"
 
+	"github.com/tern-net/tern/internal/prereq"
 	"github.com/tern-net/tern/policy"
 )
 
@@ -30,9 +29,7 @@ type testNS struct {
 
 func newTestNS(t testing.TB, b Backend) *testNS {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root")
-	}
+	prereq.RequireRoot(t)
 	n, err := testutils.NewNS()
 	if err != nil {
 		t.Fatal(err)
@@ -55,7 +52,7 @@ func backends(t *testing.T) map[string]Backend {
 		out[m] = b
 	}
 	if len(out) == 0 {
-		t.Skip("no iptables backend installed")
+		prereq.Missing(t, "iptables-nft or iptables-legacy (Debian's iptables; run `make deps`)")
 	}
 	return out
 }
@@ -554,7 +551,7 @@ func TestNodeJumpsToPolicy(t *testing.T) {
 func TestDetectBackend(t *testing.T) {
 	bs := backends(t)
 	if len(bs) < 2 {
-		t.Skip("needs both iptables-nft and iptables-legacy")
+		prereq.Missing(t, "both iptables-nft and iptables-legacy (Debian's iptables; run `make deps`)")
 	}
 	n := newTestNS(t, bs["nft"])
 	detect := func() string {
@@ -626,9 +623,12 @@ func manyPodsRuleset(pods int, extra ...string) policy.Ruleset {
 	return rs
 }
 
-// TestPolicyIncrementalLatency measures an Apply that adds one member with a
-// thousand pods' chains installed; the target is a p50 under 10 ms.
-func TestPolicyIncrementalLatency(t *testing.T) {
+// TestPolicyIncrementalWritesOneMember: with a thousand pods' chains
+// installed, an Apply whose only change is one member of one set runs one
+// ipset restore and nothing else: no chain is read back or rewritten. How long
+// that takes is a figure for make bench (bench/policy_bench_test.go), not a
+// pass mark here.
+func TestPolicyIncrementalWritesOneMember(t *testing.T) {
 	if testing.Short() {
 		t.Skip("short")
 	}
@@ -637,27 +637,24 @@ func TestPolicyIncrementalLatency(t *testing.T) {
 			n := newTestNS(t, b)
 			p := n.newPolicy()
 			base, plus := manyPodsRuleset(1000), manyPodsRuleset(1000, "10.244.200.1")
-			start := time.Now()
 			n.apply(p, base, nil)
-			t.Logf("%s: initial Apply of %d chains and %d sets: %v", mode, len(base.Chains), len(base.Sets), time.Since(start))
-			var ds []time.Duration
-			for i := range 40 {
-				rs := base
+			calls := countRuns(p)
+			for i := range 6 {
+				rs, want := base, false
 				if i%2 == 0 {
-					rs = plus
+					rs, want = plus, true
 				}
-				start := time.Now()
+				*calls = nil
 				st := n.apply(p, rs, nil)
-				ds = append(ds, time.Since(start))
 				if st.SetRestores != 1 || st.Restores != 0 || st.MembersAdded+st.MembersDeleted != 1 {
-					t.Fatalf("incremental Apply: %+v", st)
+					t.Fatalf("incremental Apply %d: %+v", i, st)
 				}
-			}
-			slices.Sort(ds)
-			p50, p90 := ds[len(ds)/2], ds[len(ds)*9/10]
-			t.Logf("%s: one member, 1000 pod chains: p50 %v p90 %v", mode, p50, p90)
-			if p50 > 50*time.Millisecond {
-				t.Errorf("p50 %v, target 10ms", p50)
+				if len(*calls) != 1 || !strings.HasPrefix((*calls)[0], "ipset restore") {
+					t.Fatalf("incremental Apply %d ran %q; want one ipset restore", i, *calls)
+				}
+				if got := strings.Contains(n.sh("ipset", "list", "tern-peers-00"), "10.244.200.1"); got != want {
+					t.Fatalf("incremental Apply %d: 10.244.200.1 in tern-peers-00: %v, want %v", i, got, want)
+				}
 			}
 		})
 	}
@@ -666,7 +663,7 @@ func TestPolicyIncrementalLatency(t *testing.T) {
 func BenchmarkPolicyIncremental(b *testing.B) {
 	be, err := BackendFor("nft")
 	if err != nil {
-		b.Skip(err)
+		prereq.Missing(b, err.Error())
 	}
 	n := newTestNS(b, be)
 	p := n.newPolicy()

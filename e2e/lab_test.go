@@ -205,7 +205,15 @@ func TestAgentKilled(t *testing.T) {
 			}
 		}
 	}()
-	time.Sleep(time.Second)
+	// Kill once the probe has been seen working: ten probes sent.
+	if err := waitFor(10*time.Second, func() error {
+		if n := sent.Load(); n < 10 {
+			return fmt.Errorf("%d probes sent", n)
+		}
+		return nil
+	}); err != nil {
+		t.Fatalf("the probe does not run: %v", err)
+	}
 	if err := syscall.Kill(victim.AgentPID, syscall.SIGKILL); err != nil {
 		t.Fatalf("kill agent %d: %v", victim.AgentPID, err)
 	}
@@ -223,15 +231,62 @@ func TestAgentKilled(t *testing.T) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	time.Sleep(8 * time.Second) // the new agent syncs and re-establishes its session
+	// Graceful restart is over when every session of the new agent is up
+	// again and, where graceful restart was negotiated, the peer has sent
+	// its End-of-RIB; then ten more probes.
+	var settled error
+	if restarted {
+		settled = waitFor(60*time.Second, func() error {
+			c, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			b, err := lab.NewAgentClient(victim.Socket).BGP(c)
+			if err != nil {
+				return err
+			}
+			if len(b.Peers) == 0 {
+				return fmt.Errorf("no BGP sessions")
+			}
+			for _, p := range b.Peers {
+				if p.State != "Established" || p.Since.Before(killed.Add(-time.Second)) || p.GracefulRestart && !p.EndOfRIB {
+					return fmt.Errorf("session %+v", p)
+				}
+			}
+			return nil
+		})
+		if settled == nil {
+			after := sent.Load()
+			settled = waitFor(10*time.Second, func() error {
+				if n := sent.Load(); n < after+10 {
+					return fmt.Errorf("%d probes sent since the sessions came back", n-after)
+				}
+				return nil
+			})
+		}
+	}
 	close(stop)
 	<-done
 	if !restarted {
 		t.Fatalf("the lab did not restart the killed agent within 30 s")
 	}
+	if settled != nil {
+		t.Fatalf("the restarted agent's sessions did not come back: %v", settled)
+	}
 	t.Logf("probes: %d sent, %d lost over the agent's SIGKILL and restart", sent.Load(), lost.Load())
 	if lost.Load() != 0 {
 		t.Errorf("%d of %d probes lost (first: %v)", lost.Load(), sent.Load(), firstErr.Load())
+	}
+}
+
+// waitFor polls cond every 100 ms until it returns nil or timeout runs out,
+// and returns its last error then.
+func waitFor(timeout time.Duration, cond func() error) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		err := cond()
+		if err == nil || time.Now().After(deadline) {
+			return err
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 }
 

@@ -172,7 +172,12 @@ func crashAndRestart(old lab.State) error {
 	if err := syscall.Kill(old.PID, syscall.SIGKILL); err != nil {
 		return fmt.Errorf("kill the lab daemon: %w", err)
 	}
-	time.Sleep(500 * time.Millisecond)
+	// The daemon is dead (or a zombie) once SIGKILL has been delivered.
+	for deadline := time.Now().Add(10 * time.Second); processAlive(old.PID); time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			return fmt.Errorf("the lab daemon %d still runs 10 s after SIGKILL", old.PID)
+		}
+	}
 	if left, _ := filepath.Glob(filepath.Join(lab.NetNSDir, prefix+"-*")); len(left) == 0 {
 		return fmt.Errorf("the killed lab left no namespaces: the crash test tests nothing")
 	}

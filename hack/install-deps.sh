@@ -6,6 +6,8 @@ set -euo pipefail
 # package:command-that-proves-it-is-installed
 need=(
   iptables:iptables
+  iptables:iptables-nft     # both backends: the dataplane tests run each
+  iptables:iptables-legacy
   ipset:ipset
   iproute2:ip
   containernetworking-plugins:/usr/lib/cni/portmap

@@ -44,9 +44,11 @@ func TestGracefulRestart(t *testing.T) {
 		t.Fatalf("no path from node 1 to node 2's pod: %v\n%s", err, clustertest.Tail(nodes[0].AgentLog(), 2000))
 	}
 
-	// probe dials every 100 ms for d and returns sent and lost probes.
-	probe := func(d time.Duration, during func()) (sent, lost int) {
+	// probe dials every 100 ms while during runs and until settled holds
+	// (and ten more times after), and returns sent and lost probes.
+	probe := func(during func(), settled func(context.Context) (bool, error)) (sent, lost int) {
 		var stop atomic.Bool
+		var count atomic.Int32
 		done := make(chan struct{})
 		go func() {
 			defer close(done)
@@ -58,45 +60,80 @@ func TestGracefulRestart(t *testing.T) {
 				} else {
 					c.Close()
 				}
+				count.Add(1)
 				time.Sleep(100 * time.Millisecond)
 			}
 		}()
 		during()
-		time.Sleep(d)
+		err := kubetest.Eventually(30*time.Second, settled)
+		if err == nil {
+			after := count.Load()
+			err = kubetest.Eventually(10*time.Second, func(context.Context) (bool, error) { return count.Load() >= after+10, nil })
+		}
 		stop.Store(true)
 		<-done
+		if err != nil {
+			t.Fatalf("the sessions did not settle after the restart: %v\n%s", err, clustertest.Tail(nodes[1].AgentLog(), 2000))
+		}
 		return sent, lost
 	}
+	var killed time.Time
 	restart := func() {
 		nodes[1].KillAgent()
+		killed = time.Now()
 		time.Sleep(2 * time.Second) // the agent is down for 2 s
 		nodes[1].StartAgent()
 	}
-	sent, lost := probe(3*time.Second, restart)
+	sent, lost := probe(restart, func(ctx context.Context) (bool, error) { return sessionsUp(ctx, nodes, killed, true) })
 	t.Logf("graceful restart on: %d of %d probes lost over a SIGKILL and restart", lost, sent)
-	if lost != 0 || sent < 40 {
+	if lost != 0 || sent < 30 {
 		t.Fatalf("graceful restart on: %d of %d probes lost", lost, sent)
 	}
 
 	// Without graceful restart, the peer flushes the routes at once.
 	manifest := "apiVersion: tern.io/v1alpha1\nkind: BGPConfiguration\nmetadata: {name: default}\nspec: {gracefulRestartSeconds: 0}\n"
 	c.Apply(manifest)
-	// The change resets the sessions (not the speakers): wait for new ones.
+	// The change resets the sessions (not the speakers): wait until new
+	// ones, without graceful restart, carry the routes and the path works.
 	applied := time.Now()
-	for _, n := range nodes {
-		if err := kubetest.Eventually(30*time.Second, func(ctx context.Context) (bool, error) {
-			b, err := n.Client().BGP(ctx)
-			return err == nil && len(b.Peers) == 1 && b.Peers[0].State == "Established" && b.Peers[0].Since.After(applied.Add(-time.Second)), nil
-		}); err != nil {
-			t.Fatalf("the sessions did not come back without graceful restart: %v", err)
+	if err := kubetest.Eventually(30*time.Second, func(ctx context.Context) (bool, error) {
+		if ok, err := sessionsUp(ctx, nodes, applied, false); !ok {
+			return false, err
 		}
+		c, err := dialOnce(a, srv)
+		if err == nil {
+			c.Close()
+		}
+		return err == nil, err
+	}); err != nil {
+		t.Fatalf("the sessions did not come back without graceful restart: %v", err)
 	}
-	time.Sleep(4 * time.Second) // both sides settled
-	sent, lost = probe(3*time.Second, restart)
+	sent, lost = probe(restart, func(ctx context.Context) (bool, error) { return sessionsUp(ctx, nodes, killed, false) })
 	t.Logf("graceful restart off: %d of %d probes lost over a SIGKILL and restart", lost, sent)
 	if lost == 0 {
 		t.Fatalf("graceful restart off: no probe lost (%d sent); the test cannot tell the two apart", sent)
 	}
+}
+
+// sessionsUp reports whether every node has its one session Established
+// since after (to the second), with graceful restart negotiated and the
+// peer's End-of-RIB received when gr, without graceful restart otherwise, and
+// a route learned over it installed.
+func sessionsUp(ctx context.Context, nodes []*nodetest.Node, after time.Time, gr bool) (bool, error) {
+	for _, n := range nodes {
+		b, err := n.Client().BGP(ctx)
+		if err != nil {
+			return false, err
+		}
+		if len(b.Peers) != 1 {
+			return false, fmt.Errorf("%s: %d sessions", n.Name, len(b.Peers))
+		}
+		p := b.Peers[0]
+		if p.State != "Established" || p.Since.Before(after.Add(-time.Second)) || p.GracefulRestart != gr || (gr && !p.EndOfRIB) || len(b.Routes) == 0 {
+			return false, fmt.Errorf("%s: session %+v, %d routes", n.Name, p, len(b.Routes))
+		}
+	}
+	return true, nil
 }
 
 func dialOnce(p *nodetest.Pod, addr string) (net.Conn, error) {

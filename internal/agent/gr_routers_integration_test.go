@@ -2,6 +2,7 @@ package agent_test
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"sync/atomic"
 	"testing"
@@ -104,11 +105,31 @@ router bgp 65001
 		}
 	}()
 	n.KillAgent()
-	time.Sleep(2 * time.Second)
+	killed := time.Now()
+	time.Sleep(2 * time.Second) // the agent is down for 2 s
 	n.StartAgent()
-	time.Sleep(3 * time.Second)
+	// Graceful restart is over when the new session is up, the router has
+	// sent its End-of-RIB (where the capability was negotiated: FRR here
+	// is a helper without announcing it) and the agent has announced its
+	// pod CIDR again; then ten more probes.
+	err := kubetest.Eventually(30*time.Second, func(ctx context.Context) (bool, error) {
+		b, err := n.Client().BGP(ctx)
+		if err != nil || len(b.Peers) != 1 {
+			return false, fmt.Errorf("%+v %v", b.Peers, err)
+		}
+		p := b.Peers[0]
+		return p.State == "Established" && !p.Since.Before(killed.Add(-time.Second)) && (p.EndOfRIB || !p.GracefulRestart) && p.Sent > 0,
+			fmt.Errorf("session %+v", p)
+	})
+	if err == nil {
+		after := sent.Load()
+		err = kubetest.Eventually(10*time.Second, func(context.Context) (bool, error) { return sent.Load() >= after+10, nil })
+	}
 	close(stop)
 	<-done
+	if err != nil {
+		t.Fatalf("graceful restart did not finish: %v\n%s\n%s", err, routerLog(), clustertest.Tail(n.AgentLog(), 2000))
+	}
 	t.Logf("%d of %d probes lost over a SIGKILL and restart, %s as helper", lost.Load(), sent.Load(), router)
 	if lost.Load() != 0 || sent.Load() < 30 {
 		t.Fatalf("%d of %d probes lost\n%s", lost.Load(), sent.Load(), routerLog())

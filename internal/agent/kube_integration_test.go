@@ -2,8 +2,10 @@ package agent_test
 
 import (
 	"context"
+	"fmt"
 	"net/netip"
 	"os/exec"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -154,8 +156,18 @@ func TestAgentOnKubernetes(t *testing.T) {
 	if _, body, _ := n.Health("/metrics"); !strings.Contains(body, "tern_ipam_released_gone_pods_total 1") {
 		t.Fatalf("metrics do not count the release:\n%s", body)
 	}
-	// The pod that stays keeps its address, passes after pass.
-	time.Sleep(3 * time.Second)
+	// The pod that stays keeps its address, pass after pass: three more
+	// (a second apart, --resync=1s), each a chance to release it wrongly.
+	before, err := reconcilePasses(n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := kubetest.Eventually(15*time.Second, func(context.Context) (bool, error) {
+		now, err := reconcilePasses(n)
+		return now >= before+3, err
+	}); err != nil {
+		t.Fatalf("no three more reconcile passes: %v\n%s", err, n.AgentLog())
+	}
 	if err := n.Check(n.ConfList("1.0.0"), staysRT); err != nil {
 		t.Fatalf("the pod that stays lost its network: %v\n%s", err, n.AgentLog())
 	}
@@ -165,4 +177,19 @@ func TestAgentOnKubernetes(t *testing.T) {
 	if strings.Contains(n.AgentLog(), "forbidden") {
 		t.Fatalf("the agent's ServiceAccount was refused something:\n%s", n.AgentLog())
 	}
+}
+
+// reconcilePasses is the count of the agent's reconcile passes, from its
+// /metrics.
+func reconcilePasses(n *nodetest.Node) (int, error) {
+	code, body, err := n.Health("/metrics")
+	if err != nil || code != 200 {
+		return 0, fmt.Errorf("/metrics: %d %w", code, err)
+	}
+	for _, l := range strings.Split(body, "\n") {
+		if v, ok := strings.CutPrefix(l, "tern_reconcile_duration_seconds_count "); ok {
+			return strconv.Atoi(strings.TrimSpace(v))
+		}
+	}
+	return 0, fmt.Errorf("/metrics has no tern_reconcile_duration_seconds_count")
 }

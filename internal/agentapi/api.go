@@ -15,6 +15,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/tern-net/tern/hostveth"
@@ -171,14 +172,36 @@ func IsCode(err error, code string) bool {
 // net/http, which would double the CNI plugin's size and add a
 // millisecond to every exec of it.
 type Client struct {
-	socket  string
-	timeout time.Duration
+	socket    string
+	timeout   time.Duration
+	waitStart bool
 }
 
-// NewClient returns a client of the agent at socket.
+// NewClient returns a client of the agent at socket. timeout bounds each
+// call, the waits of WaitForStart included.
 func NewClient(socket string, timeout time.Duration) *Client {
 	return &Client{socket: socket, timeout: timeout}
 }
+
+// WaitForStart returns a client whose calls wait for an agent that is
+// starting: its socket is not there yet or refuses connections (nothing was
+// sent), or it answers NotReady (it refused the request, and released any
+// address the request had made it allocate). The call is tried again after
+// 50 ms, then 100 ms, then every 200 ms, until the client's timeout or ctx
+// ends; then the last failure is returned. A failure after the request went
+// out (no answer in time, a broken connection) is never tried again: the
+// agent may have acted on it.
+func (c *Client) WaitForStart() *Client {
+	w := *c
+	w.waitStart = true
+	return &w
+}
+
+// Pauses between the tries of WaitForStart.
+const (
+	firstPause = 50 * time.Millisecond
+	maxPause   = 200 * time.Millisecond
+)
 
 // Status asks whether the agent is ready.
 func (c *Client) Status(ctx context.Context) (Status, error) {
@@ -279,10 +302,44 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 		ctx, cancel = context.WithTimeout(ctx, c.timeout)
 		defer cancel()
 	}
+	pause := firstPause
+	for {
+		err := c.once(ctx, method, path, body, in != nil, out)
+		if !c.waitStart || !starting(err) {
+			return err
+		}
+		if dl, ok := ctx.Deadline(); ok && time.Until(dl) < pause {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(pause):
+		}
+		pause = min(2*pause, maxPause)
+	}
+}
+
+// starting reports whether err says the agent is starting and did nothing
+// with the request: it answered NotReady, or no connection was made.
+func starting(err error) bool {
+	var dial *dialError
+	return IsCode(err, CodeNotReady) || errors.As(err, &dial) &&
+		(errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.EAGAIN))
+}
+
+// dialError is a failure to connect: nothing was sent.
+type dialError struct{ err error }
+
+func (e *dialError) Error() string { return e.err.Error() }
+func (e *dialError) Unwrap() error { return e.err }
+
+// once makes one request.
+func (c *Client) once(ctx context.Context, method, path string, body []byte, hasBody bool, out any) error {
 	var d net.Dialer
 	conn, err := d.DialContext(ctx, "unix", c.socket)
 	if err != nil {
-		return fmt.Errorf("%w at %s: %w", ErrUnreachable, c.socket, err)
+		return fmt.Errorf("%w at %s: %w", ErrUnreachable, c.socket, &dialError{err})
 	}
 	defer conn.Close()
 	if dl, ok := ctx.Deadline(); ok {
@@ -291,7 +348,7 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 	var req bytes.Buffer
 	// HTTP/1.0: one request per connection, and never a chunked answer.
 	fmt.Fprintf(&req, "%s %s HTTP/1.0\r\nHost: tern-agent\r\n", method, path)
-	if in != nil {
+	if hasBody {
 		fmt.Fprintf(&req, "Content-Type: application/json\r\nContent-Length: %d\r\n", len(body))
 	}
 	req.WriteString("\r\n")

@@ -7,8 +7,10 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -83,7 +85,7 @@ func TestClientReadsAnswersOfEveryShape(t *testing.T) {
 			}
 		}},
 		{"answer too slow", func(w http.ResponseWriter, r *http.Request) {
-			time.Sleep(500 * time.Millisecond)
+			<-r.Context().Done() // never answers: the client gives up and closes
 		}, func(t *testing.T, c *Client) {
 			c.timeout = 50 * time.Millisecond
 			_, err := c.Status(context.Background())
@@ -105,6 +107,121 @@ func TestClientAgentNotListening(t *testing.T) {
 	if !errors.Is(err, ErrUnreachable) || !strings.Contains(err.Error(), "none.sock") {
 		t.Fatalf("err %v", err)
 	}
+}
+
+// fakeAgent answers Allocate with NotReady until ready is called, then with
+// an allocation; it counts the requests.
+type fakeAgent struct {
+	ready    atomic.Bool
+	requests atomic.Int32
+}
+
+func (f *fakeAgent) serveHTTP(w http.ResponseWriter, r *http.Request) {
+	f.requests.Add(1)
+	if !f.ready.Load() {
+		w.WriteHeader(http.StatusServiceUnavailable)
+		w.Write([]byte(`{"code":"NotReady","message":"waiting for the Kubernetes caches"}`))
+		return
+	}
+	w.Write([]byte(`{"containerID":"c1","ifName":"eth0","hostIf":"ternc1","ips":["10.1.1.1"]}`))
+}
+
+var allocReq = AllocateRequest{Attachment: Attachment{ContainerID: "c1", IfName: "eth0"}, HostIf: "ternc1"}
+
+// An ADD that comes while the agent starts waits for it, within the client's
+// timeout; an agent that stays not ready is answered NotReady at the bound;
+// a request the agent may have acted on is never sent twice.
+func TestClientWaitsForStartingAgent(t *testing.T) {
+	t.Run("not ready, then ready", func(t *testing.T) {
+		f := &fakeAgent{}
+		c := NewClient(serve(t, f.serveHTTP), 5*time.Second).WaitForStart()
+		go func() {
+			for f.requests.Load() < 3 {
+				time.Sleep(time.Millisecond)
+			}
+			f.ready.Store(true)
+		}()
+		al, err := c.Allocate(context.Background(), allocReq)
+		if err != nil || len(al.IPs) != 1 {
+			t.Fatalf("%+v %v", al, err)
+		}
+		if n := f.requests.Load(); n < 4 {
+			t.Fatalf("%d requests; want the three NotReady ones and the one that succeeded", n)
+		}
+	})
+	t.Run("stays not ready", func(t *testing.T) {
+		f := &fakeAgent{}
+		c := NewClient(serve(t, f.serveHTTP), 500*time.Millisecond).WaitForStart()
+		t0 := time.Now()
+		_, err := c.Allocate(context.Background(), allocReq)
+		took := time.Since(t0)
+		if !IsCode(err, CodeNotReady) {
+			t.Fatalf("err %v; want NotReady", err)
+		}
+		if took < 300*time.Millisecond || took > 2*time.Second {
+			t.Fatalf("gave up after %v; want about the timeout, 500 ms", took)
+		}
+		if n := f.requests.Load(); n < 3 || n > 6 {
+			t.Fatalf("%d requests in 500 ms; want 50, 100, then 200 ms apart", n)
+		}
+	})
+	t.Run("without WaitForStart", func(t *testing.T) {
+		f := &fakeAgent{}
+		c := NewClient(serve(t, f.serveHTTP), 5*time.Second)
+		if _, err := c.Allocate(context.Background(), allocReq); !IsCode(err, CodeNotReady) || f.requests.Load() != 1 {
+			t.Fatalf("err %v after %d requests; want NotReady after one", err, f.requests.Load())
+		}
+	})
+	// The agent's socket appears (or a stale one is replaced) while the
+	// client waits: nothing was sent before, so it tries again.
+	for _, stale := range []bool{false, true} {
+		t.Run(fmt.Sprintf("socket appears, stale file %v", stale), func(t *testing.T) {
+			sock := filepath.Join(t.TempDir(), "cni.sock")
+			if stale {
+				ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: sock, Net: "unix"})
+				if err != nil {
+					t.Fatal(err)
+				}
+				ln.SetUnlinkOnClose(false)
+				ln.Close() // connections are refused now
+			}
+			f := &fakeAgent{}
+			f.ready.Store(true)
+			c := NewClient(sock, 5*time.Second).WaitForStart()
+			tried := make(chan error, 2)
+			go func() {
+				_, err := NewClient(sock, time.Second).Status(context.Background())
+				tried <- err
+				srv := &http.Server{Handler: http.HandlerFunc(f.serveHTTP)}
+				os.Remove(sock)
+				ln, err := net.Listen("unix", sock)
+				if err != nil {
+					tried <- err
+					return
+				}
+				go func() { _ = srv.Serve(ln) }()
+				t.Cleanup(func() { srv.Close() })
+			}()
+			al, err := c.Allocate(context.Background(), allocReq)
+			if err != nil || len(al.IPs) != 1 {
+				t.Fatalf("%+v %v", al, err)
+			}
+			if err := <-tried; !starting(err) {
+				t.Fatalf("before the agent listened: %v; want a refused or missing socket", err)
+			}
+		})
+	}
+	t.Run("no answer in time is not sent again", func(t *testing.T) {
+		var requests atomic.Int32
+		sock := serve(t, func(w http.ResponseWriter, r *http.Request) {
+			requests.Add(1)
+			<-r.Context().Done()
+		})
+		_, err := NewClient(sock, 200*time.Millisecond).WaitForStart().Allocate(context.Background(), allocReq)
+		if !errors.Is(err, ErrUnreachable) || starting(err) || requests.Load() != 1 {
+			t.Fatalf("err %v after %d requests; want unreachable after one", err, requests.Load())
+		}
+	})
 }
 
 func jsonDecode(r *http.Request, v any) error { return json.NewDecoder(r.Body).Decode(v) }

@@ -166,7 +166,7 @@ func copyFrom(path string, off int64, w io.Writer) int64 {
 // leftovers of a crashed one.
 func Down(ctx context.Context, dir, prefix string, progress io.Writer) error {
 	var pid int
-	if s, err := readState(dir); err == nil {
+	if s, err := ReadState(dir); err == nil {
 		pid = s.PID
 	}
 	c := NewClient(dir)
@@ -183,7 +183,9 @@ func Down(ctx context.Context, dir, prefix string, progress io.Writer) error {
 	return nil
 }
 
-func readState(dir string) (State, error) {
+// ReadState reads the state the daemon of the lab in dir wrote last; it
+// stays after a failed `up`.
+func ReadState(dir string) (State, error) {
 	var s State
 	b, err := os.ReadFile(StatePath(dir))
 	if err != nil {
@@ -203,7 +205,7 @@ func Cleanup(dir, prefix string, progress io.Writer) {
 			fmt.Fprintf(progress, format+"\n", a...)
 		}
 	}
-	s, err := readState(dir)
+	s, err := ReadState(dir)
 	if err == nil && alive(s.PID) && isLabDaemon(s.PID) {
 		say("stopping the previous lab daemon (PID %d)", s.PID)
 		_ = syscall.Kill(s.PID, syscall.SIGTERM)

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	"net/netip"
@@ -69,6 +70,18 @@ type State struct {
 	Nodes      []NodeState   `json:"nodes"`
 	Routers    []RouterState `json:"routers"`
 	Namespaces []string      `json:"namespaces"` // shared segments
+	Timings    Timings       `json:"timings"`
+}
+
+// Timings are when the daemon's `up` passed its milestones (zero until it
+// has): figures for the lab benchmark and for anyone timing a lab, read from
+// `tern-lab status -o json` rather than from the log's wording.
+type Timings struct {
+	Up             time.Time            `json:"up,omitzero"`             // `up` began
+	KubeEnvUp      time.Duration        `json:"kubeEnvUp,omitempty"`     // hack/kube-env.sh up alone (nanoseconds)
+	ControlPlaneUp time.Time            `json:"controlPlaneUp,omitzero"` // the control plane serves, CRDs installed
+	NodesStarted   map[string]time.Time `json:"nodesStarted,omitempty"`  // each node's agent started
+	Ready          time.Time            `json:"ready,omitzero"`          // converged: every agent ready, every route in
 }
 
 // NodeState is one node as running.
@@ -116,6 +129,7 @@ type daemon struct {
 
 	mu      sync.Mutex
 	phase   string
+	timings Timings
 	err     string
 	nodes   map[string]*labNode
 	routers []*labRouter
@@ -161,6 +175,7 @@ func RunDaemon(cfg Config, log *slog.Logger) error {
 				d.teardown()
 				return err
 			}
+			d.mark(func(t *Timings) { t.Ready = time.Now() })
 			d.setPhase(PhaseReady, "")
 			log.Info("lab ready", "nodes", len(d.nodes), "kubeconfig", d.admin)
 			upErr = nil
@@ -178,6 +193,13 @@ func RunDaemon(cfg Config, log *slog.Logger) error {
 	}
 }
 
+// mark records a milestone in the lab's timings.
+func (d *daemon) mark(f func(*Timings)) {
+	d.mu.Lock()
+	f(&d.timings)
+	d.mu.Unlock()
+}
+
 func (d *daemon) setPhase(p, err string) {
 	d.mu.Lock()
 	d.phase, d.err = p, err
@@ -188,9 +210,12 @@ func (d *daemon) setPhase(p, err string) {
 // up starts everything in order and waits until the lab has converged.
 func (d *daemon) up(ctx context.Context) error {
 	t0 := time.Now()
+	d.mark(func(t *Timings) { t.Up = t0 })
 	if err := d.startControlPlane(ctx); err != nil {
 		return err
 	}
+	d.mark(func(t *Timings) { t.ControlPlaneUp = time.Now() })
+	d.writeState()
 	d.log.Info("control plane up", "took", time.Since(t0).Round(time.Millisecond))
 	if err := d.installPlugin(); err != nil {
 		return err
@@ -251,10 +276,12 @@ func (d *daemon) startControlPlane(ctx context.Context) error {
 	if err := os.MkdirAll(d.kubeDir, 0o700); err != nil {
 		return err
 	}
+	t0 := time.Now()
 	kc, err := d.script("up", d.kubeDir)
 	if err != nil {
 		return err
 	}
+	d.mark(func(t *Timings) { t.KubeEnvUp = time.Since(t0) })
 	b, err := os.ReadFile(kc)
 	if err != nil {
 		return err
@@ -471,6 +498,10 @@ func (d *daemon) addNode(ctx context.Context, n Node) error {
 	}
 	d.mu.Lock()
 	ln.agent = agent
+	if d.timings.NodesStarted == nil {
+		d.timings.NodesStarted = map[string]time.Time{}
+	}
+	d.timings.NodesStarted[n.Name] = time.Now()
 	d.mu.Unlock()
 	d.writeState()
 	d.log.Info("node started", "node", n.Name, "rack", n.Rack, "address", n.Address, "as", n.AS, "reflector", n.Reflector)
@@ -882,7 +913,9 @@ func installedRoutes(netns string) (map[string]bool, error) {
 func (d *daemon) State() State {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	s := State{PID: os.Getpid(), Phase: d.phase, Error: d.err, Config: d.cfg, Kubeconfig: d.admin, KubeDir: d.kubeDir, Namespaces: slices.Clone(d.shared)}
+	s := State{PID: os.Getpid(), Phase: d.phase, Error: d.err, Config: d.cfg, Kubeconfig: d.admin, KubeDir: d.kubeDir, Namespaces: slices.Clone(d.shared),
+		Timings: d.timings}
+	s.Timings.NodesStarted = maps.Clone(d.timings.NodesStarted)
 	for _, ln := range d.nodes {
 		ns := NodeState{Node: ln.Node, NetNS: ln.netns, Dir: ln.dir, Socket: filepath.Join(ln.dir, "run", "cni.sock")}
 		if ln.agent != nil {

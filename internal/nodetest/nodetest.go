@@ -27,33 +27,22 @@ import (
 	"github.com/containernetworking/plugins/pkg/testutils"
 
 	"github.com/tern-net/tern/internal/agentapi"
+	"github.com/tern-net/tern/internal/prereq"
 )
 
 // InCI reports whether missing prerequisites must fail rather than skip.
-func InCI() bool { return os.Getenv("CI") == "true" }
+func InCI() bool { return prereq.InCI() }
 
 // RequireRoot skips the test when not root, or fails it under CI=true.
 func RequireRoot(t testing.TB) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		missing(t, "root (network namespaces)")
-	}
+	prereq.RequireRoot(t)
 }
 
 // RequirePath skips the test when path is missing, or fails it under CI=true.
 func RequirePath(t testing.TB, path, what string) {
 	t.Helper()
-	if _, err := os.Stat(path); err != nil {
-		missing(t, fmt.Sprintf("%s (%s; run `make deps`)", what, path))
-	}
-}
-
-func missing(t testing.TB, what string) {
-	t.Helper()
-	if InCI() {
-		t.Fatalf("prerequisite missing under CI=true: %s", what)
-	}
-	t.Skipf("prerequisite missing: %s", what)
+	prereq.RequirePath(t, path, what)
 }
 
 // DebianCNIDir holds Debian's containernetworking-plugins.
