@@ -145,7 +145,7 @@ func offlineChild(t *testing.T, param string) {
 	// An allocation whose pod is gone: the cache says so, the API server
 	// has the last word.
 	gone := podAlloc("c-gone", "default", "gone-pod", "u-gone", p.PodCIDR.Addr().Next().Next().String(), time.Hour)
-	alloc, err := ipam.New(newFakeStore(gone), []netip.Prefix{p.PodCIDR})
+	alloc, err := ipam.New(ipam.NewMemStore(gone), []netip.Prefix{p.PodCIDR})
 	if err != nil {
 		t.Fatal(err)
 	}
