@@ -113,7 +113,7 @@ spec: {peerIP: 10.36.0.254, asNumber: 65001, node: ` + name + `, passwordSecretR
 		}
 	}
 	if err != nil {
-		t.Fatalf("the agent in the node namespace: %v\n%s", err, clustertest.Tail(string(out), 6000))
+		t.Fatalf("the agent in the node namespace: %v\n%s", err, nodetest.Tail(string(out), 6000))
 	}
 }
 

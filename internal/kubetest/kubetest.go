@@ -137,17 +137,9 @@ func runScript(script string, env []string, args ...string) (string, error) {
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	if err := cmd.Run(); err != nil {
-		return "", fmt.Errorf("kube-env.sh %s: %w\n%s", strings.Join(args, " "), err, tail(stderr.String(), 40))
+		return "", fmt.Errorf("kube-env.sh %s: %w\n%s", strings.Join(args, " "), err, nodetest.Tail(stderr.String(), 4000))
 	}
 	return stdout.String(), nil
-}
-
-func tail(s string, n int) string {
-	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
 }
 
 func connect(kubeconfig, dir string) (*Env, error) {
