@@ -96,7 +96,7 @@ protocol bgp nodebird { local 10.37.0.254 as 65001; neighbor 10.37.0.2 as 64513;
 	cidr := st.PodCIDRs[0].String()
 	if !routeWithin(obs, cidr, 20*time.Second) {
 		b.Fatalf("observer never got %s:\n%s\n%s\nagent:\n%s", cidr, obsBird.Birdc("show", "protocols", "all", "nodetern")+obsBird.Log(),
-			obsBird.Birdc("show", "route"), clustertest.Tail(n.AgentLog(), 2000))
+			obsBird.Birdc("show", "route"), nodetest.Tail(n.AgentLog(), 2000))
 	}
 
 	birdNode := clustertest.NewNS(b)

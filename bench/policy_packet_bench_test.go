@@ -21,6 +21,7 @@ import (
 	"github.com/tern-net/tern/dataplane"
 	"github.com/tern-net/tern/hostveth"
 	"github.com/tern-net/tern/internal/clustertest"
+	"github.com/tern-net/tern/internal/nodetest"
 	"github.com/tern-net/tern/policy"
 )
 
@@ -378,55 +379,39 @@ func dispatchPackets(b *testing.B, node ns.NetNS, bins polBins, hostIf string) u
 // a first byte naming the mode, 'r' echoes, 's' discards, 'c' answers one
 // byte and waits for the client to go.
 func serveTCPBench(b *testing.B, netns ns.NetNS, addr string) {
-	var ln net.Listener
-	polInNS(b, netns, func() error {
-		var err error
-		ln, err = net.Listen("tcp", addr)
-		return err
-	})
-	b.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				mode := make([]byte, 1)
-				if _, err := io.ReadFull(c, mode); err != nil {
-					return
-				}
-				switch mode[0] {
-				case 'r':
-					buf := make([]byte, 64)
-					for {
-						n, err := c.Read(buf)
-						if n > 0 {
-							if _, err := c.Write(buf[:n]); err != nil {
-								return
-							}
-						}
-						if err != nil {
-							return
-						}
-					}
-				case 's':
-					buf := make([]byte, 256<<10)
-					for {
-						if _, err := c.Read(buf); err != nil {
-							return
-						}
-					}
-				case 'c':
-					if _, err := c.Write(mode); err != nil {
+	nodetest.ServeConn(b, netns, addr, func(c net.Conn) {
+		mode := make([]byte, 1)
+		if _, err := io.ReadFull(c, mode); err != nil {
+			return
+		}
+		switch mode[0] {
+		case 'r':
+			buf := make([]byte, 64)
+			for {
+				n, err := c.Read(buf)
+				if n > 0 {
+					if _, err := c.Write(buf[:n]); err != nil {
 						return
 					}
-					_, _ = c.Read(mode)
 				}
-			}()
+				if err != nil {
+					return
+				}
+			}
+		case 's':
+			buf := make([]byte, 256<<10)
+			for {
+				if _, err := c.Read(buf); err != nil {
+					return
+				}
+			}
+		case 'c':
+			if _, err := c.Write(mode); err != nil {
+				return
+			}
+			_, _ = c.Read(mode)
 		}
-	}()
+	})
 }
 
 // dialOnce makes one 'c' exchange with addr from netns.

@@ -200,17 +200,10 @@ func (l *lab) eventually(what string, timeout time.Duration, ok func() bool) {
 	for !ok() {
 		if time.Now().After(deadline) {
 			l.t.Fatalf("%s: not after %s\nspeaker log:\n%s\nstatus: %+v\nrouter log:\n%s", what, timeout,
-				tail(l.log("speaker.log"), 3000), l.status(), tail(l.routerLog(), 3000))
+				nodetest.Tail(l.log("speaker.log"), 3000), l.status(), nodetest.Tail(l.routerLog(), 3000))
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-}
-
-func tail(s string, n int) string {
-	if len(s) > n {
-		return s[len(s)-n:]
-	}
-	return s
 }
 
 func TestSpeakerWithBIRD(t *testing.T) {

@@ -25,6 +25,7 @@ import (
 
 	"github.com/tern-net/tern/hostveth"
 	"github.com/tern-net/tern/internal/agentapi"
+	"github.com/tern-net/tern/internal/kubetest"
 	"github.com/tern-net/tern/internal/nodetest"
 )
 
@@ -136,7 +137,7 @@ func TestDelCleansEverythingAndIsIdempotent(t *testing.T) {
 	if out, _ := n.Output("ip", "route", "show", "proto", "96"); strings.Contains(out, p.IPs()[0].String()+" ") {
 		t.Fatalf("host route still there after DEL:\n%s", out)
 	}
-	eventually(t, 5*time.Second, func() error {
+	if err := kubetest.EventuallyErr(5*time.Second, func() error {
 		if out, _ := n.Output("ip", "-o", "link", "show"); strings.Contains(out, hostIf) {
 			return fmt.Errorf("host veth %s still there after DEL:\n%s", hostIf, out)
 		}
@@ -144,7 +145,9 @@ func TestDelCleansEverythingAndIsIdempotent(t *testing.T) {
 			return fmt.Errorf("eth0 still in the pod after DEL:\n%s", out)
 		}
 		return nil
-	})
+	}); err != nil {
+		t.Fatal(err)
+	}
 	allocs, err := n.Client().List(context.Background())
 	if err != nil || len(allocs) != 0 {
 		t.Fatalf("allocations after DEL: %v, %v", allocs, err)
@@ -240,7 +243,7 @@ func TestGCReleasesLeakedAllocationsAndVeths(t *testing.T) {
 	if err != nil || len(allocs) != 1 || allocs[0].ContainerID != keep.RT.ContainerID {
 		t.Fatalf("allocations after GC: %+v, %v; want only %s", allocs, err, keep.RT.ContainerID)
 	}
-	eventually(t, 5*time.Second, func() error {
+	if err := kubetest.EventuallyErr(5*time.Second, func() error {
 		links, _ := n.Output("ip", "-o", "link", "show")
 		for _, p := range []*nodetest.Pod{leak1, leak2} {
 			if strings.Contains(links, p.Result.Interfaces[0].Name) {
@@ -248,7 +251,9 @@ func TestGCReleasesLeakedAllocationsAndVeths(t *testing.T) {
 			}
 		}
 		return nil
-	})
+	}); err != nil {
+		t.Fatal(err)
+	}
 	if links, _ := n.Output("ip", "-o", "link", "show"); !strings.Contains(links, keep.Result.Interfaces[0].Name) {
 		t.Fatalf("GC removed the valid pod's veth")
 	}
@@ -557,21 +562,6 @@ func gcOnly(n *nodetest.Node, list *libcni.NetworkConfigList, valid []types.GCAt
 }
 
 // eventually retries check until it passes or timeout runs out.
-func eventually(t *testing.T, timeout time.Duration, check func() error) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		err := check()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatal(err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 func nsCommand(podNS ns.NetNS, name string, args ...string) *exec.Cmd {
 	return exec.Command("nsenter", append([]string{"--net=" + podNS.Path(), "--", name}, args...)...)
 }
@@ -630,13 +620,15 @@ func TestNewSandboxNeverTakesALiveSandboxsVeth(t *testing.T) {
 	// The late DEL marked for disposal whatever veth it took for the old
 	// sandbox's, before its release request returned: once the agent has
 	// deleted every link of the group, nothing it does is still to come.
-	eventually(t, 10*time.Second, func() error {
+	if err := kubetest.EventuallyErr(10*time.Second, func() error {
 		out, err := n.Output("ip", "-o", "link", "show", "group", strconv.Itoa(hostveth.Group))
 		if err != nil || strings.TrimSpace(out) != "" {
 			return fmt.Errorf("links waiting for the agent's disposal: %v\n%s", err, out)
 		}
 		return nil
-	})
+	}); err != nil {
+		t.Fatal(err)
+	}
 	if err := n.Check(list, newRT); err != nil {
 		t.Fatalf("the new sandbox was damaged by the old one's DEL: %v", err)
 	}

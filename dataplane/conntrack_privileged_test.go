@@ -15,31 +15,14 @@ import (
 
 	"github.com/containernetworking/plugins/pkg/ns"
 
+	"github.com/tern-net/tern/internal/nodetest"
 	"github.com/tern-net/tern/policy"
 )
 
 // echoServer accepts connections on addr inside netns and echoes lines.
 func echoServer(t *testing.T, netns ns.NetNS, addr string) {
 	t.Helper()
-	var ln net.Listener
-	err := netns.Do(func(ns.NetNS) error {
-		var err error
-		ln, err = net.Listen("tcp", addr)
-		return err
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() { defer c.Close(); _, _ = io.Copy(c, c) }()
-		}
-	}()
+	nodetest.ServeConn(t, netns, addr, func(c net.Conn) { _, _ = io.Copy(c, c) })
 }
 
 type echoConn struct {

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tern-net/tern/internal/kubetest"
 	"github.com/tern-net/tern/internal/lab"
 )
 
@@ -206,7 +207,7 @@ func TestAgentKilled(t *testing.T) {
 		}
 	}()
 	// Kill once the probe has been seen working: ten probes sent.
-	if err := waitFor(10*time.Second, func() error {
+	if err := kubetest.EventuallyErr(10*time.Second, func() error {
 		if n := sent.Load(); n < 10 {
 			return fmt.Errorf("%d probes sent", n)
 		}
@@ -236,7 +237,7 @@ func TestAgentKilled(t *testing.T) {
 	// its End-of-RIB; then ten more probes.
 	var settled error
 	if restarted {
-		settled = waitFor(60*time.Second, func() error {
+		settled = kubetest.EventuallyErr(60*time.Second, func() error {
 			c, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			defer cancel()
 			b, err := lab.NewAgentClient(victim.Socket).BGP(c)
@@ -255,7 +256,7 @@ func TestAgentKilled(t *testing.T) {
 		})
 		if settled == nil {
 			after := sent.Load()
-			settled = waitFor(10*time.Second, func() error {
+			settled = kubetest.EventuallyErr(10*time.Second, func() error {
 				if n := sent.Load(); n < after+10 {
 					return fmt.Errorf("%d probes sent since the sessions came back", n-after)
 				}
@@ -274,19 +275,6 @@ func TestAgentKilled(t *testing.T) {
 	t.Logf("probes: %d sent, %d lost over the agent's SIGKILL and restart", sent.Load(), lost.Load())
 	if lost.Load() != 0 {
 		t.Errorf("%d of %d probes lost (first: %v)", lost.Load(), sent.Load(), firstErr.Load())
-	}
-}
-
-// waitFor polls cond every 100 ms until it returns nil or timeout runs out,
-// and returns its last error then.
-func waitFor(timeout time.Duration, cond func() error) error {
-	deadline := time.Now().Add(timeout)
-	for {
-		err := cond()
-		if err == nil || time.Now().After(deadline) {
-			return err
-		}
-		time.Sleep(100 * time.Millisecond)
 	}
 }
 

@@ -76,7 +76,8 @@ func run(m *testing.M) (int, error) {
 	pids := []int{st.PID}
 	code := m.Run()
 	if code != 0 {
-		fmt.Fprintf(os.Stderr, "e2e: lab log (tail):\n%s\n", tailFile(lab.LogPath(labDir), 4000))
+		log, _ := os.ReadFile(lab.LogPath(labDir))
+		fmt.Fprintf(os.Stderr, "e2e: lab log (tail):\n%s\n", nodetest.Tail(string(log), 4000))
 	}
 	// A crashed lab: the daemon dies with SIGKILL, leaving its agents,
 	// routers, namespaces and control plane behind. `up` cleans all that and
@@ -156,14 +157,6 @@ func rootSnapshot() string {
 		}
 	}
 	return b.String()
-}
-
-func tailFile(path string, n int) string {
-	b, _ := os.ReadFile(path)
-	if len(b) > n {
-		b = b[len(b)-n:]
-	}
-	return string(b)
 }
 
 // crashAndRestart kills the lab daemon with SIGKILL and checks that `up`

@@ -12,116 +12,14 @@ import (
 	"time"
 )
 
-// fakeStore is an in-memory Store that counts its calls and fails Put or Delete
-// on demand.
-type fakeStore struct {
-	mu      sync.Mutex
-	allocs  map[Key]Allocation
-	loadErr error
-	putErr  error
-	delErr  error
-	puts    int
-	deletes int
-	// putHook, when set, runs at the start of every Put, outside mu.
-	putHook func(Allocation)
-	// deletedHook, when set, runs when a Delete has become durable, just
-	// before it returns, outside mu.
-	deletedHook func(Allocation)
-}
+var errInjected = errors.New("injected store failure")
 
-var _ Store = (*fakeStore)(nil)
-
-func newFakeStore(allocs ...Allocation) *fakeStore {
-	s := &fakeStore{allocs: map[Key]Allocation{}}
-	for _, al := range allocs {
-		s.allocs[al.Key] = al
-	}
+// failingLoad is an empty store whose Load fails with err.
+func failingLoad(err error) *MemStore {
+	s := NewMemStore()
+	s.FailLoad(err)
 	return s
 }
-
-func (s *fakeStore) Load() ([]Allocation, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.loadErr != nil {
-		return nil, s.loadErr
-	}
-	out := make([]Allocation, 0, len(s.allocs))
-	for _, al := range s.allocs {
-		al.IPs = slices.Clone(al.IPs)
-		out = append(out, al)
-	}
-	// Newest first, the worst order for New, which must replay oldest first.
-	slices.SortFunc(out, func(a, b Allocation) int { return b.Created.Compare(a.Created) })
-	return out, nil
-}
-
-func (s *fakeStore) Put(al Allocation) error {
-	s.mu.Lock()
-	hook := s.putHook
-	s.mu.Unlock()
-	if hook != nil {
-		hook(al)
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.puts++
-	if s.putErr != nil {
-		return s.putErr
-	}
-	al.IPs = slices.Clone(al.IPs)
-	s.allocs[al.Key] = al
-	return nil
-}
-
-func (s *fakeStore) Delete(k Key) error {
-	s.mu.Lock()
-	s.deletes++
-	if s.delErr != nil {
-		s.mu.Unlock()
-		return s.delErr
-	}
-	gone := s.allocs[k]
-	delete(s.allocs, k)
-	hook := s.deletedHook
-	s.mu.Unlock()
-	if hook != nil {
-		hook(gone)
-	}
-	return nil
-}
-
-func (s *fakeStore) failPut(err error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.putErr = err
-}
-
-func (s *fakeStore) failDelete(err error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.delErr = err
-}
-
-func (s *fakeStore) putCount() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.puts
-}
-
-func (s *fakeStore) get(k Key) (Allocation, bool) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	al, ok := s.allocs[k]
-	return al, ok
-}
-
-func (s *fakeStore) len() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return len(s.allocs)
-}
-
-var errInjected = errors.New("injected store failure")
 
 // epoch is the first time the test clock returns.
 var epoch = time.Date(2025, 1, 2, 3, 4, 5, 0, time.UTC)
@@ -217,7 +115,7 @@ func TestAllocate(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			store := newFakeStore()
+			store := NewMemStore()
 			a := newTestAllocator(t, store, tt.pools...)
 			r := Request{
 				Key:       Key{ContainerID: "c1", IfName: "eth0"},
@@ -234,7 +132,7 @@ func TestAllocate(t *testing.T) {
 			if !sameAllocation(got, want) {
 				t.Fatalf("Allocate = %+v, want %+v", got, want)
 			}
-			stored, ok := store.get(r.Key)
+			stored, ok := store.Get(r.Key)
 			if !ok || !sameAllocation(stored, want) {
 				t.Fatalf("store holds %+v (present %v), want %+v", stored, ok, want)
 			}
@@ -259,7 +157,7 @@ func TestAllocateSameKeyReturnsSameAddresses(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			store := newFakeStore()
+			store := NewMemStore()
 			a := newTestAllocator(t, store, tt.pools...)
 			first, err := a.Allocate(req("c1"))
 			if err != nil {
@@ -272,7 +170,7 @@ func TestAllocateSameKeyReturnsSameAddresses(t *testing.T) {
 			if !sameAllocation(first, again) {
 				t.Fatalf("repeated Allocate = %+v, want %+v", again, first)
 			}
-			if n := store.putCount(); n != 1 {
+			if n, _ := store.Counts(); n != 1 {
 				t.Fatalf("store saw %d Puts, want 1", n)
 			}
 			other, err := a.Allocate(req("c2"))
@@ -314,7 +212,7 @@ func TestAllocateSkipsNetworkAndBroadcast(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			a := newTestAllocator(t, newFakeStore(), tt.pool)
+			a := newTestAllocator(t, NewMemStore(), tt.pool)
 			var got []netip.Addr
 			for i := range tt.want {
 				al, err := a.Allocate(req(fmt.Sprintf("c%d", i)))
@@ -397,7 +295,7 @@ func TestAllocateRoundRobin(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			a := newTestAllocator(t, newFakeStore(), tt.pool)
+			a := newTestAllocator(t, NewMemStore(), tt.pool)
 			for i, s := range tt.steps {
 				if s.release {
 					if _, err := a.Release(key(s.id)); err != nil {
@@ -435,7 +333,7 @@ func TestAllocatePoolFull(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			store := newFakeStore()
+			store := NewMemStore()
 			a := newTestAllocator(t, store, tt.pools...)
 			for i := 0; i < tt.fill; i++ {
 				if _, err := a.Allocate(req(fmt.Sprintf("fill%d", i))); err != nil {
@@ -452,7 +350,7 @@ func TestAllocatePoolFull(t *testing.T) {
 			if _, err := a.Get(key("late")); !errors.Is(err, ErrNotFound) {
 				t.Fatalf("Get after failed Allocate = %v, want ErrNotFound", err)
 			}
-			if n := store.putCount(); n != tt.fill {
+			if n, _ := store.Counts(); n != tt.fill {
 				t.Fatalf("store saw %d Puts, want %d", n, tt.fill)
 			}
 			u := a.Usage()
@@ -476,13 +374,13 @@ func TestAllocateInvalidKey(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			store := newFakeStore()
+			store := NewMemStore()
 			a := newTestAllocator(t, store, "10.0.0.0/24")
 			_, err := a.Allocate(Request{Key: tt.key})
 			if !errors.Is(err, ErrInvalidKey) {
 				t.Fatalf("Allocate(%+v) = %v, want ErrInvalidKey", tt.key, err)
 			}
-			if n := store.putCount(); n != 0 {
+			if n, _ := store.Counts(); n != 0 {
 				t.Fatalf("store saw %d Puts, want 0", n)
 			}
 			if u := a.Usage(); u[0].InUse != 0 {
@@ -493,12 +391,12 @@ func TestAllocateInvalidKey(t *testing.T) {
 }
 
 func TestAllocateNoPools(t *testing.T) {
-	store := newFakeStore()
+	store := NewMemStore()
 	a := newTestAllocator(t, store)
 	if _, err := a.Allocate(req("c1")); !errors.Is(err, ErrNoPools) {
 		t.Fatalf("Allocate without pools = %v, want ErrNoPools", err)
 	}
-	if n := store.putCount(); n != 0 {
+	if n, _ := store.Counts(); n != 0 {
 		t.Fatalf("store saw %d Puts, want 0", n)
 	}
 }
@@ -537,7 +435,7 @@ func TestNotFound(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			a := newTestAllocator(t, newFakeStore(), "10.0.0.0/24")
+			a := newTestAllocator(t, NewMemStore(), "10.0.0.0/24")
 			if _, err := a.Allocate(req("known")); err != nil {
 				t.Fatalf("Allocate: %v", err)
 			}
@@ -558,7 +456,7 @@ func TestRelease(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			store := newFakeStore()
+			store := NewMemStore()
 			a := newTestAllocator(t, store, tt.pools...)
 			al, err := a.Allocate(req("c1"))
 			if err != nil {
@@ -571,7 +469,7 @@ func TestRelease(t *testing.T) {
 			if !sameAllocation(released, al) {
 				t.Fatalf("Release returned %+v, want %+v", released, al)
 			}
-			if _, ok := store.get(key("c1")); ok {
+			if _, ok := store.Get(key("c1")); ok {
 				t.Fatal("store still holds the released allocation")
 			}
 			for i, u := range a.Usage() {
@@ -602,9 +500,9 @@ func TestAllocatePutFailureLeavesNoTrace(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			store := newFakeStore()
+			store := NewMemStore()
 			a := newTestAllocator(t, store, tt.pools...)
-			store.failPut(errInjected)
+			store.FailPut(errInjected)
 			_, err := a.Allocate(req("c1"))
 			if !errors.Is(err, errInjected) {
 				t.Fatalf("Allocate with failing Put = %v, want it to wrap %v", err, errInjected)
@@ -623,12 +521,12 @@ func TestAllocatePutFailureLeavesNoTrace(t *testing.T) {
 					t.Fatalf("Usage()[%d].InUse = %d after failed Put, want 0", i, u.InUse)
 				}
 			}
-			if n := store.len(); n != 0 {
+			if n := store.Len(); n != 0 {
 				t.Fatalf("store holds %d allocations, want 0", n)
 			}
 
 			// The addresses are free again: the whole pool can be allocated.
-			store.failPut(nil)
+			store.FailPut(nil)
 			size := a.Usage()[0].Size
 			for i := uint64(0); i < size; i++ {
 				if _, err := a.Allocate(req(fmt.Sprintf("after%d", i))); err != nil {
@@ -643,13 +541,13 @@ func TestAllocatePutFailureLeavesNoTrace(t *testing.T) {
 }
 
 func TestReleaseDeleteFailureKeepsAllocation(t *testing.T) {
-	store := newFakeStore()
+	store := NewMemStore()
 	a := newTestAllocator(t, store, "10.0.0.5/32")
 	al, err := a.Allocate(req("c1"))
 	if err != nil {
 		t.Fatalf("Allocate: %v", err)
 	}
-	store.failDelete(errInjected)
+	store.FailDelete(errInjected)
 	if _, err := a.Release(key("c1")); !errors.Is(err, errInjected) {
 		t.Fatalf("Release with failing Delete = %v, want it to wrap %v", err, errInjected)
 	}
@@ -657,7 +555,7 @@ func TestReleaseDeleteFailureKeepsAllocation(t *testing.T) {
 	if err != nil || !sameAllocation(got, al) {
 		t.Fatalf("Get after failed Delete = %+v, %v; want %+v", got, err, al)
 	}
-	if _, ok := store.get(key("c1")); !ok {
+	if _, ok := store.Get(key("c1")); !ok {
 		t.Fatal("store lost the allocation")
 	}
 	if u := a.Usage(); u[0].InUse != 1 {
@@ -667,7 +565,7 @@ func TestReleaseDeleteFailureKeepsAllocation(t *testing.T) {
 		t.Fatalf("Allocate of the kept address = %v, want ErrPoolFull", err)
 	}
 
-	store.failDelete(nil)
+	store.FailDelete(nil)
 	if _, err := a.Release(key("c1")); err != nil {
 		t.Fatalf("Release after Delete recovers: %v", err)
 	}
@@ -724,7 +622,7 @@ func TestNewRebuildsIndex(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			store := newFakeStore(tt.stored...)
+			store := NewMemStore(tt.stored...)
 			a := newTestAllocator(t, store, tt.pools...)
 			for _, want := range tt.stored {
 				got, err := a.Get(want.Key)
@@ -757,7 +655,7 @@ func TestNewRebuildsIndex(t *testing.T) {
 			if err != nil || !slices.Equal(again.IPs, first.IPs) {
 				t.Fatalf("Allocate(%s) = %v, %v; want stored %v", first.Key, again.IPs, err, first.IPs)
 			}
-			if n := store.putCount(); n != 1 {
+			if n, _ := store.Counts(); n != 1 {
 				t.Fatalf("store saw %d Puts, want 1", n)
 			}
 		})
@@ -767,14 +665,14 @@ func TestNewRebuildsIndex(t *testing.T) {
 func TestNewErrors(t *testing.T) {
 	tests := []struct {
 		name    string
-		store   *fakeStore
+		store   *MemStore
 		pools   []string
 		wantErr error  // matched with errors.Is, when set
 		wantMsg string // contained in the error
 	}{
 		{
 			name: "one address held twice",
-			store: newFakeStore(
+			store: NewMemStore(
 				Allocation{Key: key("a"), IPs: addrs("10.0.0.3"), Created: epoch},
 				Allocation{Key: key("b"), IPs: addrs("10.0.0.3"), Created: epoch.Add(time.Second)},
 			),
@@ -783,7 +681,7 @@ func TestNewErrors(t *testing.T) {
 		},
 		{
 			name: "one IPv6 address held twice, outside the pools",
-			store: newFakeStore(
+			store: NewMemStore(
 				Allocation{Key: key("a"), IPs: addrs("10.0.0.1", "fd00::3"), Created: epoch},
 				Allocation{Key: key("b"), IPs: addrs("10.0.0.2", "fd00::3"), Created: epoch.Add(time.Second)},
 			),
@@ -792,14 +690,14 @@ func TestNewErrors(t *testing.T) {
 		},
 		{
 			name:    "load fails",
-			store:   &fakeStore{allocs: map[Key]Allocation{}, loadErr: errInjected},
+			store:   failingLoad(errInjected),
 			pools:   []string{"10.0.0.0/24"},
 			wantErr: errInjected,
 			wantMsg: "load allocations",
 		},
 		{
 			name:    "invalid pool",
-			store:   newFakeStore(),
+			store:   NewMemStore(),
 			pools:   []string{"10.0.0.1/24"},
 			wantMsg: "10.0.0.1/24",
 		},
@@ -846,7 +744,7 @@ func TestSetPools(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			a := newTestAllocator(t, newFakeStore(), initial...)
+			a := newTestAllocator(t, NewMemStore(), initial...)
 			err := a.SetPools(tt.pools)
 			if gotErr := err != nil; gotErr != tt.wantErr {
 				t.Fatalf("SetPools(%v) = %v, want error: %v", tt.pools, err, tt.wantErr)
@@ -863,7 +761,7 @@ func TestSetPools(t *testing.T) {
 }
 
 func TestSetPoolsKeepsAllocations(t *testing.T) {
-	a := newTestAllocator(t, newFakeStore(), "10.0.0.0/24")
+	a := newTestAllocator(t, NewMemStore(), "10.0.0.0/24")
 	old, err := a.Allocate(req("old"))
 	if err != nil {
 		t.Fatalf("Allocate: %v", err)
@@ -887,7 +785,7 @@ func TestSetPoolsKeepsAllocations(t *testing.T) {
 }
 
 func TestPoolsReturnsCopy(t *testing.T) {
-	a := newTestAllocator(t, newFakeStore(), "10.0.0.0/24")
+	a := newTestAllocator(t, NewMemStore(), "10.0.0.0/24")
 	p := a.Pools()
 	p[0] = netip.MustParsePrefix("192.168.0.0/16")
 	if got := a.Pools(); got[0] != netip.MustParsePrefix("10.0.0.0/24") {
@@ -918,7 +816,7 @@ func TestUsage(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			a := newTestAllocator(t, newFakeStore(), tt.pools...)
+			a := newTestAllocator(t, NewMemStore(), tt.pools...)
 			for i := 0; i < tt.allocate; i++ {
 				if _, err := a.Allocate(req(fmt.Sprintf("c%d", i))); err != nil {
 					t.Fatalf("Allocate #%d: %v", i, err)
@@ -946,7 +844,7 @@ func TestUsage(t *testing.T) {
 
 func TestAllocateConcurrentDistinctKeys(t *testing.T) {
 	const n = 200
-	store := newFakeStore()
+	store := NewMemStore()
 	a := newTestAllocator(t, store, "10.0.0.0/24", "fd00::/120")
 
 	results := make([]Allocation, n)
@@ -977,10 +875,10 @@ func TestAllocateConcurrentDistinctKeys(t *testing.T) {
 			owner[ip] = i
 		}
 	}
-	if got := store.putCount(); got != n {
+	if got, _ := store.Counts(); got != n {
 		t.Fatalf("store saw %d Puts, want %d", got, n)
 	}
-	if got := store.len(); got != n {
+	if got := store.Len(); got != n {
 		t.Fatalf("store holds %d allocations, want %d", got, n)
 	}
 	for i, u := range a.Usage() {
@@ -992,10 +890,10 @@ func TestAllocateConcurrentDistinctKeys(t *testing.T) {
 
 func TestAllocateConcurrentSameKey(t *testing.T) {
 	const n = 50
-	store := newFakeStore()
+	store := NewMemStore()
 	// Hold the first Put open until every goroutine has had time to arrive, so
 	// the others find it in flight.
-	store.putHook = func(Allocation) { time.Sleep(20 * time.Millisecond) }
+	store.OnPut(func(Allocation) { time.Sleep(20 * time.Millisecond) })
 	a := newTestAllocator(t, store, "10.0.0.0/24", "fd00::/120")
 
 	results := make([]Allocation, n)
@@ -1019,7 +917,7 @@ func TestAllocateConcurrentSameKey(t *testing.T) {
 			t.Fatalf("Allocate #%d = %+v, want %+v", i, results[i], results[0])
 		}
 	}
-	if got := store.putCount(); got != 1 {
+	if got, _ := store.Counts(); got != 1 {
 		t.Fatalf("store saw %d Puts, want 1", got)
 	}
 	for i, u := range a.Usage() {
@@ -1034,7 +932,7 @@ func TestConcurrentAllocateAndRelease(t *testing.T) {
 	// smaller than the number of goroutines times rounds; nothing may be
 	// handed out twice at once and everything must be free at the end.
 	const workers, rounds = 20, 10
-	store := newFakeStore()
+	store := NewMemStore()
 	a := newTestAllocator(t, store, "10.0.0.0/27")
 
 	var (
@@ -1044,11 +942,11 @@ func TestConcurrentAllocateAndRelease(t *testing.T) {
 	)
 	// An address stops being held only once its release is durable: an
 	// allocator that handed it out earlier would be caught as a duplicate.
-	store.deletedHook = func(al Allocation) {
+	store.OnDeleted(func(al Allocation) {
 		mu.Lock()
 		delete(held, al.IPs[0])
 		mu.Unlock()
-	}
+	})
 	var wg sync.WaitGroup
 	for w := range workers {
 		wg.Go(func() {
@@ -1084,7 +982,7 @@ func TestConcurrentAllocateAndRelease(t *testing.T) {
 	if u := a.Usage(); u[0].InUse != 0 {
 		t.Fatalf("Usage InUse = %d after all releases, want 0", u[0].InUse)
 	}
-	if got := store.len(); got != 0 {
+	if got := store.Len(); got != 0 {
 		t.Fatalf("store holds %d allocations, want 0", got)
 	}
 }
@@ -1092,7 +990,7 @@ func TestConcurrentAllocateAndRelease(t *testing.T) {
 // SetPools must keep the round-robin promise: the cursor continues after the
 // newest allocation, so a just-released address is not handed out again.
 func TestSetPoolsKeepsRoundRobinCursor(t *testing.T) {
-	store := newFakeStore()
+	store := NewMemStore()
 	a := newTestAllocator(t, store, "10.0.0.0/24")
 	for _, id := range []string{"a", "b", "c", "d"} {
 		if _, err := a.Allocate(req(id)); err != nil {
@@ -1116,7 +1014,7 @@ func TestSetPoolsKeepsRoundRobinCursor(t *testing.T) {
 
 // What Allocate, Get and List return shares no memory with the index.
 func TestReturnedAllocationsAreCopies(t *testing.T) {
-	a := newTestAllocator(t, newFakeStore(), "10.0.0.0/24")
+	a := newTestAllocator(t, NewMemStore(), "10.0.0.0/24")
 	al, err := a.Allocate(req("a"))
 	if err != nil {
 		t.Fatal(err)

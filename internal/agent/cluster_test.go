@@ -66,7 +66,7 @@ func (f *fakeCluster) BGPInput() ([]bgp.NodeInfo, bgp.Config, []bgp.PeerSpec, []
 
 func clusterAgent(t *testing.T, f *fakeCluster, grace time.Duration, allocs ...ipam.Allocation) *Agent {
 	t.Helper()
-	alloc, err := ipam.New(newFakeStore(allocs...), []netip.Prefix{netip.MustParsePrefix("10.244.1.0/24")})
+	alloc, err := ipam.New(ipam.NewMemStore(allocs...), []netip.Prefix{netip.MustParsePrefix("10.244.1.0/24")})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -11,6 +11,7 @@ import (
 
 	"github.com/tern-net/tern/hostveth"
 	"github.com/tern-net/tern/internal/agentapi"
+	"github.com/tern-net/tern/ipam"
 )
 
 // goroutineID is the id of the calling goroutine, as its stack trace names
@@ -42,7 +43,7 @@ func releaseBody(cid, hostIf string, index int) string {
 func TestDisposeInReconcileGoroutine(t *testing.T) {
 	cfg := dualStack
 	cfg.Resync = time.Hour // no pass: a test agent has no dataplane
-	ta := newTestAgent(t, cfg, newFakeStore())
+	ta := newTestAgent(t, cfg, ipam.NewMemStore())
 	a := ta.a
 	type call struct{ goroutine int64 }
 	calls := make(chan call, 16)
@@ -120,7 +121,7 @@ func TestDisposeInReconcileGoroutine(t *testing.T) {
 // Nothing is deleted before the agent is ready; a reconcile pass's own
 // deletion answers the requests that came before it.
 func TestDisposeWaitsForReady(t *testing.T) {
-	ta := newTestAgent(t, dualStack, newFakeStore())
+	ta := newTestAgent(t, dualStack, ipam.NewMemStore())
 	a := ta.a
 	n := 0
 	a.deleteVeths = func() (int, error) { n++; return 1, nil }

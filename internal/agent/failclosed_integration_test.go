@@ -78,7 +78,7 @@ func TestAddBeforePodKnown(t *testing.T) {
 			ip = res.IPs[0].Address.IP
 			return true, nil
 		}); err != nil {
-			t.Fatalf("ADD %s: %v\n%s", rt.ContainerID, err, clustertest.Tail(n.AgentLog(), 3000))
+			t.Fatalf("ADD %s: %v\n%s", rt.ContainerID, err, nodetest.Tail(n.AgentLog(), 3000))
 		}
 		return ip
 	}
@@ -106,7 +106,7 @@ func TestAddBeforePodKnown(t *testing.T) {
 		pp, err := n.Client().Policy(ctx, ns+"/web0")
 		return err == nil && slices.Contains(pp.Ingress, ns+"/web-from-client"), nil
 	}); err != nil {
-		t.Fatalf("the agent did not apply the policy: %v\n%s", err, clustertest.Tail(n.AgentLog(), 3000))
+		t.Fatalf("the agent did not apply the policy: %v\n%s", err, nodetest.Tail(n.AgentLog(), 3000))
 	}
 
 	// The watch lags: the pod exists in the API, the agent cannot see it.
@@ -126,7 +126,7 @@ func TestAddBeforePodKnown(t *testing.T) {
 	var cniErr *types.Error
 	if !errors.As(err, &cniErr) || cniErr.Code != types.ErrTryAgainLater || !strings.Contains(cniErr.Error()+cniErr.Details, "not in the agent's cache") {
 		t.Fatalf("ADD of a pod the agent does not know yet: %v, want code %d saying the pod is not in the cache\n%s",
-			err, types.ErrTryAgainLater, clustertest.Tail(n.PluginLog(), 2000))
+			err, types.ErrTryAgainLater, nodetest.Tail(n.PluginLog(), 2000))
 	}
 	t.Logf("refused after %s: %s", time.Since(t0).Round(time.Millisecond), cniErr.Details)
 	if after := strings.Count(veths(), "\n"); after != before {

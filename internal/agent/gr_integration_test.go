@@ -41,7 +41,7 @@ func TestGracefulRestart(t *testing.T) {
 		_, err := nodetest.Dial(a.NS, srv)
 		return err == nil, nil
 	}); err != nil {
-		t.Fatalf("no path from node 1 to node 2's pod: %v\n%s", err, clustertest.Tail(nodes[0].AgentLog(), 2000))
+		t.Fatalf("no path from node 1 to node 2's pod: %v\n%s", err, nodetest.Tail(nodes[0].AgentLog(), 2000))
 	}
 
 	// probe dials every 100 ms while during runs and until settled holds
@@ -73,7 +73,7 @@ func TestGracefulRestart(t *testing.T) {
 		stop.Store(true)
 		<-done
 		if err != nil {
-			t.Fatalf("the sessions did not settle after the restart: %v\n%s", err, clustertest.Tail(nodes[1].AgentLog(), 2000))
+			t.Fatalf("the sessions did not settle after the restart: %v\n%s", err, nodetest.Tail(nodes[1].AgentLog(), 2000))
 		}
 		return sent, lost
 	}

@@ -128,7 +128,7 @@ router bgp 65001
 	close(stop)
 	<-done
 	if err != nil {
-		t.Fatalf("graceful restart did not finish: %v\n%s\n%s", err, routerLog(), clustertest.Tail(n.AgentLog(), 2000))
+		t.Fatalf("graceful restart did not finish: %v\n%s\n%s", err, routerLog(), nodetest.Tail(n.AgentLog(), 2000))
 	}
 	t.Logf("%d of %d probes lost over a SIGKILL and restart, %s as helper", lost.Load(), sent.Load(), router)
 	if lost.Load() != 0 || sent.Load() < 30 {

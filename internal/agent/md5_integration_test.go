@@ -59,7 +59,7 @@ protocol bgp node { local 10.34.0.254 as 65001; neighbor 10.34.0.1 as 64512; pas
 		return b.Peers[0].State
 	}
 	if err := kubetest.Eventually(20*time.Second, func(context.Context) (bool, error) { return state() == "Established", nil }); err != nil {
-		t.Fatalf("with the right password: %q %v\nBIRD: %s\n%s", state(), err, bird.Birdc("show", "protocols", "all", "node"), clustertest.Tail(n.AgentLog(), 2000))
+		t.Fatalf("with the right password: %q %v\nBIRD: %s\n%s", state(), err, bird.Birdc("show", "protocols", "all", "node"), nodetest.Tail(n.AgentLog(), 2000))
 	}
 
 	// The Secret changes to a wrong password: the session goes, and says why.
@@ -74,7 +74,7 @@ protocol bgp node { local 10.34.0.254 as 65001; neighbor 10.34.0.1 as 64512; pas
 	if err := kubetest.Eventually(30*time.Second, func(context.Context) (bool, error) {
 		return state() != "Established" && strings.Contains(n.AgentLog(), "MD5 password"), nil
 	}); err != nil {
-		t.Fatalf("with a wrong password: state %q, %v\n%s", state(), err, clustertest.Tail(n.AgentLog(), 3000))
+		t.Fatalf("with a wrong password: state %q, %v\n%s", state(), err, nodetest.Tail(n.AgentLog(), 3000))
 	}
 	if _, metrics, _ := n.Health("/metrics"); !strings.Contains(metrics, `tern_bgp_session_up{kind="peer",peer="10.34.0.254"} 0`) {
 		t.Fatalf("metrics:\n%s", metrics)

@@ -58,7 +58,7 @@ func TestBGPMesh(t *testing.T) {
 			}
 			return true, nil
 		}); err != nil {
-			t.Fatalf("%v\nagent log:\n%s", err, clustertest.Tail(n.AgentLog(), 3000))
+			t.Fatalf("%v\nagent log:\n%s", err, nodetest.Tail(n.AgentLog(), 3000))
 		}
 		b, err := n.Client().BGP(ctx)
 		if err != nil || len(b.Peers) != 2 || b.Peers[0].State != "Established" || b.Peers[1].State != "Established" || b.Peers[0].Kind != "mesh" {
@@ -111,6 +111,6 @@ func TestBGPMesh(t *testing.T) {
 	if err := kubetest.Eventually(10*time.Second, func(context.Context) (bool, error) {
 		return strings.Contains(nodes[2].AgentLog(), "BGP routes withdrawn, sessions closed"), nil
 	}); err != nil {
-		t.Fatalf("the deleted node's agent did not leave BGP:\n%s", clustertest.Tail(nodes[2].AgentLog(), 2000))
+		t.Fatalf("the deleted node's agent did not leave BGP:\n%s", nodetest.Tail(nodes[2].AgentLog(), 2000))
 	}
 }

@@ -113,7 +113,7 @@ spec: {peerIP: 10.36.0.254, asNumber: 65001, node: ` + name + `, passwordSecretR
 		}
 	}
 	if err != nil {
-		t.Fatalf("the agent in the node namespace: %v\n%s", err, clustertest.Tail(string(out), 6000))
+		t.Fatalf("the agent in the node namespace: %v\n%s", err, nodetest.Tail(string(out), 6000))
 	}
 }
 
@@ -145,7 +145,7 @@ func offlineChild(t *testing.T, param string) {
 	// An allocation whose pod is gone: the cache says so, the API server
 	// has the last word.
 	gone := podAlloc("c-gone", "default", "gone-pod", "u-gone", p.PodCIDR.Addr().Next().Next().String(), time.Hour)
-	alloc, err := ipam.New(newFakeStore(gone), []netip.Prefix{p.PodCIDR})
+	alloc, err := ipam.New(ipam.NewMemStore(gone), []netip.Prefix{p.PodCIDR})
 	if err != nil {
 		t.Fatal(err)
 	}

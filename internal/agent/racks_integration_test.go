@@ -88,7 +88,7 @@ router bgp 65002
 		}); err != nil {
 			out, _ := x.n.Output("ip", "route")
 			t.Fatalf("%s lacks %q: %v\n%s\nagent:\n%s\nBIRD:\n%s\nFRR:\n%s\n%s", x.n.Name, want, err, out,
-				clustertest.Tail(x.n.AgentLog(), 2000), bird.Birdc("show", "protocols"), frr.Vtysh("show bgp summary"), clustertest.Tail(frr.Log(), 1500))
+				nodetest.Tail(x.n.AgentLog(), 2000), bird.Birdc("show", "protocols"), frr.Vtysh("show bgp summary"), nodetest.Tail(frr.Log(), 1500))
 		}
 		b, err := x.n.Client().BGP(ctx)
 		if err != nil || len(b.Peers) != 1 || b.Peers[0].Kind != "peer" || b.Peers[0].Address.String() != x.tor || b.Peers[0].State != "Established" {

@@ -73,7 +73,7 @@ spec: {peerIP: 10.36.0.254, asNumber: 64512, holdTimeSeconds: 6, keepaliveSecond
 			}
 			if err := kubetest.Eventually(20*time.Second, routeTo(n, m, true)); err != nil {
 				t.Fatalf("node %d lacks node %d's CIDR through the reflector: %v\nBIRD: %s\n%s", i, j, err,
-					bird.Birdc("show", "protocols"), clustertest.Tail(n.AgentLog(), 2000))
+					bird.Birdc("show", "protocols"), nodetest.Tail(n.AgentLog(), 2000))
 			}
 		}
 		b, err := n.Client().BGP(ctx)

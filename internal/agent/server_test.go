@@ -20,68 +20,14 @@ import (
 	"github.com/tern-net/tern/ipam"
 )
 
-// fakeStore is an in-memory ipam.Store whose writes can be made to fail.
-type fakeStore struct {
-	mu        sync.Mutex
-	m         map[ipam.Key]ipam.Allocation
-	putErr    error
-	deleteErr error
-}
-
-var _ ipam.Store = (*fakeStore)(nil)
-
-func newFakeStore(seed ...ipam.Allocation) *fakeStore {
-	s := &fakeStore{m: map[ipam.Key]ipam.Allocation{}}
-	for _, al := range seed {
-		s.m[al.Key] = al
-	}
-	return s
-}
-
-func (s *fakeStore) Load() ([]ipam.Allocation, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	out := make([]ipam.Allocation, 0, len(s.m))
-	for _, al := range s.m {
-		out = append(out, al)
-	}
-	return out, nil
-}
-
-func (s *fakeStore) Put(al ipam.Allocation) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.putErr != nil {
-		return s.putErr
-	}
-	s.m[al.Key] = al
-	return nil
-}
-
-func (s *fakeStore) Delete(k ipam.Key) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.deleteErr != nil {
-		return s.deleteErr
-	}
-	delete(s.m, k)
-	return nil
-}
-
-func (s *fakeStore) len() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return len(s.m)
-}
-
 // testAgent is an Agent serving over httptest, with no dataplane.
 type testAgent struct {
 	a     *Agent
-	store *fakeStore
+	store *ipam.MemStore
 	h     http.Handler
 }
 
-func newTestAgent(t *testing.T, cfg Config, store *fakeStore) *testAgent {
+func newTestAgent(t *testing.T, cfg Config, store *ipam.MemStore) *testAgent {
 	t.Helper()
 	if cfg.NodeName == "" {
 		cfg.NodeName = "node-1"
@@ -153,7 +99,7 @@ func allocBody(cid, ifName, hostIf string) string {
 var dualStack = Config{PodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.1.0/24"), netip.MustParsePrefix("fd00:10:244:1::/64")}}
 
 func TestAllocate(t *testing.T) {
-	ta := newTestAgent(t, dualStack, newFakeStore())
+	ta := newTestAgent(t, dualStack, ipam.NewMemStore())
 	before := time.Now().Add(-time.Second)
 
 	first := decode[agentapi.Allocation](t, ta.do(t, "POST", agentapi.PathAllocate, allocBody("c1", "eth0", "ternaaaaaaaaaaa")), http.StatusOK)
@@ -172,8 +118,8 @@ func TestAllocate(t *testing.T) {
 	if first.Created.Before(before) || first.Created.After(time.Now().Add(time.Second)) {
 		t.Errorf("created = %s, want about now", first.Created)
 	}
-	if ta.store.len() != 1 {
-		t.Errorf("store holds %d allocations, want 1 (durable before the answer)", ta.store.len())
+	if ta.store.Len() != 1 {
+		t.Errorf("store holds %d allocations, want 1 (durable before the answer)", ta.store.Len())
 	}
 
 	again := decode[agentapi.Allocation](t, ta.do(t, "POST", agentapi.PathAllocate, allocBody("c1", "eth0", "ternaaaaaaaaaaa")), http.StatusOK)
@@ -195,7 +141,7 @@ func TestAllocate(t *testing.T) {
 }
 
 func TestAllocateConcurrentSameAttachment(t *testing.T) {
-	ta := newTestAgent(t, dualStack, newFakeStore())
+	ta := newTestAgent(t, dualStack, ipam.NewMemStore())
 	const n = 16
 	var wg sync.WaitGroup
 	got := make([][]netip.Addr, n)
@@ -222,8 +168,8 @@ func TestAllocateConcurrentSameAttachment(t *testing.T) {
 			t.Errorf("request %d got %v, request 0 got %v", i, got[i], got[0])
 		}
 	}
-	if ta.store.len() != 1 {
-		t.Errorf("store holds %d allocations, want 1", ta.store.len())
+	if ta.store.Len() != 1 {
+		t.Errorf("store holds %d allocations, want 1", ta.store.Len())
 	}
 }
 
@@ -280,7 +226,7 @@ func TestAllocateErrors(t *testing.T) {
 		},
 		{
 			name:  "store write fails",
-			setup: func(_ *testing.T, ta *testAgent) { ta.store.putErr = errors.New("disk on fire") },
+			setup: func(_ *testing.T, ta *testAgent) { ta.store.FailPut(errors.New("disk on fire")) },
 			body:  allocBody("c1", "eth0", hostveth.Prefix), status: 500, code: agentapi.CodeInternal, msgHas: "disk on fire",
 		},
 	}
@@ -290,15 +236,15 @@ func TestAllocateErrors(t *testing.T) {
 			if len(cfg.PodCIDRs) == 0 && !tt.noPool {
 				cfg = dualStack
 			}
-			ta := newTestAgent(t, cfg, newFakeStore())
+			ta := newTestAgent(t, cfg, ipam.NewMemStore())
 			if tt.setup != nil {
 				tt.setup(t, ta)
 			}
-			before := ta.store.len()
+			before := ta.store.Len()
 			rec := ta.do(t, "POST", agentapi.PathAllocate, tt.body)
 			wantError(t, rec, tt.status, tt.code, tt.msgHas)
-			if ta.store.len() != before {
-				t.Errorf("store went from %d to %d allocations on a refused request", before, ta.store.len())
+			if ta.store.Len() != before {
+				t.Errorf("store went from %d to %d allocations on a refused request", before, ta.store.Len())
 			}
 			if n := len(ta.a.ipam.List()); n != before {
 				t.Errorf("allocator holds %d allocations after a refused request, want %d", n, before)
@@ -308,7 +254,7 @@ func TestAllocateErrors(t *testing.T) {
 }
 
 func TestAllocateAfterPoolFullFreed(t *testing.T) {
-	ta := newTestAgent(t, Config{PodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.1.0/31")}}, newFakeStore())
+	ta := newTestAgent(t, Config{PodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.1.0/31")}}, ipam.NewMemStore())
 	for _, c := range []string{"a", "b"} {
 		decode[agentapi.Allocation](t, ta.do(t, "POST", agentapi.PathAllocate, allocBody(c, "eth0", hostveth.Prefix+c)), 200)
 	}
@@ -321,7 +267,7 @@ func TestAllocateAfterPoolFullFreed(t *testing.T) {
 }
 
 func TestRelease(t *testing.T) {
-	ta := newTestAgent(t, dualStack, newFakeStore())
+	ta := newTestAgent(t, dualStack, ipam.NewMemStore())
 	al := decode[agentapi.Allocation](t, ta.do(t, "POST", agentapi.PathAllocate, allocBody("c1", "eth0", "ternaaaaaaaaaaa")), 200)
 
 	tests := []struct {
@@ -349,23 +295,23 @@ func TestRelease(t *testing.T) {
 			if rel.ContainerID != "c1" || rel.HostIf != "ternaaaaaaaaaaa" || !slices.Equal(rel.IPs, al.IPs) {
 				t.Errorf("released = %+v, want %+v", rel, al)
 			}
-			if ta.store.len() != 0 {
-				t.Errorf("store holds %d allocations after release, want 0", ta.store.len())
+			if ta.store.Len() != 0 {
+				t.Errorf("store holds %d allocations after release, want 0", ta.store.Len())
 			}
 		})
 	}
 }
 
 func TestReleaseStoreFailureKeepsAllocation(t *testing.T) {
-	ta := newTestAgent(t, dualStack, newFakeStore())
+	ta := newTestAgent(t, dualStack, ipam.NewMemStore())
 	decode[agentapi.Allocation](t, ta.do(t, "POST", agentapi.PathAllocate, allocBody("c1", "eth0", hostveth.Prefix)), 200)
-	ta.store.deleteErr = errors.New("disk on fire")
+	ta.store.FailDelete(errors.New("disk on fire"))
 	wantError(t, ta.do(t, "POST", agentapi.PathRelease, `{"containerID":"c1","ifName":"eth0"}`), 500, agentapi.CodeInternal, "disk on fire")
 	decode[agentapi.Allocation](t, ta.do(t, "GET", agentapi.PathAllocation+"?containerID=c1&ifName=eth0", ""), 200)
 }
 
 func TestGet(t *testing.T) {
-	ta := newTestAgent(t, dualStack, newFakeStore())
+	ta := newTestAgent(t, dualStack, ipam.NewMemStore())
 	al := decode[agentapi.Allocation](t, ta.do(t, "POST", agentapi.PathAllocate, allocBody("c1", "eth0", "ternaaaaaaaaaaa")), 200)
 
 	tests := []struct {
@@ -403,7 +349,7 @@ func TestList(t *testing.T) {
 		Key: ipam.Key{ContainerID: "seeded", IfName: "eth0"}, HostIf: "ternseeded00000",
 		IPs: []netip.Addr{netip.MustParseAddr("10.244.1.100")}, Created: old,
 	}
-	ta := newTestAgent(t, dualStack, newFakeStore())
+	ta := newTestAgent(t, dualStack, ipam.NewMemStore())
 
 	empty := decode[[]agentapi.Allocation](t, ta.do(t, "GET", agentapi.PathAllocations, ""), 200)
 	if empty == nil || len(empty) != 0 {
@@ -413,7 +359,7 @@ func TestList(t *testing.T) {
 		t.Errorf("empty list body = %s, want []", body)
 	}
 
-	ta = newTestAgent(t, dualStack, newFakeStore(seed))
+	ta = newTestAgent(t, dualStack, ipam.NewMemStore(seed))
 	decode[agentapi.Allocation](t, ta.do(t, "POST", agentapi.PathAllocate, allocBody("c1", "eth0", "tern1")), 200)
 	list := decode[[]agentapi.Allocation](t, ta.do(t, "GET", agentapi.PathAllocations, ""), 200)
 	var keys []string
@@ -482,7 +428,7 @@ func TestGC(t *testing.T) {
 			legacy := seed("old-legacy", "", "10.244.1.12") // stored before allocations carried a network
 			stale.Created = stale.Created.Add(time.Minute)
 			legacy.Created = legacy.Created.Add(2 * time.Minute)
-			ta := newTestAgent(t, cfg, newFakeStore(valid, stale, legacy))
+			ta := newTestAgent(t, cfg, ipam.NewMemStore(valid, stale, legacy))
 			decode[agentapi.Allocation](t, ta.do(t, "POST", agentapi.PathAllocate,
 				`{"containerID":"new-stale","ifName":"eth0","network":"tern","hostIf":"ternnew-stale"}`), 200)
 
@@ -559,7 +505,7 @@ func TestStatus(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			ta := newTestAgent(t, Config{NodeName: "worker-3", PodCIDRs: dualStack.PodCIDRs}, newFakeStore())
+			ta := newTestAgent(t, Config{NodeName: "worker-3", PodCIDRs: dualStack.PodCIDRs}, ipam.NewMemStore())
 			for i := range tt.allocate {
 				decode[agentapi.Allocation](t, ta.do(t, "POST", agentapi.PathAllocate, allocBody(fmt.Sprint("c", i), "eth0", fmt.Sprint(hostveth.Prefix, i))), 200)
 			}
@@ -600,7 +546,7 @@ func TestStatus(t *testing.T) {
 }
 
 func TestMethodsAndPaths(t *testing.T) {
-	ta := newTestAgent(t, dualStack, newFakeStore())
+	ta := newTestAgent(t, dualStack, ipam.NewMemStore())
 	tests := []struct {
 		method, path string
 		status       int

@@ -84,7 +84,7 @@ spec: {peerIP: 10.40.0.254, asNumber: 65001}
 		}
 	}
 	if err := kubetest.Eventually(20*time.Second, only("10.40.0.2", "10.40.0.1")); err != nil {
-		t.Fatalf("Local: want the LB IP from node 2 only: %v\n%s\n%s", err, via(), clustertest.Tail(nodes[1].AgentLog(), 2000))
+		t.Fatalf("Local: want the LB IP from node 2 only: %v\n%s\n%s", err, via(), nodetest.Tail(nodes[1].AgentLog(), 2000))
 	}
 	// Cluster: every node announces it.
 	svc.Spec.ExternalTrafficPolicy = corev1.ServiceExternalTrafficPolicyCluster

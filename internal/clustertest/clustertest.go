@@ -188,11 +188,3 @@ func KubeconfigVia(t testing.TB, env *kubetest.Env, token, server, dir string) s
 	}
 	return path
 }
-
-// Tail is the end of a log.
-func Tail(s string, n int) string {
-	if len(s) > n {
-		return s[len(s)-n:]
-	}
-	return s
-}

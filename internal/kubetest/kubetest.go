@@ -137,17 +137,9 @@ func runScript(script string, env []string, args ...string) (string, error) {
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	if err := cmd.Run(); err != nil {
-		return "", fmt.Errorf("kube-env.sh %s: %w\n%s", strings.Join(args, " "), err, tail(stderr.String(), 40))
+		return "", fmt.Errorf("kube-env.sh %s: %w\n%s", strings.Join(args, " "), err, nodetest.Tail(stderr.String(), 4000))
 	}
 	return stdout.String(), nil
-}
-
-func tail(s string, n int) string {
-	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
 }
 
 func connect(kubeconfig, dir string) (*Env, error) {
@@ -271,19 +263,42 @@ var ErrTimeout = errors.New("condition not met in time")
 func Eventually(timeout time.Duration, cond func(ctx context.Context) (bool, error)) error {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	var last error
-	for {
+	return poll(ctx, timeout, func() error {
 		ok, err := cond(ctx)
-		if ok {
+		switch {
+		case ok:
+			return nil
+		case err == nil:
+			return errNotYet
+		}
+		return err
+	})
+}
+
+// EventuallyErr polls check every 100 ms until it returns nil or timeout
+// passes, then returns ErrTimeout wrapping check's last error, which should
+// say what was awaited and what was seen instead.
+func EventuallyErr(timeout time.Duration, check func() error) error {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	return poll(ctx, timeout, check)
+}
+
+// errNotYet is a condition that is false without an error to tell why.
+var errNotYet = errors.New("not yet")
+
+func poll(ctx context.Context, timeout time.Duration, check func() error) error {
+	for {
+		err := check()
+		if err == nil {
 			return nil
 		}
-		last = err
 		select {
 		case <-ctx.Done():
-			if last != nil {
-				return fmt.Errorf("%w after %s: %w", ErrTimeout, timeout, last)
+			if err == errNotYet {
+				return fmt.Errorf("%w after %s", ErrTimeout, timeout)
 			}
-			return fmt.Errorf("%w after %s", ErrTimeout, timeout)
+			return fmt.Errorf("%w after %s: %w", ErrTimeout, timeout, err)
 		case <-time.After(100 * time.Millisecond):
 		}
 	}

@@ -16,6 +16,18 @@ import (
 // reply and the peer's address ("reply from=IP:PORT"), until the test ends.
 func Serve(t testing.TB, netns ns.NetNS, addr, reply string) net.Addr {
 	t.Helper()
+	return ServeConn(t, netns, addr, func(c net.Conn) {
+		_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+		fmt.Fprintf(c, "%s from=%s\n", reply, c.RemoteAddr())
+		_, _ = io.Copy(io.Discard, c)
+	})
+}
+
+// ServeConn listens on addr (TCP) inside netns until the test ends and
+// hands every connection to handle, in a goroutine of its own; the
+// connection is closed when handle returns.
+func ServeConn(t testing.TB, netns ns.NetNS, addr string, handle func(net.Conn)) net.Addr {
+	t.Helper()
 	var ln net.Listener
 	err := netns.Do(func(ns.NetNS) error {
 		var err error
@@ -34,9 +46,7 @@ func Serve(t testing.TB, netns ns.NetNS, addr, reply string) net.Addr {
 			}
 			go func() {
 				defer c.Close()
-				_ = c.SetDeadline(time.Now().Add(5 * time.Second))
-				fmt.Fprintf(c, "%s from=%s\n", reply, c.RemoteAddr())
-				_, _ = io.Copy(io.Discard, c)
+				handle(c)
 			}()
 		}
 	}()

@@ -310,6 +310,14 @@ func (n *Node) AgentLog() string {
 	return string(b)
 }
 
+// Tail is the last n bytes of a log, for a failure message.
+func Tail(s string, n int) string {
+	if len(s) > n {
+		return s[len(s)-n:]
+	}
+	return s
+}
+
 // ConfList returns a conflist with tern first, then the given chained plugins.
 func (n *Node) ConfList(cniVersion string, chained ...map[string]any) *libcni.NetworkConfigList {
 	n.t.Helper()
