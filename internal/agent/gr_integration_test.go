@@ -33,8 +33,8 @@ func TestGracefulRestart(t *testing.T) {
 	for _, n := range nodes {
 		n.WaitReady(30 * time.Second)
 	}
-	a := nodes[0].MustAdd(nodes[0].ConfList("1.0.0"), "gr-a")
-	b := nodes[1].MustAdd(nodes[1].ConfList("1.0.0"), "gr-b")
+	a := c.AddPod(nodes[0], nodes[0].ConfList("1.0.0"), "gr-a")
+	b := c.AddPod(nodes[1], nodes[1].ConfList("1.0.0"), "gr-b")
 	srv := net.JoinHostPort(b.IPs()[0].String(), "8080")
 	nodetest.Serve(t, b.NS, srv, "b")
 	if err := kubetest.Eventually(20*time.Second, func(context.Context) (bool, error) {

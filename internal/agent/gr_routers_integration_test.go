@@ -71,7 +71,7 @@ router bgp 65001
 	fab.Join(n, "g", net0+".1/24")
 	c.Start(n, net0+".1", map[string]string{"rack": router}, nil)
 	n.WaitReady(30 * time.Second)
-	p := n.MustAdd(n.ConfList("1.0.0"), "gr-web")
+	p := c.AddPod(n, n.ConfList("1.0.0"), "gr-web-"+router)
 	srv := net.JoinHostPort(p.IPs()[0].String(), "8080")
 	nodetest.Serve(t, p.NS, srv, "web")
 	dial := func() error {

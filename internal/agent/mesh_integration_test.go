@@ -79,8 +79,8 @@ func TestBGPMesh(t *testing.T) {
 
 	// Pods on two nodes talk TCP through the routes BGP installed.
 	list0, list1 := nodes[0].ConfList("1.0.0"), nodes[1].ConfList("1.0.0")
-	a := nodes[0].MustAdd(list0, "mesh-a")
-	b := nodes[1].MustAdd(list1, "mesh-b")
+	a := c.AddPod(nodes[0], list0, "mesh-a")
+	b := c.AddPod(nodes[1], list1, "mesh-b")
 	srv := net.JoinHostPort(b.IPs()[0].String(), "8080")
 	nodetest.Serve(t, b.NS, srv, "b")
 	got, err := nodetest.Dial(a.NS, srv)

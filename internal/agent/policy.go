@@ -143,6 +143,7 @@ func (a *Agent) awaitPolicy(ctx context.Context, namespace, pod, uid string) err
 	}
 	seen, cancel := context.WithTimeout(ctx, wait)
 	defer cancel()
+	t0 := time.Now()
 	for {
 		if a.cluster.Synced() {
 			pods, err := a.cluster.LocalPods()
@@ -156,7 +157,7 @@ func (a *Agent) awaitPolicy(ctx context.Context, namespace, pod, uid string) err
 			if uid != "" {
 				what += " (UID " + uid + ")"
 			}
-			return fmt.Errorf("%w: pod %s, waited %s", errPodNotKnown, what, wait)
+			return fmt.Errorf("%w: pod %s, waited %s", errPodNotKnown, what, time.Since(t0).Round(time.Millisecond))
 		case <-time.After(10 * time.Millisecond):
 		}
 	}

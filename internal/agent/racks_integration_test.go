@@ -96,8 +96,8 @@ router bgp 65002
 		}
 	}
 
-	pa := nodeA.MustAdd(nodeA.ConfList("1.0.0"), "rack-a")
-	pb := nodeB.MustAdd(nodeB.ConfList("1.0.0"), "rack-b")
+	pa := c.AddPod(nodeA, nodeA.ConfList("1.0.0"), "rack-a")
+	pb := c.AddPod(nodeB, nodeB.ConfList("1.0.0"), "rack-b")
 	srv := net.JoinHostPort(pb.IPs()[0].String(), "8080")
 	nodetest.Serve(t, pb.NS, srv, "b")
 	got, err := nodetest.Dial(pa.NS, srv)

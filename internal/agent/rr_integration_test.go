@@ -82,8 +82,8 @@ spec: {peerIP: 10.36.0.254, asNumber: 64512, holdTimeSeconds: 6, keepaliveSecond
 		}
 	}
 	// Pods on nodes 1 and 3 talk: the reflector keeps the next hop (node 3).
-	a := nodes[0].MustAdd(nodes[0].ConfList("1.0.0"), "rr-a")
-	z := nodes[2].MustAdd(nodes[2].ConfList("1.0.0"), "rr-z")
+	a := c.AddPod(nodes[0], nodes[0].ConfList("1.0.0"), "rr-a")
+	z := c.AddPod(nodes[2], nodes[2].ConfList("1.0.0"), "rr-z")
 	srv := net.JoinHostPort(z.IPs()[0].String(), "8080")
 	nodetest.Serve(t, z.NS, srv, "z")
 	if got, err := nodetest.Dial(a.NS, srv); err != nil || !strings.HasPrefix(got, "z from="+a.IPs()[0].String()) {

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -80,7 +81,13 @@ func (a *Agent) serveAllocate(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	a.log.Debug("allocated", "attachment", req.Attachment, "pod", req.Namespace+"/"+req.Pod, "ips", al.IPs)
-	if err := a.awaitPolicy(r.Context(), req.Namespace, req.Pod, req.PodUID); err != nil {
+	ctx := r.Context()
+	if budget, ok := agentapi.ParseBudget(r.Header.Get(agentapi.HeaderBudget)); ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, budget)
+		defer cancel()
+	}
+	if err := a.awaitPolicy(ctx, req.Namespace, req.Pod, req.PodUID); err != nil {
 		// Fail closed: no address for a pod whose rules are not in force.
 		// An allocation this request made is released; the runtime retries.
 		if !al.Created.Before(started) {

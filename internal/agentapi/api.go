@@ -303,10 +303,17 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 		defer cancel()
 	}
 	pause := firstPause
+	var notReady error // the agent's last NotReady: its reason beats a timeout's
 	for {
 		err := c.once(ctx, method, path, body, in != nil, out)
+		if notReady != nil && ctx.Err() != nil {
+			return notReady
+		}
 		if !c.waitStart || !starting(err) {
 			return err
+		}
+		if IsCode(err, CodeNotReady) {
+			notReady = err
 		}
 		if dl, ok := ctx.Deadline(); ok && time.Until(dl) < pause {
 			return err
@@ -318,6 +325,23 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 		}
 		pause = min(2*pause, maxPause)
 	}
+}
+
+// HeaderBudget carries, in milliseconds, how long the client still waits
+// for the answer; an agent that has to wait for something answers before
+// then.
+const HeaderBudget = "Tern-Budget-Ms"
+
+// ParseBudget reads the value of HeaderBudget: the time the client still
+// waits, less a margin for the answer's way back; ok is false when the
+// client did not say.
+func ParseBudget(v string) (time.Duration, bool) {
+	ms, err := strconv.ParseInt(v, 10, 64)
+	if err != nil || ms <= 0 {
+		return 0, false
+	}
+	const margin = 100 * time.Millisecond
+	return max(time.Duration(ms)*time.Millisecond-margin, time.Millisecond), true
 }
 
 // starting reports whether err says the agent is starting and did nothing
@@ -348,6 +372,11 @@ func (c *Client) once(ctx context.Context, method, path string, body []byte, has
 	var req bytes.Buffer
 	// HTTP/1.0: one request per connection, and never a chunked answer.
 	fmt.Fprintf(&req, "%s %s HTTP/1.0\r\nHost: tern-agent\r\n", method, path)
+	if dl, ok := ctx.Deadline(); ok {
+		// The agent answers within what is left, rather than after the
+		// client has stopped listening.
+		fmt.Fprintf(&req, "%s: %d\r\n", HeaderBudget, max(time.Until(dl).Milliseconds(), 1))
+	}
 	if hasBody {
 		fmt.Fprintf(&req, "Content-Type: application/json\r\nContent-Length: %d\r\n", len(body))
 	}

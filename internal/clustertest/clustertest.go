@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"testing"
 
+	"github.com/containernetworking/cni/libcni"
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/containernetworking/plugins/pkg/testutils"
 	corev1 "k8s.io/api/core/v1"
@@ -168,6 +169,27 @@ func (c *Cluster) Start(n *nodetest.Node, addr string, labels, annotations map[s
 	_, kubeconfig := c.Connect(n, true)
 	n.Args = append([]string{"--kubeconfig", kubeconfig, "--resync=1s", "--cluster-cidr=10.244.0.0/16"}, n.Args...)
 	n.StartAgentNoWait()
+}
+
+// AddPod creates pod name in namespace "default" on node n in the API, as
+// a kubelet finds it before it asks for the pod's sandbox, and attaches it
+// with list, as the runtime would (with the pod's UID); both go at cleanup.
+// The agent attaches only pods it knows (fail closed).
+func (c *Cluster) AddPod(n *nodetest.Node, list *libcni.NetworkConfigList, name string) *nodetest.Pod {
+	c.t.Helper()
+	ctx := context.Background()
+	pod, err := c.Env.Client.CoreV1().Pods("default").Create(ctx, &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: name},
+		Spec:       corev1.PodSpec{NodeName: n.Name, Containers: []corev1.Container{{Name: "c", Image: "registry.invalid/c"}}},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		c.t.Fatalf("create pod %s: %v", name, err)
+	}
+	c.t.Cleanup(func() {
+		zero := int64(0)
+		_ = c.Env.Client.CoreV1().Pods("default").Delete(context.Background(), name, metav1.DeleteOptions{GracePeriodSeconds: &zero})
+	})
+	return n.MustAddPod(list, name, string(pod.UID))
 }
 
 // Connect gives n's namespace a way to the API server (a forwarder, open or

@@ -406,8 +406,17 @@ func (n *Node) InNode(f func() error) error {
 // MustAdd creates a pod namespace and attaches pod name to it.
 func (n *Node) MustAdd(list *libcni.NetworkConfigList, name string) *Pod {
 	n.t.Helper()
+	return n.MustAddPod(list, name, "")
+}
+
+// MustAddPod is MustAdd for the pod with uid (K8S_POD_UID; none when "").
+func (n *Node) MustAddPod(list *libcni.NetworkConfigList, name, uid string) *Pod {
+	n.t.Helper()
 	podNS := n.NewPodNS()
 	rt := RuntimeConf(name, podNS)
+	if uid != "" {
+		rt.Args = append(rt.Args, [2]string{"K8S_POD_UID", uid})
+	}
 	res, err := n.Add(list, rt)
 	if err != nil {
 		n.t.Fatalf("ADD %s: %v\nagent log:\n%s\nplugin log:\n%s", name, err, n.AgentLog(), n.PluginLog())
