@@ -167,14 +167,16 @@ func (l *lab) log(name string) string {
 func (l *lab) startNode(cfg helperConfig) string {
 	l.t.Helper()
 	path := filepath.Join(l.dir, "speaker.json")
-	cfg.StatusFile = filepath.Join(l.dir, "status.json")
 	l.writeConfig(path, cfg)
 	routertest.Start(l.t, l.node, filepath.Join(l.dir, "speaker.log"), []string{"TERN_BGP_HELPER=" + path}, os.Args[0], "-test.run=^$")
 	return path
 }
 
+// writeConfig gives the speaker its configuration; the status file is
+// always the lab's own, so a rewritten config never points it elsewhere.
 func (l *lab) writeConfig(path string, cfg helperConfig) {
 	l.t.Helper()
+	cfg.StatusFile = filepath.Join(l.dir, "status.json")
 	b, err := json.Marshal(cfg)
 	if err != nil {
 		l.t.Fatal(err)
