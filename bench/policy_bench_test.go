@@ -22,25 +22,18 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 	corev1 "k8s.io/api/core/v1"
-	networkingv1 "k8s.io/api/networking/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/util/intstr"
 
 	"github.com/tern-net/tern/dataplane"
-	"github.com/tern-net/tern/hostveth"
 	"github.com/tern-net/tern/internal/clustertest"
 	"github.com/tern-net/tern/internal/nodetest"
 	"github.com/tern-net/tern/policy"
+	"github.com/tern-net/tern/policy/policytest"
 )
 
-// The issue's scale: one node of 1,000 local pods among 5,000, and 500
-// policies of ten shapes, ten in each of 50 namespaces.
+// How much is measured. The cluster is policytest's: one node of 1,000
+// local pods among 5,000, and 500 policies of ten shapes, ten in each of 50
+// namespaces.
 const (
-	polNodes      = 5
-	polPerNode    = 1000
-	polNamespaces = 50
-	polNode       = "node0"
-
 	syncReps     = 9   // full syncs of each kind, rotating
 	remoteAdds   = 200 // incremental: new pods on another node
 	localAdds    = 120 // incremental: new pods on this node, a third each: empty conntrack table, one entry, no conntrack pass
@@ -76,7 +69,7 @@ func BenchmarkPolicy(b *testing.B) {
 
 	var out strings.Builder
 	fmt.Fprintf(&out, "# NetworkPolicy\n\nOne node: %d local pods of %d, %d policies of ten shapes in %d namespaces; iptables backend %s; same run (%s).\n",
-		polPerNode, polNodes*polPerNode, 10*polNamespaces, polNamespaces, backend.Mode, time.Now().UTC().Format(time.RFC3339))
+		policytest.PerNode, policytest.Nodes*policytest.PerNode, policytest.Policies, policytest.Namespaces, backend.Mode, time.Now().UTC().Format(time.RFC3339))
 
 	mem := measurePolicyMemory(b, backend)
 	sync := measureFullSync(b, backend, bins)
@@ -117,136 +110,6 @@ func BenchmarkPolicy(b *testing.B) {
 		b.ReportMetric(mem.peakDeltaMB, "rss-peak-delta-MB")
 	})
 	writePolicyOut(b, out.String())
-}
-
-// policyInput is the synthetic cluster (the shape of policy/bench_test.go's
-// benchInput): 5,000 pods in 50 namespaces on 5 nodes, 1,000 on this one,
-// and 500 policies of ten shapes, ten per namespace.
-func policyInput() policy.Input {
-	in := policy.Input{Node: polNode}
-	for i := range polNamespaces {
-		in.Namespaces = append(in.Namespaces, policy.Namespace{
-			Name:   fmt.Sprintf("ns%02d", i),
-			Labels: map[string]string{"team": fmt.Sprintf("t%d", i%5), "env": []string{"prod", "dev"}[i%2]},
-		})
-	}
-	for n := range polNodes {
-		for j := range polPerNode {
-			in.Pods = append(in.Pods, benchPod(n*polPerNode+j, n, netip.AddrFrom4([4]byte{10, 244, byte(n*4 + j/250), byte(j%250 + 1)})))
-		}
-	}
-	for i := range polNamespaces {
-		ns := fmt.Sprintf("ns%02d", i)
-		app := func(k int) *metav1.LabelSelector { return matchLabels("app", fmt.Sprintf("app%d", (i+k)%20)) }
-		in.Policies = append(in.Policies,
-			netPolicy(ns, "default-deny", matchLabels(), []networkingv1.PolicyType{networkingv1.PolicyTypeIngress}, nil, nil),
-			netPolicy(ns, "app-to-app", app(0), nil, ingressRule(npPeers(podPeerOf(app(1))), tcpPort(8080)), nil),
-			netPolicy(ns, "team-to-front", matchLabels("tier", "front"), nil,
-				ingressRule(npPeers(networkingv1.NetworkPolicyPeer{NamespaceSelector: matchLabels("team", fmt.Sprintf("t%d", i%5))})), nil),
-			netPolicy(ns, "prod-app-to-back", matchLabels("tier", "back"), nil,
-				ingressRule(npPeers(networkingv1.NetworkPolicyPeer{PodSelector: app(2), NamespaceSelector: matchLabels("env", "prod")}), tcpRange(8000, 8100)), nil),
-			netPolicy(ns, "egress-cluster", app(3), []networkingv1.PolicyType{networkingv1.PolicyTypeEgress}, nil,
-				egressRule(npPeers(networkingv1.NetworkPolicyPeer{IPBlock: &networkingv1.IPBlock{CIDR: "10.244.0.0/16", Except: []string{fmt.Sprintf("10.244.%d.0/24", i)}}}), tcpPort(443))),
-			netPolicy(ns, "egress-named", app(4), nil, nil,
-				egressRule(npPeers(networkingv1.NetworkPolicyPeer{PodSelector: app(5), NamespaceSelector: matchLabels()}), namedPort(corev1.ProtocolTCP, "http"))),
-			netPolicy(ns, "ingress-named", matchLabels("tier", "db"), nil,
-				ingressRule(nil, namedPort(corev1.ProtocolTCP, "http"), namedPort(corev1.ProtocolTCP, "metrics")), nil),
-			netPolicy(ns, "expressions", matchExpr("version", metav1.LabelSelectorOpIn, "v1", "v2"), nil,
-				ingressRule(npPeers(podPeerOf(matchExpr("tier", metav1.LabelSelectorOpNotIn, "db")),
-					networkingv1.NetworkPolicyPeer{NamespaceSelector: matchExpr("env", metav1.LabelSelectorOpExists)})), nil),
-			netPolicy(ns, "egress-dns", app(6), []networkingv1.PolicyType{networkingv1.PolicyTypeEgress}, nil,
-				egressRule(npPeers(networkingv1.NetworkPolicyPeer{NamespaceSelector: matchLabels("team", "t0")}), udpPort(53), namedPort(corev1.ProtocolUDP, "dns"))),
-			netPolicy(ns, "from-block", app(7), nil,
-				ingressRule(npPeers(networkingv1.NetworkPolicyPeer{IPBlock: &networkingv1.IPBlock{CIDR: "10.244.16.0/20", Except: []string{"10.244.17.0/24"}}}), tcpPort(443)), nil),
-		)
-	}
-	// As from the API: every object has a ResourceVersion (which a
-	// reused policy.Compiler relies on).
-	for k, np := range in.Policies {
-		np.ResourceVersion = strconv.Itoa(1000 + k)
-	}
-	return in
-}
-
-// benchPod is pod i of the synthetic cluster, on node n (node0 is this one),
-// with labels that existing selectors match whatever i is.
-func benchPod(i, n int, ip netip.Addr) policy.Pod {
-	p := policy.Pod{
-		Namespace: fmt.Sprintf("ns%02d", i%polNamespaces),
-		Name:      fmt.Sprintf("pod%05d", i),
-		Node:      fmt.Sprintf("node%d", n),
-		Labels: map[string]string{"app": fmt.Sprintf("app%d", (i/polNamespaces)%20),
-			"tier": []string{"front", "back", "db"}[i%3], "version": fmt.Sprintf("v%d", i%4)},
-		IPs:   []netip.Addr{ip},
-		Ports: []policy.NamedPort{{Name: "http", Protocol: corev1.ProtocolTCP, Port: 8080 + int32(i%3)}, {Name: "metrics", Protocol: corev1.ProtocolTCP, Port: 9100}},
-	}
-	if i%5 == 0 {
-		p.Ports = append(p.Ports, policy.NamedPort{Name: "dns", Protocol: corev1.ProtocolUDP, Port: 53})
-	}
-	if n == 0 {
-		p.HostIf = fmt.Sprintf("%s%011x", hostveth.Prefix, i)
-	}
-	return p
-}
-
-// matchLabels is a selector of key, value pairs; none selects everything.
-func matchLabels(kv ...string) *metav1.LabelSelector {
-	s := &metav1.LabelSelector{}
-	for i := 0; i+1 < len(kv); i += 2 {
-		if s.MatchLabels == nil {
-			s.MatchLabels = map[string]string{}
-		}
-		s.MatchLabels[kv[i]] = kv[i+1]
-	}
-	return s
-}
-
-func matchExpr(key string, op metav1.LabelSelectorOperator, values ...string) *metav1.LabelSelector {
-	return &metav1.LabelSelector{MatchExpressions: []metav1.LabelSelectorRequirement{{Key: key, Operator: op, Values: values}}}
-}
-
-func netPolicy(ns, name string, podSel *metav1.LabelSelector, types []networkingv1.PolicyType,
-	in []networkingv1.NetworkPolicyIngressRule, out []networkingv1.NetworkPolicyEgressRule) *networkingv1.NetworkPolicy {
-	return &networkingv1.NetworkPolicy{
-		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name},
-		Spec:       networkingv1.NetworkPolicySpec{PodSelector: *podSel, PolicyTypes: types, Ingress: in, Egress: out},
-	}
-}
-
-func ingressRule(from []networkingv1.NetworkPolicyPeer, ports ...networkingv1.NetworkPolicyPort) []networkingv1.NetworkPolicyIngressRule {
-	return []networkingv1.NetworkPolicyIngressRule{{From: from, Ports: ports}}
-}
-
-func egressRule(to []networkingv1.NetworkPolicyPeer, ports ...networkingv1.NetworkPolicyPort) []networkingv1.NetworkPolicyEgressRule {
-	return []networkingv1.NetworkPolicyEgressRule{{To: to, Ports: ports}}
-}
-
-func npPeers(ps ...networkingv1.NetworkPolicyPeer) []networkingv1.NetworkPolicyPeer { return ps }
-
-func podPeerOf(s *metav1.LabelSelector) networkingv1.NetworkPolicyPeer {
-	return networkingv1.NetworkPolicyPeer{PodSelector: s}
-}
-
-func npPort(proto corev1.Protocol, port intstr.IntOrString) networkingv1.NetworkPolicyPort {
-	return networkingv1.NetworkPolicyPort{Protocol: &proto, Port: &port}
-}
-
-func tcpPort(n int32) networkingv1.NetworkPolicyPort {
-	return npPort(corev1.ProtocolTCP, intstr.FromInt32(n))
-}
-
-func udpPort(n int32) networkingv1.NetworkPolicyPort {
-	return npPort(corev1.ProtocolUDP, intstr.FromInt32(n))
-}
-
-func tcpRange(n, end int32) networkingv1.NetworkPolicyPort {
-	p := tcpPort(n)
-	p.EndPort = &end
-	return p
-}
-
-func namedPort(proto corev1.Protocol, name string) networkingv1.NetworkPolicyPort {
-	return npPort(proto, intstr.FromString(name))
 }
 
 // polQuietLog discards the drivers' logs.
@@ -423,7 +286,7 @@ type syncResult struct {
 // without) and the floor: tern's resulting sets and chains, dumped, fed to
 // one `ipset restore` and one iptables-restore --noflush.
 func measureFullSync(b *testing.B, backend dataplane.Backend, bins polBins) syncResult {
-	in := policyInput()
+	in := policytest.Cluster(policytest.Options{ResourceVersions: true})
 	var r syncResult
 	ternOnce := func(cut, entry bool) {
 		netns := clustertest.NewNS(b)
@@ -546,7 +409,7 @@ type incResult struct{ remote, local, localEntry, localNoCut incSeries }
 // table, with one entry in it, and without a denied function. The agent
 // keeps one policy.Compiler: so does this measurement, from the full sync on.
 func measureIncremental(b *testing.B, backend dataplane.Backend) incResult {
-	in := policyInput()
+	in := policytest.Cluster(policytest.Options{ResourceVersions: true})
 	in.Pods = slices.Clip(in.Pods)
 	netns := clustertest.NewNS(b)
 	p := newPolicyDriver(backend)
@@ -577,16 +440,16 @@ func measureIncremental(b *testing.B, backend dataplane.Backend) incResult {
 			s.chainsWritten += st.ChainsWritten
 			return err
 		}
-		next := polNodes * polPerNode
+		next := policytest.Nodes * policytest.PerNode
 		for k := range remoteAdds {
-			if err := add(&r.remote, benchPod(next, 1, netip.AddrFrom4([4]byte{10, 244, byte(100 + k/250), byte(k%250 + 1)}))); err != nil {
+			if err := add(&r.remote, policytest.Pod(next, 1, netip.AddrFrom4([4]byte{10, 244, byte(100 + k/250), byte(k%250 + 1)}))); err != nil {
 				return err
 			}
 			next++
 		}
 		for k := range localAdds {
 			s := []*incSeries{&r.local, &r.localEntry, &r.localNoCut}[k%3]
-			if err := add(s, benchPod(next, 0, netip.AddrFrom4([4]byte{10, 244, byte(200 + k/250), byte(k%250 + 1)}))); err != nil {
+			if err := add(s, policytest.Pod(next, 0, netip.AddrFrom4([4]byte{10, 244, byte(200 + k/250), byte(k%250 + 1)}))); err != nil {
 				return err
 			}
 			next++
@@ -647,7 +510,7 @@ func measurePolicyMemory(b *testing.B, backend dataplane.Backend) memResult {
 		b.Fatal(err)
 	}
 
-	in := policyInput()
+	in := policytest.Cluster(policytest.Options{ResourceVersions: true})
 	netns := clustertest.NewNS(b)
 	p := newPolicyDriver(backend)
 	var rs policy.Ruleset
@@ -688,7 +551,7 @@ func procStatusMB(b *testing.B, field string) float64 {
 func (m memResult) write(w *strings.Builder) {
 	fmt.Fprintf(w, "\n## Memory (an indication, not the agent's RSS)\n\n"+
 		"This benchmark's process holding the snapshot (%d pods as policy.Pod values, not the informers' API objects), "+
-		"the compiled ruleset and the policy driver's state after a full sync:\n\n", polNodes*polPerNode)
+		"the compiled ruleset and the policy driver's state after a full sync:\n\n", policytest.Nodes*policytest.PerNode)
 	w.WriteString("| | MB |\n|---|---|\n")
 	fmt.Fprintf(w, "| Go heap in use, growth, after GC | %.1f |\n", m.heapMB)
 	fmt.Fprintf(w, "| resident set, growth, after GC and returning freed memory | %.1f |\n", m.rssDeltaMB)

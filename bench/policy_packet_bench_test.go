@@ -23,6 +23,7 @@ import (
 	"github.com/tern-net/tern/internal/clustertest"
 	"github.com/tern-net/tern/internal/nodetest"
 	"github.com/tern-net/tern/policy"
+	"github.com/tern-net/tern/policy/policytest"
 )
 
 // pktKinds are the per-packet measurements: what one slice counts, and
@@ -121,7 +122,7 @@ func benchPods(b *testing.B, in policy.Input, rs policy.Ruleset) (client policy.
 	local := map[string]policy.Pod{}
 	var clients []policy.Pod
 	for _, p := range in.Pods {
-		if p.Node != polNode {
+		if p.Node != policytest.Node {
 			continue
 		}
 		local[p.HostIf] = p
@@ -199,7 +200,7 @@ func podNS(b *testing.B, node ns.NetNS, p policy.Pod) ns.NetNS {
 // ruleset and one with the ruleset of no policy, and measures TCP between
 // the pods on each in alternating rounds (no rules change while measuring).
 func measurePerPacket(b *testing.B, backend dataplane.Backend, bins polBins) pktResult {
-	in := policyInput()
+	in := policytest.Cluster(policytest.Options{ResourceVersions: true})
 	full := policy.Compile(in)
 	empty := in
 	empty.Policies = nil

@@ -240,52 +240,6 @@ func TestCompilerSeesInPlaceChanges(t *testing.T) {
 	}
 }
 
-// TestCompilerAtScale: the benchmark's snapshot, then pods added, changed
-// and removed one at a time, remote and local.
-func TestCompilerAtScale(t *testing.T) {
-	if testing.Short() {
-		t.Skip("compiles the benchmark's snapshot 60 times")
-	}
-	in := benchInput(false)
-	for i, np := range in.Policies {
-		np.ResourceVersion = strconv.Itoa(i + 1)
-	}
-	var c Compiler
-	check := func(what string) {
-		t.Helper()
-		if got, want := c.Compile(in), Compile(in); !reflect.DeepEqual(got, want) {
-			t.Fatalf("%s: the Compiler differs from Compile:\n%s", what, rulesetDiff(want, got))
-		}
-		if c.stats.fresh > 1 {
-			t.Fatalf("%s: compiled afresh", what)
-		}
-	}
-	check("first")
-	next := len(in.Pods)
-	for k := range 20 {
-		for _, n := range []int{1, 0} { // remote, then local
-			p := benchInput(false).Pods[k*37+n*11]
-			p.Name = fmt.Sprintf("new%05d", next)
-			p.Node = fmt.Sprintf("node%d", n)
-			p.IPs = []netip.Addr{netip.AddrFrom4([4]byte{10, 244, byte(100 + n), byte(k + 1)})}
-			p.HostIf = ""
-			if n == 0 {
-				p.HostIf = fmt.Sprintf("tern%011x", next)
-			}
-			next++
-			in.Pods = append(slices.Clip(in.Pods), p)
-			check(fmt.Sprintf("add %s on %s", p.Name, p.Node))
-		}
-		i := k * 211 % len(in.Pods)
-		in.Pods = slices.Clone(in.Pods)
-		in.Pods[i].Labels = map[string]string{"app": "app3", "tier": "db"}
-		check("relabel " + in.Pods[i].Name)
-		j := (k*97 + 5) % len(in.Pods)
-		in.Pods = slices.Delete(in.Pods, j, j+1)
-		check("remove a pod")
-	}
-}
-
 // rulesetDiff shows where two rulesets differ.
 func rulesetDiff(want, got Ruleset) string {
 	w, g := want.String(), got.String()

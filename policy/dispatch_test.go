@@ -117,7 +117,8 @@ func dispatchCosts(t *testing.T, in Input, rs Ruleset) (maxOut, maxIn int) {
 // TestDispatchDepth: a new connection's first packet walks a bounded
 // number of dispatch rules, however many local pods there are: of
 // TERN-POLICY (cut mark, established, and the two tree entries it passes)
-// and of the chains of one tree.
+// and of the chains of one tree. TestDispatchDepthOfCluster (in
+// cluster_test.go) is the same for the benchmarks' cluster.
 func TestDispatchDepth(t *testing.T) {
 	for _, tc := range []struct {
 		name  string
@@ -126,25 +127,8 @@ func TestDispatchDepth(t *testing.T) {
 	}{
 		{"300 local pods", crowdedInput(300), 4 + 2*dispatchLeafMax},
 		{"1,000 local pods", crowdedInput(1000), 4 + 3*dispatchLeafMax},
-		// The benchmark's veths count up ("tern00000000000", ...): they
-		// share 8 characters, then split 4, 16 and 16 ways.
-		{"the benchmark's 1,000 local pods", benchInput(false), 4 + 40},
 	} {
-		t.Run(tc.name, func(t *testing.T) {
-			rs := Compile(tc.in)
-			maxOut, maxIn := dispatchCosts(t, tc.in, rs)
-			t.Logf("dispatch rules walked, at most: %d out of a pod, %d into one", maxOut, maxIn)
-			if maxOut > tc.bound || maxIn > tc.bound {
-				t.Errorf("a flow walks %d and %d dispatch rules, want at most %d", maxOut, maxIn, tc.bound)
-			}
-			for _, c := range rs.Chains {
-				if strings.HasPrefix(c.Name, dispatchFromPrefix) || strings.HasPrefix(c.Name, dispatchToPrefix) {
-					if len(c.Rules) > dispatchLeafMax {
-						t.Errorf("%s has %d rules", c.Name, len(c.Rules))
-					}
-				}
-			}
-		})
+		t.Run(tc.name, func(t *testing.T) { checkDispatchDepth(t, tc.in, tc.bound) })
 	}
 	// A flow between two local pods walks both trees: TERN-POLICY's four
 	// rules and a path in each.
@@ -153,6 +137,26 @@ func TestDispatchDepth(t *testing.T) {
 	checkValues(t, rs)
 	if n := rs.dispatchCost(Flow{Src: in.Pods[3].IPs[0], Dst: in.Pods[200].IPs[0], Protocol: tcp, DstPort: 80}); n > 4+4*dispatchLeafMax {
 		t.Errorf("local to local: %d dispatch rules", n)
+	}
+}
+
+// checkDispatchDepth checks that no flow of a local pod of in walks more
+// than bound dispatch rules, and that no dispatch chain is longer than a
+// leaf.
+func checkDispatchDepth(t *testing.T, in Input, bound int) {
+	t.Helper()
+	rs := Compile(in)
+	maxOut, maxIn := dispatchCosts(t, in, rs)
+	t.Logf("dispatch rules walked, at most: %d out of a pod, %d into one", maxOut, maxIn)
+	if maxOut > bound || maxIn > bound {
+		t.Errorf("a flow walks %d and %d dispatch rules, want at most %d", maxOut, maxIn, bound)
+	}
+	for _, c := range rs.Chains {
+		if strings.HasPrefix(c.Name, dispatchFromPrefix) || strings.HasPrefix(c.Name, dispatchToPrefix) {
+			if len(c.Rules) > dispatchLeafMax {
+				t.Errorf("%s has %d rules", c.Name, len(c.Rules))
+			}
+		}
 	}
 }
 
