@@ -1,7 +1,8 @@
 # tern's image: tern-agent, the CNI plugin (installed on the node by the
 # DaemonSet's init container) and ternctl, on a small Debian with the tools the
 # agent runs (iptables and ip6tables, both backends; ipset; iproute2; conntrack).
-# Build: make image (needs a container engine).
+# Build: make image (with docker or podman when one runs; without one, the same
+# content is put together by hack/image.sh from hack/images/tern.packages).
 ARG GO_VERSION=1.26.8
 FROM golang:${GO_VERSION}-bookworm AS build
 ARG VERSION=dev
@@ -13,9 +14,10 @@ RUN CGO_ENABLED=0 go build -trimpath -ldflags "-s -w -X main.version=${VERSION}"
       ./cmd/tern-agent ./cmd/tern-cni ./cmd/ternctl
 
 FROM debian:bookworm-slim
+COPY hack/images/tern.packages /tmp/tern.packages
 RUN apt-get update \
- && apt-get install -y --no-install-recommends iptables ipset iproute2 conntrack ca-certificates \
- && rm -rf /var/lib/apt/lists/*
+ && sed 's/#.*//' /tmp/tern.packages | xargs apt-get install -y --no-install-recommends \
+ && rm -rf /var/lib/apt/lists/* /tmp/tern.packages
 COPY --from=build /out/ /usr/local/bin/
 USER 0
 ENTRYPOINT ["/usr/local/bin/tern-agent"]

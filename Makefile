@@ -43,6 +43,7 @@ test: deps build tools kube-env ## run every test this machine can run (as root:
 	@# One package at a time: several start a control plane of their own and
 	@# time-sensitive BGP sessions; side by side on two cores they starve each other.
 	$(GO) test -count=1 -p 1 -timeout 25m ./...
+	cd hack/ocibuild && GOWORK=off $(GO) test -count=1 ./...
 
 .PHONY: kube-env
 kube-env: ## builds the test control plane into the cache
@@ -61,5 +62,5 @@ bench: deps build kube-env ## benchmarks side by side with their references (roo
 	$(GO) test -run '^$$' -bench . -benchtime 1x -count 1 -timeout 30m ./bench/... | grep -v 'level=' | tee bench-out/bench.txt
 	@cat bench-out/*.md
 
-image: ## build the container image $(IMAGE) (needs docker or podman; none runs on the dev machines)
-	docker build --build-arg VERSION=$(VERSION) -t $(IMAGE) .
+image: deps build ## tern's image $(IMAGE) as bin/tern-image.tar (docker save format; docker/podman when one runs, else no engine needed)
+	bash hack/image.sh tern $(BIN)/tern-image.tar $(IMAGE)

@@ -19,6 +19,7 @@ need=(
   curl:curl
   bird2:/usr/sbin/bird
   frr:/usr/lib/frr/bgpd
+  mmdebstrap:mmdebstrap     # images without a container engine (hack/image.sh)
 )
 
 missing=()

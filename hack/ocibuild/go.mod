@@ -1,0 +1,14 @@
+// ocibuild assembles container images without a container engine. A module
+// of its own, so that a build tool never moves the versions of what tern's
+// binaries link.
+module github.com/tern-net/tern/hack/ocibuild
+
+go 1.26.0
+
+require github.com/google/go-containerregistry v0.22.1
+
+require (
+	github.com/klauspost/compress v1.19.2 // indirect
+	github.com/opencontainers/go-digest v1.0.0 // indirect
+	github.com/opencontainers/image-spec v1.1.1 // indirect
+)
