@@ -8,9 +8,11 @@
 #                                   a Debian root file system (mmdebstrap) and
 #                                   bin/'s binaries (make build) put together
 #                                   by hack/ocibuild
-#   hack/image.sh rootfs PACKAGES   a cached Debian root file system (tar) with
-#                                   the packages listed in the file PACKAGES;
-#                                   prints its path
+#   hack/image.sh rootfs PACKAGES [SETUP]
+#                                   a cached Debian root file system (tar) with
+#                                   the packages listed in the file PACKAGES,
+#                                   then the shell commands in the file SETUP
+#                                   run inside it (chroot); prints its path
 #
 # The archives load with `ctr images import`, `docker load` and
 # `kind load image-archive`. Environment:
@@ -28,13 +30,9 @@ MIRROR=${TERN_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 BIN=$ROOT/bin
 GO=${GO:-go}
 
-log() { echo "image: $*" >&2; }
-die() { log "$*"; exit 1; }
-
-usage() {
-  awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "${BASH_SOURCE[0]}" >&2
-  exit 2
-}
+NAME=image
+# shellcheck source=hack/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 # packages FILE: the package names in FILE, one per line, comments dropped.
 packages() {
@@ -48,12 +46,17 @@ packages() {
   echo "$names"
 }
 
-# rootfs FILE: a Debian root file system with FILE's packages on top of
-# minbase, as a tar in the cache (built once per suite, mirror and list).
+# rootfs FILE [SETUP]: a Debian root file system with FILE's packages on top
+# of minbase, then SETUP's commands, as a tar in the cache (built once per
+# suite, mirror, list and setup).
 cmd_rootfs() {
-  (($# == 1)) || usage
-  local names key out
+  (($# == 1 || $# == 2)) || usage
+  local names key out setup=
   names=$(packages "$1")
+  if (($# == 2)); then
+    [[ -r $2 ]] || die "no setup file $2"
+    setup=$(cat "$2")
+  fi
   command -v mmdebstrap >/dev/null 2>&1 || die "mmdebstrap not found (apt-get install mmdebstrap; make deps installs it)"
   # minbase without documentation, manuals and locales (what debian:*-slim is),
   # without Recommends (the Dockerfile's --no-install-recommends), and with
@@ -68,9 +71,11 @@ cmd_rootfs() {
     --dpkgopt='path-exclude=/usr/share/man/*'
     --dpkgopt='path-exclude=/usr/share/locale/*'
     --dpkgopt='path-exclude=/usr/share/info/*')
+  # The hook's shell runs on the host; the commands run in the new root.
+  [[ -z $setup ]] || opts+=(--customize-hook="chroot \"\$1\" /bin/sh -eux <'$(realpath "$2")'")
   local -a sources=("deb $MIRROR $SUITE main" "deb $MIRROR $SUITE-updates main"
     "deb ${MIRROR%/debian}/debian-security $SUITE-security main")
-  key=$(printf '%s\n' "$SUITE" "$(mmdebstrap --version)" "${opts[@]}" "${sources[@]}" | sha256sum | cut -c1-16)
+  key=$(printf '%s\n' "$SUITE" "$(mmdebstrap --version)" "${opts[@]%%--customize-hook=*}" "$setup" "${sources[@]}" | sha256sum | cut -c1-16)
   out=$CACHE/images/rootfs-$SUITE-$key.tar
   if [[ -s $out ]]; then echo "$out"; return; fi
   mkdir -p "$CACHE/images"
@@ -80,10 +85,12 @@ cmd_rootfs() {
   log "building a $SUITE root file system with $(tr '\n' ' ' <<<"$names")(cold: ~1 min)"
   # mmdebstrap picks its output format from the name: it must end in .tar.
   local tmp=${out%.tar}.tmp$$.tar
-  if ! mmdebstrap "${opts[@]}" "$SUITE" "$tmp" "${sources[@]}" >&2; then
-    rm -rf "$tmp"
-    die "mmdebstrap failed for $SUITE from $MIRROR"
+  if ! mmdebstrap "${opts[@]}" "$SUITE" "$tmp" "${sources[@]}" >"$tmp.log" 2>&1; then
+    tail -n 30 "$tmp.log" >&2
+    rm -rf "$tmp" "$tmp.log"
+    die "mmdebstrap failed for $SUITE from $MIRROR (its last lines above)"
   fi
+  rm -f "$tmp.log"
   mv "$tmp" "$out"
   echo "$out"
 }

@@ -20,6 +20,10 @@ need=(
   bird2:/usr/sbin/bird
   frr:/usr/lib/frr/bgpd
   mmdebstrap:mmdebstrap     # images without a container engine (hack/image.sh)
+  gcc:gcc                   # the lab's nodes (hack/node-env.sh): the pause image,
+  libc6-dev:/usr/lib/x86_64-linux-gnu/libc.a   # linked statically,
+  libseccomp-dev:/usr/include/seccomp.h        # and runc with seccomp
+  pkg-config:pkg-config
 )
 
 missing=()

@@ -3,6 +3,8 @@
 # kube-controller-manager) on 127.0.0.1, and kubectl, for tern's tests and its lab.
 #
 #   hack/kube-env.sh build      build the binaries into the cache (no-op when cached)
+#   hack/kube-env.sh build node build kubelet, kube-proxy, kube-scheduler and
+#                               agnhost (the lab's real nodes) the same way
 #   hack/kube-env.sh up DIR     start the control plane with all its state in DIR;
 #                               prints only the admin kubeconfig's path on stdout
 #   hack/kube-env.sh down DIR   stop what `up DIR` started, by recorded PID
@@ -25,7 +27,21 @@ K8S_VERSION=${K8S_VERSION:-v1.37.2}
 CACHE=${TERN_CACHE:-$HOME/.cache/tern}
 KUBE_CACHE=$CACHE/kube/$K8S_VERSION
 BIN=$KUBE_CACHE/bin
+# What `build` makes (the control plane and kubectl), and what `build node`
+# makes (a real node's Kubernetes parts, and agnhost, the e2e suite's
+# all-purpose test server), from one module at one version.
 BINARIES=(etcd kube-apiserver kube-controller-manager kubectl)
+NODE_BINARIES=(kubelet kube-proxy kube-scheduler agnhost)
+declare -A PKGS=(
+  [etcd]=go.etcd.io/etcd/server/v3
+  [kube-apiserver]=k8s.io/kubernetes/cmd/kube-apiserver
+  [kube-controller-manager]=k8s.io/kubernetes/cmd/kube-controller-manager
+  [kubectl]=k8s.io/kubernetes/cmd/kubectl
+  [kubelet]=k8s.io/kubernetes/cmd/kubelet
+  [kube-proxy]=k8s.io/kubernetes/cmd/kube-proxy
+  [kube-scheduler]=k8s.io/kubernetes/cmd/kube-scheduler
+  [agnhost]=k8s.io/kubernetes/test/images/agnhost
+)
 
 SERVICE_CIDR=10.96.0.0/16
 CLUSTER_CIDR=10.244.0.0/16
@@ -34,67 +50,107 @@ SA_ISSUER=https://kubernetes.default.svc.cluster.local
 
 SELF=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)/$(basename "${BASH_SOURCE[0]}")
 
-log() { echo "kube-env: $*" >&2; }
-die() { log "$*"; exit 1; }
+NAME=kube-env
+# shellcheck source=hack/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-usage() {
-  awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$SELF" >&2
-  exit 2
-}
-
+# have_binaries [NAME...]: every named binary (default: the control plane's)
+# is in the cache.
 have_binaries() {
   local b
-  for b in "${BINARIES[@]}"; do [[ -x $BIN/$b ]] || return 1; done
+  (($#)) || set -- "${BINARIES[@]}"
+  for b in "$@"; do [[ -x $BIN/$b ]] || return 1; done
 }
 
 # ---------------------------------------------------------------- build
 
+# cmd_build [node]: builds the control plane's binaries (or with `node`, the
+# node's) that the cache does not have yet.
 cmd_build() {
+  local -a want=("${BINARIES[@]}")
+  case ${1:-} in
+    "") ;;
+    node) want=("${NODE_BINARIES[@]}") ;;
+    *) usage ;;
+  esac
   command -v go >/dev/null 2>&1 || die "go not found"
-  have_binaries && return 0
+  have_binaries "${want[@]}" && return 0
   mkdir -p "$KUBE_CACHE"
   # Test packages build in parallel; one builds, the others wait and reuse.
   exec 9>"$KUBE_CACHE/.lock"
   flock 9
-  have_binaries && return 0
+  have_binaries "${want[@]}" && return 0
 
   local ver=$K8S_VERSION
   [[ $ver =~ ^v1\.([0-9]+)\.([0-9]+)$ ]] || die "K8S_VERSION must look like v1.37.2, not $ver"
-  local minor=${BASH_REMATCH[1]} staging_ver="v0.${BASH_REMATCH[1]}.${BASH_REMATCH[2]}"
+  local minor=${BASH_REMATCH[1]}
   local src=$KUBE_CACHE/src
-  rm -rf "$src" "$KUBE_CACHE/bin.tmp"
-  mkdir -p "$src" "$KUBE_CACHE/bin.tmp"
-  cd "$src"
   # A module of its own: no go.work, no parent go.mod, the local toolchain.
   export GOWORK=off GOTOOLCHAIN=local GOFLAGS="${GOFLAGS:+$GOFLAGS }-mod=mod" CGO_ENABLED=0
+  write_module "$src"
+  cd "$src"
 
-  log "building Kubernetes $ver with $(go env GOVERSION) into $BIN (cold: ~5 min, 2 GB)"
+  # buildDate: the release's commit time, so a rebuild is byte-identical.
+  local stamp
+  stamp=$(grep -o '"Time":"[^"]*"' "$(go mod download -json "k8s.io/kubernetes@$ver" | sed -n 's/^[[:space:]]*"Info": "\(.*\)",$/\1/p')" | cut -d'"' -f4)
+  stamp=${stamp%%.*}
+  stamp=${stamp%Z}Z
+  local x ldflags="-s -w"
+  for x in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    ldflags+=" -X $x.gitVersion=$ver -X $x.gitMajor=1 -X $x.gitMinor=$minor"
+    ldflags+=" -X $x.gitTreeState=clean -X $x.buildDate=$stamp"
+  done
+  log "building ${want[*]} of Kubernetes $ver with $(go env GOVERSION) into $BIN (cold: ~5 min, 2-3 GB)"
+  rm -rf "$KUBE_CACHE/bin.tmp"
+  mkdir -p "$KUBE_CACHE/bin.tmp" "$BIN"
+  local b
+  for b in "${want[@]}"; do
+    [[ -x $BIN/$b ]] && continue
+    log "go build ${PKGS[$b]}"
+    go build -trimpath -ldflags "$ldflags" -o "$KUBE_CACHE/bin.tmp/$b" "${PKGS[$b]}" >&2
+  done
+  if [[ -x $KUBE_CACHE/bin.tmp/kube-apiserver ]]; then
+    "$KUBE_CACHE/bin.tmp/kube-apiserver" --version >&2
+    "$KUBE_CACHE/bin.tmp/etcd" --version | head -1 >&2
+  fi
+  # Each binary lands whole or not at all.
+  for b in "$KUBE_CACHE"/bin.tmp/*; do mv "$b" "$BIN/"; done
+  rmdir "$KUBE_CACHE/bin.tmp"
+  log "built ${want[*]} ($ver) into $BIN"
+}
+
+# write_module DIR: the throwaway module that builds every binary above, in
+# DIR; kept when it is already there for this version and these binaries.
+write_module() {
+  local src=$1 ver=$K8S_VERSION
+  local staging_ver="v0.${ver#v1.}"
+  local mark
+  mark="// tern kube-env $ver: $(printf '%s\n' "${!PKGS[@]}" | sort | paste -sd' ')"
+  if [[ -f $src/go.mod && -f $src/go.sum ]] && grep -qxF "$mark" "$src/go.mod"; then
+    return
+  fi
+  rm -rf "$src"
+  mkdir -p "$src"
   # k8s.io/kubernetes's go.mod replaces each staging module with a directory
   # of its own repository; here each points at the published v0.X.Y instead.
-  local info gomod stamp
+  local info gomod
   info=$(go mod download -json "k8s.io/kubernetes@$ver") || die "k8s.io/kubernetes@$ver not on the module proxy"
   gomod=$(sed -n 's/^[[:space:]]*"GoMod": "\(.*\)",$/\1/p' <<<"$info")
   [[ -f $gomod ]] || die "no go.mod for k8s.io/kubernetes@$ver"
-  # buildDate: the release's commit time, so a rebuild is byte-identical.
-  stamp=$(grep -o '"Time":"[^"]*"' "${gomod%.mod}.info" | cut -d'"' -f4)
-  stamp=${stamp%%.*}
-  stamp=${stamp%Z}Z
   local -a staging
   mapfile -t staging < <(sed -n 's#^[[:space:]]*\(k8s\.io/[a-z0-9-]*\) => \./staging/.*#\1#p' "$gomod")
   ((${#staging[@]} > 20)) || die "found only ${#staging[@]} staging modules in $gomod"
-
   {
     echo "// Generated by tern's hack/kube-env.sh: a throwaway module that builds"
-    echo "// the test control plane. Not part of tern."
+    echo "// the test control plane and the lab's nodes. Not part of tern."
+    echo "$mark"
     echo "module tern.invalid/kube-env"
     echo
     echo "go 1.24"
     echo
     echo "tool ("
-    echo "	go.etcd.io/etcd/server/v3"
-    echo "	k8s.io/kubernetes/cmd/kube-apiserver"
-    echo "	k8s.io/kubernetes/cmd/kube-controller-manager"
-    echo "	k8s.io/kubernetes/cmd/kubectl"
+    local b
+    for b in $(printf '%s\n' "${!PKGS[@]}" | sort); do echo "	${PKGS[$b]}"; done
     echo ")"
     echo
     echo "require k8s.io/kubernetes $ver"
@@ -103,30 +159,8 @@ cmd_build() {
     local m
     for m in "${staging[@]}"; do echo "	$m => $m $staging_ver"; done
     echo ")"
-  } >go.mod
-  go mod tidy >&2 || die "go mod tidy failed for Kubernetes $ver (a staging module missing from the proxy?)"
-
-  local x ldflags="-s -w"
-  for x in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
-    ldflags+=" -X $x.gitVersion=$ver -X $x.gitMajor=1 -X $x.gitMinor=$minor"
-    ldflags+=" -X $x.gitTreeState=clean -X $x.buildDate=$stamp"
-  done
-  local -A pkgs=(
-    [etcd]=go.etcd.io/etcd/server/v3
-    [kube-apiserver]=k8s.io/kubernetes/cmd/kube-apiserver
-    [kube-controller-manager]=k8s.io/kubernetes/cmd/kube-controller-manager
-    [kubectl]=k8s.io/kubernetes/cmd/kubectl
-  )
-  local b
-  for b in "${BINARIES[@]}"; do
-    log "go build ${pkgs[$b]}"
-    go build -trimpath -ldflags "$ldflags" -o "$KUBE_CACHE/bin.tmp/$b" "${pkgs[$b]}" >&2
-  done
-  "$KUBE_CACHE/bin.tmp/kube-apiserver" --version >&2
-  "$KUBE_CACHE/bin.tmp/etcd" --version | head -1 >&2
-  rm -rf "$BIN"
-  mv "$KUBE_CACHE/bin.tmp" "$BIN"
-  log "built $ver into $BIN"
+  } >"$src/go.mod"
+  (cd "$src" && go mod tidy >&2) || die "go mod tidy failed for Kubernetes $ver (a staging module missing from the proxy?)"
 }
 
 # ---------------------------------------------------------------- up / down
@@ -452,7 +486,7 @@ cmd_down() {
 }
 
 case ${1:-} in
-  build) shift; [[ $# -eq 0 ]] || usage; cmd_build ;;
+  build) shift; [[ $# -le 1 ]] || usage; cmd_build "$@" ;;
   bindir) shift; [[ $# -eq 0 ]] || usage; echo "$BIN" ;;
   up) shift; cmd_up "$@" ;;
   down) shift; cmd_down "$@" ;;

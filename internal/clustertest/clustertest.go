@@ -20,8 +20,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/tern-net/tern/internal/k8s"
+	"github.com/tern-net/tern/internal/kubeconf"
 	"github.com/tern-net/tern/internal/kubetest"
-	"github.com/tern-net/tern/internal/lab"
 	"github.com/tern-net/tern/internal/nodetest"
 )
 
@@ -205,7 +205,7 @@ func (c *Cluster) Connect(n *nodetest.Node, open bool) (*nodetest.Forwarder, str
 func KubeconfigVia(t testing.TB, env *kubetest.Env, token, server, dir string) string {
 	t.Helper()
 	path := filepath.Join(dir, "kubeconfig")
-	if err := lab.WriteTokenKubeconfig(env.Kubeconfig, token, server, path); err != nil {
+	if err := kubeconf.WriteToken(env.Kubeconfig, token, server, path); err != nil {
 		t.Fatal(err)
 	}
 	return path

@@ -33,10 +33,10 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
-	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 	"k8s.io/utils/ptr"
 
 	"github.com/tern-net/tern/internal/agentapi"
+	"github.com/tern-net/tern/internal/kubeconf"
 )
 
 // Config says where a lab lives and what it runs.
@@ -510,32 +510,7 @@ func (d *daemon) addNode(ctx context.Context, n Node) error {
 
 func (d *daemon) agentKubeconfig(ln *labNode) (string, error) {
 	path := filepath.Join(ln.dir, "kubeconfig")
-	return path, WriteTokenKubeconfig(d.admin, d.token, "https://127.0.0.1:6443", path)
-}
-
-// WriteTokenKubeconfig writes to path a kubeconfig that reaches server with
-// a bearer token, trusting the CA of the admin kubeconfig: how an agent in a
-// node namespace reaches the API through a forwarder.
-func WriteTokenKubeconfig(adminKubeconfig, token, server, path string) error {
-	admin, err := clientcmd.LoadFromFile(adminKubeconfig)
-	if err != nil {
-		return err
-	}
-	var ca []byte
-	for _, c := range admin.Clusters {
-		ca = c.CertificateAuthorityData
-		if len(ca) == 0 && c.CertificateAuthority != "" {
-			if ca, err = os.ReadFile(c.CertificateAuthority); err != nil {
-				return err
-			}
-		}
-	}
-	cfg := clientcmdapi.NewConfig()
-	cfg.Clusters["api"] = &clientcmdapi.Cluster{Server: server, CertificateAuthorityData: ca}
-	cfg.AuthInfos["tern-agent"] = &clientcmdapi.AuthInfo{Token: token}
-	cfg.Contexts["tern"] = &clientcmdapi.Context{Cluster: "api", AuthInfo: "tern-agent"}
-	cfg.CurrentContext = "tern"
-	return clientcmd.WriteToFile(*cfg, path)
+	return path, kubeconf.WriteToken(d.admin, d.token, "https://127.0.0.1:6443", path)
 }
 
 // confList is the CNI configuration the DaemonSet installs (from
