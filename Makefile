@@ -39,15 +39,18 @@ deps: ## install the Debian packages the tests need (root; quiet when present)
 tools: ## install cnitool into bin/ from the Go module proxy
 	@test -x $(BIN)/cnitool || GOBIN=$(BIN) $(GO) install github.com/containernetworking/cni/cnitool@$(CNITOOL_VERSION)
 
-test: deps build tools kube-env ## run every test this machine can run (as root: the network-namespace tests too)
+test: deps build tools kube-env node-env ## run every test this machine can run (as root: the network-namespace tests too)
 	@# One package at a time: several start a control plane of their own and
 	@# time-sensitive BGP sessions; side by side on two cores they starve each other.
 	$(GO) test -count=1 -p 1 -timeout 25m ./...
 	cd hack/ocibuild && GOWORK=off $(GO) test -count=1 ./...
 
-.PHONY: kube-env
+.PHONY: kube-env node-env
 kube-env: ## builds the test control plane into the cache
 	bash hack/kube-env.sh build
+
+node-env: ## builds a real node's parts (kubelet, kube-proxy, containerd, runc, images) into the cache
+	bash hack/node-env.sh build
 
 test-unit: ## run the tests that need no root
 	$(GO) test -count=1 -short ./...

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"time"
@@ -326,6 +327,8 @@ func newLogger(conf *NetConf) (*slog.Logger, func()) {
 	var w io.Writer = os.Stderr
 	closeFn := func() {}
 	if conf.LogFile != "" {
+		// Its directory is the plugin's (/var/log/tern by default).
+		_ = os.MkdirAll(filepath.Dir(conf.LogFile), 0o755)
 		f, err := os.OpenFile(conf.LogFile, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
 		if err == nil {
 			w = io.MultiWriter(os.Stderr, f)

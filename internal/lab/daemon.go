@@ -525,7 +525,7 @@ func (d *daemon) confList(ln *labNode) (*libcni.NetworkConfigList, error) {
 		return nil, err
 	}
 	js = strings.ReplaceAll(js, "/run/tern/cni.sock", filepath.Join(ln.dir, "run", "cni.sock"))
-	js = strings.ReplaceAll(js, "/var/log/tern-cni.log", filepath.Join(ln.dir, "tern-cni.log"))
+	js = strings.ReplaceAll(js, "/var/log/tern/cni.log", filepath.Join(ln.dir, "tern-cni.log"))
 	if err := os.WriteFile(filepath.Join(ln.dir, "10-tern.conflist"), []byte(js), 0o644); err != nil {
 		return nil, err
 	}
