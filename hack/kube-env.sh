@@ -15,6 +15,12 @@
 #   K8S_VERSION      Kubernetes release to build and run (default v1.37.2)
 #   TERN_CACHE       cache root (default ~/.cache/tern); binaries go to
 #                    $TERN_CACHE/kube/$K8S_VERSION/bin
+#   TERN_KUBE_ADDRESS    with `up`: the address the API server advertises
+#                    (the `kubernetes` Service's endpoint, kept by the API
+#                    server's lease reconciler) and serves on besides
+#                    127.0.0.1: the lab runs the control plane in a network
+#                    namespace of its own, where nodes reach this address
+#   TERN_KUBE_SCHEDULER=1  with `up`: run kube-scheduler too (build node)
 #   TERN_KUBE_WATCH_PID  with `up`: once this PID is gone, stop the control
 #                    plane and remove its etcd data (the Go test helper passes
 #                    its own PID, so a killed test binary leaves nothing running)
@@ -254,9 +260,10 @@ start() {
 }
 
 # The files and folders `up` creates in DIR; `down` and a new `up` remove only these.
-STATE=(etcd pki kcm kubeconfig controller-manager.kubeconfig ports
+STATE=(etcd pki kcm kubeconfig controller-manager.kubeconfig scheduler.kubeconfig ports
   etcd.pid etcd.log kube-apiserver.pid kube-apiserver.log
-  kube-controller-manager.pid kube-controller-manager.log watchdog.pid watchdog.log)
+  kube-controller-manager.pid kube-controller-manager.log
+  kube-scheduler.pid kube-scheduler.log watchdog.pid watchdog.log)
 
 running() {
   local f
@@ -278,7 +285,7 @@ wait_ok() {
     if body=$(curl --silent --fail --max-time 2 "$@" "$url" 2>/dev/null); then
       [[ $url != */readyz && $url != */healthz ]] || [[ $body == ok ]] && return 0
     fi
-    for p in etcd kube-apiserver kube-controller-manager; do
+    for p in etcd kube-apiserver kube-controller-manager kube-scheduler; do
       [[ -f $DIR/$p.pid ]] || continue
       if ! ours "$(cat "$DIR/$p.pid")" "$DIR"; then
         log "$p exited at start; last lines of $DIR/$p.log:"
@@ -309,6 +316,12 @@ cmd_up() {
   command -v openssl >/dev/null 2>&1 || die "openssl not found (Debian package openssl; run make deps)"
   command -v curl >/dev/null 2>&1 || die "curl not found (Debian package curl; run make deps)"
   have_binaries || die "no binaries in $BIN; run: $SELF build"
+  local addr=${TERN_KUBE_ADDRESS:-} scheduler=${TERN_KUBE_SCHEDULER:-}
+  if [[ -n $addr ]]; then
+    [[ $addr =~ ^[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+$ && $addr != 127.* ]] ||
+      die "TERN_KUBE_ADDRESS must be an IPv4 address other than loopback, not $addr"
+  fi
+  [[ -z $scheduler || -x $BIN/kube-scheduler ]] || die "no $BIN/kube-scheduler; run: $SELF build node"
   running && die "a control plane is already running in $DIR; run: $SELF down $DIR"
   # A previous, dead run: stop its watchdog and remove its state.
   stop_all
@@ -320,12 +333,12 @@ cmd_up() {
   PKI=$DIR/pki
   mkdir -p "$PKI" "$DIR/etcd" "$DIR/kcm"
   chmod 0700 "$PKI" "$DIR/etcd"
-  local etcd_port peer_port kcm_port ports
-  ports=$(free_ports 4)
-  read -r etcd_port peer_port API_PORT kcm_port <<<"$ports"
-  [[ $kcm_port =~ ^[0-9]+$ ]] || die "could not pick free ports"
-  printf 'etcd=%s\netcd-peer=%s\nkube-apiserver=%s\nkube-controller-manager=%s\n' \
-    "$etcd_port" "$peer_port" "$API_PORT" "$kcm_port" >"$DIR/ports"
+  local etcd_port peer_port kcm_port sched_port ports
+  ports=$(free_ports 5)
+  read -r etcd_port peer_port API_PORT kcm_port sched_port <<<"$ports"
+  [[ $sched_port =~ ^[0-9]+$ ]] || die "could not pick free ports"
+  printf 'etcd=%s\netcd-peer=%s\nkube-apiserver=%s\nkube-controller-manager=%s\nkube-scheduler=%s\n' \
+    "$etcd_port" "$peer_port" "$API_PORT" "$kcm_port" "$sched_port" >"$DIR/ports"
 
   # PKI: one CA signs every serving and client certificate.
   openssl ecparam -name prime256v1 -genkey -noout -out "$PKI/ca.key" 2>/dev/null
@@ -336,10 +349,13 @@ cmd_up() {
   cert etcd etcd "" "$loop" serverAuth,clientAuth
   cert apiserver-etcd-client kube-apiserver-etcd-client
   cert apiserver kube-apiserver "" \
-    "$loop,IP:10.96.0.1,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local" serverAuth
+    "$loop${addr:+,IP:$addr},IP:10.96.0.1,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local" serverAuth
+  # The API server's client of kubelets (exec, logs, port-forward).
+  cert apiserver-kubelet-client kube-apiserver-kubelet-client system:masters
   cert front-proxy-client front-proxy-client
   cert admin tern-admin system:masters
   cert controller-manager system:kube-controller-manager
+  cert scheduler system:kube-scheduler
   # Service-account tokens: the API server signs, kube-controller-manager too
   # (legacy token Secrets), and both verify with the public half.
   openssl ecparam -name prime256v1 -genkey -noout -out "$PKI/sa.key" 2>/dev/null
@@ -347,6 +363,7 @@ cmd_up() {
   chmod 0600 "$PKI"/*.key
   kubeconfig "$DIR/kubeconfig" admin
   kubeconfig "$DIR/controller-manager.kubeconfig" controller-manager
+  kubeconfig "$DIR/scheduler.kubeconfig" scheduler
 
   if [[ -n ${TERN_KUBE_WATCH_PID:-} ]]; then
     local watch=$TERN_KUBE_WATCH_PID
@@ -378,9 +395,12 @@ cmd_up() {
     --unsafe-no-fsync \
     --log-level=warn
 
+  # On loopback alone the `kubernetes` Service can have no endpoint (the
+  # reconciler refuses a loopback address): none is kept.
+  local -a where=(--advertise-address=127.0.0.1 --bind-address=127.0.0.1 --endpoint-reconciler-type=none)
+  [[ -z $addr ]] || where=(--advertise-address="$addr" --bind-address=0.0.0.0 --endpoint-reconciler-type=lease)
   start kube-apiserver "$BIN/kube-apiserver" \
-    --advertise-address=127.0.0.1 \
-    --bind-address=127.0.0.1 \
+    "${where[@]}" \
     --secure-port="$API_PORT" \
     --etcd-servers="https://127.0.0.1:$etcd_port" \
     --etcd-cafile="$PKI/ca.crt" \
@@ -401,7 +421,9 @@ cmd_up() {
     --service-account-key-file="$PKI/sa.pub" \
     --service-account-signing-key-file="$PKI/sa.key" \
     --service-cluster-ip-range="$SERVICE_CIDR" \
-    --endpoint-reconciler-type=none \
+    --kubelet-client-certificate="$PKI/apiserver-kubelet-client.crt" \
+    --kubelet-client-key="$PKI/apiserver-kubelet-client.key" \
+    --kubelet-preferred-address-types=InternalIP \
     --allow-privileged=true \
     --profiling=false
 
@@ -434,6 +456,17 @@ cmd_up() {
     --profiling=false
 
   wait_ok "https://127.0.0.1:$kcm_port/healthz" --insecure
+  if [[ -n $scheduler ]]; then
+    start kube-scheduler "$BIN/kube-scheduler" \
+      --kubeconfig="$DIR/scheduler.kubeconfig" \
+      --authentication-kubeconfig="$DIR/scheduler.kubeconfig" \
+      --authorization-kubeconfig="$DIR/scheduler.kubeconfig" \
+      --bind-address=127.0.0.1 \
+      --secure-port="$sched_port" \
+      --leader-elect=false \
+      --profiling=false
+    wait_ok "https://127.0.0.1:$sched_port/healthz" --insecure
+  fi
   # Ready to use: kube-controller-manager runs its controllers (node IPAM,
   # service accounts, ...) only after it has set up all of them, some time
   # after /healthz; the default ServiceAccount of namespace default shows they run.
@@ -446,7 +479,7 @@ cmd_up() {
 # before servers (the API server shuts down in ~1 s with etcd still there,
 # in ~4 s without it): SIGTERM, then SIGKILL after 5 s. Never by name.
 stop_all() {
-  stop_pids watchdog kube-controller-manager
+  stop_pids watchdog kube-scheduler kube-controller-manager
   stop_pids kube-apiserver
   stop_pids etcd
 }
@@ -482,7 +515,7 @@ cmd_down() {
   [[ -d $1 ]] || return 0
   DIR=$(cd "$1" && pwd -P)
   stop_all
-  rm -f "$DIR"/{etcd,kube-apiserver,kube-controller-manager,watchdog}.pid
+  rm -f "$DIR"/{etcd,kube-apiserver,kube-controller-manager,kube-scheduler,watchdog}.pid
 }
 
 case ${1:-} in
