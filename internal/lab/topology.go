@@ -8,8 +8,9 @@
 //
 // The topology (addresses, AS numbers, router configurations, the BGP objects
 // the lab applies) is computed by pure functions in this file; the daemon
-// (daemon.go) makes it real and supervises it; the CLI (client.go) talks to the
-// daemon over a unix socket.
+// (daemon.go, and a file for each of its jobs: controlplane.go, network.go,
+// nodes.go, schedule.go, converge.go, control.go) makes it real and supervises
+// it; the CLI (client.go) talks to the daemon over a unix socket.
 package lab
 
 import (

@@ -8,7 +8,7 @@ import (
 
 	"github.com/containernetworking/plugins/pkg/ns"
 
-	"github.com/tern-net/tern/internal/lab"
+	"github.com/tern-net/tern/internal/nsfwd"
 )
 
 // Forwarder listens on 127.0.0.1 inside a node namespace and forwards each
@@ -62,7 +62,7 @@ func Forward(t testing.TB, netns ns.NetNS, target string, open bool) *Forwarder 
 			f.conns[c] = up
 			f.mu.Unlock()
 			go func() {
-				lab.Pipe(c, up)
+				nsfwd.Pipe(c, up)
 				f.mu.Lock()
 				delete(f.conns, c)
 				f.mu.Unlock()

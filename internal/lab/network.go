@@ -1,0 +1,115 @@
+// The shared segments and the top-of-rack routers: started, and
+// reconfigured as nodes come and go.
+
+package lab
+
+import (
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+)
+
+// startNetwork makes the shared segments: the routers' spine, or with no
+// routers the one segment of all nodes.
+func (d *daemon) startNetwork() error {
+	name := d.cfg.Prefix + "-spine"
+	if d.cfg.Router == RouterNone {
+		name = d.cfg.Prefix + "-fabric"
+	}
+	if err := addNS(name); err != nil {
+		return err
+	}
+	d.mu.Lock()
+	d.shared = append(d.shared, name)
+	d.mu.Unlock()
+	if err := ip(name, "link", "add", "br0", "type", "bridge"); err != nil {
+		return err
+	}
+	return ip(name, "link", "set", "br0", "up")
+}
+
+func (d *daemon) startRouters(initial []Node) error {
+	all := d.cfg.Routers()
+	for _, r := range all {
+		lr := &labRouter{Router: r, netns: fmt.Sprintf("%s-tor%d", d.cfg.Prefix, r.Rack), dir: filepath.Join(d.cfg.Dir, fmt.Sprintf("tor%d", r.Rack))}
+		if r.Kind == RouterFRR {
+			// FRR drops to user frr, which must reach its directory: the lab's
+			// may sit under a private one (a test's temporary directory).
+			lr.dir = filepath.Join(frrRoot, fmt.Sprintf("%s-tor%d", d.cfg.Prefix, r.Rack))
+			_ = os.RemoveAll(lr.dir)
+			if err := os.MkdirAll(frrRoot, 0o755); err != nil {
+				return err
+			}
+		}
+		d.mu.Lock()
+		d.routers = append(d.routers, lr)
+		d.mu.Unlock()
+		if err := addNS(lr.netns); err != nil {
+			return err
+		}
+		steps := [][]string{
+			{"link", "add", "br0", "type", "bridge"},
+			{"addr", "add", netip.PrefixFrom(r.Address, 24).String(), "dev", "br0"},
+			{"link", "set", "br0", "up"},
+		}
+		for _, s := range steps {
+			if err := ip(lr.netns, s...); err != nil {
+				return err
+			}
+		}
+		spine := d.cfg.Prefix + "-spine"
+		port := fmt.Sprintf("tor%d", r.Rack)
+		if err := veth(spine, port, lr.netns, "spine"); err != nil {
+			return err
+		}
+		for _, s := range [][]string{{"link", "set", port, "master", "br0", "up"}} {
+			if err := ip(spine, s...); err != nil {
+				return err
+			}
+		}
+		for _, s := range [][]string{{"addr", "add", netip.PrefixFrom(r.Spine, 24).String(), "dev", "spine"}, {"link", "set", "spine", "up"}} {
+			if err := ip(lr.netns, s...); err != nil {
+				return err
+			}
+		}
+		if _, err := inNS(lr.netns, "sysctl", "-qw", "net.ipv4.ip_forward=1"); err != nil {
+			return err
+		}
+		procs, err := startRouter(d.log, r, all, d.cfg.RouterNodes(r, initial), lr.netns, lr.dir)
+		if err != nil {
+			return err
+		}
+		d.mu.Lock()
+		lr.procs = procs
+		d.mu.Unlock()
+	}
+	d.writeState()
+	return nil
+}
+
+// reconfigureRouters updates rack's router after node n came (added) or went.
+func (d *daemon) reconfigureRouters(rack int, n Node, added bool) error {
+	d.mu.Lock()
+	var nodes []Node
+	for _, ln := range d.nodes {
+		nodes = append(nodes, ln.Node)
+	}
+	routers := slices.Clone(d.routers)
+	d.mu.Unlock()
+	before := slices.DeleteFunc(slices.Clone(nodes), func(x Node) bool { return x.Name == n.Name })
+	if !added {
+		before = append(before, n)
+	}
+	all := d.cfg.Routers()
+	for _, lr := range routers {
+		if lr.Rack != rack {
+			continue
+		}
+		if err := reconfigureRouter(lr.Router, all, d.cfg.RouterNodes(lr.Router, nodes), d.cfg.RouterNodes(lr.Router, before), lr.netns, lr.dir); err != nil {
+			return err
+		}
+	}
+	return nil
+}
