@@ -112,3 +112,29 @@ func resolvConf(dns []netip.Addr, domain string) string {
 	fmt.Fprintf(&b, "search %s\noptions ndots:1\n", domain)
 	return b.String()
 }
+
+// proxyConfig is kube-proxy's KubeProxyConfiguration for a node in a network
+// namespace: conntrack limits left alone (nf_conntrack_max cannot be set
+// from inside a namespace), health and metrics on the node's own loopback.
+func proxyConfig(c Config) string {
+	mode := c.ProxyMode
+	if mode == "" {
+		mode = "iptables"
+	}
+	return fmt.Sprintf(`apiVersion: kubeproxy.config.k8s.io/v1alpha1
+kind: KubeProxyConfiguration
+clientConnection:
+  kubeconfig: %q
+hostnameOverride: %s
+bindAddress: %s
+clusterCIDR: %q
+mode: %s
+healthzBindAddress: 127.0.0.1:10256
+metricsBindAddress: 127.0.0.1:10249
+conntrack:
+  maxPerCore: 0
+  min: 0
+  tcpEstablishedTimeout: 0s
+  tcpCloseWaitTimeout: 0s
+`, c.ProxyKubeconfig, c.Name, c.NodeIP, c.ClusterCIDR, mode)
+}

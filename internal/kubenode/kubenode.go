@@ -46,6 +46,13 @@ type Config struct {
 	Images     []string   // image archives imported into containerd before the kubelet starts
 	PauseImage string     // the sandbox image (one of Images)
 
+	// ProxyKubeconfig, when set, runs kube-proxy on the node with this
+	// kubeconfig (user system:kube-proxy), in ProxyMode (iptables or
+	// nftables; default iptables), ClusterCIDR its --cluster-cidr.
+	ProxyKubeconfig string
+	ProxyMode       string
+	ClusterCIDR     string
+
 	ClusterDNS    []netip.Addr
 	ClusterDomain string // default cluster.local
 	MaxPods       int    // default 110
@@ -99,6 +106,16 @@ func (c Config) validate() error {
 	if c.PauseImage == "" {
 		errs = append(errs, errors.New("no sandbox (pause) image named"))
 	}
+	if c.ProxyKubeconfig != "" {
+		if _, err := os.Stat(filepath.Join(c.KubeBin, "kube-proxy")); err != nil {
+			errs = append(errs, fmt.Errorf("kube-proxy: %w", err))
+		}
+		switch c.ProxyMode {
+		case "", "iptables", "nftables":
+		default:
+			errs = append(errs, fmt.Errorf("proxy mode %q: want iptables or nftables", c.ProxyMode))
+		}
+	}
 	return errors.Join(errs...)
 }
 
@@ -127,6 +144,7 @@ type Node struct {
 	holder     *proc // owns the node's mount namespace
 	containerd *proc
 	kubelet    *proc
+	proxy      *proc
 	cgroupRoot string
 	mntNS      string // the holder's /proc/PID/ns/mnt, read at start (identity of the namespace)
 	log        *slog.Logger
@@ -203,6 +221,19 @@ func (n *Node) start(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("kubelet not healthy: %w (log: %s)", err, n.Log("kubelet"))
 	}
+	if n.cfg.ProxyKubeconfig == "" {
+		return nil
+	}
+	n.proxy, err = n.spawn("kube-proxy", filepath.Join(n.cfg.KubeBin, "kube-proxy"), "--config", n.path("kube-proxy.yaml"), "-v", "1")
+	if err != nil {
+		return err
+	}
+	err = waitFor(ctx, 30*time.Second, n.proxy, func() bool {
+		return n.inNode("curl", "-sf", "--max-time", "1", "http://127.0.0.1:10256/healthz").Run() == nil
+	})
+	if err != nil {
+		return fmt.Errorf("kube-proxy not healthy: %w (log: %s)", err, n.Log("kube-proxy"))
+	}
 	return nil
 }
 
@@ -220,6 +251,9 @@ func (n *Node) prepare() error {
 		"containerd.toml": containerdConfig(n.bin("runc"), n.cfg.PauseImage),
 		"kubelet.yaml":    kubeletConfig(n.cfg, n.cgroupRoot, n.cfg.ClientCA, n.path("resolv.conf")),
 		"resolv.conf":     resolvConf(n.cfg.ClusterDNS, n.cfg.clusterDomain()),
+	}
+	if n.cfg.ProxyKubeconfig != "" {
+		files["kube-proxy.yaml"] = proxyConfig(n.cfg)
 	}
 	for name, content := range files {
 		if err := os.WriteFile(n.path(name), []byte(content), 0o644); err != nil {

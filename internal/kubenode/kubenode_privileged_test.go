@@ -53,8 +53,9 @@ func nodeParts(t *testing.T) parts {
 // TestNodeRunsPods starts one real node (containerd, runc, kubelet) in a
 // network namespace, with tern's plugin and a standalone agent in it, and
 // checks what a user of a node sees: the Node registers and turns Ready, an
-// agnhost pod runs with an address from tern's pod CIDR and answers; then
-// that Stop leaves nothing behind on the host.
+// agnhost pod runs with an address from tern's pod CIDR and answers, and so
+// does a ClusterIP Service in front of it (kube-proxy); then that Stop leaves
+// nothing behind on the host.
 func TestNodeRunsPods(t *testing.T) {
 	nodetest.RequireRoot(t)
 	env := kubetest.Start(t)
@@ -96,7 +97,12 @@ func TestNodeRunsPods(t *testing.T) {
 	if err := kubeconf.WriteClient(pki+"/ca.crt", pki+"/ca.key", "https://"+fwd.Addr, "system:node:"+name, []string{"system:nodes"}, kubeconfig); err != nil {
 		t.Fatal(err)
 	}
+	proxyKubeconfig := filepath.Join(dir, "kube-proxy.kubeconfig")
+	if err := kubeconf.WriteClient(pki+"/ca.crt", pki+"/ca.key", "https://"+fwd.Addr, "system:kube-proxy", nil, proxyKubeconfig); err != nil {
+		t.Fatal(err)
+	}
 	node, err := kubenode.Start(ctx, kubenode.Config{
+		ProxyKubeconfig: proxyKubeconfig, ClusterCIDR: "10.83.0.0/16",
 		Name: name, NetNS: n.NS.Path(), Dir: filepath.Join(dir, "node"), NodeIP: netip.MustParseAddr("10.82.0.2"),
 		Kubeconfig: kubeconfig, ClientCA: pki + "/ca.crt",
 		KubeBin: p.kubeBin, NodeBin: p.nodeBin,
@@ -173,7 +179,7 @@ func TestNodeRunsPods(t *testing.T) {
 
 	ns := env.NewNamespace(t)
 	pod := &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Name: "web", Namespace: ns},
+		ObjectMeta: metav1.ObjectMeta{Name: "web", Namespace: ns, Labels: map[string]string{"app": "web"}},
 		Spec: corev1.PodSpec{
 			NodeName:                      name,
 			TerminationGracePeriodSeconds: new(int64),
@@ -218,6 +224,27 @@ func TestNodeRunsPods(t *testing.T) {
 	out, err := node.Command("curl", "-sf", "--max-time", "5", "http://"+ip+":8080/hostname").Output()
 	if err != nil || string(out) != "web" {
 		t.Fatalf("GET http://%s:8080/hostname from the node: %q, %v", ip, out, err)
+	}
+	// A ClusterIP Service in front of it answers from the node, through
+	// the node's kube-proxy.
+	svc := &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Name: "web", Namespace: ns},
+		Spec: corev1.ServiceSpec{Selector: map[string]string{"app": "web"},
+			Ports: []corev1.ServicePort{{Port: 80, TargetPort: intstr.FromInt32(8080)}}},
+	}
+	svc, err = env.Client.CoreV1().Services(ns).Create(ctx, svc, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = kubetest.EventuallyErr(30*time.Second, func() error {
+		out, err := node.Command("curl", "-sf", "--max-time", "2", "http://"+svc.Spec.ClusterIP+"/hostname").Output()
+		if err != nil || string(out) != "web" {
+			return fmt.Errorf("GET http://%s/hostname: %q, %v", svc.Spec.ClusterIP, out, err)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("%v\nkube-proxy log:\n%s", err, nodetest.Tail(node.Log("kube-proxy"), 20))
 	}
 	if pids := cgroupProcs(t, node.CgroupRoot()); len(pids) == 0 {
 		t.Errorf("no process in the node's cgroup root %s: where do its containers run?", node.CgroupRoot())

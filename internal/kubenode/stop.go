@@ -54,6 +54,7 @@ func (p *proc) stop(grace time.Duration) {
 // with its logs. Stop returns once all of it is gone, or says what is not.
 func (n *Node) Stop() error {
 	var errs []error
+	n.proxy.stop(5 * time.Second)
 	n.kubelet.stop(10 * time.Second)
 	if n.containerd != nil {
 		select {
