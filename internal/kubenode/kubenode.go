@@ -55,6 +55,7 @@ type Config struct {
 
 	ClusterDNS    []netip.Addr
 	ClusterDomain string // default cluster.local
+	CgroupRoot    string // the kubelet's cgroup root; default /tern-node-<Name>
 	MaxPods       int    // default 110
 	Verbosity     int    // kubelet's -v
 
@@ -82,6 +83,9 @@ func (c Config) validate() error {
 	}
 	if !filepath.IsAbs(c.Dir) {
 		errs = append(errs, fmt.Errorf("node directory %q is not absolute", c.Dir))
+	}
+	if c.CgroupRoot != "" && (!strings.HasPrefix(c.CgroupRoot, "/") || strings.Count(c.CgroupRoot, "/") != 1) {
+		errs = append(errs, fmt.Errorf("cgroup root %q: want /name", c.CgroupRoot))
 	}
 	if !c.NodeIP.IsValid() {
 		errs = append(errs, errors.New("no node address"))
@@ -170,7 +174,10 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
-	n := &Node{cfg: cfg, cgroupRoot: "/tern-node-" + cfg.Name, log: cfg.Log.With("node", cfg.Name)}
+	n := &Node{cfg: cfg, cgroupRoot: cfg.CgroupRoot, log: cfg.Log.With("node", cfg.Name)}
+	if n.cgroupRoot == "" {
+		n.cgroupRoot = "/tern-node-" + cfg.Name
+	}
 	if err := n.start(ctx); err != nil {
 		n.Stop()
 		return nil, fmt.Errorf("node %s: %w", cfg.Name, err)

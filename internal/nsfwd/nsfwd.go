@@ -50,6 +50,45 @@ func Listen(netnsPath, addr, target string) (net.Listener, error) {
 	return ln, nil
 }
 
+// ListenInto is Listen the other way round: it listens on addr in the
+// caller's namespace and forwards each connection to target inside the
+// network namespace at netnsPath, such as an API server that runs in a
+// namespace of its own, reached from the host's loopback.
+func ListenInto(addr, netnsPath, target string) (net.Listener, error) {
+	h, err := ns.GetNS(netnsPath)
+	if err != nil {
+		return nil, err
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		h.Close()
+		return nil, err
+	}
+	go func() {
+		defer h.Close()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				var up net.Conn
+				err := h.Do(func(ns.NetNS) error {
+					var err error
+					up, err = net.Dial("tcp", target)
+					return err
+				})
+				if err != nil {
+					c.Close()
+					return
+				}
+				Pipe(c, up)
+			}()
+		}
+	}()
+	return ln, nil
+}
+
 // Pipe copies both ways between a and b until both directions are done
 // (each half-closed in turn), then closes both.
 func Pipe(a, b net.Conn) {
