@@ -44,7 +44,11 @@ type Config struct {
 	KubeBin    string     // kubelet (hack/kube-env.sh bindir)
 	NodeBin    string     // containerd, containerd-shim-runc-v2, runc, ctr (hack/node-env.sh bindir)
 	Images     []string   // image archives imported into containerd before the kubelet starts
-	PauseImage string     // the sandbox image (one of Images)
+	// Install are files the node's own system provides (a node path, such
+	// as /opt/cni/bin/loopback, to the host file copied there) before the
+	// kubelet starts.
+	Install    map[string]string
+	PauseImage string // the sandbox image (one of Images)
 
 	// ProxyKubeconfig, when set, runs kube-proxy on the node with this
 	// kubeconfig (user system:kube-proxy), in ProxyMode (iptables or
@@ -105,6 +109,14 @@ func (c Config) validate() error {
 	for _, img := range c.Images {
 		if _, err := os.Stat(img); err != nil {
 			errs = append(errs, fmt.Errorf("image archive: %w", err))
+		}
+	}
+	for dst, src := range c.Install {
+		if !filepath.IsAbs(dst) {
+			errs = append(errs, fmt.Errorf("install %s: not an absolute node path", dst))
+		}
+		if _, err := os.Stat(src); err != nil {
+			errs = append(errs, fmt.Errorf("install %s: %w", dst, err))
 		}
 	}
 	if c.PauseImage == "" {
@@ -267,7 +279,28 @@ func (n *Node) prepare() error {
 			return err
 		}
 	}
+	for dst, src := range n.cfg.Install {
+		if err := copyFile(src, n.HostPath(dst)); err != nil {
+			return fmt.Errorf("install %s: %w", dst, err)
+		}
+	}
 	return nil
+}
+
+// copyFile copies src to dst (its directory made), with src's mode.
+func copyFile(src, dst string) error {
+	b, err := os.ReadFile(src)
+	if err != nil {
+		return err
+	}
+	st, err := os.Stat(src)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+		return err
+	}
+	return os.WriteFile(dst, b, st.Mode().Perm())
 }
 
 // holderScript runs in the new mount namespace (a slave of the host's, so

@@ -22,10 +22,14 @@ func (d *daemon) State() State {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	s := State{PID: os.Getpid(), Phase: d.phase, Error: d.err, Config: d.cfg, Kubeconfig: d.admin, KubeDir: d.kubeDir, Namespaces: slices.Clone(d.shared),
-		Timings: d.timings}
+		MountPoints: slices.Clone(d.mountPoints), Timings: d.timings}
 	s.Timings.NodesStarted = maps.Clone(d.timings.NodesStarted)
 	for _, ln := range d.nodes {
 		ns := NodeState{Node: ln.Node, NetNS: ln.netns, Dir: ln.dir, Socket: filepath.Join(ln.dir, "run", "cni.sock")}
+		if ln.real != nil {
+			// The DaemonSet's agent: its hostPath /run/tern is the node's.
+			ns.Socket = ln.real.HostPath("/run/tern/cni.sock")
+		}
 		if ln.agent != nil {
 			ns.AgentPID = ln.agent.PID()
 			ln.agent.mu.Lock()

@@ -22,6 +22,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
+	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 	"k8s.io/utils/ptr"
 )
 
@@ -63,34 +64,20 @@ func (d *daemon) startControlPlane(ctx context.Context) error {
 		return err
 	}
 	d.mark(func(t *Timings) { t.KubeEnvUp = time.Since(t0) })
-	b, err := os.ReadFile(kc)
+	cfg, err := clientcmd.LoadFromFile(kc)
 	if err != nil {
 		return err
 	}
-	d.admin = filepath.Join(d.cfg.Dir, "kubeconfig")
-	if err := os.WriteFile(d.admin, b, 0o600); err != nil {
+	if err := d.useAdmin(cfg); err != nil {
 		return err
 	}
-	rc, err := clientcmd.BuildConfigFromFlags("", d.admin)
-	if err != nil {
-		return err
-	}
-	rc.QPS, rc.Burst = 100, 200
-	if d.client, err = kubernetes.NewForConfig(rc); err != nil {
-		return err
-	}
-	d.api = strings.TrimPrefix(rc.Host, "https://")
-	d.writeState()
 	for _, f := range []string{"00-namespace.yaml", "01-crds.yaml", "02-rbac.yaml"} {
 		if out, err := d.kubectlRun("", "apply", "-f", filepath.Join(d.cfg.Root, "manifests", f)); err != nil {
 			return fmt.Errorf("kubectl apply %s: %w: %s", f, err, out)
 		}
 	}
-	if out, err := d.kubectlRun("", "wait", "--for=condition=Established", "--timeout=60s", "crd/bgpconfigurations.tern.io", "crd/bgppeers.tern.io"); err != nil {
-		return fmt.Errorf("CRDs not established: %w: %s", err, out)
-	}
-	if out, err := d.kubectlRun(d.cfg.BGPObjects(), "apply", "-f", "-"); err != nil {
-		return fmt.Errorf("apply the lab's BGP objects: %w: %s", err, out)
+	if err := d.applyBGPObjects(); err != nil {
+		return err
 	}
 	sas := d.client.CoreV1().ServiceAccounts("tern-system")
 	if _, err := sas.Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "tern-agent"}}, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
@@ -130,4 +117,35 @@ func (d *daemon) installPlugin() error {
 		return err
 	}
 	return os.Rename(tmp, filepath.Join(dir, "tern"))
+}
+
+// useAdmin writes the admin kubeconfig the host uses (cfg, its server as the
+// host reaches it) and connects the lab's client with it.
+func (d *daemon) useAdmin(cfg *clientcmdapi.Config) error {
+	d.admin = filepath.Join(d.cfg.Dir, "kubeconfig")
+	if err := clientcmd.WriteToFile(*cfg, d.admin); err != nil {
+		return err
+	}
+	rc, err := clientcmd.BuildConfigFromFlags("", d.admin)
+	if err != nil {
+		return err
+	}
+	rc.QPS, rc.Burst = 100, 200
+	if d.client, err = kubernetes.NewForConfig(rc); err != nil {
+		return err
+	}
+	d.api = strings.TrimPrefix(rc.Host, "https://")
+	d.writeState()
+	return nil
+}
+
+// applyBGPObjects waits for tern's CRDs and applies the lab's BGP objects.
+func (d *daemon) applyBGPObjects() error {
+	if out, err := d.kubectlRun("", "wait", "--for=condition=Established", "--timeout=60s", "crd/bgpconfigurations.tern.io", "crd/bgppeers.tern.io"); err != nil {
+		return fmt.Errorf("CRDs not established: %w: %s", err, out)
+	}
+	if out, err := d.kubectlRun(d.cfg.BGPObjects(), "apply", "-f", "-"); err != nil {
+		return fmt.Errorf("apply the lab's BGP objects: %w: %s", err, out)
+	}
+	return nil
 }

@@ -14,13 +14,13 @@ import (
 	"github.com/tern-net/tern/internal/agentapi"
 )
 
-// waitConverged waits until every agent is ready and every node has every
-// other node's pod CIDR installed.
-func (d *daemon) waitConverged(ctx context.Context, timeout time.Duration) error {
+// waitConverged waits until converged says the lab is fully up (d.converged:
+// every agent ready and every node with every other node's pod CIDR).
+func (d *daemon) waitConverged(ctx context.Context, timeout time.Duration, converged func(context.Context) (bool, string)) error {
 	deadline := time.Now().Add(timeout)
 	var last string
 	for {
-		ok, why := d.converged(ctx)
+		ok, why := converged(ctx)
 		if ok {
 			return nil
 		}
@@ -83,6 +83,12 @@ func (d *daemon) converged(ctx context.Context) (bool, string) {
 		}
 		cidrs[ln.Name] = st.PodCIDRs[0].String()
 	}
+	return routesIn(nodes, cidrs)
+}
+
+// routesIn reports whether every node has the pod CIDR of every other node
+// (cidrs: by node name) installed; if not, which it waits for.
+func routesIn(nodes []*labNode, cidrs map[string]string) (bool, string) {
 	for _, ln := range nodes {
 		have, err := installedRoutes(ln.netns)
 		if err != nil {
@@ -95,6 +101,16 @@ func (d *daemon) converged(ctx context.Context) (bool, string) {
 		}
 	}
 	return true, ""
+}
+
+// nodeStarted records when node name started.
+func (d *daemon) nodeStarted(name string) {
+	d.mu.Lock()
+	if d.timings.NodesStarted == nil {
+		d.timings.NodesStarted = map[string]time.Time{}
+	}
+	d.timings.NodesStarted[name] = time.Now()
+	d.mu.Unlock()
 }
 
 // installedRoutes lists the destinations of tern's routes in netns.

@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"k8s.io/client-go/kubernetes"
+
+	"github.com/tern-net/tern/internal/kubenode"
 )
 
 // Config says where a lab lives and what it runs.
@@ -49,7 +51,10 @@ type State struct {
 	Nodes      []NodeState   `json:"nodes"`
 	Routers    []RouterState `json:"routers"`
 	Namespaces []string      `json:"namespaces"` // shared segments
-	Timings    Timings       `json:"timings"`
+	// MountPoints are what a lab of real nodes created on the host
+	// (kubenode.EnsureMountPoints), removed at down.
+	MountPoints []string `json:"mountPoints,omitempty"`
+	Timings     Timings  `json:"timings"`
 }
 
 // Timings are when the daemon's `up` passed its milestones (zero until it
@@ -86,6 +91,7 @@ type labNode struct {
 	netns, dir string
 	agent      *proc
 	kubelet    *kubelet
+	real       *kubenode.Node // a real node's kubelet, containerd, kube-proxy
 	cancel     context.CancelFunc
 	fwd        net.Listener
 }
@@ -118,6 +124,14 @@ type daemon struct {
 	down    chan struct{}
 	stopped sync.Once
 	ctx     context.Context // the daemon's life: the kubelets of added nodes run in it
+
+	// Real nodes.
+	parts           realParts
+	cpNetNS         string       // the control plane's namespace
+	cpFwd           net.Listener // the host's way to the API server
+	apiNodes        string       // the API server's URL as nodes reach it
+	mountPoints     []string     // created on the host by kubenode.EnsureMountPoints
+	restoreTunables func() error // the host's kernel tunables as they were
 }
 
 // frrRoot holds the FRR routers' runtime directories.
@@ -188,6 +202,9 @@ func (d *daemon) setPhase(p, err string) {
 
 // up starts everything in order and waits until the lab has converged.
 func (d *daemon) up(ctx context.Context) error {
+	if d.cfg.Real {
+		return d.upReal(ctx)
+	}
 	t0 := time.Now()
 	d.mark(func(t *Timings) { t.Up = t0 })
 	if err := d.startControlPlane(ctx); err != nil {
@@ -220,7 +237,7 @@ func (d *daemon) up(ctx context.Context) error {
 			return err
 		}
 	}
-	return d.waitConverged(ctx, time.Minute+time.Duration(d.cfg.Nodes)*3*time.Second)
+	return d.waitConverged(ctx, time.Minute+time.Duration(d.cfg.Nodes)*3*time.Second, d.converged)
 }
 
 // teardown stops everything the daemon started and removes every namespace.
@@ -252,6 +269,7 @@ func (d *daemon) teardown() {
 				if ln.kubelet != nil {
 					ln.kubelet.stopPods()
 				}
+				d.stopRealNode(ln)
 				if err := delNS(ln.netns); err != nil {
 					d.log.Warn("remove namespace", "err", err)
 				}
@@ -285,6 +303,7 @@ func (d *daemon) teardown() {
 				_ = os.RemoveAll(lr.dir)
 			}
 		}
+		d.afterRealTeardown()
 		_ = os.Remove(StatePath(d.cfg.Dir))
 		d.log.Info("lab down")
 	})

@@ -26,30 +26,28 @@ import (
 	"github.com/tern-net/tern/internal/nsfwd"
 )
 
-// addNode creates node n's namespace and link, registers it, and starts its
-// agent and kubelet.
-func (d *daemon) addNode(ctx context.Context, n Node) error {
+// plugNode makes node n's namespace and its link: into its rack's bridge
+// (in the ToR's namespace), or into the shared segment.
+func (d *daemon) plugNode(n Node) (*labNode, error) {
 	ln := &labNode{Node: n, netns: fmt.Sprintf("%s-%s", d.cfg.Prefix, n.Name), dir: filepath.Join(d.cfg.Dir, "nodes", n.Name)}
 	d.mu.Lock()
 	d.nodes[n.Name] = ln
 	d.mu.Unlock()
 	if err := os.MkdirAll(ln.dir, 0o755); err != nil {
-		return err
+		return nil, err
 	}
 	if err := addNS(ln.netns); err != nil {
-		return err
+		return nil, err
 	}
-	// The node's link: into its rack's bridge (in the ToR's namespace), or
-	// into the shared segment.
 	seg, port := d.cfg.Prefix+"-fabric", fmt.Sprintf("n%d", n.Number)
 	if n.Rack > 0 {
 		seg = fmt.Sprintf("%s-tor%d", d.cfg.Prefix, n.Rack)
 	}
 	if err := veth(seg, port, ln.netns, "eth0"); err != nil {
-		return err
+		return nil, err
 	}
 	if err := ip(seg, "link", "set", port, "master", "br0", "up"); err != nil {
-		return err
+		return nil, err
 	}
 	steps := [][]string{{"addr", "add", netip.PrefixFrom(n.Address, 24).String(), "dev", "eth0"}, {"link", "set", "eth0", "up"}}
 	if n.Gateway.IsValid() {
@@ -57,8 +55,18 @@ func (d *daemon) addNode(ctx context.Context, n Node) error {
 	}
 	for _, s := range steps {
 		if err := ip(ln.netns, s...); err != nil {
-			return err
+			return nil, err
 		}
+	}
+	return ln, nil
+}
+
+// addNode creates node n's namespace and link (plugNode), registers it, and
+// starts its agent and tern's own kubelet.
+func (d *daemon) addNode(ctx context.Context, n Node) error {
+	ln, err := d.plugNode(n)
+	if err != nil {
+		return err
 	}
 	fwd, err := nsfwd.Listen(NSPath(ln.netns), "127.0.0.1:6443", d.api)
 	if err != nil {
@@ -95,11 +103,8 @@ func (d *daemon) addNode(ctx context.Context, n Node) error {
 	}
 	d.mu.Lock()
 	ln.agent = agent
-	if d.timings.NodesStarted == nil {
-		d.timings.NodesStarted = map[string]time.Time{}
-	}
-	d.timings.NodesStarted[n.Name] = time.Now()
 	d.mu.Unlock()
+	d.nodeStarted(n.Name)
 	d.writeState()
 	d.log.Info("node started", "node", n.Name, "rack", n.Rack, "address", n.Address, "as", n.AS, "reflector", n.Reflector)
 	return nil

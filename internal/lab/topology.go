@@ -49,6 +49,10 @@ type Options struct {
 	Racks           int    `json:"racks"`
 	Router          string `json:"router"`
 	RouteReflectors int    `json:"routeReflectors"`
+	// Real runs real nodes (kubelet, containerd, kube-proxy; tern by its
+	// DaemonSet) instead of the light ones (tern's own kubelet, agents
+	// started by the lab).
+	Real bool `json:"real,omitempty"`
 }
 
 // Validate checks the options and says what is wrong.
