@@ -311,6 +311,15 @@ var KernelTunables = []string{
 // SaveKernelTunables reads the KernelTunables and returns a function that
 // writes back those that changed.
 func SaveKernelTunables() (restore func() error, err error) {
+	saved, err := ReadKernelTunables()
+	if err != nil {
+		return nil, err
+	}
+	return func() error { return WriteKernelTunables(saved) }, nil
+}
+
+// ReadKernelTunables reads the KernelTunables' values.
+func ReadKernelTunables() (map[string]string, error) {
 	saved := map[string]string{}
 	for _, t := range KernelTunables {
 		b, err := os.ReadFile(filepath.Join("/proc/sys", t))
@@ -319,18 +328,53 @@ func SaveKernelTunables() (restore func() error, err error) {
 		}
 		saved[t] = strings.TrimSpace(string(b))
 	}
-	return func() error {
-		var errs []error
-		for _, t := range KernelTunables {
-			p := filepath.Join("/proc/sys", t)
-			b, err := os.ReadFile(p)
-			if err == nil && strings.TrimSpace(string(b)) == saved[t] {
-				continue
-			}
-			if err := os.WriteFile(p, []byte(saved[t]), 0o644); err != nil {
-				errs = append(errs, fmt.Errorf("restoring %s: %w", t, err))
-			}
+	return saved, nil
+}
+
+// WriteKernelTunables writes back the values in saved that differ (as read
+// by ReadKernelTunables, perhaps by a process that has crashed since).
+func WriteKernelTunables(saved map[string]string) error {
+	var errs []error
+	for _, t := range KernelTunables {
+		v, ok := saved[t]
+		if !ok {
+			continue
 		}
-		return errors.Join(errs...)
-	}, nil
+		p := filepath.Join("/proc/sys", t)
+		b, err := os.ReadFile(p)
+		if err == nil && strings.TrimSpace(string(b)) == v {
+			continue
+		}
+		if err := os.WriteFile(p, []byte(v), 0o644); err != nil {
+			errs = append(errs, fmt.Errorf("restoring %s: %w", t, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// CleanCgroups stops every process in the cgroup roots that match pattern
+// (a glob of /name, such as /ternlab-*) in any hierarchy and removes those
+// cgroups: what a node whose owner crashed left behind.
+func CleanCgroups(pattern string) error {
+	roots := map[string]bool{}
+	for _, h := range hierarchies() {
+		matches, _ := filepath.Glob(filepath.Join(h, pattern))
+		for _, m := range matches {
+			roots["/"+filepath.Base(m)] = true
+		}
+	}
+	var errs []error
+	for root := range roots {
+		deadline := time.Now().Add(10 * time.Second)
+		for pids := cgroupPIDs(root); len(pids) > 0 && time.Now().Before(deadline); pids = slices.DeleteFunc(cgroupPIDs(root), zombie) {
+			for _, pid := range pids {
+				syscall.Kill(pid, syscall.SIGKILL)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		if err := removeCgroupRoot(root, 10*time.Second); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
 }

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/tern-net/tern/internal/agentapi"
+	"github.com/tern-net/tern/internal/kubenode"
 )
 
 // Client talks to a running lab's daemon.
@@ -217,6 +218,10 @@ func Cleanup(dir, prefix string, progress io.Writer) {
 			_ = syscall.Kill(s.PID, syscall.SIGKILL)
 		}
 	}
+	// Real nodes' containers (in namespaces of their own) by their cgroups.
+	if err := kubenode.CleanCgroups("/" + prefix + "-*"); err != nil {
+		say("%v", err)
+	}
 	left := labNamespaces(prefix)
 	if len(left) > 0 {
 		say("removing %d namespaces left by a previous lab", len(left))
@@ -232,6 +237,17 @@ func Cleanup(dir, prefix string, progress io.Writer) {
 		if err != nil {
 			say("control plane down: %v: %s", err, out)
 		}
+	}
+	if err := kubenode.CleanCgroups("/" + prefix + "-*"); err != nil {
+		say("%v", err)
+	}
+	if len(s.MountPoints) > 0 {
+		if err := kubenode.RemoveMountPoints(s.MountPoints); err != nil {
+			say("%v", err)
+		}
+	}
+	if err := kubenode.WriteKernelTunables(s.Tunables); err != nil {
+		say("%v", err)
 	}
 	_ = os.Remove(StatePath(dir))
 	_ = os.Remove(SocketPath(dir))

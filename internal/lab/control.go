@@ -22,7 +22,7 @@ func (d *daemon) State() State {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	s := State{PID: os.Getpid(), Phase: d.phase, Error: d.err, Config: d.cfg, Kubeconfig: d.admin, KubeDir: d.kubeDir, Namespaces: slices.Clone(d.shared),
-		MountPoints: slices.Clone(d.mountPoints), Timings: d.timings}
+		MountPoints: slices.Clone(d.mountPoints), Tunables: maps.Clone(d.tunables), Timings: d.timings}
 	s.Timings.NodesStarted = maps.Clone(d.timings.NodesStarted)
 	for _, ln := range d.nodes {
 		ns := NodeState{Node: ln.Node, NetNS: ln.netns, Dir: ln.dir, Socket: filepath.Join(ln.dir, "run", "cni.sock")}

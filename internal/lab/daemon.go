@@ -54,7 +54,10 @@ type State struct {
 	// MountPoints are what a lab of real nodes created on the host
 	// (kubenode.EnsureMountPoints), removed at down.
 	MountPoints []string `json:"mountPoints,omitempty"`
-	Timings     Timings  `json:"timings"`
+	// Tunables are the host's kernel tunables before the lab's kubelets
+	// changed them, written back at down (or by the next up after a crash).
+	Tunables map[string]string `json:"tunables,omitempty"`
+	Timings  Timings           `json:"timings"`
 }
 
 // Timings are when the daemon's `up` passed its milestones (zero until it
@@ -126,12 +129,12 @@ type daemon struct {
 	ctx     context.Context // the daemon's life: the kubelets of added nodes run in it
 
 	// Real nodes.
-	parts           realParts
-	cpNetNS         string       // the control plane's namespace
-	cpFwd           net.Listener // the host's way to the API server
-	apiNodes        string       // the API server's URL as nodes reach it
-	mountPoints     []string     // created on the host by kubenode.EnsureMountPoints
-	restoreTunables func() error // the host's kernel tunables as they were
+	parts       realParts
+	cpNetNS     string            // the control plane's namespace
+	cpFwd       net.Listener      // the host's way to the API server
+	apiNodes    string            // the API server's URL as nodes reach it
+	mountPoints []string          // created on the host by kubenode.EnsureMountPoints
+	tunables    map[string]string // the host's kernel tunables as they were
 }
 
 // frrRoot holds the FRR routers' runtime directories.

@@ -127,11 +127,13 @@ func ArchiveRef(path string) (string, error) {
 func (d *daemon) upReal(ctx context.Context) error {
 	t0 := time.Now()
 	d.mark(func(t *Timings) { t.Up = t0 })
-	restore, err := kubenode.SaveKernelTunables()
+	tunables, err := kubenode.ReadKernelTunables()
 	if err != nil {
 		return err
 	}
-	d.restoreTunables = restore
+	d.mu.Lock()
+	d.tunables = tunables
+	d.mu.Unlock()
 	parts, err := d.findParts()
 	if err != nil {
 		return err
@@ -434,9 +436,7 @@ func (d *daemon) afterRealTeardown() {
 	if err := kubenode.RemoveMountPoints(created); err != nil {
 		d.log.Warn("remove mount points", "err", err)
 	}
-	if d.restoreTunables != nil {
-		if err := d.restoreTunables(); err != nil {
-			d.log.Warn("restore kernel tunables", "err", err)
-		}
+	if err := kubenode.WriteKernelTunables(d.tunables); err != nil {
+		d.log.Warn("restore kernel tunables", "err", err)
 	}
 }
