@@ -283,7 +283,7 @@ func TestAgentKilled(t *testing.T) {
 func TestNodeAddRemove(t *testing.T) {
 	s := state(t)
 	t0 := time.Now()
-	out, err := labCmd("node", "add", "--rack", "2").CombinedOutput()
+	out, err := tl.Cmd("node", "add", "--rack", "2").CombinedOutput()
 	if err != nil {
 		t.Fatalf("node add: %v\n%s", err, out)
 	}
@@ -319,7 +319,7 @@ func TestNodeAddRemove(t *testing.T) {
 		t.Fatal("the added node's agent reports no pod CIDR")
 	}
 	t1 := time.Now()
-	if out, err := labCmd("node", "remove", added.Name).CombinedOutput(); err != nil {
+	if out, err := tl.Cmd("node", "remove", added.Name).CombinedOutput(); err != nil {
 		t.Fatalf("node remove: %v\n%s", err, out)
 	}
 	if _, err := exec.Command("ip", "netns", "pids", added.NetNS).Output(); err == nil {

@@ -8,7 +8,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -16,16 +15,16 @@ import (
 	"time"
 
 	"github.com/tern-net/tern/internal/lab"
+	"github.com/tern-net/tern/internal/labtest"
 	"github.com/tern-net/tern/internal/nodetest"
 )
 
 // The lab every test here shares: 4 nodes in 2 racks, rack 1 behind BIRD and
 // rack 2 behind FRR.
 var (
-	labDir, binDir string
-	moduleRoot     string
-	client         *lab.Client
-	prefix         = "tle2e"
+	tl     *labtest.Lab
+	client *lab.Client
+	prefix = "tle2e"
 )
 
 func TestMain(m *testing.M) {
@@ -47,36 +46,28 @@ func run(m *testing.M) (int, error) {
 		fmt.Fprintln(os.Stderr, "e2e: not root: the end-to-end tests did not run")
 		return 0, nil
 	}
-	root, err := nodetest.ModuleRoot()
-	if err != nil {
-		return 1, err
-	}
-	moduleRoot = root
 	tmp, err := os.MkdirTemp("", "tern-e2e-")
 	if err != nil {
 		return 1, err
 	}
 	defer os.RemoveAll(tmp)
-	labDir, binDir = filepath.Join(tmp, "lab"), filepath.Join(tmp, "bin")
-	build := exec.Command("go", "build", "-trimpath", "-ldflags=-s -w", "-o", binDir+"/", "./cmd/...")
-	build.Dir, build.Env = root, append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := build.CombinedOutput(); err != nil {
-		return 1, fmt.Errorf("go build: %w\n%s", err, out)
+	if tl, err = labtest.Build(tmp, prefix, false); err != nil {
+		return 1, err
 	}
-	before := rootSnapshot()
-	up := labCmd("up", "--nodes", "4", "--racks", "2", "--router", "mixed")
+	before := labtest.HostSnapshot()
+	up := tl.Cmd("up", "--nodes", "4", "--racks", "2", "--router", "mixed")
 	t0 := time.Now()
 	if out, err := up.CombinedOutput(); err != nil {
-		labCmd("down").Run()
+		tl.Cmd("down").Run()
 		return 1, fmt.Errorf("tern-lab up: %w\n%s", err, out)
 	}
 	fmt.Fprintf(os.Stderr, "e2e: lab up in %s\n", time.Since(t0).Round(100*time.Millisecond))
-	client = lab.NewClient(labDir)
+	client = tl.Client
 	st, _ := client.State(context.Background())
 	pids := []int{st.PID}
 	code := m.Run()
 	if code != 0 {
-		log, _ := os.ReadFile(lab.LogPath(labDir))
+		log, _ := os.ReadFile(lab.LogPath(tl.Dir))
 		fmt.Fprintf(os.Stderr, "e2e: lab log (tail):\n%s\n", nodetest.Tail(string(log), 4000))
 	}
 	// A crashed lab: the daemon dies with SIGKILL, leaving its agents,
@@ -84,7 +75,7 @@ func run(m *testing.M) (int, error) {
 	// starts afresh (here the other topology: one segment, node-to-node mesh).
 	if code == 0 {
 		if err := crashAndRestart(st); err != nil {
-			labCmd("down").Run()
+			tl.Cmd("down").Run()
 			return 1, err
 		}
 		if s2, err := client.State(context.Background()); err == nil {
@@ -94,12 +85,8 @@ func run(m *testing.M) (int, error) {
 	}
 	// tern-lab down leaves nothing: no namespace, no process it started, and
 	// the host's own links, routes and iptables rules as they were.
-	if out, err := labCmd("down").CombinedOutput(); err != nil {
+	if out, err := tl.Cmd("down").CombinedOutput(); err != nil {
 		return 1, fmt.Errorf("tern-lab down: %w\n%s", err, out)
-	}
-	var problems []string
-	if left, _ := filepath.Glob(filepath.Join(lab.NetNSDir, prefix+"-*")); len(left) > 0 {
-		problems = append(problems, "namespaces left: "+strings.Join(left, " "))
 	}
 	for _, n := range st.Nodes {
 		pids = append(pids, n.AgentPID)
@@ -107,12 +94,8 @@ func run(m *testing.M) (int, error) {
 	for _, r := range st.Routers {
 		pids = append(pids, r.PIDs...)
 	}
-	for _, p := range pids {
-		if p > 0 && processAlive(p) {
-			problems = append(problems, fmt.Sprintf("process %d still running", p))
-		}
-	}
-	if after := rootSnapshot(); after != before {
+	problems := tl.Leftovers(pids)
+	if after := labtest.HostSnapshot(); after != before {
 		problems = append(problems, "the host's namespace changed:\n--- before\n"+before+"\n--- after\n"+after)
 	}
 	if len(problems) > 0 {
@@ -122,43 +105,6 @@ func run(m *testing.M) (int, error) {
 	return code, nil
 }
 
-func labCmd(args ...string) *exec.Cmd {
-	c := exec.Command(filepath.Join(binDir, "tern-lab"), args...)
-	c.Env = append(os.Environ(), "TERN_LAB_DIR="+labDir, "TERN_LAB_NAME="+prefix)
-	c.Dir = moduleRoot
-	return c
-}
-
-func processAlive(pid int) bool {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return false
-	}
-	i := strings.LastIndexByte(string(b), ')')
-	return !(i > 0 && i+2 < len(b) && b[i+2] == 'Z')
-}
-
-// rootSnapshot is the host namespace's links, routes and iptables rules
-// (without counters).
-func rootSnapshot() string {
-	var b strings.Builder
-	for _, args := range [][]string{{"ip", "-o", "link", "show"}, {"ip", "route", "show", "table", "all"}, {"iptables-save"}, {"ip6tables-save"}} {
-		out, _ := exec.Command(args[0], args[1:]...).Output()
-		for _, l := range strings.Split(string(out), "\n") {
-			if strings.HasPrefix(l, "#") {
-				continue
-			}
-			if strings.HasPrefix(l, ":") { // chain policy line with counters
-				if i := strings.Index(l, " ["); i > 0 {
-					l = l[:i]
-				}
-			}
-			b.WriteString(l + "\n")
-		}
-	}
-	return b.String()
-}
-
 // crashAndRestart kills the lab daemon with SIGKILL and checks that `up`
 // removes everything the dead lab left and brings up a new one.
 func crashAndRestart(old lab.State) error {
@@ -166,7 +112,7 @@ func crashAndRestart(old lab.State) error {
 		return fmt.Errorf("kill the lab daemon: %w", err)
 	}
 	// The daemon is dead (or a zombie) once SIGKILL has been delivered.
-	for deadline := time.Now().Add(10 * time.Second); processAlive(old.PID); time.Sleep(20 * time.Millisecond) {
+	for deadline := time.Now().Add(10 * time.Second); labtest.Alive(old.PID); time.Sleep(20 * time.Millisecond) {
 		if time.Now().After(deadline) {
 			return fmt.Errorf("the lab daemon %d still runs 10 s after SIGKILL", old.PID)
 		}
@@ -175,12 +121,12 @@ func crashAndRestart(old lab.State) error {
 		return fmt.Errorf("the killed lab left no namespaces: the crash test tests nothing")
 	}
 	t0 := time.Now()
-	out, err := labCmd("up", "--nodes", "2", "--router", "none").CombinedOutput()
+	out, err := tl.Cmd("up", "--nodes", "2", "--router", "none").CombinedOutput()
 	if err != nil {
 		return fmt.Errorf("tern-lab up after a crash: %w\n%s", err, out)
 	}
 	for _, n := range old.Nodes {
-		if n.AgentPID > 0 && processAlive(n.AgentPID) {
+		if n.AgentPID > 0 && labtest.Alive(n.AgentPID) {
 			return fmt.Errorf("the crashed lab's agent %d (%s) still runs after up", n.AgentPID, n.Name)
 		}
 	}

@@ -19,6 +19,8 @@
 #   TERN_CACHE            cache root (default ~/.cache/tern); root file systems
 #                         go to $TERN_CACHE/images
 #   TERN_IMAGE_ENGINE     docker, podman or none (default: the first that answers)
+#   TERN_BIN_DIR          tern's binaries for the image without an engine
+#                         (default bin/, where make build puts them)
 #   TERN_DEBIAN_SUITE     default bookworm (the Dockerfile's base)
 #   TERN_DEBIAN_MIRROR    default http://deb.debian.org/debian
 set -euo pipefail
@@ -27,7 +29,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)
 CACHE=${TERN_CACHE:-$HOME/.cache/tern}
 SUITE=${TERN_DEBIAN_SUITE:-bookworm}
 MIRROR=${TERN_DEBIAN_MIRROR:-http://deb.debian.org/debian}
-BIN=$ROOT/bin
+BIN=${TERN_BIN_DIR:-$ROOT/bin}
 GO=${GO:-go}
 
 NAME=image

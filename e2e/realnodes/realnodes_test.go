@@ -1,0 +1,286 @@
+package realnodes
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/tern-net/tern/internal/kubetest"
+	"github.com/tern-net/tern/internal/lab"
+)
+
+var kubectlPath = sync.OnceValue(func() string {
+	out, _ := exec.Command("bash", filepath.Join(tl.Root, "hack", "kube-env.sh"), "bindir").Output()
+	return filepath.Join(strings.TrimSpace(string(out)), "kubectl")
+})
+
+func state(t *testing.T) lab.State {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	s, err := client.State(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// kubectlErr runs kubectl on the lab with stdin as "-".
+func kubectlErr(t *testing.T, stdin string, args ...string) (string, error) {
+	t.Helper()
+	cmd := exec.Command(kubectlPath(), append([]string{"--kubeconfig", state(t).Kubeconfig}, args...)...)
+	cmd.Stdin = strings.NewReader(stdin)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return string(out), fmt.Errorf("kubectl %s: %w: %s", strings.Join(args, " "), err, out)
+	}
+	return string(out), nil
+}
+
+func kubectl(t *testing.T, stdin string, args ...string) string {
+	t.Helper()
+	out, err := kubectlErr(t, stdin, args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// server is an agnhost netexec pod pinned to node: HTTP on 8080, UDP on 8081.
+func server(ns, name, node string) string {
+	return fmt.Sprintf(`apiVersion: v1
+kind: Pod
+metadata: {name: %s, namespace: %s, labels: {app: web, pod: %s}}
+spec:
+  nodeName: %s
+  terminationGracePeriodSeconds: 0
+  containers:
+  - name: agnhost
+    image: %s
+    args: [netexec, --http-port=8080, --udp-port=8081]
+    ports: [{containerPort: 8080, protocol: TCP}, {containerPort: 8081, protocol: UDP}]
+    readinessProbe: {httpGet: {path: /hostname, port: 8080}, periodSeconds: 1}
+---
+`, name, ns, name, node, lab.AgnhostImage)
+}
+
+type podInfo struct{ Name, Node, IP string }
+
+// serverPods creates namespace ns with one server pod per node, and waits
+// until all are ready.
+func serverPods(t *testing.T, ns string) []podInfo {
+	t.Helper()
+	kubectl(t, "", "create", "namespace", ns)
+	t.Cleanup(func() { kubectlErr(t, "", "delete", "namespace", ns, "--wait=false") })
+	var yaml string
+	for i, n := range state(t).Nodes {
+		yaml += server(ns, fmt.Sprintf("p%d", i+1), n.Name)
+	}
+	kubectl(t, yaml, "apply", "-f", "-")
+	kubectl(t, "", "-n", ns, "wait", "--for=condition=Ready", "pod", "--all", "--timeout=120s")
+	out := kubectl(t, "", "-n", ns, "get", "pods", "-o", `jsonpath={range .items[*]}{.metadata.name} {.spec.nodeName} {.status.podIP}{"\n"}{end}`)
+	var pods []podInfo
+	for _, l := range strings.Split(strings.TrimSpace(out), "\n") {
+		f := strings.Fields(l)
+		if len(f) != 3 {
+			t.Fatalf("pod line %q", l)
+		}
+		pods = append(pods, podInfo{f[0], f[1], f[2]})
+	}
+	if len(pods) != len(state(t).Nodes) {
+		t.Fatalf("%d pods, want one per node", len(pods))
+	}
+	return pods
+}
+
+// dial asks pod from (its netexec) to reach host:port over proto and
+// returns what answered (netexec's /dial: the target's hostname).
+func dial(t *testing.T, ns, from, host string, port int, proto string) (string, error) {
+	t.Helper()
+	url := fmt.Sprintf("http://127.0.0.1:8080/dial?request=hostname&protocol=%s&host=%s&port=%d&tries=1", proto, host, port)
+	out, err := kubectlErr(t, "", "-n", ns, "exec", from, "--", "curl", "-s", "--max-time", "10", url)
+	if err != nil {
+		return "", err
+	}
+	var r struct{ Responses, Errors []string }
+	if err := json.Unmarshal([]byte(out), &r); err != nil {
+		return "", fmt.Errorf("dial answer %q: %w", out, err)
+	}
+	if len(r.Responses) != 1 {
+		return "", fmt.Errorf("dial %s:%d/%s from %s: %v", host, port, proto, from, r.Errors)
+	}
+	return r.Responses[0], nil
+}
+
+// TestInstalledByDaemonSet: what an operator checks after `kubectl apply`:
+// an agent pod Ready on every node (host network, the image built here), the
+// nodes Ready with their network available, the agent's log through
+// kubectl logs.
+func TestInstalledByDaemonSet(t *testing.T) {
+	s := state(t)
+	out := kubectl(t, "", "-n", "tern-system", "get", "pods", "-l", "app.kubernetes.io/name=tern-agent", "-o",
+		`jsonpath={range .items[*]}{.spec.nodeName} {.status.podIP} {.status.containerStatuses[0].ready} {.spec.containers[0].image}{"\n"}{end}`)
+	got := map[string]string{}
+	for _, l := range strings.Split(strings.TrimSpace(out), "\n") {
+		f := strings.Fields(l)
+		if len(f) == 4 {
+			got[f[0]] = strings.Join(f[1:], " ")
+		}
+	}
+	for _, n := range s.Nodes {
+		want := fmt.Sprintf("%s true ghcr.io/tern-net/tern:e2e", n.Address)
+		if got[n.Name] != want {
+			t.Errorf("agent on %s: %q, want %q (pod IP = node address: host network)", n.Name, got[n.Name], want)
+		}
+	}
+	out = kubectl(t, "", "get", "nodes", "-o",
+		`jsonpath={range .items[*]}{.metadata.name} {.status.conditions[?(@.type=="Ready")].status} {.status.conditions[?(@.type=="NetworkUnavailable")].status}{"\n"}{end}`)
+	for _, l := range strings.Split(strings.TrimSpace(out), "\n") {
+		if f := strings.Fields(l); len(f) != 3 || f[1] != "True" || f[2] != "False" {
+			t.Errorf("node: %q, want Ready True and NetworkUnavailable False", l)
+		}
+	}
+	logs := kubectl(t, "", "-n", "tern-system", "logs", "ds/tern-agent", "-c", "tern-agent")
+	if !strings.Contains(logs, "node dataplane programmed; ready") {
+		t.Errorf("kubectl logs ds/tern-agent does not show the agent ready:\n%s", logs)
+	}
+}
+
+// TestPodsAcrossRacks: real pods get addresses from their node's pod CIDR,
+// and every pod reaches every other over TCP and UDP, within a rack (behind
+// BIRD) and across racks (BIRD and FRR).
+func TestPodsAcrossRacks(t *testing.T) {
+	pods := serverPods(t, "e2e-racks")
+	cidrs := map[string]netip.Prefix{}
+	out := kubectl(t, "", "get", "nodes", "-o", `jsonpath={range .items[*]}{.metadata.name} {.spec.podCIDR}{"\n"}{end}`)
+	for _, l := range strings.Split(strings.TrimSpace(out), "\n") {
+		f := strings.Fields(l)
+		cidrs[f[0]] = netip.MustParsePrefix(f[1])
+	}
+	for _, p := range pods {
+		if a, err := netip.ParseAddr(p.IP); err != nil || !cidrs[p.Node].Contains(a) {
+			t.Errorf("%s on %s has %s, not from the node's pod CIDR %s", p.Name, p.Node, p.IP, cidrs[p.Node])
+		}
+	}
+	for _, from := range pods {
+		for _, to := range pods {
+			for _, c := range []struct {
+				proto string
+				port  int
+			}{{"http", 8080}, {"udp", 8081}} {
+				got, err := dial(t, "e2e-racks", from.Name, to.IP, c.port, c.proto)
+				if err != nil || got != to.Name {
+					t.Errorf("%s (%s) -> %s (%s) %s: %q %v", from.Name, from.Node, to.Name, to.Node, c.proto, got, err)
+				}
+			}
+		}
+	}
+}
+
+// TestServices: a ClusterIP Service answers from every node's pods, a
+// NodePort on every node's address; the backend sees the client pod's own
+// address (pod-to-ClusterIP traffic is not masqueraded), so NetworkPolicy
+// can tell clients apart.
+func TestServices(t *testing.T) {
+	pods := serverPods(t, "e2e-svc")
+	kubectl(t, `apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: e2e-svc}
+spec:
+  type: NodePort
+  selector: {pod: p1}
+  ports: [{name: http, port: 80, targetPort: 8080}]
+`, "apply", "-f", "-")
+	ip := strings.TrimSpace(kubectl(t, "", "-n", "e2e-svc", "get", "svc", "web", "-o", "jsonpath={.spec.clusterIP}"))
+	nodePort := strings.TrimSpace(kubectl(t, "", "-n", "e2e-svc", "get", "svc", "web", "-o", "jsonpath={.spec.ports[0].nodePort}"))
+	for _, from := range pods {
+		err := kubetest.EventuallyErr(30*time.Second, func() error {
+			out, err := kubectlErr(t, "", "-n", "e2e-svc", "exec", from.Name, "--", "curl", "-s", "--max-time", "5", "http://"+ip+"/clientip")
+			if err != nil {
+				return err
+			}
+			client, _, _ := strings.Cut(strings.TrimSpace(out), ":")
+			if from.Name == "p1" {
+				// The backend itself (hairpin): kube-proxy masquerades it, as
+				// on any cluster, so that the reply comes back through it.
+				if client == "" {
+					return fmt.Errorf("no answer: %q", out)
+				}
+				return nil
+			}
+			if client != from.IP {
+				return fmt.Errorf("the backend saw %q, not the client pod's address %s", out, from.IP)
+			}
+			return nil
+		})
+		if err != nil {
+			t.Errorf("ClusterIP %s from %s on %s: %v", ip, from.Name, from.Node, err)
+		}
+	}
+	for _, n := range state(t).Nodes {
+		got, err := kubectlErr(t, "", "-n", "e2e-svc", "exec", pods[len(pods)-1].Name, "--", "curl", "-s", "--max-time", "5",
+			"http://"+n.Address.String()+":"+nodePort+"/hostname")
+		if err != nil || got != "p1" {
+			t.Errorf("NodePort %s:%s from %s: %q %v", n.Address, nodePort, pods[len(pods)-1].Name, got, err)
+		}
+	}
+}
+
+// TestRolloutRestart: `kubectl rollout restart` of the agents, one node at a
+// time, while a pod in rack 1 probes a pod in rack 2 every 100 ms: every
+// agent pod is replaced and no probe is lost.
+func TestRolloutRestart(t *testing.T) {
+	pods := serverPods(t, "e2e-rollout")
+	s := state(t)
+	var from, to podInfo
+	for _, p := range pods {
+		switch p.Node {
+		case s.Nodes[0].Name:
+			from = p
+		case s.Nodes[1].Name:
+			to = p
+		}
+	}
+	before := kubectl(t, "", "-n", "tern-system", "get", "pods", "-l", "app.kubernetes.io/name=tern-agent", "-o", "jsonpath={.items[*].metadata.uid}")
+	// The probe runs in the client pod until told to stop: one HTTP request
+	// each 100 ms, each line "ok" or "lost".
+	loop := fmt.Sprintf(`while [ ! -e /tmp/stop ]; do if curl -s -o /dev/null --max-time 1 http://%s:8080/hostname; then echo ok; else echo lost; fi; sleep 0.1; done`, to.IP)
+	type result struct {
+		out string
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		out, err := kubectlErr(t, "", "-n", "e2e-rollout", "exec", from.Name, "--", "sh", "-c", loop)
+		done <- result{out, err}
+	}()
+	kubectl(t, "", "-n", "tern-system", "rollout", "restart", "daemonset/tern-agent")
+	kubectl(t, "", "-n", "tern-system", "rollout", "status", "daemonset/tern-agent", "--timeout=180s")
+	// Ten probes more after the last agent is back.
+	kubectl(t, "", "-n", "e2e-rollout", "exec", from.Name, "--", "sh", "-c", "sleep 1; touch /tmp/stop")
+	r := <-done
+	if r.err != nil {
+		t.Fatal(r.err)
+	}
+	ok, lost := strings.Count(r.out, "ok"), strings.Count(r.out, "lost")
+	t.Logf("probe %s -> %s during the rollout: %d answered, %d lost", from.Node, to.Node, ok, lost)
+	if lost != 0 || ok < 20 {
+		t.Errorf("%d probes lost of %d (want 0 lost of at least 20)", lost, ok+lost)
+	}
+	after := kubectl(t, "", "-n", "tern-system", "get", "pods", "-l", "app.kubernetes.io/name=tern-agent", "-o", "jsonpath={.items[*].metadata.uid}")
+	for _, uid := range strings.Fields(before) {
+		if strings.Contains(after, uid) {
+			t.Errorf("agent pod %s was not replaced", uid)
+		}
+	}
+	if n := len(strings.Fields(after)); n != len(s.Nodes) {
+		t.Errorf("%d agent pods after the rollout, want %d", n, len(s.Nodes))
+	}
+}

@@ -1,0 +1,135 @@
+// Package labtest is the harness of the end-to-end tests that run on a
+// tern-lab: it builds this tree's binaries (and image), brings a lab up and
+// down with the real tern-lab command, and snapshots what a lab must leave
+// on the host as it found it.
+package labtest
+
+import (
+	"bufio"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+
+	"github.com/tern-net/tern/internal/kubenode"
+	"github.com/tern-net/tern/internal/lab"
+	"github.com/tern-net/tern/internal/nodetest"
+)
+
+// Lab is a lab of the tests: its state directory, namespace prefix and the
+// binaries it runs.
+type Lab struct {
+	Dir, Prefix, BinDir, Root string
+	Client                    *lab.Client
+}
+
+// Build builds this tree's commands into a new directory under tmp, and with
+// image its image as `make image` does without a container engine
+// (bin/tern-image.tar, named ghcr.io/tern-net/tern:e2e), for a lab of prefix
+// whose state lives under tmp.
+func Build(tmp, prefix string, image bool) (*Lab, error) {
+	root, err := nodetest.ModuleRoot()
+	if err != nil {
+		return nil, err
+	}
+	l := &Lab{Dir: filepath.Join(tmp, "lab"), Prefix: prefix, BinDir: filepath.Join(tmp, "bin"), Root: root}
+	build := exec.Command("go", "build", "-trimpath", "-ldflags=-s -w", "-o", l.BinDir+"/", "./cmd/...")
+	build.Dir, build.Env = root, append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
+		return nil, fmt.Errorf("go build: %w\n%s", err, out)
+	}
+	if image {
+		img := exec.Command("bash", "hack/image.sh", "tern", filepath.Join(l.BinDir, "tern-image.tar"), "ghcr.io/tern-net/tern:e2e")
+		img.Dir, img.Env = root, append(os.Environ(), "TERN_BIN_DIR="+l.BinDir, "TERN_IMAGE_ENGINE=none")
+		if out, err := img.CombinedOutput(); err != nil {
+			return nil, fmt.Errorf("hack/image.sh tern: %w\n%s", err, out)
+		}
+	}
+	l.Client = lab.NewClient(l.Dir)
+	return l, nil
+}
+
+// Cmd is the tern-lab command of this lab.
+func (l *Lab) Cmd(args ...string) *exec.Cmd {
+	c := exec.Command(filepath.Join(l.BinDir, "tern-lab"), args...)
+	c.Env = append(os.Environ(), "TERN_LAB_DIR="+l.Dir, "TERN_LAB_NAME="+l.Prefix)
+	c.Dir = l.Root
+	return c
+}
+
+// Leftovers lists what is left of the lab after `down`: its namespaces,
+// cgroups, and the processes of pids that still run (those of the state it
+// had) or that run in one of its cgroups.
+func (l *Lab) Leftovers(pids []int) []string {
+	var problems []string
+	if left, _ := filepath.Glob(filepath.Join(lab.NetNSDir, l.Prefix+"-*")); len(left) > 0 {
+		problems = append(problems, "namespaces left: "+strings.Join(left, " "))
+	}
+	if left, _ := filepath.Glob("/sys/fs/cgroup/*/" + l.Prefix + "-*"); len(left) > 0 {
+		problems = append(problems, "cgroups left: "+strings.Join(left, " "))
+	}
+	for _, p := range pids {
+		if p > 0 && Alive(p) {
+			problems = append(problems, fmt.Sprintf("process %d still running", p))
+		}
+	}
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		b, err := os.ReadFile("/proc/" + e.Name() + "/cgroup")
+		if err == nil && strings.Contains(string(b), ":/"+l.Prefix+"-") {
+			cmd, _ := os.ReadFile("/proc/" + e.Name() + "/cmdline")
+			problems = append(problems, fmt.Sprintf("process %s in a lab cgroup: %s", e.Name(), strings.ReplaceAll(string(cmd), "\x00", " ")))
+		}
+	}
+	return problems
+}
+
+// Alive reports whether pid runs (a zombie does not).
+func Alive(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	i := strings.LastIndexByte(string(b), ')')
+	return !(i > 0 && i+2 < len(b) && b[i+2] == 'Z')
+}
+
+// HostSnapshot is what a lab must leave as it found it: the host
+// namespace's links, routes and iptables rules (without counters), its
+// mounts (network namespaces in /run/netns aside: other tests make theirs),
+// the standard node paths a lab of real nodes binds, and the kernel tunables
+// the kubelet sets.
+func HostSnapshot() string {
+	var b strings.Builder
+	for _, args := range [][]string{{"ip", "-o", "link", "show"}, {"ip", "route", "show", "table", "all"}, {"iptables-save"}, {"ip6tables-save"}} {
+		out, _ := exec.Command(args[0], args[1:]...).Output()
+		for _, l := range strings.Split(string(out), "\n") {
+			if strings.HasPrefix(l, "#") {
+				continue
+			}
+			if i := strings.Index(l, " ["); strings.HasPrefix(l, ":") && i > 0 {
+				l = l[:i] // a chain's policy line with counters
+			}
+			b.WriteString(l + "\n")
+		}
+	}
+	if f, err := os.Open("/proc/self/mountinfo"); err == nil {
+		sc := bufio.NewScanner(f)
+		for sc.Scan() {
+			if fs := strings.Fields(sc.Text()); len(fs) > 4 && !strings.HasPrefix(fs[4], "/run/netns/") {
+				b.WriteString("mount " + fs[3] + " " + fs[4] + "\n")
+			}
+		}
+		f.Close()
+	}
+	for _, p := range kubenode.MountPoints {
+		_, err := os.Stat(p)
+		fmt.Fprintf(&b, "path %s exists=%v\n", p, err == nil)
+	}
+	tun, _ := kubenode.ReadKernelTunables()
+	for _, k := range kubenode.KernelTunables {
+		fmt.Fprintf(&b, "sysctl %s=%s\n", k, tun[k])
+	}
+	return b.String()
+}
