@@ -18,7 +18,7 @@ help: ## list the targets
 
 LAB_ARGS ?= --nodes 4 --racks 2 --router mixed
 
-lab: deps build kube-env ## a real cluster on this machine (root): 4 nodes, 2 racks behind BIRD and FRR, then a demo
+lab: deps build kube-env node-env image ## a real cluster on this machine (root): 4 real nodes, 2 racks behind BIRD and FRR, then a demo
 	@if [ "$$(id -u)" != 0 ]; then echo "make lab needs root: it creates network namespaces" >&2; exit 1; fi
 	$(BIN)/tern-lab up $(LAB_ARGS)
 	$(BIN)/tern-lab demo

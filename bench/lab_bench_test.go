@@ -27,7 +27,7 @@ const labPrefix = "tlbench"
 // clkTck is USER_HZ, the unit of /proc/stat and /proc/PID/stat (100 on Linux).
 const clkTck = 100
 
-// BenchmarkLab: `tern-lab up --nodes N --route-reflectors 2` (BIRD, one rack)
+// BenchmarkLab: `tern-lab up --light --nodes N --route-reflectors 2` (BIRD, one rack)
 // for 20 nodes, then 40 if memory allows: wall time to every agent ready and
 // every pod CIDR in every node's kernel, where that time went (control plane,
 // nodes, agents, routes, from the lab's timings and the agents' logs), the agents'
@@ -202,7 +202,7 @@ func runLab(b *testing.B, r *labRun, root, bin, dir string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 	defer cancel()
 	t0 := time.Now()
-	out, upErr := labCmd(ctx, "up", "--nodes", strconv.Itoa(r.nodes), "--route-reflectors", "2").CombinedOutput()
+	out, upErr := labCmd(ctx, "up", "--light", "--nodes", strconv.Itoa(r.nodes), "--route-reflectors", "2").CombinedOutput()
 	r.up = time.Since(t0)
 	s2 := readCPU()
 	procs1 := snapshotProcs()

@@ -55,7 +55,7 @@ func run(m *testing.M) (int, error) {
 		return 1, err
 	}
 	before := labtest.HostSnapshot()
-	up := tl.Cmd("up", "--nodes", "4", "--racks", "2", "--router", "mixed")
+	up := tl.Cmd("up", "--light", "--nodes", "4", "--racks", "2", "--router", "mixed")
 	t0 := time.Now()
 	if out, err := up.CombinedOutput(); err != nil {
 		tl.Cmd("down").Run()
@@ -121,7 +121,7 @@ func crashAndRestart(old lab.State) error {
 		return fmt.Errorf("the killed lab left no namespaces: the crash test tests nothing")
 	}
 	t0 := time.Now()
-	out, err := tl.Cmd("up", "--nodes", "2", "--router", "none").CombinedOutput()
+	out, err := tl.Cmd("up", "--light", "--nodes", "2", "--router", "none").CombinedOutput()
 	if err != nil {
 		return fmt.Errorf("tern-lab up after a crash: %w\n%s", err, out)
 	}

@@ -27,8 +27,8 @@ import (
 const usage = `tern-lab: a real tern cluster in network namespaces on this machine (root)
 
 usage:
-  tern-lab up [--nodes N] [--racks R] [--router bird|frr|mixed|none] [--route-reflectors K] [--real]
-                                   start a lab (defaults: 3 nodes, 1 rack, BIRD); cleans a previous one first
+  tern-lab up [--nodes N] [--racks R] [--router bird|frr|mixed|none] [--route-reflectors K] [--light]
+                                   start a lab (defaults: 3 real nodes, 1 rack, BIRD); cleans a previous one first
   tern-lab down                    stop it and remove everything it made
   tern-lab status                  nodes, BGP sessions per node, pods
   tern-lab kubeconfig              the admin kubeconfig's path: export KUBECONFIG=$(tern-lab kubeconfig)
@@ -98,13 +98,14 @@ func run(args []string, out io.Writer) error {
 		fs.IntVar(&o.Racks, "racks", 1, "number of racks, each behind its own router")
 		fs.StringVar(&o.Router, "router", lab.RouterBIRD, "bird, frr, mixed (racks alternate) or none (one segment, node-to-node mesh)")
 		fs.IntVar(&o.RouteReflectors, "route-reflectors", 0, "nodes acting as route reflectors (the mesh goes off)")
-		fs.BoolVar(&o.Real, "real", false, "real nodes: kubelet, containerd and kube-proxy on each, tern installed by its DaemonSet (needs make image and hack/node-env.sh build)")
+		light := fs.Bool("light", false, "light nodes: tern's own kubelet (pods are network namespaces) and agents started by the lab, for 20- and 40-node labs on 2 cores; default: real nodes (kubelet, containerd and kube-proxy on each, tern installed by its DaemonSet; needs make image)")
 		if err := fs.Parse(args[1:]); err != nil {
 			return err
 		}
 		if fs.NArg() > 0 {
 			return fmt.Errorf("up: unexpected %q", fs.Args())
 		}
+		o.Real = !*light
 		self, err := os.Executable()
 		if err != nil {
 			return err

@@ -57,9 +57,9 @@ func run(m *testing.M) (int, error) {
 	client = tl.Client
 	before := labtest.HostSnapshot()
 	t0 := time.Now()
-	if out, err := tl.Cmd("up", "--real", "--nodes", "4", "--racks", "2", "--router", "mixed").CombinedOutput(); err != nil {
+	if out, err := tl.Cmd("up", "--nodes", "4", "--racks", "2", "--router", "mixed").CombinedOutput(); err != nil {
 		tl.Cmd("down").Run()
-		return 1, fmt.Errorf("tern-lab up --real: %w\n%s", err, out)
+		return 1, fmt.Errorf("tern-lab up: %w\n%s", err, out)
 	}
 	fmt.Fprintf(os.Stderr, "realnodes: lab of 4 real nodes up in %s\n", time.Since(t0).Round(100*time.Millisecond))
 	st, err := client.State(context.Background())

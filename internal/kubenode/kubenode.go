@@ -19,6 +19,7 @@ package kubenode
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -27,6 +28,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"syscall"
@@ -439,4 +441,46 @@ func waitFor(ctx context.Context, timeout time.Duration, p *proc, cond func() bo
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
+}
+
+// PodNetNS is the network namespace of pod namespace/name on this node, as
+// /proc/PID/ns/net of its sandbox (the pod's namespace file itself is
+// mounted in the node's mount namespace only), asked of containerd's CRI.
+func (n *Node) PodNetNS(namespace, name string) (string, error) {
+	crictl := func(args ...string) ([]byte, error) {
+		cmd := exec.Command(n.bin("crictl"), append([]string{"--runtime-endpoint", "unix://" + n.HostPath("/run/containerd/containerd.sock"), "--timeout", "5s"}, args...)...)
+		out, err := cmd.Output()
+		if err != nil {
+			var ee *exec.ExitError
+			if errors.As(err, &ee) {
+				err = fmt.Errorf("%w: %s", err, strings.TrimSpace(string(ee.Stderr)))
+			}
+			return nil, fmt.Errorf("crictl %s: %w", strings.Join(args, " "), err)
+		}
+		return out, nil
+	}
+	out, err := crictl("pods", "--namespace", namespace, "--name", "^"+regexp.QuoteMeta(name)+"$", "--state", "ready", "-o", "json")
+	if err != nil {
+		return "", err
+	}
+	var pods struct {
+		Items []struct{ ID string }
+	}
+	if err := json.Unmarshal(out, &pods); err != nil {
+		return "", fmt.Errorf("crictl pods: %w", err)
+	}
+	if len(pods.Items) != 1 {
+		return "", fmt.Errorf("pod %s/%s: %d ready sandboxes on %s", namespace, name, len(pods.Items), n.cfg.Name)
+	}
+	out, err = crictl("inspectp", "-o", "json", pods.Items[0].ID)
+	if err != nil {
+		return "", err
+	}
+	var sb struct {
+		Info struct{ PID int }
+	}
+	if err := json.Unmarshal(out, &sb); err != nil || sb.Info.PID == 0 {
+		return "", fmt.Errorf("crictl inspectp %s: no sandbox PID (%v)", pods.Items[0].ID, err)
+	}
+	return fmt.Sprintf("/proc/%d/ns/net", sb.Info.PID), nil
 }

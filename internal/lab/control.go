@@ -15,6 +15,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/tern-net/tern/internal/kubenode"
 )
 
 // State returns the lab's state.
@@ -62,15 +64,22 @@ func (d *daemon) writeState() {
 func (d *daemon) Pods() []PodInfo {
 	d.mu.Lock()
 	var ks []*kubelet
+	real := map[string]*kubenode.Node{}
 	for _, ln := range d.nodes {
 		if ln.kubelet != nil {
 			ks = append(ks, ln.kubelet)
+		}
+		if ln.real != nil {
+			real[ln.Name] = ln.real
 		}
 	}
 	d.mu.Unlock()
 	var out []PodInfo
 	for _, k := range ks {
 		out = append(out, k.Pods()...)
+	}
+	if len(real) > 0 {
+		out = append(out, d.realPods(real)...)
 	}
 	slices.SortFunc(out, func(a, b PodInfo) int {
 		return strings.Compare(a.Namespace+"/"+a.Name, b.Namespace+"/"+b.Name)

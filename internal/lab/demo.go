@@ -17,8 +17,10 @@ import (
 // traffic crosses nodes and, with several racks, racks.
 var demoNamespaces = []string{"shop", "bank"}
 
-// DemoManifest places the demo's pods on nodes (by name), each serving TCP 80.
-func DemoManifest(nodes []NodeState) string {
+// DemoManifest places the demo's pods on nodes (by name), each serving TCP
+// and UDP 80: on real nodes agnhost containers that answer with their host
+// name (<namespace>-<app>), on light ones tern-lab's own server.
+func DemoManifest(nodes []NodeState, real bool) string {
 	var b strings.Builder
 	for _, ns := range demoNamespaces {
 		fmt.Fprintf(&b, "apiVersion: v1\nkind: Namespace\nmetadata: {name: %s, labels: {demo: %s}}\n---\n", ns, ns)
@@ -29,6 +31,23 @@ func DemoManifest(nodes []NodeState) string {
 			n := nodes[i%len(nodes)]
 			// With racks, alternate racks first: nodes are numbered round-robin over racks.
 			i++
+			if real {
+				fmt.Fprintf(&b, `apiVersion: v1
+kind: Pod
+metadata: {name: %[1]s, namespace: %[2]s, labels: {app: %[1]s}}
+spec:
+  nodeName: %[3]s
+  hostname: %[2]s-%[1]s
+  terminationGracePeriodSeconds: 0
+  containers:
+  - name: server
+    image: %[4]s
+    args: [serve-hostname, --http=false, --tcp, --udp, --port=80]
+    ports: [{name: http, containerPort: 80}, {name: dns, containerPort: 80, protocol: UDP}]
+---
+`, app, ns, n.Name, AgnhostImage)
+				continue
+			}
 			fmt.Fprintf(&b, `apiVersion: v1
 kind: Pod
 metadata: {name: %s, namespace: %s, labels: {app: %s}}
@@ -76,7 +95,7 @@ func Demo(ctx context.Context, c *Client, out io.Writer) error {
 		return cmd.Run()
 	}
 	fmt.Fprintf(out, "\n== Pods in two namespaces, on different nodes%s\n", map[bool]string{true: " and racks", false: ""}[s.Config.Racks > 1])
-	if err := kubectl(DemoManifest(s.Nodes), "apply", "-f", "-"); err != nil {
+	if err := kubectl(DemoManifest(s.Nodes, s.Config.Real), "apply", "-f", "-"); err != nil {
 		return err
 	}
 	var want []string
@@ -85,14 +104,14 @@ func Demo(ctx context.Context, c *Client, out io.Writer) error {
 			want = append(want, ns+"/"+app)
 		}
 	}
-	deadline := time.Now().Add(60 * time.Second)
+	deadline := time.Now().Add(90 * time.Second)
 	for {
 		pods, err := c.Pods(ctx)
 		if err == nil && countRunning(pods, want) == len(want) {
 			break
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("demo pods not running after 60 s")
+			return fmt.Errorf("demo pods not running after 90 s")
 		}
 		time.Sleep(300 * time.Millisecond)
 	}
@@ -194,7 +213,8 @@ func Matrix(ctx context.Context, c *Client, pods []string, port uint16, proto st
 				}
 				reply, err := Probe(ctx, src.NetNS, netip.AddrPortFrom(dst.IPs[0], port), proto, 2*time.Second)
 				switch {
-				case err == nil && reply == to:
+				case err == nil && (reply == to || reply == strings.Replace(to, "/", "-", 1)):
+					// Light pods answer ns/name, real ones (agnhost) their host name ns-name.
 					res[i][j] = "ok"
 				case err == nil:
 					res[i][j] = "wrong:" + reply

@@ -18,7 +18,12 @@ import (
 const NetNSDir = "/run/netns"
 
 // NSPath is the path of the named network namespace.
-func NSPath(name string) string { return filepath.Join(NetNSDir, name) }
+func NSPath(name string) string {
+	if filepath.IsAbs(name) {
+		return name // a path already, such as a real pod's /proc/PID/ns/net
+	}
+	return filepath.Join(NetNSDir, name)
+}
 
 // ip runs `ip ARGS` (in the namespace netns unless empty) and says what failed.
 func ip(netns string, args ...string) error {

@@ -440,3 +440,38 @@ func (d *daemon) afterRealTeardown() {
 		d.log.Warn("restore kernel tunables", "err", err)
 	}
 }
+
+// realPods are the running pods of the real nodes (host-network pods
+// aside), each with its network namespace as the lab's probe and exec enter
+// it: the sandbox's /proc/PID/ns/net.
+func (d *daemon) realPods(nodes map[string]*kubenode.Node) []PodInfo {
+	ctx, cancel := context.WithTimeout(d.ctx, 10*time.Second)
+	defer cancel()
+	list, err := d.client.CoreV1().Pods("").List(ctx, metav1.ListOptions{})
+	if err != nil {
+		d.log.Warn("list pods", "err", err)
+		return nil
+	}
+	var out []PodInfo
+	for _, p := range list.Items {
+		kn := nodes[p.Spec.NodeName]
+		if kn == nil || p.Spec.HostNetwork || p.Status.Phase != corev1.PodRunning || p.DeletionTimestamp != nil {
+			continue
+		}
+		info := PodInfo{Namespace: p.Namespace, Name: p.Name, Node: p.Spec.NodeName}
+		for _, ip := range p.Status.PodIPs {
+			if a, err := netip.ParseAddr(ip.IP); err == nil {
+				info.IPs = append(info.IPs, a)
+			}
+		}
+		if len(info.IPs) == 0 {
+			continue
+		}
+		if info.NetNS, err = kn.PodNetNS(p.Namespace, p.Name); err != nil {
+			d.log.Warn("pod network namespace", "pod", p.Namespace+"/"+p.Name, "err", err)
+			continue
+		}
+		out = append(out, info)
+	}
+	return out
+}

@@ -164,12 +164,24 @@ func Probe(ctx context.Context, netns string, dst netip.AddrPort, proto string, 
 	}
 	defer conn.Close()
 	_ = conn.SetDeadline(time.Now().Add(timeout))
+	var line string
 	if strings.EqualFold(proto, "udp") {
-		if _, err := conn.Write([]byte("probe\n")); err != nil {
+		if _, err = conn.Write([]byte("probe\n")); err != nil {
 			return "", err
 		}
+		// One datagram answers.
+		buf := make([]byte, 512)
+		var n int
+		n, err = conn.Read(buf)
+		line, _, _ = strings.Cut(string(buf[:n]), "\n")
+	} else {
+		// A line, or all a server that speaks first and closes (agnhost's
+		// serve-hostname) wrote.
+		line, err = bufio.NewReader(conn).ReadString('\n')
+		if errors.Is(err, io.EOF) && line != "" {
+			err = nil
+		}
 	}
-	line, err := bufio.NewReader(conn).ReadString('\n')
 	if err != nil {
 		var ne net.Error
 		if errors.As(err, &ne) && ne.Timeout() {
