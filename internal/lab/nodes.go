@@ -26,6 +26,9 @@ import (
 	"github.com/tern-net/tern/internal/nsfwd"
 )
 
+// errNodeOpsReal: adding and removing nodes is built for light nodes only.
+var errNodeOpsReal = errors.New("node add and node remove work on a light lab (tern-lab up --light) only, not yet on real nodes")
+
 // plugNode makes node n's namespace and its link: into its rack's bridge
 // (in the ToR's namespace), or into the shared segment.
 func (d *daemon) plugNode(n Node) (*labNode, error) {
@@ -167,6 +170,9 @@ func conflistFromConfigMap(raw []byte) (string, error) {
 // its routes and closes its sessions (it sees its Node deleted), then the
 // agent stops and the namespace goes.
 func (d *daemon) removeNode(ctx context.Context, name string) error {
+	if d.cfg.Real {
+		return errNodeOpsReal
+	}
 	d.mu.Lock()
 	ln := d.nodes[name]
 	d.mu.Unlock()
@@ -220,6 +226,9 @@ func (d *daemon) removeNode(ctx context.Context, name string) error {
 
 // AddNode adds a node to the running lab (rack 0: the next in turn).
 func (d *daemon) AddNode(ctx context.Context, rack int) (Node, error) {
+	if d.cfg.Real {
+		return Node{}, errNodeOpsReal
+	}
 	if rack < 0 || (d.cfg.Router != RouterNone && rack > d.cfg.Racks) || (d.cfg.Router == RouterNone && rack > 1) {
 		return Node{}, fmt.Errorf("--rack %d: the lab has racks 1 to %d", rack, d.cfg.Racks)
 	}
