@@ -24,6 +24,7 @@ need=(
   libc6-dev:/usr/lib/x86_64-linux-gnu/libc.a   # linked statically,
   libseccomp-dev:/usr/include/seccomp.h        # and runc with seccomp
   pkg-config:pkg-config
+  nftables:nft              # kube-proxy's nftables mode on the lab's real nodes
 )
 
 missing=()

@@ -27,7 +27,7 @@ import (
 const usage = `tern-lab: a real tern cluster in network namespaces on this machine (root)
 
 usage:
-  tern-lab up [--nodes N] [--racks R] [--router bird|frr|mixed|none] [--route-reflectors K] [--light]
+  tern-lab up [--nodes N] [--racks R] [--router bird|frr|mixed|none] [--route-reflectors K] [--proxy-mode iptables|nftables] [--light]
                                    start a lab (defaults: 3 real nodes, 1 rack, BIRD); cleans a previous one first
   tern-lab down                    stop it and remove everything it made
   tern-lab status                  nodes, BGP sessions per node, pods
@@ -98,6 +98,7 @@ func run(args []string, out io.Writer) error {
 		fs.IntVar(&o.Racks, "racks", 1, "number of racks, each behind its own router")
 		fs.StringVar(&o.Router, "router", lab.RouterBIRD, "bird, frr, mixed (racks alternate) or none (one segment, node-to-node mesh)")
 		fs.IntVar(&o.RouteReflectors, "route-reflectors", 0, "nodes acting as route reflectors (the mesh goes off)")
+		fs.StringVar(&o.ProxyMode, "proxy-mode", "", "kube-proxy's mode on real nodes: iptables (default) or nftables")
 		light := fs.Bool("light", false, "light nodes: tern's own kubelet (pods are network namespaces) and agents started by the lab, for 20- and 40-node labs on 2 cores; default: real nodes (kubelet, containerd and kube-proxy on each, tern installed by its DaemonSet; needs make image)")
 		if err := fs.Parse(args[1:]); err != nil {
 			return err

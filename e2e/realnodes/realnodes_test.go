@@ -231,6 +231,36 @@ spec:
 			t.Errorf("NodePort %s:%s from %s: %q %v", n.Address, nodePort, pods[len(pods)-1].Name, got, err)
 		}
 	}
+	// A policy on the backend that admits one client pod: that pod passes
+	// through the ClusterIP, another is refused (the policy sees clients'
+	// own addresses, not a node's).
+	kubectl(t, `apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: only-p2, namespace: e2e-svc}
+spec:
+  podSelector: {matchLabels: {pod: p1}}
+  policyTypes: [Ingress]
+  ingress: [{from: [{podSelector: {matchLabels: {pod: p2}}}], ports: [{port: 8080}]}]
+`, "apply", "-f", "-")
+	get := func(from string) error {
+		out, err := kubectlErr(t, "", "-n", "e2e-svc", "exec", from, "--", "curl", "-s", "--max-time", "2", "http://"+ip+"/hostname")
+		if err == nil && out != "p1" {
+			err = fmt.Errorf("answered %q", out)
+		}
+		return err
+	}
+	err := kubetest.EventuallyErr(30*time.Second, func() error {
+		if err := get("p3"); err == nil {
+			return fmt.Errorf("p3 still reaches the ClusterIP")
+		}
+		return nil
+	})
+	if err != nil {
+		t.Errorf("policy admitting p2 only: %v", err)
+	}
+	if err := get("p2"); err != nil {
+		t.Errorf("policy admitting p2 only: p2 through the ClusterIP: %v", err)
+	}
 }
 
 // TestRolloutRestart: `kubectl rollout restart` of the agents, one node at a

@@ -346,7 +346,7 @@ func (d *daemon) addRealNode(ctx context.Context, n Node) error {
 			"/opt/cni/bin/loopback": "/usr/lib/cni/loopback",
 			"/opt/cni/bin/portmap":  "/usr/lib/cni/portmap",
 		},
-		ProxyKubeconfig: proxy, ClusterCIDR: ClusterCIDR,
+		ProxyKubeconfig: proxy, ProxyMode: d.cfg.ProxyMode, ClusterCIDR: ClusterCIDR,
 		ClusterDNS: []netip.Addr{netip.MustParseAddr(ClusterDNS)},
 		CgroupRoot: "/" + d.cfg.Prefix + "-" + n.Name,
 		Log:        d.log,

@@ -53,6 +53,9 @@ type Options struct {
 	// DaemonSet) instead of the light ones (tern's own kubelet, agents
 	// started by the lab).
 	Real bool `json:"real,omitempty"`
+	// ProxyMode is kube-proxy's mode on real nodes: iptables (default) or
+	// nftables.
+	ProxyMode string `json:"proxyMode,omitempty"`
 }
 
 // Validate checks the options and says what is wrong.
@@ -61,6 +64,14 @@ func (o Options) Validate() error {
 	case RouterBIRD, RouterFRR, RouterMixed, RouterNone:
 	default:
 		return fmt.Errorf("--router %q: want bird, frr, mixed or none", o.Router)
+	}
+	switch o.ProxyMode {
+	case "", "iptables", "nftables":
+	default:
+		return fmt.Errorf("--proxy-mode %q: want iptables or nftables", o.ProxyMode)
+	}
+	if o.ProxyMode != "" && !o.Real {
+		return fmt.Errorf("--proxy-mode: light nodes run no kube-proxy")
 	}
 	if o.Nodes < 1 || o.Nodes > 200 {
 		return fmt.Errorf("--nodes %d: want 1 to 200", o.Nodes)

@@ -42,6 +42,9 @@ func TestValidate(t *testing.T) {
 		{Options{Nodes: 0, Racks: 1, Router: "bird"}, "--nodes 0"},
 		{Options{Nodes: 3, Racks: 1, Router: "quagga"}, `--router "quagga"`},
 		{Options{Nodes: 3, Racks: 1, Router: "frr", RouteReflectors: 4}, "--route-reflectors 4"},
+		{Options{Nodes: 3, Racks: 1, Router: "bird", Real: true, ProxyMode: "ipvs"}, `--proxy-mode "ipvs": want iptables or nftables`},
+		{Options{Nodes: 3, Racks: 1, Router: "bird", ProxyMode: "nftables"}, "light nodes run no kube-proxy"},
+		{Options{Nodes: 3, Racks: 1, Router: "bird", Real: true, ProxyMode: "nftables"}, ""},
 	} {
 		err := tc.o.Validate()
 		if (tc.want == "") != (err == nil) || (err != nil && !strings.Contains(err.Error(), tc.want)) {
