@@ -227,20 +227,8 @@ func (n *Node) start(ctx context.Context) error {
 			return fmt.Errorf("importing %s: %w", img, err)
 		}
 	}
-	args := []string{"--config", n.path("kubelet.yaml"), "--kubeconfig", n.cfg.Kubeconfig,
-		"--hostname-override", n.cfg.Name, "--node-ip", n.cfg.NodeIP.String(),
-		"-v", strconv.Itoa(n.cfg.Verbosity)}
-	n.kubelet, err = n.spawn("kubelet", filepath.Join(n.cfg.KubeBin, "kubelet"), args...)
-	if err != nil {
+	if err := n.startKubelet(ctx); err != nil {
 		return err
-	}
-	// Running means its health endpoint answers (inside the node's namespace).
-	err = waitFor(ctx, 60*time.Second, n.kubelet, func() bool {
-		out, err := n.inNode("curl", "-sf", "--max-time", "1", "http://127.0.0.1:10248/healthz").Output()
-		return err == nil && string(out) == "ok"
-	})
-	if err != nil {
-		return fmt.Errorf("kubelet not healthy: %w (log: %s)", err, n.Log("kubelet"))
 	}
 	if n.cfg.ProxyKubeconfig == "" {
 		return nil
@@ -256,6 +244,34 @@ func (n *Node) start(ctx context.Context) error {
 		return fmt.Errorf("kube-proxy not healthy: %w (log: %s)", err, n.Log("kube-proxy"))
 	}
 	return nil
+}
+
+// startKubelet starts the kubelet and waits until it is healthy.
+func (n *Node) startKubelet(ctx context.Context) error {
+	args := []string{"--config", n.path("kubelet.yaml"), "--kubeconfig", n.cfg.Kubeconfig,
+		"--hostname-override", n.cfg.Name, "--node-ip", n.cfg.NodeIP.String(),
+		"-v", strconv.Itoa(n.cfg.Verbosity)}
+	var err error
+	n.kubelet, err = n.spawn("kubelet", filepath.Join(n.cfg.KubeBin, "kubelet"), args...)
+	if err != nil {
+		return err
+	}
+	// Running means its health endpoint answers (inside the node's namespace).
+	err = waitFor(ctx, 60*time.Second, n.kubelet, func() bool {
+		out, err := n.inNode("curl", "-sf", "--max-time", "1", "http://127.0.0.1:10248/healthz").Output()
+		return err == nil && string(out) == "ok"
+	})
+	if err != nil {
+		return fmt.Errorf("kubelet not healthy: %w (log: %s)", err, n.Log("kubelet"))
+	}
+	return nil
+}
+
+// RestartKubelet stops the kubelet (SIGTERM, as a service manager does; its
+// pods keep running) and starts it again, returning once it is healthy.
+func (n *Node) RestartKubelet(ctx context.Context) error {
+	n.kubelet.stop(10 * time.Second)
+	return n.startKubelet(ctx)
 }
 
 // prepare writes the node's directories and configuration.

@@ -54,8 +54,9 @@ func nodeParts(t *testing.T) parts {
 // network namespace, with tern's plugin and a standalone agent in it, and
 // checks what a user of a node sees: the Node registers and turns Ready, an
 // agnhost pod runs with an address from tern's pod CIDR and answers, and so
-// does a ClusterIP Service in front of it (kube-proxy); then that Stop leaves
-// nothing behind on the host.
+// does a ClusterIP Service in front of it (kube-proxy), and it keeps its
+// address and answers across a restart of the kubelet; deleted, it leaves no
+// veth and no allocation; then that Stop leaves nothing behind on the host.
 func TestNodeRunsPods(t *testing.T) {
 	nodetest.RequireRoot(t)
 	env := kubetest.Start(t)
@@ -250,6 +251,29 @@ func TestNodeRunsPods(t *testing.T) {
 		t.Errorf("no process in the node's cgroup root %s: where do its containers run?", node.CgroupRoot())
 	}
 
+	// The kubelet restarted: the pod keeps its sandbox, its address and its
+	// connectivity (the kubelet finds it again through containerd).
+	if err := node.RestartKubelet(ctx); err != nil {
+		t.Fatal(err)
+	}
+	err = kubetest.EventuallyErr(60*time.Second, func() error {
+		p, err := env.Client.CoreV1().Pods(ns).Get(ctx, "web", metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		if p.Status.PodIP != ip || len(p.Status.ContainerStatuses) != 1 || p.Status.ContainerStatuses[0].RestartCount != 0 || !p.Status.ContainerStatuses[0].Ready {
+			return fmt.Errorf("after the kubelet's restart: IP %s (was %s), %+v", p.Status.PodIP, ip, p.Status.ContainerStatuses)
+		}
+		out, err := node.Command("curl", "-sf", "--max-time", "2", "http://"+ip+":8080/hostname").Output()
+		if err != nil || string(out) != "web" {
+			return fmt.Errorf("GET http://%s:8080/hostname after the kubelet's restart: %q, %v", ip, out, err)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+
 	// Deleted through the API: the kubelet stops it and the CNI DEL
 	// releases its address.
 	if err := env.Client.CoreV1().Pods(ns).Delete(ctx, "web", metav1.DeleteOptions{}); err != nil {
@@ -266,6 +290,14 @@ func TestNodeRunsPods(t *testing.T) {
 		}
 		if strings.Contains(string(out), " tern") {
 			return fmt.Errorf("a tern veth is left: %s", out)
+		}
+		// The address is released: the agent holds no allocation.
+		st, err := node.Command(filepath.Join(n.BinDir, "ternctl"), "--socket", node.HostPath("/run/tern/cni.sock"), "ipam", "show").CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("ternctl ipam show: %v: %s", err, st)
+		}
+		if strings.Contains(string(st), ip) {
+			return fmt.Errorf("%s still allocated:\n%s", ip, st)
 		}
 		return nil
 	})
