@@ -4,10 +4,9 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -15,101 +14,76 @@ import (
 
 	"github.com/tern-net/tern/internal/kubetest"
 	"github.com/tern-net/tern/internal/lab"
+	"github.com/tern-net/tern/internal/labtest"
 )
 
-func ctx(t *testing.T) context.Context {
-	c, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	t.Cleanup(cancel)
-	return c
+// The lab's helpers (internal/labtest), as this package calls them.
+func ctx(t *testing.T) context.Context                            { return labtest.Ctx(t) }
+func state(t *testing.T) lab.State                                { return tl.State(t) }
+func kubectl(t *testing.T, stdin string, args ...string) string   { return tl.Kubectl(t, stdin, args...) }
+func waitPods(t *testing.T, ids ...string) map[string]lab.PodInfo { return tl.WaitPods(t, ids...) }
+func kubectlErr(t *testing.T, stdin string, args ...string) (string, error) {
+	return tl.KubectlErr(t, stdin, args...)
 }
 
-func state(t *testing.T) lab.State {
-	t.Helper()
-	s, err := client.State(ctx(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return s
-}
-
-var kubectlPath = sync.OnceValue(func() string {
-	out, _ := exec.Command("bash", "../hack/kube-env.sh", "bindir").Output()
-	return filepath.Join(strings.TrimSpace(string(out)), "kubectl")
-})
-
-// kubectl runs kubectl on the lab with stdin as "-".
-func kubectl(t *testing.T, stdin string, args ...string) string {
-	t.Helper()
-	cmd := exec.Command(kubectlPath(), append([]string{"--kubeconfig", state(t).Kubeconfig}, args...)...)
-	cmd.Stdin = strings.NewReader(stdin)
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		t.Fatalf("kubectl %s: %v\n%s", strings.Join(args, " "), err, out)
-	}
-	return string(out)
-}
-
-// podYAML is a pod pinned to node serving TCP 80 and UDP 81 (named ports).
+// podYAML is a pod pinned to node (any node when empty) serving TCP and UDP
+// on ports 80 and 81 (named ports).
 func podYAML(ns, name, node string, labels map[string]string) string {
 	l := fmt.Sprintf("pod: %s", name)
 	for k, v := range labels {
 		l += fmt.Sprintf(", %s: %s", k, v)
 	}
+	return serverPodYAML(ns, name, node, l, "")
+}
+
+// serverScript serves as the light lab's own pods do: on TCP 80 and 81 the
+// pod's "namespace/name" line, then an echo of every line; on UDP 80 and 81
+// the same line for every datagram. socat, in the agnhost image.
+const serverScript = `id="$POD_NAMESPACE/$POD_NAME"
+for p in 80 81; do
+  socat TCP-LISTEN:$p,fork,reuseaddr SYSTEM:"echo $id; exec cat" &
+  socat UDP-RECVFROM:$p,fork SYSTEM:"echo $id" &
+done
+wait`
+
+// serverPodYAML is an agnhost pod pinned to node (any node when empty),
+// labelled with labels (YAML flow mappings' inside), serving serverScript,
+// its ports named serve-PORT-PROTO, plus extraPorts (YAML list items).
+func serverPodYAML(ns, name, node, labels, extraPorts string) string {
 	nodeLine := ""
 	if node != "" {
 		nodeLine = "  nodeName: " + node + "\n"
 	}
+	script := "      " + strings.ReplaceAll(serverScript, "\n", "\n      ")
 	return fmt.Sprintf(`apiVersion: v1
 kind: Pod
-metadata: {name: %s, namespace: %s, labels: {%s}}
+metadata: {name: %q, namespace: %q, labels: {%s}}
 spec:
-%s  containers:
+%s  terminationGracePeriodSeconds: 1
+  containers:
   - name: serve
-    image: tern-lab/server
+    image: %s
+    command: [/bin/sh, -c]
+    args:
+    - |
+%s
+    env:
+    - {name: POD_NAMESPACE, valueFrom: {fieldRef: {fieldPath: metadata.namespace}}}
+    - {name: POD_NAME, valueFrom: {fieldRef: {fieldPath: metadata.name}}}
+    readinessProbe: {tcpSocket: {port: 81}, periodSeconds: 1}
     ports:
     - {name: serve-80-tcp, containerPort: 80, protocol: TCP}
     - {name: serve-81-tcp, containerPort: 81, protocol: TCP}
     - {name: serve-80-udp, containerPort: 80, protocol: UDP}
     - {name: serve-81-udp, containerPort: 81, protocol: UDP}
----
-`, name, ns, l, nodeLine)
+%s---
+`, name, ns, labels, nodeLine, lab.AgnhostImage, script, extraPorts)
 }
 
 func namespace(t *testing.T, name string, labels string) {
 	t.Helper()
 	kubectl(t, fmt.Sprintf("apiVersion: v1\nkind: Namespace\nmetadata: {name: %s, labels: {%s}}\n", name, labels), "apply", "-f", "-")
-	t.Cleanup(func() {
-		cmd := exec.Command(kubectlPath(), "--kubeconfig", state(t).Kubeconfig, "delete", "namespace", name, "--wait=false")
-		_ = cmd.Run()
-	})
-}
-
-// waitPods waits until the lab runs every pod ("ns/name") with an address.
-func waitPods(t *testing.T, ids ...string) map[string]lab.PodInfo {
-	t.Helper()
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		pods, err := client.Pods(ctx(t))
-		got := map[string]lab.PodInfo{}
-		for _, p := range pods {
-			if len(p.IPs) > 0 {
-				got[p.Namespace+"/"+p.Name] = p
-			}
-		}
-		missing := 0
-		for _, id := range ids {
-			if _, ok := got[id]; !ok {
-				missing++
-			}
-		}
-		if err == nil && missing == 0 {
-			return got
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("pods not running after 60 s (%d of %v missing, err %v)", missing, ids, err)
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
+	t.Cleanup(func() { _, _ = kubectlErr(t, "", "delete", "namespace", name, "--wait=false") })
 }
 
 func probe(t *testing.T, from lab.PodInfo, to lab.PodInfo, port uint16, proto string) (string, error) {
@@ -157,7 +131,7 @@ func TestPodRecreated(t *testing.T) {
 		t.Fatalf("before: %q %v", got, err)
 	}
 	kubectl(t, "", "delete", "pod", "-n", "e2e-again", "server", "--wait=true", "--timeout=60s")
-	if _, err := exec.Command("ip", "netns", "pids", old.NetNS).Output(); err == nil {
+	if _, err := os.Stat(old.NetNS); err == nil {
 		t.Errorf("the deleted pod's namespace %s is still there", old.NetNS)
 	}
 	kubectl(t, podYAML("e2e-again", "server", s.Nodes[1].Name, nil), "apply", "-f", "-")

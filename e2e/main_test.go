@@ -1,6 +1,8 @@
-// Package e2e runs tern end to end on a lab (tern-lab): the real control
-// plane, real agents in node namespaces, real BIRD and FRR top-of-rack
-// routers, pods attached by the real CNI plugin through libcni. It needs root;
+// Package e2e runs tern end to end on a lab of real nodes (tern-lab): the
+// real control plane and kube-scheduler, the real kubelet, containerd, runc
+// and kube-proxy on every node, tern installed by `kubectl apply -k` with the
+// image built from this tree (its DaemonSet runs the agents), real BIRD and
+// FRR top-of-rack routers, pods that are agnhost containers. It needs root;
 // `make e2e` runs it alone, `make test` with everything else.
 package e2e
 
@@ -51,11 +53,11 @@ func run(m *testing.M) (int, error) {
 		return 1, err
 	}
 	defer os.RemoveAll(tmp)
-	if tl, err = labtest.Build(tmp, prefix, false); err != nil {
+	if tl, err = labtest.Build(tmp, prefix, true); err != nil {
 		return 1, err
 	}
 	before := labtest.HostSnapshot()
-	up := tl.Cmd("up", "--light", "--nodes", "4", "--racks", "2", "--router", "mixed")
+	up := tl.Cmd("up", "--nodes", "4", "--racks", "2", "--router", "mixed")
 	t0 := time.Now()
 	if out, err := up.CombinedOutput(); err != nil {
 		tl.Cmd("down").Run()
@@ -121,7 +123,7 @@ func crashAndRestart(old lab.State) error {
 		return fmt.Errorf("the killed lab left no namespaces: the crash test tests nothing")
 	}
 	t0 := time.Now()
-	out, err := tl.Cmd("up", "--light", "--nodes", "2", "--router", "none").CombinedOutput()
+	out, err := tl.Cmd("up", "--nodes", "2", "--router", "none").CombinedOutput()
 	if err != nil {
 		return fmt.Errorf("tern-lab up after a crash: %w\n%s", err, out)
 	}

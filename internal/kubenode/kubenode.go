@@ -500,3 +500,34 @@ func (n *Node) PodNetNS(namespace, name string) (string, error) {
 	}
 	return fmt.Sprintf("/proc/%d/ns/net", sb.Info.PID), nil
 }
+
+// StopKubelet stops the kubelet (its pods keep running), as when a node is
+// being taken out of the cluster.
+func (n *Node) StopKubelet() { n.kubelet.stop(10 * time.Second) }
+
+// PIDsOf are the processes named comm (as /proc/PID/comm says) in the
+// node's network namespace: a host-network pod's processes, such as
+// tern-agent's.
+func (n *Node) PIDsOf(comm string) []int {
+	var st syscall.Stat_t
+	if err := syscall.Stat(n.cfg.NetNS, &st); err != nil {
+		return nil
+	}
+	var pids []int
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		c, err := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid))
+		if err != nil || strings.TrimSpace(string(c)) != comm {
+			continue
+		}
+		var ps syscall.Stat_t
+		if syscall.Stat(fmt.Sprintf("/proc/%d/ns/net", pid), &ps) == nil && ps.Ino == st.Ino && ps.Dev == st.Dev && !zombie(pid) {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}

@@ -31,6 +31,9 @@ func (d *daemon) State() State {
 		if ln.real != nil {
 			// The DaemonSet's agent: its hostPath /run/tern is the node's.
 			ns.Socket = ln.real.HostPath("/run/tern/cni.sock")
+			if pids := ln.real.PIDsOf("tern-agent"); len(pids) == 1 {
+				ns.AgentPID = pids[0]
+			}
 		}
 		if ln.agent != nil {
 			ns.AgentPID = ln.agent.PID()

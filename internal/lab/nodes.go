@@ -26,9 +26,6 @@ import (
 	"github.com/tern-net/tern/internal/nsfwd"
 )
 
-// errNodeOpsReal: adding and removing nodes is built for light nodes only.
-var errNodeOpsReal = errors.New("node add and node remove work on a light lab (tern-lab up --light) only, not yet on real nodes")
-
 // plugNode makes node n's namespace and its link: into its rack's bridge
 // (in the ToR's namespace), or into the shared segment.
 func (d *daemon) plugNode(n Node) (*labNode, error) {
@@ -53,8 +50,15 @@ func (d *daemon) plugNode(n Node) (*labNode, error) {
 		return nil, err
 	}
 	steps := [][]string{{"addr", "add", netip.PrefixFrom(n.Address, 24).String(), "dev", "eth0"}, {"link", "set", "eth0", "up"}}
-	if n.Gateway.IsValid() {
+	switch {
+	case n.Gateway.IsValid():
 		steps = append(steps, []string{"route", "add", "default", "via", n.Gateway.String()})
+	case d.cfg.Real:
+		// One segment, no router: a node still needs a default route, as
+		// any host has, for its Service traffic to be routed at all
+		// (kube-proxy rewrites the destination after the route lookup):
+		// the control plane's address on the segment.
+		steps = append(steps, []string{"route", "add", "default", "via", d.cfg.ControlPlaneAddress().String()})
 	}
 	for _, s := range steps {
 		if err := ip(ln.netns, s...); err != nil {
@@ -170,9 +174,6 @@ func conflistFromConfigMap(raw []byte) (string, error) {
 // its routes and closes its sessions (it sees its Node deleted), then the
 // agent stops and the namespace goes.
 func (d *daemon) removeNode(ctx context.Context, name string) error {
-	if d.cfg.Real {
-		return errNodeOpsReal
-	}
 	d.mu.Lock()
 	ln := d.nodes[name]
 	d.mu.Unlock()
@@ -182,11 +183,20 @@ func (d *daemon) removeNode(ctx context.Context, name string) error {
 	if ln.cancel != nil {
 		ln.cancel()
 	}
+	socket := filepath.Join(ln.dir, "run", "cni.sock")
+	if ln.real != nil {
+		// A real node leaves as an operator takes one out: its kubelet
+		// stops (so that it does not register the Node again), then the
+		// Node is deleted while its agent still runs, which withdraws its
+		// routes and closes its sessions.
+		ln.real.StopKubelet()
+		socket = ln.real.HostPath("/run/tern/cni.sock")
+	}
 	err := d.client.CoreV1().Nodes().Delete(ctx, name, metav1.DeleteOptions{})
 	if err != nil && !apierrors.IsNotFound(err) {
 		return fmt.Errorf("delete node %s: %w", name, err)
 	}
-	c := agentapi.NewClient(filepath.Join(ln.dir, "run", "cni.sock"), 2*time.Second)
+	c := agentapi.NewClient(socket, 2*time.Second)
 	deadline := time.Now().Add(20 * time.Second)
 	for time.Now().Before(deadline) {
 		b, err := c.BGP(ctx)
@@ -204,6 +214,7 @@ func (d *daemon) removeNode(ctx context.Context, name string) error {
 	if ln.kubelet != nil {
 		ln.kubelet.stopPods()
 	}
+	d.stopRealNode(ln)
 	pods, err := d.client.CoreV1().Pods("").List(ctx, metav1.ListOptions{FieldSelector: "spec.nodeName=" + name})
 	if err == nil {
 		for _, p := range pods.Items {
@@ -226,9 +237,6 @@ func (d *daemon) removeNode(ctx context.Context, name string) error {
 
 // AddNode adds a node to the running lab (rack 0: the next in turn).
 func (d *daemon) AddNode(ctx context.Context, rack int) (Node, error) {
-	if d.cfg.Real {
-		return Node{}, errNodeOpsReal
-	}
 	if rack < 0 || (d.cfg.Router != RouterNone && rack > d.cfg.Racks) || (d.cfg.Router == RouterNone && rack > 1) {
 		return Node{}, fmt.Errorf("--rack %d: the lab has racks 1 to %d", rack, d.cfg.Racks)
 	}
@@ -244,7 +252,11 @@ func (d *daemon) AddNode(ctx context.Context, rack int) (Node, error) {
 	if d.cfg.Router != RouterNone && d.cfg.RouteReflectors == 0 {
 		n.AS = uint32(NodeASBase + num)
 	}
-	if err := d.addNode(ctx, n); err != nil {
+	add := d.addNode
+	if d.cfg.Real {
+		add = d.addRealNode
+	}
+	if err := add(ctx, n); err != nil {
 		return n, err
 	}
 	return n, d.reconfigureRouters(n.Rack, n, true)

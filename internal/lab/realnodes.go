@@ -441,7 +441,16 @@ func (d *daemon) afterRealTeardown() {
 	}
 }
 
-// realPods are the running pods of the real nodes (host-network pods
+func podReady(p *corev1.Pod) bool {
+	for _, c := range p.Status.Conditions {
+		if c.Type == corev1.PodReady {
+			return c.Status == corev1.ConditionTrue
+		}
+	}
+	return false
+}
+
+// realPods are the running, ready pods of the real nodes (host-network pods
 // aside), each with its network namespace as the lab's probe and exec enter
 // it: the sandbox's /proc/PID/ns/net.
 func (d *daemon) realPods(nodes map[string]*kubenode.Node) []PodInfo {
@@ -455,7 +464,7 @@ func (d *daemon) realPods(nodes map[string]*kubenode.Node) []PodInfo {
 	var out []PodInfo
 	for _, p := range list.Items {
 		kn := nodes[p.Spec.NodeName]
-		if kn == nil || p.Spec.HostNetwork || p.Status.Phase != corev1.PodRunning || p.DeletionTimestamp != nil {
+		if kn == nil || p.Spec.HostNetwork || p.Status.Phase != corev1.PodRunning || p.DeletionTimestamp != nil || !podReady(&p) {
 			continue
 		}
 		info := PodInfo{Namespace: p.Namespace, Name: p.Name, Node: p.Spec.NodeName}

@@ -6,13 +6,17 @@ package labtest
 
 import (
 	"bufio"
+	"context"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"testing"
+	"time"
 
 	"github.com/tern-net/tern/internal/kubenode"
+	"github.com/tern-net/tern/internal/kubetest"
 	"github.com/tern-net/tern/internal/lab"
 	"github.com/tern-net/tern/internal/nodetest"
 )
@@ -132,4 +136,83 @@ func HostSnapshot() string {
 		fmt.Fprintf(&b, "sysctl %s=%s\n", k, tun[k])
 	}
 	return b.String()
+}
+
+// Ctx is a context for one call of a test on the lab, cancelled at the
+// test's end.
+func Ctx(t testing.TB) context.Context {
+	c, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	t.Cleanup(cancel)
+	return c
+}
+
+// State is the lab's state, as its daemon reports it.
+func (l *Lab) State(t testing.TB) lab.State {
+	t.Helper()
+	s, err := l.Client.State(Ctx(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// KubectlPath is the control plane's kubectl.
+func (l *Lab) KubectlPath() string {
+	out, _ := exec.Command("bash", filepath.Join(l.Root, "hack", "kube-env.sh"), "bindir").Output()
+	return filepath.Join(strings.TrimSpace(string(out)), "kubectl")
+}
+
+// KubectlErr runs kubectl on the lab with stdin as "-".
+func (l *Lab) KubectlErr(t testing.TB, stdin string, args ...string) (string, error) {
+	t.Helper()
+	cmd := exec.Command(l.KubectlPath(), append([]string{"--kubeconfig", l.State(t).Kubeconfig}, args...)...)
+	cmd.Stdin = strings.NewReader(stdin)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return string(out), fmt.Errorf("kubectl %s: %w: %s", strings.Join(args, " "), err, out)
+	}
+	return string(out), nil
+}
+
+// Kubectl is KubectlErr that fails the test on error.
+func (l *Lab) Kubectl(t testing.TB, stdin string, args ...string) string {
+	t.Helper()
+	out, err := l.KubectlErr(t, stdin, args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// WaitPods waits until the lab runs every pod ("ns/name") with an address,
+// and returns what it reports of them.
+func (l *Lab) WaitPods(t testing.TB, ids ...string) map[string]lab.PodInfo {
+	t.Helper()
+	var got map[string]lab.PodInfo
+	err := kubetest.EventuallyErr(90*time.Second, func() error {
+		pods, err := l.Client.Pods(Ctx(t))
+		if err != nil {
+			return err
+		}
+		got = map[string]lab.PodInfo{}
+		for _, p := range pods {
+			if len(p.IPs) > 0 {
+				got[p.Namespace+"/"+p.Name] = p
+			}
+		}
+		var missing []string
+		for _, id := range ids {
+			if _, ok := got[id]; !ok {
+				missing = append(missing, id)
+			}
+		}
+		if len(missing) > 0 {
+			return fmt.Errorf("not running: %v", missing)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("pods: %v", err)
+	}
+	return got
 }

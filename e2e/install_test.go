@@ -1,57 +1,19 @@
-package realnodes
+package e2e
+
+// Tests of tern as a user installs and runs it: the DaemonSet on every node,
+// real pods across racks, Services through kube-proxy, a rollout restart.
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"net/netip"
-	"os/exec"
-	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/tern-net/tern/internal/kubetest"
 	"github.com/tern-net/tern/internal/lab"
 )
-
-var kubectlPath = sync.OnceValue(func() string {
-	out, _ := exec.Command("bash", filepath.Join(tl.Root, "hack", "kube-env.sh"), "bindir").Output()
-	return filepath.Join(strings.TrimSpace(string(out)), "kubectl")
-})
-
-func state(t *testing.T) lab.State {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	s, err := client.State(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return s
-}
-
-// kubectlErr runs kubectl on the lab with stdin as "-".
-func kubectlErr(t *testing.T, stdin string, args ...string) (string, error) {
-	t.Helper()
-	cmd := exec.Command(kubectlPath(), append([]string{"--kubeconfig", state(t).Kubeconfig}, args...)...)
-	cmd.Stdin = strings.NewReader(stdin)
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		return string(out), fmt.Errorf("kubectl %s: %w: %s", strings.Join(args, " "), err, out)
-	}
-	return string(out), nil
-}
-
-func kubectl(t *testing.T, stdin string, args ...string) string {
-	t.Helper()
-	out, err := kubectlErr(t, stdin, args...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return out
-}
 
 // server is an agnhost netexec pod pinned to node: HTTP on 8080, UDP on 8081.
 func server(ns, name, node string) string {

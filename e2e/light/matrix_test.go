@@ -1,4 +1,4 @@
-package e2e
+package light
 
 // The truth-table machinery of the NetworkPolicy tests (policy_test.go).
 //

@@ -1,4 +1,4 @@
-package e2e
+package light
 
 // NetworkPolicy conformance on the lab. Every case applies its policies with
 // kubectl, as a user would, states the truth table it expects as a model
@@ -22,7 +22,6 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"os/exec"
 	"slices"
 	"strings"
 	"sync"
@@ -101,7 +100,7 @@ func setupPolicyPods(t *testing.T) *policyFixture {
 	return fx
 }
 
-// policyPodYAML is a fixture pod pinned to node: podYAML's four served ports
+// policyPodYAML is a fixture pod pinned to node: four served ports (TCP and UDP 80 and 81)
 // and a named SCTP port.
 func policyPodYAML(nsName, name, node string) string {
 	labels := fmt.Sprintf("pod: %q", name)
@@ -174,9 +173,8 @@ func is(p podRef, id string) bool { return p.String() == id }
 // must not stop the rest of the cleanup.
 func kubectlAnyway(t *testing.T, args ...string) {
 	t.Helper()
-	out, err := exec.Command(kubectlPath(), append([]string{"--kubeconfig", state(t).Kubeconfig}, args...)...).CombinedOutput()
-	if err != nil {
-		t.Errorf("kubectl %s: %v\n%s", strings.Join(args, " "), err, out)
+	if _, err := tl.KubectlErr(t, "", args...); err != nil {
+		t.Error(err)
 	}
 }
 
