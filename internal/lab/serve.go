@@ -95,18 +95,38 @@ func (s *portServer) close() {
 	s.wg.Wait()
 }
 
+// serveTCP serves ln until it is closed; then it closes the connections it
+// still has (a connection whose peer a policy cut off would otherwise wait
+// in a read for ever) and returns once they are done.
 func serveTCP(ln net.Listener, id string) {
 	var conns sync.WaitGroup
-	defer conns.Wait()
+	var mu sync.Mutex
+	open := map[net.Conn]bool{}
+	defer func() {
+		mu.Lock()
+		for c := range open {
+			c.Close()
+		}
+		mu.Unlock()
+		conns.Wait()
+	}()
 	for {
 		c, err := ln.Accept()
 		if err != nil {
 			return
 		}
+		mu.Lock()
+		open[c] = true
+		mu.Unlock()
 		conns.Add(1)
 		go func() {
 			defer conns.Done()
-			defer c.Close()
+			defer func() {
+				mu.Lock()
+				delete(open, c)
+				mu.Unlock()
+				c.Close()
+			}()
 			if _, err := fmt.Fprintf(c, "%s\n", id); err != nil {
 				return
 			}
