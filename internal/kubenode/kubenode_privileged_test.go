@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"context"
 	"fmt"
-	"io"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -110,6 +109,13 @@ func TestNodeRunsPods(t *testing.T) {
 		Images:     []string{p.images + "/pause.tar", p.images + "/agnhost.tar"},
 		PauseImage: "registry.k8s.io/pause:3.10.2",
 		ClusterDNS: []netip.Addr{netip.MustParseAddr("10.96.0.10")},
+		// tern on the node, as its DaemonSet would install it: the plugin,
+		// the runtime's loopback and portmap (the conflist comes below).
+		Install: map[string]string{
+			"/opt/cni/bin/tern":     filepath.Join(n.BinDir, "tern"),
+			"/opt/cni/bin/loopback": nodetest.DebianCNIDir + "/loopback",
+			"/opt/cni/bin/portmap":  nodetest.DebianCNIDir + "/portmap",
+		},
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -131,11 +137,7 @@ func TestNodeRunsPods(t *testing.T) {
 		restore()
 	})
 
-	// tern on the node, as its DaemonSet would install it: the plugin,
-	// the runtime's loopback and portmap, the conflist; the agent standalone.
-	install(t, filepath.Join(n.BinDir, "tern"), node.HostPath("/opt/cni/bin/tern"))
-	install(t, nodetest.DebianCNIDir+"/loopback", node.HostPath("/opt/cni/bin/loopback"))
-	install(t, nodetest.DebianCNIDir+"/portmap", node.HostPath("/opt/cni/bin/portmap"))
+	// The agent standalone.
 	agent := node.Command(filepath.Join(n.BinDir, "tern-agent"), "--node-name", name, "--pod-cidr", "10.83.0.0/24",
 		"--bgp=false", "--health-addr", "127.0.0.1:9099")
 	agentLog, err := os.Create(filepath.Join(dir, "agent.log"))
@@ -325,28 +327,6 @@ func TestNodeRunsPods(t *testing.T) {
 	}
 	if after := tunables(t); after != before {
 		t.Errorf("kernel tunables not restored: before %s, after %s", before, after)
-	}
-}
-
-func install(t *testing.T, src, dst string) {
-	t.Helper()
-	in, err := os.Open(src)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer in.Close()
-	out, err := os.OpenFile(dst+".tmp", os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o755)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := io.Copy(out, in); err != nil {
-		t.Fatal(err)
-	}
-	if err := out.Close(); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Rename(dst+".tmp", dst); err != nil {
-		t.Fatal(err)
 	}
 }
 

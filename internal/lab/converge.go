@@ -103,14 +103,16 @@ func routesIn(nodes []*labNode, cidrs map[string]string) (bool, string) {
 	return true, ""
 }
 
-// nodeStarted records when node name started.
-func (d *daemon) nodeStarted(name string) {
+// nodeStarted records when node n started, writes the state and logs it.
+func (d *daemon) nodeStarted(n Node, attrs ...any) {
 	d.mu.Lock()
 	if d.timings.NodesStarted == nil {
 		d.timings.NodesStarted = map[string]time.Time{}
 	}
-	d.timings.NodesStarted[name] = time.Now()
+	d.timings.NodesStarted[n.Name] = time.Now()
 	d.mu.Unlock()
+	d.writeState()
+	d.log.Info("node started", append([]any{"node", n.Name, "rack", n.Rack, "address", n.Address, "as", n.AS, "reflector", n.Reflector}, attrs...)...)
 }
 
 // installedRoutes lists the destinations of tern's routes in netns.

@@ -111,9 +111,7 @@ func (d *daemon) addNode(ctx context.Context, n Node) error {
 	d.mu.Lock()
 	ln.agent = agent
 	d.mu.Unlock()
-	d.nodeStarted(n.Name)
-	d.writeState()
-	d.log.Info("node started", "node", n.Name, "rack", n.Rack, "address", n.Address, "as", n.AS, "reflector", n.Reflector)
+	d.nodeStarted(n)
 	return nil
 }
 

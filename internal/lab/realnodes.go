@@ -357,9 +357,7 @@ func (d *daemon) addRealNode(ctx context.Context, n Node) error {
 	d.mu.Lock()
 	ln.real = kn
 	d.mu.Unlock()
-	d.nodeStarted(n.Name)
-	d.writeState()
-	d.log.Info("node started", "node", n.Name, "rack", n.Rack, "address", n.Address, "as", n.AS, "reflector", n.Reflector, "kubelet", kn.KubeletPID())
+	d.nodeStarted(n, "kubelet", kn.KubeletPID())
 	return nil
 }
 
