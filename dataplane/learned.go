@@ -25,8 +25,9 @@ type LearnedRoute struct {
 }
 
 // FilterImport keeps the learned routes that lie inside the allowed ranges
-// (the cluster's pod and service ranges) and do not cover one of the node's
-// own pod CIDRs, and returns the others as dropped. Pure.
+// (the cluster's pod ranges: never a Service range, which every node serves
+// itself) and do not cover one of the node's own pod CIDRs, and returns the
+// others as dropped. Pure.
 func FilterImport(routes []LearnedRoute, allowed, local []netip.Prefix) (keep []LearnedRoute, dropped []netip.Prefix) {
 	for _, r := range routes {
 		ok := false

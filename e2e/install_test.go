@@ -6,7 +6,10 @@ package e2e
 import (
 	"encoding/json"
 	"fmt"
+	"maps"
 	"net/netip"
+	"os/exec"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -282,5 +285,92 @@ func TestRolloutRestart(t *testing.T) {
 	}
 	if n := len(strings.Fields(after)); n != len(s.Nodes) {
 		t.Errorf("%d agent pods after the rollout, want %d", n, len(s.Nodes))
+	}
+}
+
+// TestClusterIPFromOutside: with the cluster IP range advertised (the lab's
+// BGPConfiguration has advertise.serviceClusterIPs), a host behind either
+// top-of-rack router (BIRD and FRR) reaches a ClusterIP Service. Each router
+// routes the range over every node of its rack (ECMP), and no node imports
+// it: kube-proxy serves the range on every node.
+func TestClusterIPFromOutside(t *testing.T) {
+	pods := serverPods(t, "e2e-outside")
+	kubectl(t, `apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: e2e-outside}
+spec:
+  selector: {app: web}
+  ports: [{name: http, port: 80, targetPort: 8080}]
+`, "apply", "-f", "-")
+	ip := strings.TrimSpace(kubectl(t, "", "-n", "e2e-outside", "get", "svc", "web", "-o", "jsonpath={.spec.clusterIP}"))
+	backends := map[string]bool{}
+	for _, p := range pods {
+		backends[p.Name] = true
+	}
+	s := state(t)
+	if len(s.Routers) < 2 {
+		t.Fatalf("the lab has %d routers, want 2", len(s.Routers))
+	}
+	ipIn := func(netns string, args ...string) (string, error) {
+		out, err := exec.Command("ip", append([]string{"-n", netns}, args...)...).CombinedOutput()
+		return string(out), err
+	}
+	for _, r := range s.Routers {
+		var rack []string
+		for _, n := range s.Nodes {
+			if n.Rack == r.Rack {
+				rack = append(rack, n.Address.String())
+			}
+		}
+		err := kubetest.EventuallyErr(30*time.Second, func() error {
+			out, err := ipIn(r.NetNS, "route", "show", lab.ServiceCIDR)
+			if err != nil {
+				return err
+			}
+			var hops []string
+			for _, f := range strings.Split(out, "\n") {
+				if fs := strings.Fields(f); len(fs) > 2 && (fs[0] == "nexthop" || fs[0] == lab.ServiceCIDR) && fs[1] == "via" {
+					hops = append(hops, fs[2])
+				}
+			}
+			slices.Sort(hops)
+			if !slices.Equal(hops, rack) {
+				return fmt.Errorf("next hops %v, want the rack's nodes %v:\n%s", hops, rack, out)
+			}
+			return nil
+		})
+		if err != nil {
+			t.Errorf("%s router of rack %d, route to %s: %v", r.Kind, r.Rack, lab.ServiceCIDR, err)
+		}
+		client := lab.ClientName(r.Rack)
+		get := func() (string, error) {
+			out, err := tl.Cmd("exec", client, "--", "curl", "-s", "--max-time", "3", "http://"+ip+"/hostname").CombinedOutput()
+			if err != nil {
+				return "", fmt.Errorf("%w: %s", err, out)
+			}
+			if !backends[string(out)] {
+				return "", fmt.Errorf("answered %q, not a backend of the Service", out)
+			}
+			return string(out), nil
+		}
+		if err := kubetest.EventuallyErr(30*time.Second, func() error { _, err := get(); return err }); err != nil {
+			t.Errorf("ClusterIP %s from %s (behind rack %d's %s router): %v", ip, client, r.Rack, r.Kind, err)
+			continue
+		}
+		seen := map[string]bool{}
+		for range 8 {
+			got, err := get()
+			if err != nil {
+				t.Errorf("ClusterIP %s from %s: %v", ip, client, err)
+				break
+			}
+			seen[got] = true
+		}
+		t.Logf("ClusterIP %s from %s (rack %d, %s): answered by %v", ip, client, r.Rack, r.Kind, slices.Sorted(maps.Keys(seen)))
+	}
+	for _, n := range s.Nodes {
+		if out, err := ipIn(n.NetNS, "route", "show", lab.ServiceCIDR); err != nil || strings.TrimSpace(out) != "" {
+			t.Errorf("%s has a route for the Service range %s (only kube-proxy should serve it): %q %v", n.Name, lab.ServiceCIDR, out, err)
+		}
 	}
 }

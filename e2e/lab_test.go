@@ -36,25 +36,17 @@ func podYAML(ns, name, node string, labels map[string]string) string {
 	return serverPodYAML(ns, name, node, l, "")
 }
 
-// serverScript serves as the light lab's own pods do: on TCP 80 and 81 the
-// pod's "namespace/name" line, then an echo of every line; on UDP 80 and 81
-// the same line for every datagram. socat, in the agnhost image.
-const serverScript = `id="$POD_NAMESPACE/$POD_NAME"
-for p in 80 81; do
-  socat TCP-LISTEN:$p,fork,reuseaddr SYSTEM:"echo $id; exec cat" &
-  socat UDP-RECVFROM:$p,fork SYSTEM:"echo $id" &
-done
-wait`
-
-// serverPodYAML is an agnhost pod pinned to node (any node when empty),
-// labelled with labels (YAML flow mappings' inside), serving serverScript,
-// its ports named serve-PORT-PROTO, plus extraPorts (YAML list items).
+// serverPodYAML is a lab server pod (lab.ServerImage: `tern-lab serve`)
+// pinned to node (any node when empty), labelled with labels (a YAML flow
+// mapping's inside). It serves as the light lab's pods do: on TCP 80 and 81
+// its "namespace/name" line, then an echo of every line; on UDP 80 and 81 the
+// same line for every datagram. Its ports are named serve-PORT-PROTO; extraPorts
+// (YAML list items) are declared too, and not served.
 func serverPodYAML(ns, name, node, labels, extraPorts string) string {
 	nodeLine := ""
 	if node != "" {
 		nodeLine = "  nodeName: " + node + "\n"
 	}
-	script := "      " + strings.ReplaceAll(serverScript, "\n", "\n      ")
 	return fmt.Sprintf(`apiVersion: v1
 kind: Pod
 metadata: {name: %q, namespace: %q, labels: {%s}}
@@ -63,10 +55,6 @@ spec:
   containers:
   - name: serve
     image: %s
-    command: [/bin/sh, -c]
-    args:
-    - |
-%s
     env:
     - {name: POD_NAMESPACE, valueFrom: {fieldRef: {fieldPath: metadata.namespace}}}
     - {name: POD_NAME, valueFrom: {fieldRef: {fieldPath: metadata.name}}}
@@ -77,7 +65,7 @@ spec:
     - {name: serve-80-udp, containerPort: 80, protocol: UDP}
     - {name: serve-81-udp, containerPort: 81, protocol: UDP}
 %s---
-`, name, ns, labels, nodeLine, lab.AgnhostImage, script, extraPorts)
+`, name, ns, labels, nodeLine, lab.ServerImage, extraPorts)
 }
 
 func namespace(t *testing.T, name string, labels string) {

@@ -8,6 +8,10 @@
 #                                   a Debian root file system (mmdebstrap) and
 #                                   bin/'s binaries (make build) put together
 #                                   by hack/ocibuild
+#   hack/image.sh server OUT TAG... the image of the lab's pods: bin/tern-lab alone
+#                                   (static), its entrypoint `tern-lab serve`;
+#                                   always assembled by hack/ocibuild, with no
+#                                   engine (tern-lab builds it at `up`)
 #   hack/image.sh rootfs PACKAGES [SETUP]
 #                                   a cached Debian root file system (tar) with
 #                                   the packages listed in the file PACKAGES,
@@ -152,6 +156,20 @@ cmd_tern() {
   log "wrote $out"
 }
 
+cmd_server() {
+  (($# >= 2)) || usage
+  local out=$1
+  shift
+  [[ -x $BIN/tern-lab ]] || die "no $BIN/tern-lab: run make build first"
+  local tool tag
+  tool=$(ocibuild)
+  local -a args=(-file "$BIN/tern-lab=/usr/local/bin/tern-lab:0755" -user 0
+    -entrypoint '["/usr/local/bin/tern-lab", "serve"]' -o "$out")
+  for tag in "$@"; do args+=(-tag "$tag"); done
+  mkdir -p "$(dirname "$out")"
+  "$tool" "${args[@]}" >&2
+}
+
 main() {
   (($# >= 1)) || usage
   local cmd=$1
@@ -159,6 +177,7 @@ main() {
   case $cmd in
     tern) cmd_tern "$@" ;;
     rootfs) cmd_rootfs "$@" ;;
+    server) cmd_server "$@" ;;
     *) usage ;;
   esac
 }

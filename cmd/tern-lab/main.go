@@ -39,6 +39,9 @@ usage:
   tern-lab node add [--rack R]     add a node
   tern-lab node remove NODE        remove a node (its agent withdraws its routes first)
   tern-lab demo                    pods in two namespaces, their connectivity matrix, BGP status
+  tern-lab serve [PORT/PROTO...]   what the lab's pods run (image `+"`+lab.ServerImage+`"+`): on each port
+                                   (default 80/tcp 81/tcp 80/udp 81/udp) answer with
+                                   $POD_NAMESPACE/$POD_NAME; TCP then echoes lines
 
 environment:
   TERN_LAB_DIR    state, logs and the control plane's data (default /run/tern-lab)
@@ -155,6 +158,8 @@ func run(args []string, out io.Writer) error {
 		return node(ctx, c, args[1:], out)
 	case "demo":
 		return lab.Demo(ctx, c, out)
+	case "serve":
+		return serve(ctx, args[1:])
 	}
 	return fmt.Errorf("unknown command %q; see tern-lab help", args[0])
 }
@@ -285,4 +290,24 @@ func status(ctx context.Context, c *lab.Client, out io.Writer) error {
 		fmt.Fprintf(w, "%s/%s\t%s\t%v\t%s\n", p.Namespace, p.Name, p.Node, p.IPs, p.NetNS)
 	}
 	return w.Flush()
+}
+
+// serve is a lab pod's server, in its container.
+func serve(ctx context.Context, args []string) error {
+	ns, name := os.Getenv("POD_NAMESPACE"), os.Getenv("POD_NAME")
+	if ns == "" || name == "" {
+		return errors.New("serve: POD_NAMESPACE and POD_NAME must name the pod (the downward API sets them)")
+	}
+	if len(args) == 0 {
+		args = []string{"80/tcp", "81/tcp", "80/udp", "81/udp"}
+	}
+	var ports []lab.Port
+	for _, a := range args {
+		p, err := lab.ParsePort(a)
+		if err != nil {
+			return fmt.Errorf("serve: %w", err)
+		}
+		ports = append(ports, p)
+	}
+	return lab.ServePod(ctx, slog.New(slog.NewTextHandler(os.Stderr, nil)), ns+"/"+name, ports)
 }

@@ -1,23 +1,22 @@
-// Package light runs tern's NetworkPolicy conformance cases on a light lab
-// (tern-lab up --light): the real control plane, the real tern-agent in each
-// node's namespace, real BIRD and FRR top-of-rack routers, and pods that are
-// network namespaces attached by the real CNI plugin, served in process by
-// the lab (hundreds of probes a second). It also keeps the light mode, which
-// the 20- and 40-node benchmarks use, tested. It needs root; `make e2e` runs
-// it, `make test` with everything else.
+// Package light keeps the light lab (tern-lab up --light) tested: the real
+// control plane, the real tern-agent started by the lab in each node's
+// namespace, real BIRD and FRR top-of-rack routers, and pods that are network
+// namespaces attached by the real CNI plugin and served by the lab in
+// process. The 20- and 40-node benchmarks run on it; everything else runs on
+// real nodes (package e2e). It needs root; `make e2e` runs it, `make test`
+// with everything else.
 package light
 
 import (
-	"context"
 	"fmt"
-	"os"
+	"net/netip"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/tern-net/tern/internal/kubetest"
 	"github.com/tern-net/tern/internal/lab"
 	"github.com/tern-net/tern/internal/labtest"
-	"github.com/tern-net/tern/internal/nodetest"
 )
 
 // The lab every test here shares: 4 light nodes in 2 racks, rack 1 behind
@@ -25,71 +24,75 @@ import (
 var tl *labtest.Lab
 
 func TestMain(m *testing.M) {
-	code, err := run(m)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "e2e/light:", err)
-		if code == 0 {
-			code = 1
-		}
-	}
-	os.Exit(code)
+	labtest.Main(m, labtest.Setup{
+		Name: "e2e/light", Prefix: "tllight",
+		Up: []string{"--light", "--nodes", "4", "--racks", "2", "--router", "mixed"},
+	}, &tl)
 }
 
-func run(m *testing.M) (int, error) {
-	if os.Geteuid() != 0 {
-		if nodetest.InCI() {
-			return 1, fmt.Errorf("the end-to-end tests need root (CI runs as root)")
-		}
-		fmt.Fprintln(os.Stderr, "e2e/light: not root: the end-to-end tests did not run")
-		return 0, nil
+// TestLightPodsAndPolicy: a pod on every node of both racks reaches every
+// other over TCP and UDP; a default-deny ingress policy in the namespace
+// refuses every connection between them but a pod's own; deleted, it lets
+// them through again.
+func TestLightPodsAndPolicy(t *testing.T) {
+	nodes := tl.State(t).Nodes
+	if len(nodes) != 4 {
+		t.Fatalf("the light lab has %d nodes, want 4", len(nodes))
 	}
-	tmp, err := os.MkdirTemp("", "tern-e2e-light-")
-	if err != nil {
-		return 1, err
+	var yaml strings.Builder
+	yaml.WriteString("apiVersion: v1\nkind: Namespace\nmetadata: {name: light}\n---\n")
+	var ids []string
+	for i, n := range nodes {
+		name := fmt.Sprintf("p%d", i+1)
+		fmt.Fprintf(&yaml, `apiVersion: v1
+kind: Pod
+metadata: {name: %s, namespace: light}
+spec:
+  nodeName: %s
+  containers:
+  - name: serve
+    image: %s
+    ports: [{containerPort: 80}, {containerPort: 80, protocol: UDP}]
+---
+`, name, n.Name, lab.ServerImage)
+		ids = append(ids, "light/"+name)
 	}
-	defer os.RemoveAll(tmp)
-	if tl, err = labtest.Build(tmp, "tllight", false); err != nil {
-		return 1, err
-	}
-	before := labtest.HostSnapshot()
-	t0 := time.Now()
-	if out, err := tl.Cmd("up", "--light", "--nodes", "4", "--racks", "2", "--router", "mixed").CombinedOutput(); err != nil {
-		tl.Cmd("down").Run()
-		return 1, fmt.Errorf("tern-lab up --light: %w\n%s", err, out)
-	}
-	fmt.Fprintf(os.Stderr, "e2e/light: lab up in %s\n", time.Since(t0).Round(100*time.Millisecond))
-	st, err := tl.Client.State(context.Background())
-	if err != nil {
-		tl.Cmd("down").Run()
-		return 1, err
-	}
-	code := m.Run()
-	if code != 0 {
-		log, _ := os.ReadFile(lab.LogPath(tl.Dir))
-		fmt.Fprintf(os.Stderr, "e2e/light: lab log (tail):\n%s\n", nodetest.Tail(string(log), 4000))
-	}
-	if out, err := tl.Cmd("down").CombinedOutput(); err != nil {
-		return 1, fmt.Errorf("tern-lab down: %w\n%s", err, out)
-	}
-	pids := []int{st.PID}
-	for _, n := range st.Nodes {
-		pids = append(pids, n.AgentPID)
-	}
-	for _, r := range st.Routers {
-		pids = append(pids, r.PIDs...)
-	}
-	problems := tl.Leftovers(pids)
-	if after := labtest.HostSnapshot(); after != before {
-		problems = append(problems, "the host changed:\n--- before\n"+before+"\n--- after\n"+after)
-	}
-	if len(problems) > 0 {
-		return 1, fmt.Errorf("after tern-lab down:\n%s", strings.Join(problems, "\n"))
-	}
-	return code, nil
-}
+	tl.Kubectl(t, yaml.String(), "apply", "-f", "-")
+	t.Cleanup(func() { _, _ = tl.KubectlErr(t, "", "delete", "namespace", "light", "--wait=false") })
+	pods := tl.WaitPods(t, ids...)
 
-// The lab's helpers (internal/labtest), as this package calls them.
-func ctx(t *testing.T) context.Context                            { return labtest.Ctx(t) }
-func state(t *testing.T) lab.State                                { return tl.State(t) }
-func kubectl(t *testing.T, stdin string, args ...string) string   { return tl.Kubectl(t, stdin, args...) }
-func waitPods(t *testing.T, ids ...string) map[string]lab.PodInfo { return tl.WaitPods(t, ids...) }
+	// matrix waits (bounded) until every probe's outcome is the one want
+	// gives.
+	matrix := func(what string, want func(from, to string) bool) {
+		t.Helper()
+		err := kubetest.EventuallyErr(20*time.Second, func() error {
+			var wrong []string
+			for _, from := range ids {
+				for _, to := range ids {
+					for _, proto := range []string{"TCP", "UDP"} {
+						got, err := lab.Probe(labtest.Ctx(t), pods[from].NetNS, netip.AddrPortFrom(pods[to].IPs[0], 80), proto, time.Second)
+						if allowed := err == nil && got == to; allowed != want(from, to) {
+							wrong = append(wrong, fmt.Sprintf("%s -> %s %s (%s to %s): %q %v", from, to, proto, pods[from].Node, pods[to].Node, got, err))
+						}
+					}
+				}
+			}
+			if len(wrong) > 0 {
+				return fmt.Errorf("%s: %d probes not as expected:\n%s", what, len(wrong), strings.Join(wrong, "\n"))
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	matrix("no policy", func(string, string) bool { return true })
+	tl.Kubectl(t, `apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: deny, namespace: light}
+spec: {podSelector: {}, policyTypes: [Ingress]}
+`, "apply", "-f", "-")
+	matrix("default deny ingress", func(from, to string) bool { return from == to })
+	tl.Kubectl(t, "", "delete", "networkpolicy", "deny", "-n", "light")
+	matrix("policy deleted", func(string, string) bool { return true })
+}

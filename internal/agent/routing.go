@@ -111,7 +111,10 @@ func (a *Agent) syncBGP(ctx context.Context) error {
 			allowed = append(allowed, n.PodCIDRs...)
 		}
 	}
-	allowed = append(allowed, cfg.ServiceClusterIPs...)
+	// Service ranges are never imported: every node announces the cluster
+	// IP range and kube-proxy serves it on every node, so a learned route
+	// for it could only carry a packet to an IP no Service holds from node
+	// to node (or back to a router) until its TTL ran out.
 	var learned []dataplane.LearnedRoute
 	for _, rt := range routes {
 		learned = append(learned, dataplane.LearnedRoute{Dst: rt.Prefix, Gateways: rt.NextHops})

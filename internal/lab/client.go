@@ -290,7 +290,12 @@ func (c *Client) Resolve(ctx context.Context, target string) (string, error) {
 			return n.NetNS, nil
 		}
 	}
-	return "", fmt.Errorf("no node %q in the lab (nodes: %s)", target, nodeNames(s))
+	for _, r := range s.Routers {
+		if ClientName(r.Rack) == target && r.ClientNetNS != "" {
+			return r.ClientNetNS, nil
+		}
+	}
+	return "", fmt.Errorf("no node or client %q in the lab (nodes: %s; clients behind the routers: client1 to client%d)", target, nodeNames(s), len(s.Routers))
 }
 
 func nodeNames(s State) string {

@@ -45,7 +45,7 @@ func (d *daemon) State() State {
 	}
 	slices.SortFunc(s.Nodes, func(a, b NodeState) int { return a.Number - b.Number })
 	for _, lr := range d.routers {
-		rs := RouterState{Router: lr.Router, NetNS: lr.netns, Dir: lr.dir}
+		rs := RouterState{Router: lr.Router, NetNS: lr.netns, ClientNetNS: lr.client, Dir: lr.dir}
 		for _, p := range lr.procs {
 			rs.PIDs = append(rs.PIDs, p.PID())
 		}

@@ -84,7 +84,8 @@ type NodeState struct {
 // RouterState is one router as running.
 type RouterState struct {
 	Router
-	NetNS string `json:"netns"`
+	NetNS       string `json:"netns"`
+	ClientNetNS string `json:"clientNetns"` // the host behind the router
 	Dir   string `json:"dir"`
 	PIDs  []int  `json:"pids"`
 }
@@ -102,6 +103,7 @@ type labNode struct {
 type labRouter struct {
 	Router
 	netns, dir string
+	client     string // the namespace of the host behind it
 	procs      []*proc
 }
 

@@ -55,10 +55,10 @@ spec:
   nodeName: %s
   containers:
   - name: server
-    image: tern-lab/server
+    image: %s
     ports: [{name: http, containerPort: 80}, {name: dns, containerPort: 53, protocol: UDP}]
 ---
-`, app, ns, app, n.Name)
+`, app, ns, app, n.Name, ServerImage)
 		}
 	}
 	return b.String()

@@ -77,6 +77,9 @@ func (d *daemon) startRouters(initial []Node) error {
 		if _, err := inNS(lr.netns, "sysctl", "-qw", "net.ipv4.ip_forward=1"); err != nil {
 			return err
 		}
+		if err := d.startClient(lr); err != nil {
+			return err
+		}
 		procs, err := startRouter(d.log, r, all, d.cfg.RouterNodes(r, initial), lr.netns, lr.dir)
 		if err != nil {
 			return err
@@ -86,6 +89,37 @@ func (d *daemon) startRouters(initial []Node) error {
 		d.mu.Unlock()
 	}
 	d.writeState()
+	return nil
+}
+
+// startClient makes the host behind router lr: a namespace of its own on a
+// segment to the router (the router announces the segment; the nodes reach
+// it by their default route), through which tests and users reach the
+// cluster from outside, as a machine on the rack's network would.
+func (d *daemon) startClient(lr *labRouter) error {
+	r := lr.Router
+	lr.client = fmt.Sprintf("%s-%s", d.cfg.Prefix, ClientName(r.Rack))
+	if err := addNS(lr.client); err != nil {
+		return err
+	}
+	d.mu.Lock()
+	d.shared = append(d.shared, lr.client)
+	d.mu.Unlock()
+	if err := veth(lr.netns, "client", lr.client, "eth0"); err != nil {
+		return err
+	}
+	gw := ClientPrefix(r.Rack).Addr().Next()
+	for _, s := range [][]string{{"addr", "add", netip.PrefixFrom(gw, 24).String(), "dev", "client"}, {"link", "set", "client", "up"}} {
+		if err := ip(lr.netns, s...); err != nil {
+			return err
+		}
+	}
+	for _, s := range [][]string{{"addr", "add", netip.PrefixFrom(r.Client, 24).String(), "dev", "eth0"}, {"link", "set", "eth0", "up"},
+		{"link", "set", "lo", "up"}, {"route", "add", "default", "via", gw.String()}} {
+		if err := ip(lr.client, s...); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 

@@ -37,6 +37,10 @@ import (
 const (
 	PauseImage   = "registry.k8s.io/pause:3.10.2"
 	AgnhostImage = "registry.k8s.io/e2e-test-images/agnhost:2.66.1"
+	// ServerImage is what the lab's own pods run: `tern-lab serve`, built
+	// by `hack/image.sh server` (the light lab serves its pods in process
+	// and only reads the ports they declare). No registry has it.
+	ServerImage = "tern-lab.local/server:v1"
 	ternImage    = "ghcr.io/tern-net/tern" // as manifests/04-daemonset.yaml names it
 	ClusterDNS   = "10.96.0.10"
 )
@@ -55,6 +59,7 @@ func (o Options) ControlPlaneAddress() netip.Addr {
 type realParts struct {
 	kubeBin, nodeBin, images string
 	ternArchive, ternRef     string // bin/tern-image.tar and the name it carries
+	serverArchive            string // ServerImage, built from this tern-lab
 }
 
 func (d *daemon) findParts() (realParts, error) {
@@ -89,6 +94,13 @@ func (d *daemon) findParts() (realParts, error) {
 	p.ternArchive = filepath.Join(d.cfg.BinDir, "tern-image.tar")
 	if p.ternRef, err = ArchiveRef(p.ternArchive); err != nil {
 		return p, fmt.Errorf("tern's image (make image): %w", err)
+	}
+	// The pods' image is this very tern-lab, so it is built at every up.
+	p.serverArchive = filepath.Join(d.cfg.Dir, "server-image.tar")
+	img := exec.Command("bash", filepath.Join(d.cfg.Root, "hack", "image.sh"), "server", p.serverArchive, ServerImage)
+	img.Env = append(os.Environ(), "TERN_BIN_DIR="+d.cfg.BinDir)
+	if out, err := img.CombinedOutput(); err != nil {
+		return p, fmt.Errorf("hack/image.sh server: %w: %s", err, tail(string(out), 2000))
 	}
 	return p, nil
 }
@@ -338,7 +350,7 @@ func (d *daemon) addRealNode(ctx context.Context, n Node) error {
 	kn, err := kubenode.Start(ctx, kubenode.Config{
 		Name: n.Name, NetNS: NSPath(ln.netns), Dir: filepath.Join(ln.dir, "node"), NodeIP: n.Address,
 		Kubeconfig: kubelet, ClientCA: pki + "/ca.crt", KubeBin: p.kubeBin, NodeBin: p.nodeBin,
-		Images:     []string{filepath.Join(p.images, "pause.tar"), filepath.Join(p.images, "agnhost.tar"), p.ternArchive},
+		Images:     []string{filepath.Join(p.images, "pause.tar"), filepath.Join(p.images, "agnhost.tar"), p.ternArchive, p.serverArchive},
 		PauseImage: PauseImage,
 		// What a node's system brings (kind's node image, kubeadm's
 		// kubernetes-cni package): the runtime's loopback and portmap.

@@ -28,13 +28,16 @@ const (
 	RouterNone  = "none"
 )
 
-// AS numbers and addresses of the lab. Everything is inside 10.30.0.0/15 and
-// 10.244.0.0/16 (pods): far from the machine's uplink (192.0.2.0/24).
+// AS numbers and addresses of the lab. Everything is inside 10.30.0.0/15
+// (racks, spine), 10.32.0.0/16 (the clients behind the routers),
+// 10.244.0.0/16 (pods) and 10.96.0.0/16 (Services): far from the machine's
+// uplink (192.0.2.0/24).
 const (
 	ClusterAS   = 64512 // the mesh / route-reflector AS
 	NodeASBase  = 64700 // + node number: a node's own AS when it peers eBGP with its ToR
 	RackASBase  = 65000 // + rack number: a ToR's AS
 	ClusterCIDR = "10.244.0.0/16"
+	ServiceCIDR = "10.96.0.0/16" // hack/kube-env.sh's SERVICE_CIDR
 	// ReflectorClusterID is the route-reflector cluster ID of the reflector nodes.
 	ReflectorClusterID = "244.0.0.1"
 	// LabelRack is the node label that names a node's rack.
@@ -106,7 +109,19 @@ type Router struct {
 	AS      uint32     `json:"as"`
 	Address netip.Addr `json:"address"` // on the rack's segment
 	Spine   netip.Addr `json:"spine"`   // on the routers' shared segment
+	// Client is the address of a host behind the router (outside the
+	// cluster, as a user's machine on the rack's network), on its own
+	// segment ClientPrefix(Rack), the router at .1 of it.
+	Client netip.Addr `json:"client"`
 }
+
+// ClientPrefix is the segment between rack r's router and its client.
+func ClientPrefix(r int) netip.Prefix {
+	return netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 32, byte(r), 0}), 24)
+}
+
+// ClientName is the name of rack r's client in `tern-lab exec`.
+func ClientName(r int) string { return fmt.Sprintf("client%d", r) }
 
 // RackPrefix is rack r's subnet (rack 0: the one segment of a lab without routers).
 func RackPrefix(r int) netip.Prefix {
@@ -132,7 +147,8 @@ func (o Options) Routers() []Router {
 		}
 		out = append(out, Router{Rack: r, Kind: kind, AS: uint32(RackASBase + r),
 			Address: netip.AddrFrom4([4]byte{10, 30, byte(r), 254}),
-			Spine:   netip.AddrFrom4([4]byte{10, 31, 0, byte(r)})})
+			Spine:   netip.AddrFrom4([4]byte{10, 31, 0, byte(r)}),
+			Client:  netip.AddrFrom4([4]byte{10, 32, byte(r), 2})})
 	}
 	return out
 }
@@ -174,8 +190,8 @@ func (o Options) BGPObjects() string {
 	fmt.Fprintf(&b, `apiVersion: tern.io/v1alpha1
 kind: BGPConfiguration
 metadata: {name: default}
-spec: {asNumber: %d, nodeToNodeMesh: %t}
-`, ClusterAS, mesh)
+spec: {asNumber: %d, nodeToNodeMesh: %t, advertise: {serviceClusterIPs: [%s]}}
+`, ClusterAS, mesh, ServiceCIDR)
 	for _, r := range o.Routers() {
 		sel := fmt.Sprintf("%s: %q", LabelRack, fmt.Sprint(r.Rack))
 		if o.RouteReflectors > 0 {
@@ -198,7 +214,7 @@ func BIRDConfig(r Router, all []Router, nodes []Node) string {
 	fmt.Fprintf(&b, `# tern-lab: top-of-rack router of rack %d
 router id %s;
 protocol device { scan time 1; }
-protocol direct { ipv4; interface "br0"; }
+protocol direct { ipv4; interface "br0", "client"; }
 protocol kernel { merge paths on; ipv4 { export where source != RTS_DEVICE; }; }
 template bgp lab { local as %d; connect retry time 1; error wait time 1, 5; graceful restart on; ipv4 { import all; export all; }; }
 `, r.Rack, r.Address, r.AS)

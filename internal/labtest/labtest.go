@@ -216,3 +216,99 @@ func (l *Lab) WaitPods(t testing.TB, ids ...string) map[string]lab.PodInfo {
 	}
 	return got
 }
+
+// Setup is the lab a test binary shares between its tests.
+type Setup struct {
+	Name   string   // the package, in messages
+	Prefix string   // of the lab's namespaces
+	Image  bool     // build tern's image first (a lab of real nodes)
+	Up     []string // tern-lab up's arguments
+	// AfterTests, when the tests passed, runs on the lab before its down
+	// and returns the states of any lab it brought up since (their
+	// processes must be gone after down too).
+	AfterTests func(l *Lab, st lab.State) ([]lab.State, error)
+}
+
+// Main builds the commands, brings the lab up, runs the tests, brings the
+// lab down and checks that it left nothing: no namespace, cgroup or process
+// it started, and the host's links, routes, rules, mounts and sysctls as they
+// were. It exits with the tests' code, or 1 when the lab failed. Without
+// root it runs nothing (and fails under CI, which runs as root).
+func Main(m *testing.M, s Setup, shared **Lab) {
+	code, err := s.run(m, shared)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "%s: %v\n", s.Name, err)
+		if code == 0 {
+			code = 1
+		}
+	}
+	os.Exit(code)
+}
+
+func (s Setup) run(m *testing.M, shared **Lab) (int, error) {
+	if os.Geteuid() != 0 {
+		if nodetest.InCI() {
+			return 1, fmt.Errorf("the end-to-end tests need root (CI runs as root)")
+		}
+		fmt.Fprintf(os.Stderr, "%s: not root: the end-to-end tests did not run\n", s.Name)
+		return 0, nil
+	}
+	tmp, err := os.MkdirTemp("", "tern-"+strings.ReplaceAll(s.Name, "/", "-")+"-")
+	if err != nil {
+		return 1, err
+	}
+	defer os.RemoveAll(tmp)
+	l, err := Build(tmp, s.Prefix, s.Image)
+	if err != nil {
+		return 1, err
+	}
+	*shared = l
+	before := HostSnapshot()
+	t0 := time.Now()
+	if out, err := l.Cmd(append([]string{"up"}, s.Up...)...).CombinedOutput(); err != nil {
+		l.Cmd("down").Run()
+		return 1, fmt.Errorf("tern-lab up %s: %w\n%s", strings.Join(s.Up, " "), err, out)
+	}
+	fmt.Fprintf(os.Stderr, "%s: lab up in %s\n", s.Name, time.Since(t0).Round(100*time.Millisecond))
+	st, err := l.Client.State(context.Background())
+	if err != nil {
+		l.Cmd("down").Run()
+		return 1, err
+	}
+	states := []lab.State{st}
+	code := m.Run()
+	if code != 0 {
+		log, _ := os.ReadFile(lab.LogPath(l.Dir))
+		fmt.Fprintf(os.Stderr, "%s: lab log (tail):\n%s\n", s.Name, nodetest.Tail(string(log), 4000))
+	}
+	if code == 0 && s.AfterTests != nil {
+		more, err := s.AfterTests(l, st)
+		states = append(states, more...)
+		if err != nil {
+			l.Cmd("down").Run()
+			return 1, err
+		}
+	}
+	if out, err := l.Cmd("down").CombinedOutput(); err != nil {
+		return 1, fmt.Errorf("tern-lab down: %w\n%s", err, out)
+	}
+	var pids []int
+	for _, st := range states {
+		pids = append(pids, st.PID)
+		for _, n := range st.Nodes {
+			pids = append(pids, n.AgentPID)
+		}
+		for _, r := range st.Routers {
+			pids = append(pids, r.PIDs...)
+		}
+	}
+	problems := l.Leftovers(pids)
+	if after := HostSnapshot(); after != before {
+		problems = append(problems, "the host's namespace changed:\n--- before\n"+before+"\n--- after\n"+after)
+	}
+	if len(problems) > 0 {
+		return 1, fmt.Errorf("after tern-lab down:\n%s", strings.Join(problems, "\n"))
+	}
+	fmt.Fprintf(os.Stderr, "%s: tern-lab down left no namespace, cgroup, process, link, route, rule, mount or sysctl changed\n", s.Name)
+	return code, nil
+}

@@ -1,4 +1,4 @@
-package light
+package e2e
 
 // NetworkPolicy conformance on the lab. Every case applies its policies with
 // kubectl, as a user would, states the truth table it expects as a model
@@ -100,29 +100,14 @@ func setupPolicyPods(t *testing.T) *policyFixture {
 	return fx
 }
 
-// policyPodYAML is a fixture pod pinned to node: four served ports (TCP and UDP 80 and 81)
-// and a named SCTP port.
+// policyPodYAML is a fixture pod pinned to node: four served ports (TCP and
+// UDP 80 and 81) and a named SCTP port.
 func policyPodYAML(nsName, name, node string) string {
 	labels := fmt.Sprintf("pod: %q", name)
 	if tier, ok := tierLabels[nsName+"/"+name]; ok {
 		labels += fmt.Sprintf(", tier: %q", tier)
 	}
-	return fmt.Sprintf(`apiVersion: v1
-kind: Pod
-metadata: {name: %q, namespace: %q, labels: {%s}}
-spec:
-  nodeName: %s
-  containers:
-  - name: serve
-    image: tern-lab/server
-    ports:
-    - {name: serve-80-tcp, containerPort: 80, protocol: TCP}
-    - {name: serve-81-tcp, containerPort: 81, protocol: TCP}
-    - {name: serve-80-udp, containerPort: 80, protocol: UDP}
-    - {name: serve-81-udp, containerPort: 81, protocol: UDP}
-    - {name: serve-80-sctp, containerPort: 80, protocol: SCTP}
----
-`, name, nsName, labels, node)
+	return serverPodYAML(nsName, name, node, labels, "    - {name: serve-80-sctp, containerPort: 80, protocol: SCTP}\n")
 }
 
 // policyCase starts a case on the fixture; when the case ends, every

@@ -1,4 +1,4 @@
-package light
+package e2e
 
 // The truth-table machinery of the NetworkPolicy tests (policy_test.go).
 //
