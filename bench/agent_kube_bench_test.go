@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net/url"
 	"path/filepath"
-	"sync"
 	"testing"
 	"time"
 
@@ -119,29 +118,7 @@ func BenchmarkAgentColdStart(b *testing.B) {
 // parallel runs f(0..n-1) on 32 workers and fails b on the first error.
 func parallel(b *testing.B, n int, f func(i int) error) {
 	b.Helper()
-	next := make(chan int)
-	var wg sync.WaitGroup
-	var once sync.Once
-	var first error
-	for range 32 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := range next {
-				if err := f(i); err != nil {
-					once.Do(func() { first = fmt.Errorf("item %d: %w", i, err) })
-				}
-			}
-		}()
-	}
-	for i := range n {
-		next <- i
-	}
-	close(next)
-	wg.Wait()
-	if first != nil {
-		b.Fatal(first)
-	}
+	parallelN(b, 32, n, f)
 }
 
 // removeNamespaces deletes the namespaces' pods at once (no kubelet would

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"net/netip"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -61,22 +62,29 @@ spec:
 	t.Cleanup(func() { _, _ = tl.KubectlErr(t, "", "delete", "namespace", "light", "--wait=false") })
 	pods := tl.WaitPods(t, ids...)
 
-	// matrix waits (bounded) until every probe's outcome is the one want
-	// gives.
+	// matrix waits (bounded) until every probe's outcome, all 32 probed at
+	// once, is the one want gives.
 	matrix := func(what string, want func(from, to string) bool) {
 		t.Helper()
 		err := kubetest.EventuallyErr(20*time.Second, func() error {
 			var wrong []string
+			var mu sync.Mutex
+			var wg sync.WaitGroup
 			for _, from := range ids {
 				for _, to := range ids {
 					for _, proto := range []string{"TCP", "UDP"} {
-						got, err := lab.Probe(labtest.Ctx(t), pods[from].NetNS, netip.AddrPortFrom(pods[to].IPs[0], 80), proto, time.Second)
-						if allowed := err == nil && got == to; allowed != want(from, to) {
-							wrong = append(wrong, fmt.Sprintf("%s -> %s %s (%s to %s): %q %v", from, to, proto, pods[from].Node, pods[to].Node, got, err))
-						}
+						wg.Go(func() {
+							got, err := lab.Probe(labtest.Ctx(t), pods[from].NetNS, netip.AddrPortFrom(pods[to].IPs[0], 80), proto, time.Second)
+							if allowed := err == nil && got == to; allowed != want(from, to) {
+								mu.Lock()
+								wrong = append(wrong, fmt.Sprintf("%s -> %s %s (%s to %s): %q %v", from, to, proto, pods[from].Node, pods[to].Node, got, err))
+								mu.Unlock()
+							}
+						})
 					}
 				}
 			}
+			wg.Wait()
 			if len(wrong) > 0 {
 				return fmt.Errorf("%s: %d probes not as expected:\n%s", what, len(wrong), strings.Join(wrong, "\n"))
 			}

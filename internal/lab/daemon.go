@@ -86,8 +86,8 @@ type RouterState struct {
 	Router
 	NetNS       string `json:"netns"`
 	ClientNetNS string `json:"clientNetns"` // the host behind the router
-	Dir   string `json:"dir"`
-	PIDs  []int  `json:"pids"`
+	Dir         string `json:"dir"`
+	PIDs        []int  `json:"pids"`
 }
 
 type labNode struct {

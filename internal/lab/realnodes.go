@@ -41,8 +41,8 @@ const (
 	// by `hack/image.sh server` (the light lab serves its pods in process
 	// and only reads the ports they declare). No registry has it.
 	ServerImage = "tern-lab.local/server:v1"
-	ternImage    = "ghcr.io/tern-net/tern" // as manifests/04-daemonset.yaml names it
-	ClusterDNS   = "10.96.0.10"
+	ternImage   = "ghcr.io/tern-net/tern" // as manifests/04-daemonset.yaml names it
+	ClusterDNS  = "10.96.0.10"
 )
 
 // ControlPlaneAddress is where the control plane's namespace sits: on the
