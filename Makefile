@@ -60,7 +60,7 @@ lint: ## gofmt check, go vet, and staticcheck when it installs
 	$(GO) vet ./...
 	@if GOBIN=$(BIN) $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) 2>/dev/null; then $(BIN)/staticcheck ./...; else echo "staticcheck did not install; skipped" >&2; fi
 
-bench: deps build kube-env ## benchmarks side by side with their references (root); tables in bench-out/*.md
+bench: deps build kube-env node-env ## benchmarks side by side with their references (root); tables in bench-out/*.md
 	@rm -rf bench-out && mkdir -p bench-out
 	$(GO) test -run '^$$' -bench . -benchtime 1x -count 1 -timeout 30m ./bench/... | grep -v 'level=' | tee bench-out/bench.txt
 	@cat bench-out/*.md

@@ -27,7 +27,10 @@ import (
 
 const (
 	realLabPrefix = "tlreal" // apart from make lab's, e2e's and BenchmarkLab's
-	startupPods   = 50
+	startupPods   = 50       // created at once
+	// sequentialPods are created one at a time, each once the one before
+	// runs: the latency of one pod on a machine not saturated by the others.
+	sequentialPods = 20
 	// ptpRange holds the reference's addresses: node i gets 10.245.i.0/24,
 	// apart from tern's pod CIDRs (10.244.0.0/16).
 	ptpRange = "10.245.0.0/16"
@@ -87,16 +90,21 @@ func BenchmarkRealLab(b *testing.B) {
 	}
 	mem := labMemory(st)
 
-	tern := podStartup(b, client, st, "startup-tern", netip.MustParsePrefix(lab.ClusterCIDR))
+	ternNet, ptpNet := netip.MustParsePrefix(lab.ClusterCIDR), netip.MustParsePrefix(ptpRange)
+	tern := podStartup(b, client, st, "startup-tern", ternNet, startupPods, false)
+	ternSeq := podStartup(b, client, st, "startup-tern-seq", ternNet, sequentialPods, true)
 	usePTP(b, st)
-	ptp := podStartup(b, client, st, "startup-ptp", netip.MustParsePrefix(ptpRange))
+	ptp := podStartup(b, client, st, "startup-ptp", ptpNet, startupPods, false)
+	ptpSeq := podStartup(b, client, st, "startup-ptp-seq", ptpNet, sequentialPods, true)
 
 	b.ReportMetric(up.Seconds(), "up-s")
 	b.ReportMetric(ms(tern.p50), "tern-p50-ms")
 	b.ReportMetric(ms(tern.p99), "tern-p99-ms")
 	b.ReportMetric(ms(ptp.p50), "ptp-p50-ms")
 	b.ReportMetric(ms(ptp.p99), "ptp-p99-ms")
-	writeRealLabTable(b, up, mem, tern, ptp)
+	b.ReportMetric(ms(ternSeq.p50), "tern-seq-p50-ms")
+	b.ReportMetric(ms(ptpSeq.p50), "ptp-seq-p50-ms")
+	writeRealLabTable(b, up, mem, [][2]startup{{tern, ptp}, {ternSeq, ptpSeq}})
 }
 
 // startup is one round's pod startup latencies.
@@ -113,7 +121,7 @@ type startup struct {
 // each node must come up with an address in want: the nodes' runtime uses
 // the conflist measured, the image is unpacked, and the first sandbox on
 // each node is not counted.
-func podStartup(b *testing.B, client kubernetes.Interface, st lab.State, ns string, want netip.Prefix) startup {
+func podStartup(b *testing.B, client kubernetes.Interface, st lab.State, ns string, want netip.Prefix, n int, oneAtATime bool) startup {
 	b.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
 	defer cancel()
@@ -187,7 +195,7 @@ func podStartup(b *testing.B, client kubernetes.Interface, st lab.State, ns stri
 			select {
 			case <-watched:
 			case <-ctx.Done():
-				b.Fatalf("%s: %s: %d of %d pods Running with an address after 6 min", ns, what, n, len(names))
+				b.Fatalf("%s: %s: %d of %d pods Running with an address after 6 min\n%s", ns, what, n, len(names), podsReport(client, ns))
 			}
 		}
 	}
@@ -201,21 +209,31 @@ func podStartup(b *testing.B, client kubernetes.Interface, st lab.State, ns stri
 	}
 	waitRunning(warm, "warm-up pods")
 
-	created := make([]time.Time, startupPods)
-	t0 := time.Now()
-	parallelN(b, 10, startupPods, func(i int) error {
-		created[i] = time.Now()
-		_, err := client.CoreV1().Pods(ns).Create(ctx, pod(fmt.Sprintf("p%02d", i), ""), metav1.CreateOptions{})
-		return err
-	})
-	names := make([]string, startupPods)
+	created := make([]time.Time, n)
+	names := make([]string, n)
 	for i := range names {
 		names[i] = fmt.Sprintf("p%02d", i)
 	}
-	waitRunning(names, "the measured pods")
+	create := func(i int) error {
+		created[i] = time.Now()
+		_, err := client.CoreV1().Pods(ns).Create(ctx, pod(names[i], ""), metav1.CreateOptions{})
+		return err
+	}
+	t0 := time.Now()
+	if oneAtATime {
+		for i := range n {
+			if err := create(i); err != nil {
+				b.Fatal(err)
+			}
+			waitRunning(names[i:i+1], "pod "+names[i])
+		}
+	} else {
+		parallelN(b, 10, n, create)
+		waitRunning(names, "the measured pods")
+	}
 	wall := time.Since(t0)
 	mu.Lock()
-	lat := make([]time.Duration, startupPods)
+	lat := make([]time.Duration, n)
 	for i, name := range names {
 		lat[i] = running[name].Sub(created[i])
 	}
@@ -232,6 +250,33 @@ func podStartup(b *testing.B, client kubernetes.Interface, st lab.State, ns stri
 		}
 	}
 	return r
+}
+
+// podsReport tells what the pods of ns are waiting for: each pod's phase,
+// node and conditions, and the namespace's last events.
+func podsReport(client kubernetes.Interface, ns string) string {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var s strings.Builder
+	if list, err := client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{}); err == nil {
+		for _, p := range list.Items {
+			fmt.Fprintf(&s, "pod %s: %s on %q IP %q", p.Name, p.Status.Phase, p.Spec.NodeName, p.Status.PodIP)
+			for _, c := range p.Status.Conditions {
+				if c.Status != corev1.ConditionTrue {
+					fmt.Fprintf(&s, "; %s=%s %s %s", c.Type, c.Status, c.Reason, c.Message)
+				}
+			}
+			s.WriteString("\n")
+		}
+	}
+	if evs, err := client.CoreV1().Events(ns).List(ctx, metav1.ListOptions{}); err == nil {
+		items := evs.Items
+		slices.SortFunc(items, func(a, b corev1.Event) int { return a.LastTimestamp.Compare(b.LastTimestamp.Time) })
+		for _, e := range items[max(0, len(items)-20):] {
+			fmt.Fprintf(&s, "event %s %s: %s %s\n", e.InvolvedObject.Name, e.Type, e.Reason, e.Message)
+		}
+	}
+	return s.String()
 }
 
 // parallelN runs f(0..n-1) on workers goroutines and fails b with the first
@@ -296,10 +341,12 @@ type component struct {
 	rssMB float64
 }
 
-// labMemory sums VmRSS per program over the lab's processes: those in the
-// lab's cgroups (the nodes' containerd, kubelet, kube-proxy, shims and
-// containers: the agents) and the lab daemon's descendants (control plane,
-// routers). Pages shared between processes count in each.
+// labMemory sums VmRSS per program over the lab's processes: the lab
+// daemon's descendants (routers, the nodes' containerd, kubelet and
+// kube-proxy), every process in a mount namespace of those (containerd's
+// shims, which leave the daemon's tree) and its descendants (the
+// containers: agents, pause), and the control plane (hack/kube-env.sh's PID
+// files). Pages shared between processes count in each.
 func labMemory(st lab.State) []component {
 	procs := snapshotProcs()
 	children := map[int][]int{}
@@ -318,8 +365,21 @@ func labMemory(st lab.State) []component {
 		}
 	}
 	walk(st.PID)
+	mntOf := func(pid int) string { l, _ := os.Readlink(fmt.Sprintf("/proc/%d/ns/mnt", pid)); return l }
+	host := mntOf(os.Getpid())
+	nodeMnt := map[string]bool{}
+	for pid := range mine {
+		if m := mntOf(pid); m != "" && m != host {
+			nodeMnt[m] = true
+		}
+	}
 	for pid := range procs {
-		if cg, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", pid)); err == nil && strings.Contains(string(cg), ":/"+realLabPrefix+"-") {
+		if nodeMnt[mntOf(pid)] {
+			walk(pid)
+		}
+	}
+	for _, pid := range append(kubePIDs(st), pidFile(filepath.Join(st.KubeDir, "kube-scheduler.pid"))) {
+		if pid > 0 {
 			walk(pid)
 		}
 	}
@@ -349,6 +409,16 @@ func labMemory(st lab.State) []component {
 	return out
 }
 
+// pidFile is the PID a file holds (0 when missing).
+func pidFile(path string) int {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return 0
+	}
+	pid, _ := strconv.Atoi(strings.TrimSpace(string(b)))
+	return pid
+}
+
 // statusKB is a "kB" field of /proc/PID/status (0 when missing).
 func statusKB(pid int, field string) float64 {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
@@ -364,24 +434,30 @@ func statusKB(pid int, field string) float64 {
 	return 0
 }
 
-func writeRealLabTable(b *testing.B, up time.Duration, mem []component, tern, ptp startup) {
+func writeRealLabTable(b *testing.B, up time.Duration, mem []component, rounds [][2]startup) {
 	var s strings.Builder
 	fmt.Fprintf(&s, "Real-node lab: 4 nodes in 2 racks (BIRD, FRR), tern installed by its DaemonSet (%s)\n\n", time.Now().UTC().Format(time.RFC3339))
 	fmt.Fprintf(&s, "`tern-lab up` to every agent Ready: %.1f s\n\n", up.Seconds())
-	fmt.Fprintf(&s, "Pod startup, %d pods created at once (10 callers), pod created → Running with its IP (a watch), same lab, same run:\n\n", startupPods)
-	s.WriteString("| network | p50 ms | p99 ms | max ms | all Running, s | pods per node |\n|---|---|---|---|---|---|\n")
-	for _, r := range []struct {
-		name string
-		s    startup
-	}{{"tern", tern}, {"ptp+host-local", ptp}} {
-		var nodes []string
-		for n, c := range r.s.perNode {
-			nodes = append(nodes, fmt.Sprintf("%s %d", n, c))
+	s.WriteString("Pod startup, pod created → Running with its IP (seen by a watch), placed by the scheduler, same lab, same run; ms:\n\n")
+	s.WriteString("| pods | network | p50 | p99 | max | all Running, s | pods per node |\n|---|---|---|---|---|---|---|\n")
+	what := []string{fmt.Sprintf("%d at once (10 callers)", startupPods), fmt.Sprintf("%d one at a time", sequentialPods)}
+	for i, pair := range rounds {
+		for j, r := range pair {
+			var nodes []string
+			for n, c := range r.perNode {
+				nodes = append(nodes, fmt.Sprintf("%s %d", n, c))
+			}
+			slices.Sort(nodes)
+			fmt.Fprintf(&s, "| %s | %s | %.0f | %.0f | %.0f | %.1f | %s |\n", what[i], []string{"tern", "ptp+host-local"}[j],
+				ms(r.p50), ms(r.p99), ms(r.max), r.wall.Seconds(), strings.Join(nodes, ", "))
 		}
-		slices.Sort(nodes)
-		fmt.Fprintf(&s, "| %s | %.0f | %.0f | %.0f | %.1f | %s |\n", r.name, ms(r.s.p50), ms(r.s.p99), ms(r.s.max), r.s.wall.Seconds(), strings.Join(nodes, ", "))
 	}
-	fmt.Fprintf(&s, "\n| tern/ptp | p50 %.2fx | p99 %.2fx | all Running %.2fx |\n|---|---|---|---|\n\n", ms(tern.p50)/ms(ptp.p50), ms(tern.p99)/ms(ptp.p99), tern.wall.Seconds()/ptp.wall.Seconds())
+	s.WriteString("\n| pods | p50 tern/ptp | p99 tern/ptp | all Running tern/ptp |\n|---|---|---|---|\n")
+	for i, pair := range rounds {
+		t, p := pair[0], pair[1]
+		fmt.Fprintf(&s, "| %s | %.2fx | %.2fx | %.2fx |\n", what[i], ms(t.p50)/ms(p.p50), ms(t.p99)/ms(p.p99), t.wall.Seconds()/p.wall.Seconds())
+	}
+	s.WriteString("\n")
 	s.WriteString("Memory of the lab once up (VmRSS summed per program; pages shared between processes count in each):\n\n| program | processes | MB |\n|---|---|---|\n")
 	total := 0.0
 	for _, c := range mem {
