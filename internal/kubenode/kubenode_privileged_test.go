@@ -102,7 +102,9 @@ func TestNodeRunsPods(t *testing.T) {
 		t.Fatal(err)
 	}
 	node, err := kubenode.Start(ctx, kubenode.Config{
-		ProxyKubeconfig: proxyKubeconfig, ClusterCIDR: "10.83.0.0/16",
+		// kube-proxy in nftables mode: the e2e lab runs its default,
+		// iptables, so both modes run beside tern's iptables rules.
+		ProxyKubeconfig: proxyKubeconfig, ProxyMode: "nftables", ClusterCIDR: "10.83.0.0/16",
 		Name: name, NetNS: n.NS.Path(), Dir: filepath.Join(dir, "node"), NodeIP: netip.MustParseAddr("10.82.0.2"),
 		Kubeconfig: kubeconfig, ClientCA: pki + "/ca.crt",
 		KubeBin: p.kubeBin, NodeBin: p.nodeBin,
@@ -248,6 +250,10 @@ func TestNodeRunsPods(t *testing.T) {
 	})
 	if err != nil {
 		t.Fatalf("%v\nkube-proxy log:\n%s", err, nodetest.Tail(node.Log("kube-proxy"), 20))
+	}
+	// ... through its nftables table (and not an iptables fallback).
+	if out, err := node.Command("nft", "list", "table", "ip", "kube-proxy").CombinedOutput(); err != nil || !strings.Contains(string(out), svc.Spec.ClusterIP) {
+		t.Errorf("kube-proxy's nftables table has no element for the ClusterIP %s: %v\n%s", svc.Spec.ClusterIP, err, nodetest.Tail(string(out), 2000))
 	}
 	if pids := cgroupProcs(t, node.CgroupRoot()); len(pids) == 0 {
 		t.Errorf("no process in the node's cgroup root %s: where do its containers run?", node.CgroupRoot())
