@@ -545,13 +545,20 @@ var kubeProcs = []string{"kube-apiserver", "etcd", "kube-controller-manager"}
 func kubePIDs(st lab.State) []int {
 	var out []int
 	for _, p := range kubeProcs {
-		pid := 0
-		if b, err := os.ReadFile(filepath.Join(st.KubeDir, p+".pid")); err == nil {
-			pid, _ = strconv.Atoi(strings.TrimSpace(string(b)))
-		}
-		out = append(out, pid)
+		out = append(out, kubePID(st, p))
 	}
 	return out
+}
+
+// kubePID is the PID of the lab's control-plane process name, from its file
+// hack/kube-env.sh writes (0 when missing).
+func kubePID(st lab.State, name string) int {
+	b, err := os.ReadFile(filepath.Join(st.KubeDir, name+".pid"))
+	if err != nil {
+		return 0
+	}
+	pid, _ := strconv.Atoi(strings.TrimSpace(string(b)))
+	return pid
 }
 
 // labLog is what the daemon's log says about the run besides its timings:

@@ -8,7 +8,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -378,7 +377,7 @@ func labMemory(st lab.State) []component {
 			walk(pid)
 		}
 	}
-	for _, pid := range append(kubePIDs(st), pidFile(filepath.Join(st.KubeDir, "kube-scheduler.pid"))) {
+	for _, pid := range append(kubePIDs(st), kubePID(st, "kube-scheduler")) {
 		if pid > 0 {
 			walk(pid)
 		}
@@ -399,7 +398,7 @@ func labMemory(st lab.State) []component {
 			byName[name] = c
 		}
 		c.procs++
-		c.rssMB += statusKB(pid, "VmRSS:") / 1024
+		c.rssMB += statusMB(pid, "VmRSS:")
 	}
 	var out []component
 	for _, c := range byName {
@@ -407,31 +406,6 @@ func labMemory(st lab.State) []component {
 	}
 	slices.SortFunc(out, func(a, b component) int { return int(b.rssMB - a.rssMB) })
 	return out
-}
-
-// pidFile is the PID a file holds (0 when missing).
-func pidFile(path string) int {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return 0
-	}
-	pid, _ := strconv.Atoi(strings.TrimSpace(string(b)))
-	return pid
-}
-
-// statusKB is a "kB" field of /proc/PID/status (0 when missing).
-func statusKB(pid int, field string) float64 {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return 0
-	}
-	for _, l := range strings.Split(string(b), "\n") {
-		if f := strings.Fields(l); len(f) >= 2 && f[0] == field {
-			v, _ := strconv.ParseFloat(f[1], 64)
-			return v
-		}
-	}
-	return 0
 }
 
 func writeRealLabTable(b *testing.B, up time.Duration, mem []component, rounds [][2]startup) {

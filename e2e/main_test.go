@@ -34,11 +34,10 @@ func TestMain(m *testing.M) {
 	}, &tl)
 }
 
-// crashAndRestart kills the lab daemon with SIGKILL and checks that `up`
-// removes everything the dead lab left and brings up a new one.
-// A crashed lab: the daemon dies with SIGKILL, leaving its agents, routers,
-// namespaces and control plane behind. `up` cleans all that and starts afresh
-// (here the other topology: one segment, node-to-node mesh).
+// crashAndRestart kills the lab daemon with SIGKILL, leaving its nodes,
+// routers, namespaces and control plane behind, and checks that `up` removes
+// everything the dead lab left and brings up a new one (the other topology:
+// one segment, node-to-node mesh).
 func crashAndRestart(tl *labtest.Lab, old lab.State) ([]lab.State, error) {
 	if err := syscall.Kill(old.PID, syscall.SIGKILL); err != nil {
 		return nil, fmt.Errorf("kill the lab daemon: %w", err)

@@ -39,7 +39,7 @@ usage:
   tern-lab node add [--rack R]     add a node
   tern-lab node remove NODE        remove a node (its agent withdraws its routes first)
   tern-lab demo                    pods in two namespaces, their connectivity matrix, BGP status
-  tern-lab serve [PORT/PROTO...]   what the lab's pods run (image ` + "`+lab.ServerImage+`" + `): on each port
+  tern-lab serve [PORT/PROTO...]   what the lab's pods run (image ` + lab.ServerImage + `): on each port
                                    (default 80/tcp 81/tcp 80/udp 81/udp) answer with
                                    $POD_NAMESPACE/$POD_NAME; TCP then echoes lines
 
