@@ -5,6 +5,8 @@
 #   hack/kube-env.sh build      build the binaries into the cache (no-op when cached)
 #   hack/kube-env.sh build node build kubelet, kube-proxy, kube-scheduler and
 #                               agnhost (the lab's real nodes) the same way
+#   hack/kube-env.sh build e2e  build Kubernetes' e2e suite (e2e.test, from
+#                               `go test -c`) and the ginkgo CLI it pins
 #   hack/kube-env.sh up DIR     start the control plane with all its state in DIR;
 #                               prints only the admin kubeconfig's path on stdout
 #   hack/kube-env.sh down DIR   stop what `up DIR` started, by recorded PID
@@ -38,6 +40,11 @@ BIN=$KUBE_CACHE/bin
 # all-purpose test server), from one module at one version.
 BINARIES=(etcd kube-apiserver kube-controller-manager kubectl)
 NODE_BINARIES=(kubelet kube-proxy kube-scheduler agnhost)
+# Kubernetes' e2e suite: a test binary (go test -c, so not a `tool` of the
+# module) and the ginkgo CLI at the version k8s.io/kubernetes requires, which
+# runs e2e.test in parallel processes.
+E2E_BINARIES=(e2e.test ginkgo)
+declare -A TEST_PKGS=([e2e.test]=1)
 declare -A PKGS=(
   [etcd]=go.etcd.io/etcd/server/v3
   [kube-apiserver]=k8s.io/kubernetes/cmd/kube-apiserver
@@ -47,6 +54,8 @@ declare -A PKGS=(
   [kube-proxy]=k8s.io/kubernetes/cmd/kube-proxy
   [kube-scheduler]=k8s.io/kubernetes/cmd/kube-scheduler
   [agnhost]=k8s.io/kubernetes/test/images/agnhost
+  [e2e.test]=k8s.io/kubernetes/test/e2e
+  [ginkgo]=github.com/onsi/ginkgo/v2/ginkgo
 )
 
 SERVICE_CIDR=10.96.0.0/16
@@ -77,6 +86,7 @@ cmd_build() {
   case ${1:-} in
     "") ;;
     node) want=("${NODE_BINARIES[@]}") ;;
+    e2e) want=("${E2E_BINARIES[@]}") ;;
     *) usage ;;
   esac
   command -v go >/dev/null 2>&1 || die "go not found"
@@ -112,8 +122,13 @@ cmd_build() {
   local b
   for b in "${want[@]}"; do
     [[ -x $BIN/$b ]] && continue
-    log "go build ${PKGS[$b]}"
-    go build -trimpath -ldflags "$ldflags" -o "$KUBE_CACHE/bin.tmp/$b" "${PKGS[$b]}" >&2
+    if [[ -n ${TEST_PKGS[$b]:-} ]]; then
+      log "go test -c ${PKGS[$b]}"
+      go test -c -vet=off -trimpath -ldflags "$ldflags" -o "$KUBE_CACHE/bin.tmp/$b" "${PKGS[$b]}" >&2
+    else
+      log "go build ${PKGS[$b]}"
+      go build -trimpath -ldflags "$ldflags" -o "$KUBE_CACHE/bin.tmp/$b" "${PKGS[$b]}" >&2
+    fi
   done
   if [[ -x $KUBE_CACHE/bin.tmp/kube-apiserver ]]; then
     "$KUBE_CACHE/bin.tmp/kube-apiserver" --version >&2
@@ -156,7 +171,9 @@ write_module() {
     echo
     echo "tool ("
     local b
-    for b in $(printf '%s\n' "${!PKGS[@]}" | sort); do echo "	${PKGS[$b]}"; done
+    for b in $(printf '%s\n' "${!PKGS[@]}" | sort); do
+      [[ -n ${TEST_PKGS[$b]:-} ]] || echo "	${PKGS[$b]}"
+    done
     echo ")"
     echo
     echo "require k8s.io/kubernetes $ver"

@@ -39,6 +39,9 @@ usage:
   tern-lab node add [--rack R]     add a node
   tern-lab node remove NODE        remove a node (its agent withdraws its routes first)
   tern-lab demo                    pods in two namespaces, their connectivity matrix, BGP status
+  tern-lab conformance [--suite netpol,sig-network-conformance] [--runs N] [--procs P] [--out DIR] [--report FILE]
+                                   Kubernetes' own e2e suites on this lab (real nodes): JUnit in DIR,
+                                   a summary in FILE (make conformance writes CONFORMANCE.md)
   tern-lab serve [PORT/PROTO...]   what the lab's pods run (image ` + lab.ServerImage + `): on each port
                                    (default 80/tcp 81/tcp 80/udp 81/udp) answer with
                                    $POD_NAMESPACE/$POD_NAME; TCP then echoes lines
@@ -160,6 +163,8 @@ func run(args []string, out io.Writer) error {
 		return lab.Demo(ctx, c, out)
 	case "serve":
 		return serve(ctx, args[1:])
+	case "conformance":
+		return runConformance(ctx, c, args[1:], out)
 	}
 	return fmt.Errorf("unknown command %q; see tern-lab help", args[0])
 }
