@@ -18,6 +18,17 @@
 #                                  test/images/agnhost at K8S_VERSION on a
 #                                  Debian root file system with the tools its
 #                                  Dockerfile installs
+#   registry.k8s.io/coredns/coredns:v1.14.6
+#                                  CoreDNS from its Go module at the version
+#                                  kubeadm of K8S_VERSION installs (the lab's
+#                                  cluster DNS)
+#   registry.k8s.io/e2e-test-images/nginx:1.27.0-2
+#                                  Debian's nginx, serving on port 80 in the
+#                                  foreground (the e2e suite's endpoint pods)
+#   registry.k8s.io/e2e-test-images/glibc-dns-testing:2.1.1
+#                                  Debian with dnsutils and CoreDNS at /coredns,
+#                                  as test/images/glibc-dns-testing (the DNS
+#                                  specs' glibc querier)
 # Environment: TERN_CACHE, K8S_VERSION as for kube-env.sh.
 set -euo pipefail
 
@@ -30,8 +41,15 @@ CRICTL_VERSION=v1.37.0
 # by `build`): kubelet's default sandbox image and the e2e suite's agnhost.
 PAUSE_TAG=3.10.2
 AGNHOST_TAG=2.66.1
+NGINX_TAG=1.27.0-2
+GLIBC_DNS_TAG=2.1.1
+# kubeadm's CoreDNSVersion at K8S_VERSION (checked by `build` too).
+COREDNS_VERSION=v1.14.6
 PAUSE_IMAGE=registry.k8s.io/pause:$PAUSE_TAG
 AGNHOST_IMAGE=registry.k8s.io/e2e-test-images/agnhost:$AGNHOST_TAG
+NGINX_IMAGE=registry.k8s.io/e2e-test-images/nginx:$NGINX_TAG
+GLIBC_DNS_IMAGE=registry.k8s.io/e2e-test-images/glibc-dns-testing:$GLIBC_DNS_TAG
+COREDNS_IMAGE=registry.k8s.io/coredns/coredns:$COREDNS_VERSION
 
 CACHE=${TERN_CACHE:-$HOME/.cache/tern}
 NODE_CACHE=$CACHE/node/containerd-$CONTAINERD_VERSION-runc-$RUNC_VERSION-crictl-$CRICTL_VERSION
@@ -93,6 +111,14 @@ check_tags() {
     die "$manifest does not name pause:$PAUSE_TAG: update PAUSE_TAG"
   grep -q "configs\[Agnhost\] = Config{list.PromoterE2eRegistry, \"agnhost\", \"$AGNHOST_TAG\"}" "$manifest" ||
     die "$manifest does not name agnhost:$AGNHOST_TAG: update AGNHOST_TAG"
+  grep -q "configs\[Nginx\] = Config{list.PromoterE2eRegistry, \"nginx\", \"$NGINX_TAG\"}" "$manifest" ||
+    die "$manifest does not name nginx:$NGINX_TAG: update NGINX_TAG"
+  grep -q "configs\[GlibcDnsTesting\] = Config{list.PromoterE2eRegistry, \"glibc-dns-testing\", \"$GLIBC_DNS_TAG\"}" "$manifest" ||
+    die "$manifest does not name glibc-dns-testing:$GLIBC_DNS_TAG: update GLIBC_DNS_TAG"
+  local kubeadm
+  kubeadm=$(k8s_src)/cmd/kubeadm/app/constants/constants.go
+  grep -q "CoreDNSVersion = \"$COREDNS_VERSION\"" "$kubeadm" ||
+    die "$kubeadm does not name CoreDNS $COREDNS_VERSION: update COREDNS_VERSION"
 }
 
 image_pause() {
@@ -133,6 +159,49 @@ image_agnhost() {
   rm -rf "$tmp"
 }
 
+# coredns: the CoreDNS binary, built once from its module into the cache.
+coredns() {
+  local bin=$CACHE/node/coredns-$COREDNS_VERSION
+  if [[ ! -x $bin/coredns ]]; then
+    log "go install github.com/coredns/coredns@$COREDNS_VERSION (cold: ~4 min)"
+    rm -rf "$bin.tmp"
+    GOWORK=off GOTOOLCHAIN=local GOFLAGS= CGO_ENABLED=0 GOBIN=$bin.tmp "$GO" install -trimpath \
+      -ldflags "-s -w -X github.com/coredns/coredns/coremain.GitCommit=$COREDNS_VERSION" \
+      "github.com/coredns/coredns@$COREDNS_VERSION" >&2 || die "building CoreDNS $COREDNS_VERSION failed"
+    rm -rf "$bin"
+    mv "$bin.tmp" "$bin"
+  fi
+  echo "$bin/coredns"
+}
+
+image_coredns() {
+  local out=$IMAGES/coredns.tar
+  [[ -s $out ]] && return
+  # As the upstream image: the binary alone, its entrypoint. Root, where
+  # upstream is nonroot with a file capability to bind port 53 (an image
+  # built without an engine carries no extended attributes).
+  "$(ocibuild)" -tag "$COREDNS_IMAGE" -file "$(coredns)=/coredns:0755" -entrypoint '["/coredns"]' -o "$out.tmp" >&2
+  mv "$out.tmp" "$out"
+}
+
+image_nginx() {
+  local out=$IMAGES/nginx.tar
+  [[ -s $out ]] && return
+  local rootfs
+  rootfs=$(bash "$ROOT/hack/image.sh" rootfs "$ROOT/hack/images/nginx.packages" "$ROOT/hack/images/nginx.setup")
+  "$(ocibuild)" -tag "$NGINX_IMAGE" -layer "$rootfs" -cmd '["nginx", "-g", "daemon off;"]' -o "$out.tmp" >&2
+  mv "$out.tmp" "$out"
+}
+
+image_glibc_dns() {
+  local out=$IMAGES/glibc-dns-testing.tar
+  [[ -s $out ]] && return
+  local rootfs
+  rootfs=$(bash "$ROOT/hack/image.sh" rootfs "$ROOT/hack/images/glibc-dns-testing.packages")
+  "$(ocibuild)" -tag "$GLIBC_DNS_IMAGE" -layer "$rootfs" -file "$(coredns)=/coredns:0755" -o "$out.tmp" >&2
+  mv "$out.tmp" "$out"
+}
+
 ocibuild() {
   if [[ ! -x $ROOT/bin/ocibuild ]]; then
     (cd "$ROOT/hack/ocibuild" && GOWORK=off CGO_ENABLED=0 "$GO" build -trimpath -o "$ROOT/bin/ocibuild" .) >&2 ||
@@ -151,6 +220,9 @@ cmd_build() {
   mkdir -p "$IMAGES"
   image_pause
   image_agnhost
+  image_coredns
+  image_nginx
+  image_glibc_dns
 }
 
 cmd_versions() {
@@ -160,6 +232,9 @@ cmd_versions() {
   echo "crictl $CRICTL_VERSION"
   echo "pause $PAUSE_IMAGE"
   echo "agnhost $AGNHOST_IMAGE"
+  echo "coredns $COREDNS_IMAGE"
+  echo "nginx $NGINX_IMAGE (Debian's nginx)"
+  echo "glibc-dns-testing $GLIBC_DNS_IMAGE"
 }
 
 case ${1:-} in

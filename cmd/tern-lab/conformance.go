@@ -66,9 +66,7 @@ func runConformance(ctx context.Context, c *lab.Client, args []string, out io.Wr
 				return err
 			}
 			rep.Runs = append(rep.Runs, res)
-			fmt.Fprintf(out, "   %d specs: %d passed, %d failed, %d skipped (%s), %d skipped at run, in %s\n",
-				len(res.Specs), res.Count(conformance.Passed), res.Count(conformance.Failed)+res.Count(conformance.NotRun)+len(res.Setup),
-				res.Count(conformance.Skipped), s.SkipReasons(), res.Count(conformance.SkippedAtRun), res.Wall.Round(time.Second))
+			fmt.Fprintf(out, "   %s\n", res.Summary())
 			for _, sp := range append(res.Setup, res.Specs...) {
 				if sp.State != conformance.Passed && sp.State != conformance.Skipped {
 					fmt.Fprintf(out, "   %s: %s\n     %s\n", strings.ToUpper(sp.State), sp.Name, sp.Message)

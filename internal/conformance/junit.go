@@ -78,6 +78,16 @@ func (r Result) Count(state string) int {
 	return n
 }
 
+// Summary is the run in a line: the counts, each skip's reason, the time.
+func (r Result) Summary() string {
+	skipped := fmt.Sprintf("%d skipped", r.Count(Skipped))
+	if r.Count(Skipped) > 0 {
+		skipped += " (" + r.Suite.SkipReasons() + ")"
+	}
+	return fmt.Sprintf("%d specs: %d passed, %d failed, %s, %d skipped at run, in %s", len(r.Specs), r.Count(Passed),
+		r.Count(Failed)+r.Count(NotRun)+len(r.Setup), skipped, r.Count(SkippedAtRun), r.Wall.Round(time.Second))
+}
+
 // OK reports whether every selected spec passed or was left out by a skip
 // with a reason, and the suite's setup did not fail.
 func (r Result) OK() bool {

@@ -9,6 +9,7 @@ package lab
 import (
 	"archive/tar"
 	"context"
+	_ "embed"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -59,6 +60,7 @@ func (o Options) ControlPlaneAddress() netip.Addr {
 type realParts struct {
 	kubeBin, nodeBin, images string
 	ternArchive, ternRef     string // bin/tern-image.tar and the name it carries
+	corednsRef               string // the name the CoreDNS archive carries
 	serverArchive            string // ServerImage, built from this tern-lab
 }
 
@@ -90,6 +92,9 @@ func (d *daemon) findParts() (realParts, error) {
 	}
 	if p.images, err = nodeEnv("imagedir"); err != nil {
 		return p, err
+	}
+	if p.corednsRef, err = ArchiveRef(filepath.Join(p.images, "coredns.tar")); err != nil {
+		return p, fmt.Errorf("CoreDNS's image (hack/node-env.sh build): %w", err)
 	}
 	p.ternArchive = filepath.Join(d.cfg.BinDir, "tern-image.tar")
 	if p.ternRef, err = ArchiveRef(p.ternArchive); err != nil {
@@ -317,7 +322,28 @@ func (d *daemon) installTern(ctx context.Context) error {
 	if out, err := d.kubectlRun("", "apply", "-k", dir); err != nil {
 		return fmt.Errorf("kubectl apply -k %s: %w: %s", dir, err, out)
 	}
+	dns := strings.NewReplacer("COREDNS_IMAGE", d.parts.corednsRef, "CLUSTER_DNS", ClusterDNS).Replace(corednsManifest)
+	if out, err := d.kubectlRun(dns, "apply", "-f", "-"); err != nil {
+		return fmt.Errorf("kubectl apply CoreDNS: %w: %s", err, out)
+	}
 	return d.applyBGPObjects()
+}
+
+// The cluster's DNS, as kubeadm installs it.
+//
+//go:embed addons/coredns.yaml
+var corednsManifest string
+
+// nodeImages are the image archives every node imports before its kubelet
+// starts, as no registry has them: the sandbox's pause, tern's, the lab
+// server's, CoreDNS, and the images Kubernetes' e2e suite runs (agnhost,
+// nginx, glibc-dns-testing).
+func (p realParts) nodeImages() []string {
+	imgs := []string{p.ternArchive, p.serverArchive}
+	for _, n := range []string{"pause", "coredns", "agnhost", "nginx", "glibc-dns-testing"} {
+		imgs = append(imgs, filepath.Join(p.images, n+".tar"))
+	}
+	return imgs
 }
 
 // addRealNode makes node n's namespace and link, registers its Node with
@@ -350,7 +376,7 @@ func (d *daemon) addRealNode(ctx context.Context, n Node) error {
 	kn, err := kubenode.Start(ctx, kubenode.Config{
 		Name: n.Name, NetNS: NSPath(ln.netns), Dir: filepath.Join(ln.dir, "node"), NodeIP: n.Address,
 		Kubeconfig: kubelet, ClientCA: pki + "/ca.crt", KubeBin: p.kubeBin, NodeBin: p.nodeBin,
-		Images:     []string{filepath.Join(p.images, "pause.tar"), filepath.Join(p.images, "agnhost.tar"), p.ternArchive, p.serverArchive},
+		Images:     p.nodeImages(),
 		PauseImage: PauseImage,
 		// What a node's system brings (kind's node image, kubeadm's
 		// kubernetes-cni package): the runtime's loopback and portmap.
@@ -401,6 +427,11 @@ func (d *daemon) realConverged(ctx context.Context) (bool, string) {
 				return false, fmt.Sprintf("%s's network (NetworkUnavailable %s: %s)", n.Name, c.Status, c.Message)
 			}
 		}
+	}
+	if dep, err := d.client.AppsV1().Deployments("kube-system").Get(ctx, "coredns", metav1.GetOptions{}); err != nil {
+		return false, err.Error()
+	} else if dep.Status.AvailableReplicas < 1 {
+		return false, fmt.Sprintf("CoreDNS to be available (%d of %d replicas ready)", dep.Status.ReadyReplicas, *dep.Spec.Replicas)
 	}
 	ds, err := d.client.AppsV1().DaemonSets("tern-system").Get(ctx, "tern-agent", metav1.GetOptions{})
 	if err != nil {
