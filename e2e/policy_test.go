@@ -449,6 +449,24 @@ func TestPolicy(t *testing.T) {
 		})
 	})
 
+	t.Run("EgressNamedPortToIPBlock", func(t *testing.T) {
+		fx := policyCase(t)
+		// A named port is the destination pod's whatever the peer: with an
+		// ipBlock, the pods whose addresses are in the block (and not in
+		// an except). tern once let this pair match nothing; the generated
+		// cases found it.
+		yb := fx.ip("y/b")
+		fx.apply(t, netpol("x", "a-to-block-serve-81-tcp", fmt.Sprintf(`
+  podSelector: {matchLabels: {pod: a}}
+  policyTypes: [Egress]
+  egress:
+  - to: [{ipBlock: {cidr: %s, except: [%s]}}]
+    ports: [{protocol: TCP, port: serve-81-tcp}]`, lab.ClusterCIDR, netip.PrefixFrom(yb, 32))))
+		fx.expect(t, "x/a reaches serve-81-tcp of every pod but y/b", func(from, to podRef, tg target) bool {
+			return !is(from, "x/a") || (tg == target{81, "TCP"} && !is(to, "y/b"))
+		})
+	})
+
 	t.Run("EgressAndIngressBothRequired", func(t *testing.T) {
 		fx := policyCase(t)
 		// x/a may send to namespace y only; y/b takes x/b only. x/a -> y/b

@@ -233,14 +233,15 @@ func compileCases() []compileCase {
 				netpol("app", "db-http", sel("app=db"), types(tOut),
 					egressRules(
 						allow(nil, namedPort(tcp, "http"), namedPort(udp, "dns")),
-						// An ipBlock has no named ports: matches nothing.
+						// An ipBlock's named port: that of the pods in the
+						// block declaring it (db's pg, 5432).
 						allow(peers(blockPeer("10.244.0.0/16")), namedPort(tcp, "pg")),
 					)),
 			},
 			flows: []flow{
 				ok(db, web1, tcp, 8080), ok(db, web2, tcp, 9090), ok(db, api, tcp, 8443), ok(db, api, udp, 53),
 				no(db, api, tcp, 53), no(db, api, udp, 8443), no(db, host, tcp, 8080),
-				no(db, db, tcp, 5432), no(db, otherClient, tcp, 8080),
+				ok(db, db, tcp, 5432), no(db, db, tcp, 5433), no(db, api, tcp, 5432), no(db, otherClient, tcp, 8080),
 			},
 		},
 		{

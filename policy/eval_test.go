@@ -21,9 +21,9 @@ import (
 
 // referenceAllowed is NetworkPolicy semantics written straight from the
 // API documentation, with apimachinery's own selectors and no sets or
-// chains: the oracle Compile + Allowed are checked against. Its one
-// deliberate choice beyond the API is tern's: an ipBlock peer combined with
-// a named egress port matches nothing.
+// chains: the oracle Compile + Allowed are checked against. A named egress
+// port is the destination pod's, whatever the peer (an ipBlock that holds a
+// pod's address too).
 func referenceAllowed(in Input, f Flow) bool {
 	src, dst := f.Src.Unmap(), f.Dst.Unmap()
 	srcPod, dstPod := refPodByIP(in, src), refPodByIP(in, dst)
@@ -83,12 +83,9 @@ func refDirectionAllows(in Input, pod *Pod, dir networkingv1.PolicyType, peer ne
 			peerOK := func(p *networkingv1.NetworkPolicyPeer) bool {
 				return p == nil || refPeerMatches(in, np.Namespace, *p, peer, peerPod)
 			}
-			portOK := func(p *networkingv1.NetworkPolicyPort, peerIsBlock bool) bool {
+			portOK := func(p *networkingv1.NetworkPolicyPort) bool {
 				if p == nil {
 					return true
-				}
-				if dir == tOut && peerIsBlock && p.Port != nil && p.Port.Type == intstr.String {
-					return false
 				}
 				return refPortMatches(*p, proto, dport, dstPod)
 			}
@@ -108,7 +105,7 @@ func refDirectionAllows(in Input, pod *Pod, dir networkingv1.PolicyType, peer ne
 			}
 			for _, pe := range peers {
 				for _, po := range ports {
-					if peerOK(pe) && portOK(po, pe != nil && pe.IPBlock != nil) {
+					if peerOK(pe) && portOK(po) {
 						return true
 					}
 				}

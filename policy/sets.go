@@ -77,9 +77,10 @@ func ruleSet(d direction, v6 bool, peer *peerSpec, port portSpec) *setDef {
 	if d == egress && port.name != "" {
 		// The destination's port number depends on the destination pod:
 		// one hash:ip,port set holds every (pod IP, port) pair of the
-		// peer's pods declaring that name. An ipBlock peer has no pods,
-		// hence no named ports: the pair matches nothing.
-		if peer != nil && peer.kind == peerIPBlock {
+		// peer's pods declaring that name; for an ipBlock peer, of the
+		// pods whose addresses are in the block (an address outside the
+		// cluster has no pod, hence no named port).
+		if peer != nil && peer.kind == peerIPBlock && peer.cidr.Addr().Is6() != v6 {
 			return nil
 		}
 		return namedPortSetDef(v6, peer, port)
@@ -128,12 +129,12 @@ func newSet(def *setDef, ix *index) Set {
 		// In address order, so that members are sorted as they come
 		// ("10.244.1.1,..." sorts before "10.244.1.10,...").
 		pods := ix.order[famIndex(def.v6)]
-		if def.peer != nil {
+		if def.peer != nil && def.peer.kind != peerIPBlock {
 			pods = ix.byAddr(ix.podsOf(def.peer), def.v6)
 		}
 		var members []string
 		for _, i := range pods {
-			members = namedPortMembers(members, &ix.pods[i].podInfo, def.v6, def.port)
+			members = namedPortMembers(members, &ix.pods[i].podInfo, def.v6, def.port, blockOf(def.peer))
 		}
 		s.Members = sortedUnique(members)
 	}
@@ -141,10 +142,13 @@ func newSet(def *setDef, ix *index) Set {
 }
 
 // namedPortMembers appends the hash:ip,port members that pod p gives a
-// named port: each of its addresses of the family with each port number
-// it declares under that name and protocol.
-func namedPortMembers(out []string, p *podInfo, v6 bool, port portSpec) []string {
+// named port: each of its addresses of the family (in block, when one is
+// given) with each port number it declares under that name and protocol.
+func namedPortMembers(out []string, p *podInfo, v6 bool, port portSpec, block *peerSpec) []string {
 	addrs := p.addrs(v6)
+	if block != nil {
+		addrs = slices.DeleteFunc(slices.Clone(addrs), func(a string) bool { return !block.blockHas(a) })
+	}
 	if len(addrs) == 0 {
 		return out
 	}
@@ -159,6 +163,29 @@ func namedPortMembers(out []string, p *podInfo, v6 bool, port portSpec) []string
 		}
 	}
 	return out
+}
+
+// blockOf is peer when it is an ipBlock, else nil.
+func blockOf(peer *peerSpec) *peerSpec {
+	if peer != nil && peer.kind == peerIPBlock {
+		return peer
+	}
+	return nil
+}
+
+// blockHas reports whether the address a (as a set member writes it) is in
+// the ipBlock peer: in its CIDR and in none of its excepts.
+func (peer *peerSpec) blockHas(a string) bool {
+	addr, err := netip.ParseAddr(a)
+	if err != nil || !peer.cidr.Contains(addr) {
+		return false
+	}
+	for _, e := range peer.except {
+		if e.Contains(addr) {
+			return false
+		}
+	}
+	return true
 }
 
 // podsOf returns the pods of a pod peer, cached by the peer's key.
@@ -202,8 +229,8 @@ func entryMembers(out []string, def *setDef, nsLabels map[string]map[string]stri
 			out = append(out, e.addrs(def.v6)...)
 		}
 	case setNamedPort:
-		if def.peer == nil || peerSelects(def.peer, nsLabels, e) {
-			out = namedPortMembers(out, &e.podInfo, def.v6, def.port)
+		if def.peer == nil || def.peer.kind == peerIPBlock || peerSelects(def.peer, nsLabels, e) {
+			out = namedPortMembers(out, &e.podInfo, def.v6, def.port, blockOf(def.peer))
 		}
 	}
 	return out

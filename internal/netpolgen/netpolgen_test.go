@@ -44,7 +44,7 @@ func pod(w World, id string) Pod {
 	panic(id)
 }
 
-func policy(t *testing.T, ns, spec string) *networkingv1.NetworkPolicy {
+func newPolicy(t *testing.T, ns, spec string) *networkingv1.NetworkPolicy {
 	t.Helper()
 	p := &networkingv1.NetworkPolicy{}
 	if err := json.Unmarshal([]byte(spec), &p.Spec); err != nil {
@@ -102,7 +102,7 @@ func TestAllowed(t *testing.T) {
 		{"SCTP only opens no TCP", "x", `{"podSelector":{},"ingress":[{"ports":[{"port":80,"protocol":"SCTP"}]}]}`, []flow{
 			{"y/a", "x/a", tcp80, false}}},
 	} {
-		pols := []*networkingv1.NetworkPolicy{policy(t, c.ns, c.spec)}
+		pols := []*networkingv1.NetworkPolicy{newPolicy(t, c.ns, c.spec)}
 		for _, f := range c.flows {
 			if got := Allowed(w, pols, pod(w, f.from), pod(w, f.to), f.t); got != f.want {
 				t.Errorf("%s: %s -> %s %d/%s: %v, want %v", c.name, f.from, f.to, f.t.Port, f.t.Protocol, got, f.want)
@@ -111,8 +111,8 @@ func TestAllowed(t *testing.T) {
 	}
 	// Two policies: their union.
 	pols := []*networkingv1.NetworkPolicy{
-		policy(t, "x", `{"podSelector":{},"ingress":[{"from":[{"podSelector":{"matchLabels":{"pod":"b"}}}]}]}`),
-		policy(t, "x", `{"podSelector":{"matchLabels":{"pod":"a"}},"ingress":[{"from":[{"namespaceSelector":{}}],"ports":[{"port":81}]}]}`),
+		newPolicy(t, "x", `{"podSelector":{},"ingress":[{"from":[{"podSelector":{"matchLabels":{"pod":"b"}}}]}]}`),
+		newPolicy(t, "x", `{"podSelector":{"matchLabels":{"pod":"a"}},"ingress":[{"from":[{"namespaceSelector":{}}],"ports":[{"port":81}]}]}`),
 	}
 	for _, f := range []flow{{"x/b", "x/a", tcp80, true}, {"z/c", "x/a", tcp81, true}, {"z/c", "x/a", tcp80, false}, {"z/c", "x/c", tcp81, false}} {
 		if got := Allowed(w, pols, pod(w, f.from), pod(w, f.to), f.t); got != f.want {
