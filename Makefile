@@ -10,7 +10,7 @@ export PATH := $(BIN):$(PATH)
 
 IMAGE ?= ghcr.io/tern-net/tern:$(VERSION)
 
-.PHONY: help build deps test test-unit lint bench tools image lab lab-down e2e
+.PHONY: help build deps test test-unit lint bench tools image lab lab-down e2e conformance e2e-suite
 .DEFAULT_GOAL := help
 
 help: ## list the targets
@@ -26,7 +26,7 @@ lab: deps build kube-env node-env image ## a real cluster on this machine (root)
 lab-down: ## stop the lab and remove everything it made
 	$(BIN)/tern-lab down
 
-e2e: deps build kube-env ## end-to-end tests on a lab (root), also part of make test
+e2e: deps build kube-env node-env e2e-suite ## end-to-end tests on a lab (root), also part of make test
 	$(GO) test -count=1 -v -timeout 20m ./e2e/...
 
 build: ## build bin/tern-agent, bin/tern-cni, bin/ternctl, bin/tern-lab
@@ -39,7 +39,7 @@ deps: ## install the Debian packages the tests need (root; quiet when present)
 tools: ## install cnitool into bin/ from the Go module proxy
 	@test -x $(BIN)/cnitool || GOBIN=$(BIN) $(GO) install github.com/containernetworking/cni/cnitool@$(CNITOOL_VERSION)
 
-test: deps build tools kube-env node-env ## run every test this machine can run (as root: the network-namespace tests too)
+test: deps build tools kube-env node-env e2e-suite ## run every test this machine can run (as root: the network-namespace tests too)
 	@# One package at a time: several start a control plane of their own and
 	@# time-sensitive BGP sessions; side by side on two cores they starve each other.
 	$(GO) test -count=1 -p 1 -timeout 25m ./...
@@ -48,6 +48,20 @@ test: deps build tools kube-env node-env ## run every test this machine can run 
 .PHONY: kube-env node-env
 kube-env: ## builds the test control plane into the cache
 	bash hack/kube-env.sh build
+
+e2e-suite: ## builds Kubernetes' e2e suite (e2e.test) and the ginkgo CLI into the cache
+	bash hack/kube-env.sh build e2e
+
+# make conformance: a lab of real nodes (4 nodes, 2 racks behind BIRD and
+# FRR), then Kubernetes' [sig-network] Netpol suite and sig-network's
+# [Conformance] specs, three runs each, and 100 generated policy cases.
+CONFORMANCE_RUNS ?= 3
+NETPOL_CASES ?= 100
+conformance: deps build kube-env node-env e2e-suite ## Kubernetes' own network e2e suites on a real-node lab (root), 3 runs; writes CONFORMANCE.md, JUnit in conformance-out/
+	TERN_CONFORMANCE_SUITES=netpol,sig-network-conformance TERN_CONFORMANCE_RUNS=$(CONFORMANCE_RUNS) \
+	TERN_CONFORMANCE_REPORT=$(CURDIR)/CONFORMANCE.md TERN_CONFORMANCE_OUT=$(CURDIR)/conformance-out \
+	TERN_NETPOL_CASES=$(NETPOL_CASES) \
+	$(GO) test -count=1 -v -timeout 170m -run '^(TestGeneratedPolicies|TestUpstreamSuites)$$' ./e2e
 
 node-env: ## builds a real node's parts (kubelet, kube-proxy, containerd, runc, images) into the cache
 	bash hack/node-env.sh build

@@ -114,7 +114,11 @@ func describe(s State) string {
 				}
 			}
 			kind := map[string]string{RouterBIRD: "BIRD", RouterFRR: "FRR"}[r.Kind]
-			rs = append(rs, fmt.Sprintf("rack %d (%d nodes) behind %s (AS %d)", r.Rack, n, kind, r.AS))
+			nodes := "nodes"
+			if n == 1 {
+				nodes = "node"
+			}
+			rs = append(rs, fmt.Sprintf("rack %d (%d %s) behind %s (AS %d)", r.Rack, n, nodes, kind, r.AS))
 		}
 		fmt.Fprintf(&b, " in %s; the routers peer on a spine, so traffic between racks crosses both.", strings.Join(rs, " and "))
 	}

@@ -142,3 +142,27 @@ func TestParseTarget(t *testing.T) {
 		}
 	}
 }
+
+// The conformance report says what the lab was: every rack with its router
+// and node count.
+func TestDescribe(t *testing.T) {
+	o := Options{Nodes: 4, Racks: 2, Router: RouterMixed, Real: true}
+	s := State{Config: Config{Options: o}}
+	for i := range 4 {
+		s.Nodes = append(s.Nodes, NodeState{Node: o.PlanNode(i+1, 0)})
+	}
+	for _, r := range o.Routers() {
+		s.Routers = append(s.Routers, RouterState{Router: r})
+	}
+	got := describe(s)
+	for _, want := range []string{"--nodes 4 --racks 2 --router mixed", "4 real nodes", "kube-proxy in iptables mode",
+		"rack 1 (2 nodes) behind BIRD", "rack 2 (2 nodes) behind FRR"} {
+		if !strings.Contains(got, want) {
+			t.Errorf("describe: %q lacks %q", got, want)
+		}
+	}
+	s.Routers, s.Config.Router = nil, RouterNone
+	if got := describe(s); !strings.Contains(got, "node-to-node BGP mesh") {
+		t.Errorf("describe without routers: %q", got)
+	}
+}
