@@ -27,7 +27,7 @@ lab-down: ## stop the lab and remove everything it made
 	$(BIN)/tern-lab down
 
 e2e: deps build kube-env node-env e2e-suite ## end-to-end tests on a lab (root), also part of make test
-	$(GO) test -count=1 -v -timeout 20m ./e2e/...
+	$(GO) test -count=1 -v -timeout 40m ./e2e/...
 
 build: ## build bin/tern-agent, bin/tern-cni, bin/ternctl, bin/tern-lab
 	@mkdir -p $(BIN)
@@ -42,7 +42,7 @@ tools: ## install cnitool into bin/ from the Go module proxy
 test: deps build tools kube-env node-env e2e-suite ## run every test this machine can run (as root: the network-namespace tests too)
 	@# One package at a time: several start a control plane of their own and
 	@# time-sensitive BGP sessions; side by side on two cores they starve each other.
-	$(GO) test -count=1 -p 1 -timeout 25m ./...
+	$(GO) test -count=1 -p 1 -timeout 40m ./...
 	cd hack/ocibuild && GOWORK=off $(GO) test -count=1 ./...
 
 .PHONY: kube-env node-env

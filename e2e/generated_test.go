@@ -116,7 +116,7 @@ func relabel(t *testing.T, w netpolgen.World, l netpolgen.LabelChange, undo bool
 	}
 	arg := l.Key + "=" + l.Value
 	switch {
-	case undo && before[l.Key] != "":
+	case undo && hadKey(before, l.Key):
 		arg = l.Key + "=" + before[l.Key]
 	case undo || l.Remove:
 		arg = l.Key + "-"
@@ -130,6 +130,11 @@ func relabel(t *testing.T, w netpolgen.World, l netpolgen.LabelChange, undo bool
 		return
 	}
 	kubectl(t, "", args...)
+}
+
+func hadKey(m map[string]string, k string) bool {
+	_, ok := m[k]
+	return ok
 }
 
 // fixtureWorld reads the fixture's namespaces and pods from the API server

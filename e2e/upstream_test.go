@@ -2,8 +2,9 @@ package e2e
 
 import (
 	"context"
+	"fmt"
 	"os"
-	"strconv"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -44,66 +45,58 @@ func TestUpstreamSuites(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	o, rep, err := lab.Conformance(ctx(t), state(t), out, 2)
+	// Each run is bounded by ginkgo's --timeout, all of them by the test
+	// binary's deadline, less what ginkgo needs to stop and write its
+	// report (ctx(t) is minutes, for one call to the lab).
+	runCtx, cancel := context.Background(), func() {}
+	if d, ok := t.Deadline(); ok {
+		runCtx, cancel = context.WithDeadline(runCtx, d.Add(-4*time.Minute))
+	}
+	defer cancel()
+	o, rep, err := lab.Conformance(runCtx, state(t), out, 2)
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Each run is bounded by ginkgo's --timeout, all of them by the test
-	// binary's deadline (ctx(t) is minutes: for one lab call).
 	o.Timeout = 40 * time.Minute
-	runCtx, cancel := context.Background(), func() {}
-	if d, ok := t.Deadline(); ok {
-		runCtx, cancel = context.WithDeadline(runCtx, d.Add(-time.Minute))
-	}
-	defer cancel()
 	rep.Command = "make conformance"
-	for i := 1; i <= runs; i++ {
-		for _, s := range suites {
-			ro := o
-			ro.OutDir = out + "/run" + strconv.Itoa(i)
-			res, err := conformance.Run(runCtx, s, ro)
-			if err != nil {
-				t.Fatalf("%s, run %d: %v\n%s", s.Title, i, err, logTail(ro.OutDir, s))
-			}
-			rep.Runs = append(rep.Runs, res)
-			t.Logf("%s, run %d: %s", s.Title, i, res.Summary())
-			if !res.OK() {
-				for _, sp := range append(res.Setup, res.Specs...) {
-					if sp.State != conformance.Passed && sp.State != conformance.Skipped {
-						t.Errorf("%s, run %d: %s: %s\n    %s", s.Title, i, sp.State, sp.Name, sp.Message)
-					}
-				}
-				t.Logf("ginkgo's output: %s\n%s", ro.OutDir, logTail(ro.OutDir, s))
-			}
-		}
-	}
-	if reportPath != "" {
+	runErr := conformance.RunAll(runCtx, suites, runs, o, &rep, func(line string) { t.Log(line) })
+	if reportPath != "" && len(rep.Runs) > 0 {
 		rep.Generated = time.Now()
 		if generated != "" {
 			rep.Notes = append(rep.Notes, "Besides the suites: "+generated+", each checked against a reference model of the API (internal/netpolgen).")
 		}
-		f, err := os.Create(reportPath)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer f.Close()
-		if err := rep.Markdown(f); err != nil {
-			t.Fatal(err)
+		if err := rep.Write(reportPath); err != nil {
+			t.Error(err)
 		}
 		t.Logf("report in %s, JUnit and logs in %s", reportPath, out)
 	}
+	if runErr != nil {
+		t.Fatalf("%v\n%s", runErr, logTails(out))
+	}
+	for _, r := range rep.Runs {
+		if !r.OK() {
+			t.Errorf("%s: not every spec passed (see above); ginkgo's output is in %s\n%s", r.Suite.Title, out, logTails(out))
+			break
+		}
+	}
 }
 
-// logTail is the end of ginkgo's output of a run, where its summary of
-// failures is.
-func logTail(dir string, s conformance.Suite) string {
-	b, err := os.ReadFile(dir + "/ginkgo-" + s.Name + ".log")
-	if err != nil {
-		return err.Error()
+// logTails are the ends of ginkgo's outputs under dir, where its summary
+// of failures is.
+func logTails(dir string) string {
+	logs, _ := filepath.Glob(filepath.Join(dir, "run*", "ginkgo-*.log"))
+	var b strings.Builder
+	for _, l := range logs {
+		data, err := os.ReadFile(l)
+		if err != nil {
+			b.WriteString(err.Error() + "\n")
+			continue
+		}
+		const n = 6000
+		if len(data) > n {
+			data = data[len(data)-n:]
+		}
+		fmt.Fprintf(&b, "== %s (end)\n%s\n", l, data)
 	}
-	const n = 12000
-	if len(b) > n {
-		b = b[len(b)-n:]
-	}
-	return string(b)
+	return b.String()
 }

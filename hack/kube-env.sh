@@ -79,8 +79,8 @@ have_binaries() {
 
 # ---------------------------------------------------------------- build
 
-# cmd_build [node]: builds the control plane's binaries (or with `node`, the
-# node's) that the cache does not have yet.
+# cmd_build [node|e2e]: builds the control plane's binaries (or with `node`,
+# the node's; with `e2e`, the e2e suite's) that the cache does not have yet.
 cmd_build() {
   local -a want=("${BINARIES[@]}")
   case ${1:-} in

@@ -6,7 +6,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"os"
 	"path/filepath"
 	"strings"
 	"time"
@@ -55,39 +54,17 @@ func runConformance(ctx context.Context, c *lab.Client, args []string, out io.Wr
 		return err
 	}
 	o.Timeout = *timeout
-	rep.Command = "make conformance"
-	for i := 1; i <= *runs; i++ {
-		for _, s := range selected {
-			fmt.Fprintf(out, "== %s, run %d of %d (%d processes), output in %s\n", s.Title, i, *runs, *procs, abs)
-			ro := o
-			ro.OutDir = filepath.Join(abs, fmt.Sprintf("run%d", i))
-			res, err := conformance.Run(ctx, s, ro)
-			if err != nil {
-				return err
-			}
-			rep.Runs = append(rep.Runs, res)
-			fmt.Fprintf(out, "   %s\n", res.Summary())
-			for _, sp := range append(res.Setup, res.Specs...) {
-				if sp.State != conformance.Passed && sp.State != conformance.Skipped {
-					fmt.Fprintf(out, "   %s: %s\n     %s\n", strings.ToUpper(sp.State), sp.Name, sp.Message)
-				}
-			}
-		}
-	}
+	rep.Command = "tern-lab conformance " + strings.Join(args, " ")
+	runErr := conformance.RunAll(ctx, selected, *runs, o, &rep, func(line string) { fmt.Fprintln(out, line) })
 	rep.Generated = time.Now()
-	if *report != "" {
-		f, err := os.Create(*report)
-		if err != nil {
-			return err
-		}
-		if err := rep.Markdown(f); err != nil {
-			f.Close()
-			return err
-		}
-		if err := f.Close(); err != nil {
+	if *report != "" && len(rep.Runs) > 0 {
+		if err := rep.Write(*report); err != nil {
 			return err
 		}
 		fmt.Fprintf(out, "summary in %s\n", *report)
+	}
+	if runErr != nil {
+		return runErr
 	}
 	if !rep.OK() {
 		return errors.New("conformance: not every selected spec passed")

@@ -39,7 +39,7 @@ usage:
   tern-lab node add [--rack R]     add a node
   tern-lab node remove NODE        remove a node (its agent withdraws its routes first)
   tern-lab demo                    pods in two namespaces, their connectivity matrix, BGP status
-  tern-lab conformance [--suite netpol,sig-network-conformance] [--runs N] [--procs P] [--out DIR] [--report FILE]
+  tern-lab conformance [--suite netpol,sig-network-conformance] [--runs N] [--procs P] [--out DIR] [--report FILE] [--timeout D]
                                    Kubernetes' own e2e suites on this lab (real nodes): JUnit in DIR,
                                    a summary in FILE (make conformance writes CONFORMANCE.md)
   tern-lab serve [PORT/PROTO...]   what the lab's pods run (image ` + lab.ServerImage + `): on each port

@@ -91,13 +91,13 @@ func (r Report) Markdown(w io.Writer) error {
 	for _, x := range r.Runs {
 		runNo[x.Suite.Name]++
 		for _, s := range append(append([]Spec{}, x.Setup...), x.Specs...) {
-			if s.State == Failed || s.State == NotRun {
+			if s.State == Failed || s.State == NotRun || s.State == SkippedAtRun {
 				fmt.Fprintf(&fails, "| %s | %d | %s | %s |\n", cell(x.Suite.Title), runNo[x.Suite.Name], cell(s.Name), cell(s.Message))
 			}
 		}
 	}
 	if fails.Len() > 0 {
-		b.WriteString("\n## Failures\n\n| Suite | Run | Spec | Message |\n|---|---|---|---|\n")
+		b.WriteString("\n## Failures (and specs that skipped themselves)\n\n| Suite | Run | Spec | Message |\n|---|---|---|---|\n")
 		b.WriteString(fails.String())
 	}
 

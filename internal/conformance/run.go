@@ -133,5 +133,51 @@ func Run(ctx context.Context, s Suite, o Options) (Result, error) {
 	if len(res.Specs) == 0 {
 		return res, fmt.Errorf("%s: no spec of %s in the report (output in %s)", junit, s.Title, logf.Name())
 	}
+	if runErr != nil && res.OK() {
+		// ginkgo failed although every spec in the report passed: a
+		// parallel process died and its spec is missing from the report.
+		res.Setup = append(res.Setup, Spec{Name: "ginkgo", State: Failed,
+			Message: fmt.Sprintf("ginkgo exited with %v although the report shows no failure (output in %s)", runErr, logf.Name())})
+	}
 	return res, nil
+}
+
+// RunAll runs each suite runs times in a row (all the suites, then all of
+// them again), appending each run's result to rep.Runs as it ends and
+// saying how it went to log, so that a report can be written whatever
+// happens. The error is the first run that could not be read (the runs
+// after it are not made); failed specs are in rep.
+func RunAll(ctx context.Context, suites []Suite, runs int, o Options, rep *Report, log func(string)) error {
+	for i := 1; i <= runs; i++ {
+		for _, s := range suites {
+			log(fmt.Sprintf("%s, run %d of %d (%d processes), output in %s", s.Title, i, runs, max(o.Procs, 1), o.OutDir))
+			ro := o
+			ro.OutDir = filepath.Join(o.OutDir, fmt.Sprintf("run%d", i))
+			res, err := Run(ctx, s, ro)
+			if err != nil {
+				return fmt.Errorf("%s, run %d: %w", s.Title, i, err)
+			}
+			rep.Runs = append(rep.Runs, res)
+			log(fmt.Sprintf("%s, run %d: %s", s.Title, i, res.Summary()))
+			for _, sp := range append(res.Setup, res.Specs...) {
+				if sp.State != Passed && sp.State != Skipped {
+					log(fmt.Sprintf("  %s: %s\n    %s", sp.State, sp.Name, sp.Message))
+				}
+			}
+		}
+	}
+	return nil
+}
+
+// Write writes the report's Markdown to path.
+func (r Report) Write(path string) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	if err := r.Markdown(f); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
 }

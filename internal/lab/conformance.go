@@ -33,16 +33,7 @@ func Conformance(ctx context.Context, s State, outDir string, procs int) (confor
 		return o, r, fmt.Errorf("the lab is %s, not ready", s.Phase)
 	}
 	hack := func(script string, args ...string) (string, error) {
-		cmd := exec.CommandContext(ctx, "bash", append([]string{filepath.Join(s.Config.Root, "hack", script)}, args...)...)
-		out, err := cmd.Output()
-		if err != nil {
-			var ee *exec.ExitError
-			if errors.As(err, &ee) {
-				err = fmt.Errorf("%w: %s", err, tail(string(ee.Stderr), 2000))
-			}
-			return "", fmt.Errorf("hack/%s %s: %w", script, strings.Join(args, " "), err)
-		}
-		return strings.TrimSpace(string(out)), nil
+		return hackScript(ctx, s.Config.Root, script, args...)
 	}
 	if _, err := hack("kube-env.sh", "build", "e2e"); err != nil {
 		return o, r, err
@@ -91,6 +82,21 @@ func Conformance(ctx context.Context, s State, outDir string, procs int) (confor
 	r.Versions = append(r.Versions, [2]string{"Go (tern-lab)", runtime.Version()})
 	r.Lab = describe(s)
 	return o, r, nil
+}
+
+// hackScript runs one of tern's hack/ scripts and returns its output,
+// trimmed; its error carries the end of the script's stderr.
+func hackScript(ctx context.Context, root, script string, args ...string) (string, error) {
+	cmd := exec.CommandContext(ctx, "bash", append([]string{filepath.Join(root, "hack", script)}, args...)...)
+	out, err := cmd.Output()
+	if err != nil {
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
+			err = fmt.Errorf("%w: %s", err, tail(string(ee.Stderr), 2000))
+		}
+		return "", fmt.Errorf("hack/%s %s: %w", script, strings.Join(args, " "), err)
+	}
+	return strings.TrimSpace(string(out)), nil
 }
 
 // describe says in words what the lab is.

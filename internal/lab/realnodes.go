@@ -74,15 +74,7 @@ func (d *daemon) findParts() (realParts, error) {
 		return p, err
 	}
 	nodeEnv := func(args ...string) (string, error) {
-		out, err := exec.Command("bash", append([]string{filepath.Join(d.cfg.Root, "hack", "node-env.sh")}, args...)...).Output()
-		if err != nil {
-			var ee *exec.ExitError
-			if errors.As(err, &ee) {
-				err = fmt.Errorf("%w: %s", err, tail(string(ee.Stderr), 2000))
-			}
-			return "", fmt.Errorf("hack/node-env.sh %s: %w", strings.Join(args, " "), err)
-		}
-		return strings.TrimSpace(string(out)), nil
+		return hackScript(context.Background(), d.cfg.Root, "node-env.sh", args...)
 	}
 	if _, err := nodeEnv("build"); err != nil {
 		return p, err
@@ -205,7 +197,7 @@ func (d *daemon) upReal(ctx context.Context) error {
 // fabric address (the kubernetes Service's endpoint), and reaches it from
 // the host through a forwarder on the host's loopback.
 func (d *daemon) startControlPlaneNS(ctx context.Context) error {
-	netns := d.cfg.Prefix + "-cp"
+	netns := ControlPlaneNetNS(d.cfg.Prefix)
 	if err := addNS(netns); err != nil {
 		return err
 	}

@@ -3,8 +3,10 @@ package netpolgen
 import (
 	"encoding/json"
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"net/netip"
+	"slices"
 	"sort"
 	"strings"
 
@@ -86,11 +88,10 @@ func (w World) Apply(changes []LabelChange) World {
 }
 
 func copyLabels(m map[string]string) map[string]string {
-	out := make(map[string]string, len(m))
-	for k, v := range m {
-		out[k] = v
+	if m == nil {
+		return map[string]string{}
 	}
-	return out
+	return maps.Clone(m)
 }
 
 func setLabel(m map[string]string, c LabelChange) {
@@ -117,7 +118,7 @@ func NewGenerator(seed uint64, w World) *Generator {
 		podLabels: map[string][]string{GenLabel: {"1", "2"}}, nsLabels: map[string][]string{GenLabel: {"1"}}}
 	collect := func(into map[string][]string, set map[string]string) {
 		for k, v := range set {
-			if !contains(into[k], v) {
+			if !slices.Contains(into[k], v) {
 				into[k] = append(into[k], v)
 			}
 		}
@@ -136,27 +137,9 @@ func NewGenerator(seed uint64, w World) *Generator {
 	return g
 }
 
-func contains(s []string, v string) bool {
-	for _, x := range s {
-		if x == v {
-			return true
-		}
-	}
-	return false
-}
-
 func (g *Generator) pick(s []string) string { return s[g.r.IntN(len(s))] }
 
 func (g *Generator) chance(p float64) bool { return g.r.Float64() < p }
-
-func keys(m map[string][]string) []string {
-	out := make([]string, 0, len(m))
-	for k := range m {
-		out = append(out, k)
-	}
-	sort.Strings(out)
-	return out
-}
 
 // Next is the next case: up to two label changes, then one to three
 // policies in the world's namespaces.
@@ -173,7 +156,7 @@ func (g *Generator) Next() Case {
 	if g.chance(0.2) {
 		// A pod loses a label it has.
 		p := g.w.Pods[g.r.IntN(len(g.w.Pods))]
-		for _, k := range sortedKeys(p.Labels) {
+		for _, k := range slices.Sorted(maps.Keys(p.Labels)) {
 			if k != "pod" { // the fixture's own key stays, for probes' sake
 				c.Labels = append(c.Labels, LabelChange{Pod: p.ID(), Key: k, Remove: true})
 				break
@@ -185,15 +168,6 @@ func (g *Generator) Next() Case {
 		c.Policies = append(c.Policies, g.policy(fmt.Sprintf("gen-%d", i)))
 	}
 	return c
-}
-
-func sortedKeys(m map[string]string) []string {
-	out := make([]string, 0, len(m))
-	for k := range m {
-		out = append(out, k)
-	}
-	sort.Strings(out)
-	return out
 }
 
 func (g *Generator) policy(name string) *networkingv1.NetworkPolicy {
@@ -242,7 +216,7 @@ func (g *Generator) selector(labelsOf map[string][]string, pEmpty float64) metav
 	if g.chance(pEmpty) {
 		return s
 	}
-	ks := keys(labelsOf)
+	ks := slices.Sorted(maps.Keys(labelsOf))
 	form := g.r.IntN(3)
 	if form != 1 {
 		k := g.pick(ks)
@@ -324,7 +298,7 @@ func (g *Generator) ipBlock() *networkingv1.IPBlock {
 				continue
 			}
 			e := netip.PrefixFrom(q.IP, eb).Masked().String()
-			if !contains(b.Except, e) {
+			if !slices.Contains(b.Except, e) {
 				b.Except = append(b.Except, e)
 			}
 		}
