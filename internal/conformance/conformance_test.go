@@ -13,7 +13,7 @@ const report = `<?xml version="1.0" encoding="UTF-8"?>
 <testsuites tests="7" disabled="4" errors="0" failures="1" time="93.2">
   <testsuite name="Kubernetes e2e suite" package="/" tests="7" disabled="0" skipped="4" errors="0" failures="1" time="93.2">
     <testcase name="[SynchronizedBeforeSuite]" classname="Kubernetes e2e suite" status="passed" time="1.1"></testcase>
-    <testcase name="[It] [sig-network] Netpol NetworkPolicy between server and client should support a &#39;default-deny-ingress&#39; policy [Feature:NetworkPolicy]" classname="Kubernetes e2e suite" status="passed" time="41.5"></testcase>
+    <testcase name="[It] [sig-network] Netpol NetworkPolicy between server and client should support a &#39;default-deny-ingress&#39; policy [Feature:NetworkPolicy] [sig-network, Feature:NetworkPolicy]" classname="Kubernetes e2e suite" status="passed" time="41.5"></testcase>
     <testcase name="[It] [sig-network] Netpol [Feature:SCTPConnectivity] should support a policy with SCTP" classname="Kubernetes e2e suite" status="skipped" time="0"><skipped message="skipped"></skipped></testcase>
     <testcase name="[It] [sig-network] Netpol NetworkPolicy between server and client should enforce egress policy allowing traffic to a server in a different namespace based on PodSelector and NamespaceSelector [Feature:NetworkPolicy]" classname="Kubernetes e2e suite" status="failed" time="50.6"><failure message="Validation of x/a -&gt; y/b FAILED&#xA;more" type="failed">stack</failure></testcase>
     <testcase name="[It] [sig-network] Netpol API should support creating NetworkPolicy API operations" classname="Kubernetes e2e suite" status="skipped" time="0.2"><skipped message="skipped - Requires at least 2 nodes"></skipped></testcase>
@@ -61,6 +61,20 @@ func TestParseJUnit(t *testing.T) {
 	}
 	if res.OK() {
 		t.Error("a run with a failed spec is OK")
+	}
+}
+
+func TestSpecText(t *testing.T) {
+	for in, want := range map[string]string{
+		"[It] [sig-network] Services should x [Conformance] [sig-network, Conformance]": "[sig-network] Services should x [Conformance]",
+		"[It] [sig-network] Netpol API should y [sig-network]":                          "[sig-network] Netpol API should y",
+		// A bracket at the end that is not the label list stays.
+		"[It] [sig-network] Netpol should z [Feature:NetworkPolicy]": "[sig-network] Netpol should z [Feature:NetworkPolicy]",
+		"[It] [sig-network] a [b]":                                   "[sig-network] a [b]",
+	} {
+		if got := specText(in); got != want {
+			t.Errorf("specText(%q) = %q, want %q", in, got, want)
+		}
 	}
 }
 

@@ -129,7 +129,7 @@ func ParseJUnit(r io.Reader, s Suite) (Result, error) {
 			if !in {
 				continue
 			}
-			name := strings.TrimPrefix(c.Name, "[It] ")
+			name := specText(c.Name)
 			if seen[name] {
 				return Result{}, fmt.Errorf("JUnit report: spec %q appears twice", name)
 			}
@@ -153,6 +153,25 @@ func ParseJUnit(r io.Reader, s Suite) (Result, error) {
 	}
 	sort.Slice(res.Specs, func(i, j int) bool { return res.Specs[i].Name < res.Specs[j].Name })
 	return res, nil
+}
+
+// specText is a test case's name as the spec's text: without ginkgo's
+// "[It] " and without the list of the spec's labels that ginkgo appends
+// (" [sig-network, Conformance]"), which Kubernetes' specs also carry as
+// tags in their text.
+func specText(name string) string {
+	name = strings.TrimPrefix(name, "[It] ")
+	i := strings.LastIndex(name, " [")
+	if i < 0 || !strings.HasSuffix(name, "]") {
+		return name
+	}
+	rest := name[:i]
+	for _, l := range strings.Split(name[i+2:len(name)-1], ", ") {
+		if !strings.Contains(rest, "["+l+"]") {
+			return name
+		}
+	}
+	return rest
 }
 
 func caseState(c junitCase) string {
