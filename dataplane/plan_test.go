@@ -443,4 +443,22 @@ func TestFilterImport(t *testing.T) {
 	if strings.Join(k, ",") != "10.244.6.0/24,10.96.0.0/12" || len(dropped) != 5 {
 		t.Fatalf("keep %v dropped %v", k, dropped)
 	}
+
+	// IPv6, from a ToR: another node's pod CIDR comes in; a default route,
+	// a foreign prefix, one wider than the cluster's range and the node's
+	// own CIDR do not.
+	r6 := func(p string) LearnedRoute {
+		return LearnedRoute{Dst: netip.MustParsePrefix(p), Gateways: []netip.Addr{netip.MustParseAddr("fd20:0:0:1::1")}}
+	}
+	keep, dropped = FilterImport([]LearnedRoute{
+		r6("fd10:244:0:6::/64"), r6("::/0"), r6("2001:db8::/32"), r6("fd10:244::/47"), r6("fd10:244:0:5::/64"),
+		r("10.244.6.0/24"),
+	}, prefixes("10.244.0.0/16", "fd10:244::/48"), prefixes("10.244.5.0/24", "fd10:244:0:5::/64"))
+	k = nil
+	for _, x := range keep {
+		k = append(k, x.Dst.String())
+	}
+	if strings.Join(k, ",") != "fd10:244:0:6::/64,10.244.6.0/24" || len(dropped) != 4 {
+		t.Fatalf("IPv6: keep %v dropped %v", k, dropped)
+	}
 }
