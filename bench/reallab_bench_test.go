@@ -18,6 +18,7 @@ import (
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
+	watchtools "k8s.io/client-go/tools/watch"
 
 	"github.com/tern-net/tern/internal/lab"
 	"github.com/tern-net/tern/internal/labtest"
@@ -141,7 +142,15 @@ func podStartup(b *testing.B, client kubernetes.Interface, st lab.State, ns stri
 			}}},
 		}
 	}
-	w, err := client.CoreV1().Pods(ns).Watch(ctx, metav1.ListOptions{})
+	// A watch that resumes where it was when the API server or the
+	// connection ends it: once, a plain watch ended during the 50 pods'
+	// start (load average near 100) and the round waited its 6 minutes
+	// with every pod Running.
+	list, err := client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	w, err := watchtools.NewRetryWatcherWithContext(ctx, list.ResourceVersion, podWatcher{client, ns})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -151,9 +160,16 @@ func podStartup(b *testing.B, client kubernetes.Interface, st lab.State, ns stri
 	var mu sync.Mutex
 	running := map[string]time.Time{}
 	var wrong []string
+	var watchErrs []string
 	watched := make(chan struct{}, 1)
 	go func() {
 		for ev := range w.ResultChan() {
+			if ev.Type == watch.Error {
+				mu.Lock()
+				watchErrs = append(watchErrs, fmt.Sprintf("%v", ev.Object))
+				mu.Unlock()
+				continue
+			}
 			p, ok := ev.Object.(*corev1.Pod)
 			if !ok || ev.Type == watch.Deleted || p.Status.Phase != corev1.PodRunning || p.Status.PodIP == "" {
 				continue
@@ -194,7 +210,10 @@ func podStartup(b *testing.B, client kubernetes.Interface, st lab.State, ns stri
 			select {
 			case <-watched:
 			case <-ctx.Done():
-				b.Fatalf("%s: %s: %d of %d pods Running with an address after 6 min\n%s", ns, what, n, len(names), podsReport(client, ns))
+				mu.Lock()
+				errs := strings.Join(watchErrs, "; ")
+				mu.Unlock()
+				b.Fatalf("%s: %s: %d of %d pods Running with an address after 6 min (watch errors: %q)\n%s", ns, what, n, len(names), errs, podsReport(client, ns))
 			}
 		}
 	}
@@ -239,7 +258,7 @@ func podStartup(b *testing.B, client kubernetes.Interface, st lab.State, ns stri
 	mu.Unlock()
 	slices.Sort(lat)
 	r := startup{p50: lat[len(lat)/2], p99: lat[(len(lat)*99+99)/100-1], max: lat[len(lat)-1], wall: wall, perNode: map[string]int{}}
-	list, err := client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: "bench=startup"})
+	list, err = client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: "bench=startup"})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -249,6 +268,16 @@ func podStartup(b *testing.B, client kubernetes.Interface, st lab.State, ns stri
 		}
 	}
 	return r
+}
+
+// podWatcher watches the pods of one namespace, for a RetryWatcher.
+type podWatcher struct {
+	client kubernetes.Interface
+	ns     string
+}
+
+func (p podWatcher) WatchWithContext(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+	return p.client.CoreV1().Pods(p.ns).Watch(ctx, o)
 }
 
 // podsReport tells what the pods of ns are waiting for: each pod's phase,
