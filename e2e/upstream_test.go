@@ -26,13 +26,9 @@ import (
 func TestUpstreamSuites(t *testing.T) {
 	suites := []conformance.Suite{conformance.Netpol, conformance.SigNetworkConformance}
 	if s := os.Getenv("TERN_CONFORMANCE_SUITES"); s != "" {
-		suites = nil
-		for _, n := range strings.Split(s, ",") {
-			su, ok := conformance.Suites[n]
-			if !ok {
-				t.Fatalf("TERN_CONFORMANCE_SUITES: no suite %q", n)
-			}
-			suites = append(suites, su)
+		var err error
+		if suites, err = conformance.ParseSuites(s); err != nil {
+			t.Fatalf("TERN_CONFORMANCE_SUITES: %v", err)
 		}
 	}
 	runs := envCount(t, "TERN_CONFORMANCE_RUNS", 1)

@@ -33,13 +33,9 @@ func runConformance(ctx context.Context, c *lab.Client, args []string, out io.Wr
 	if *runs < 1 || *procs < 1 {
 		return errors.New("conformance: --runs and --procs must be at least 1")
 	}
-	var selected []conformance.Suite
-	for _, n := range strings.Split(*suites, ",") {
-		s, ok := conformance.Suites[strings.TrimSpace(n)]
-		if !ok {
-			return fmt.Errorf("conformance: no suite %q; the suites are %s", n, strings.Join(suiteNames(), ", "))
-		}
-		selected = append(selected, s)
+	selected, err := conformance.ParseSuites(*suites)
+	if err != nil {
+		return fmt.Errorf("conformance: --suite: %w", err)
 	}
 	st, err := c.State(ctx)
 	if err != nil {

@@ -169,3 +169,13 @@ func TestMarkdown(t *testing.T) {
 		}
 	}
 }
+
+func TestParseSuites(t *testing.T) {
+	got, err := ParseSuites("netpol, sig-network-conformance")
+	if err != nil || len(got) != 2 || got[0].Name != Netpol.Name || got[1].Name != SigNetworkConformance.Name {
+		t.Fatalf("ParseSuites: %v, %v", got, err)
+	}
+	if _, err := ParseSuites("netpol,nope"); err == nil || !strings.Contains(err.Error(), `"nope"`) {
+		t.Fatalf("an unknown suite: %v", err)
+	}
+}

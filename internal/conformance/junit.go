@@ -114,6 +114,7 @@ func ParseJUnit(r io.Reader, s Suite) (Result, error) {
 		return Result{}, fmt.Errorf("JUnit report: %w", err)
 	}
 	res := Result{Suite: s}
+	selected := s.selector()
 	seen := map[string]bool{}
 	for _, ts := range doc.Suites {
 		for _, c := range ts.Cases {
@@ -125,7 +126,7 @@ func ParseJUnit(r io.Reader, s Suite) (Result, error) {
 				}
 				continue
 			}
-			in, reason := s.Selected(c.Name)
+			in, reason := selected(c.Name)
 			if !in {
 				continue
 			}

@@ -92,16 +92,42 @@ func (s Suite) SkipExpr() string {
 // "[It] " and the spec's full text) is in the suite's focus, and when a
 // skip leaves it out, that skip's reason.
 func (s Suite) Selected(name string) (in bool, skipReason string) {
-	text := strings.TrimPrefix(name, "[It] ")
-	if !regexp.MustCompile(s.Focus).MatchString(text) {
-		return false, ""
+	return s.selector()(name)
+}
+
+// selector compiles the suite's expressions once, for the thousands of
+// names of a report.
+func (s Suite) selector() func(name string) (bool, string) {
+	focus := regexp.MustCompile(s.Focus)
+	skips := make([]*regexp.Regexp, len(s.Skips))
+	for i, k := range s.Skips {
+		skips[i] = regexp.MustCompile(k.Pattern)
 	}
-	for _, k := range s.Skips {
-		if regexp.MustCompile(k.Pattern).MatchString(text) {
-			return true, k.Reason
+	return func(name string) (bool, string) {
+		text := strings.TrimPrefix(name, "[It] ")
+		if !focus.MatchString(text) {
+			return false, ""
 		}
+		for i, re := range skips {
+			if re.MatchString(text) {
+				return true, s.Skips[i].Reason
+			}
+		}
+		return true, ""
 	}
-	return true, ""
+}
+
+// ParseSuites are the suites named in a comma-separated list, in order.
+func ParseSuites(list string) ([]Suite, error) {
+	var out []Suite
+	for _, n := range strings.Split(list, ",") {
+		s, ok := Suites[strings.TrimSpace(n)]
+		if !ok {
+			return nil, fmt.Errorf("no suite %q; the suites are %s, %s", n, Netpol.Name, SigNetworkConformance.Name)
+		}
+		out = append(out, s)
+	}
+	return out, nil
 }
 
 // SkipReasons are the reasons of the suite's skips, in one line.
