@@ -154,13 +154,18 @@ func (sp *Speaker) apiPeer(p Peer) *api.Peer {
 	if gr {
 		out.GracefulRestart = &api.GracefulRestart{Enabled: true, RestartTime: uint32(p.GracefulRestart.Seconds())}
 	}
-	for _, f := range []*api.Family{familyV4, familyV6} {
-		as := &api.AfiSafi{Config: &api.AfiSafiConfig{Family: f, Enabled: true}}
-		if gr {
-			as.MpGracefulRestart = &api.MpGracefulRestart{Config: &api.MpGracefulRestartConfig{Enabled: true}}
-		}
-		out.AfiSafis = append(out.AfiSafis, as)
+	// One family per session, the family of the peer's address: its next
+	// hops are then always addresses of the session's own family
+	// (DESIGN.md, "BGP and address families").
+	f := familyV4
+	if p.Address.Is6() {
+		f = familyV6
 	}
+	as := &api.AfiSafi{Config: &api.AfiSafiConfig{Family: f, Enabled: true}}
+	if gr {
+		as.MpGracefulRestart = &api.MpGracefulRestart{Config: &api.MpGracefulRestartConfig{Enabled: true}}
+	}
+	out.AfiSafis = append(out.AfiSafis, as)
 	return out
 }
 

@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"syscall"
 	"testing"
@@ -143,6 +144,24 @@ func newLab(t *testing.T, nodeAddr, routerAddr string) *lab {
 	l.must(l.router, "ip", "addr", "add", routerAddr, "dev", "rt0")
 	l.must(l.router, "ip", "link", "set", "rt0", "up")
 	return l
+}
+
+// secondRouter adds a second router namespace, linked to the node by nd1
+// (nodeAddr) and tr0 (routerAddr).
+func (l *lab) secondRouter(nodeAddr, routerAddr string) ns.NetNS {
+	l.t.Helper()
+	r, err := testutils.NewNS()
+	if err != nil {
+		l.t.Fatal(err)
+	}
+	l.t.Cleanup(func() { r.Close(); _ = testutils.UnmountNS(r) })
+	l.must(r, "ip", "link", "set", "lo", "up")
+	l.must(l.node, "ip", "link", "add", "nd1", "type", "veth", "peer", "name", "tr0", "netns", filepath.Base(r.Path()))
+	l.must(l.node, "ip", "addr", "add", nodeAddr, "dev", "nd1", "nodad")
+	l.must(l.node, "ip", "link", "set", "nd1", "up")
+	l.must(r, "ip", "addr", "add", routerAddr, "dev", "tr0", "nodad")
+	l.must(r, "ip", "link", "set", "tr0", "up")
+	return r
 }
 
 func (l *lab) cmd(netns ns.NetNS, name string, args ...string) *exec.Cmd {
@@ -288,18 +307,7 @@ protocol bgp node {
 func TestSpeakerECMPWithBIRDAndFRR(t *testing.T) {
 	nodetest.RequirePath(t, "/usr/sbin/bird", "BIRD 2 (Debian package bird2)")
 	l := newLab(t, "10.210.0.1/30", "10.210.0.2/30")
-	// A second link from the node to a second router namespace.
-	frrNS, err := testutils.NewNS()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { frrNS.Close(); _ = testutils.UnmountNS(frrNS) })
-	l.must(frrNS, "ip", "link", "set", "lo", "up")
-	l.must(l.node, "ip", "link", "add", "nd1", "type", "veth", "peer", "name", "tr0", "netns", filepath.Base(frrNS.Path()))
-	l.must(l.node, "ip", "addr", "add", "10.211.0.1/30", "dev", "nd1")
-	l.must(l.node, "ip", "link", "set", "nd1", "up")
-	l.must(frrNS, "ip", "addr", "add", "10.211.0.2/30", "dev", "tr0")
-	l.must(frrNS, "ip", "link", "set", "tr0", "up")
+	frrNS := l.secondRouter("10.211.0.1/30", "10.211.0.2/30")
 
 	bird := routertest.StartBIRD(t, l.router, `router id 10.210.0.2;
 protocol device { scan time 1; }
@@ -362,4 +370,132 @@ router bgp 65002
 		out, _ := l.cmd(l.node, "ip", "route", "show", "10.244.8.0/24").CombinedOutput()
 		return strings.Contains(string(out), "10.244.8.0/24 via 10.211.0.2 dev nd1 proto 96")
 	})
+}
+
+// IPv6, a session per family: the node peers with BIRD over IPv4 and IPv6
+// and with FRR over IPv6. The IPv6 pod CIDR that both routers announce is
+// installed as one ECMP route through their global addresses (FRR sends a
+// link-local next hop beside the global one); the routers' IPv6 default
+// route, a prefix outside the cluster and their connected subnets are not
+// installed; no IPv6 route comes over the IPv4 session; both routers learn
+// the node's IPv6 pod CIDR with its IPv6 address as next hop.
+func TestSpeakerIPv6WithBIRDAndFRR(t *testing.T) {
+	nodetest.RequirePath(t, "/usr/sbin/bird", "BIRD 2 (Debian package bird2)")
+	l := newLab(t, "10.210.0.1/30", "10.210.0.2/30")
+	l.must(l.node, "ip", "addr", "add", "fd74:6572:6e31::1/64", "dev", "nd0", "nodad")
+	l.must(l.router, "ip", "addr", "add", "fd74:6572:6e31::2/64", "dev", "rt0", "nodad")
+	frrNS := l.secondRouter("fd74:6572:6e32::1/64", "fd74:6572:6e32::2/64")
+
+	bird := routertest.StartBIRD(t, l.router, `router id 10.210.0.2;
+protocol device { scan time 1; }
+protocol direct { ipv6; interface "rt0"; }
+protocol static pods4 { ipv4; route 10.244.8.0/24 blackhole; }
+protocol static pods6 { ipv6; route fd74:6572:6e44:8::/64 blackhole; route ::/0 blackhole; route fd74:6572:6e99::/48 blackhole; }
+protocol bgp node4 {
+  local 10.210.0.2 as 65001;
+  neighbor 10.210.0.1 as 64512;
+  connect retry time 1;
+  error wait time 1, 5;
+  ipv4 { import all; export all; };
+  ipv6 { import all; export all; };
+}
+protocol bgp node6 {
+  local fd74:6572:6e31::2 as 65001;
+  neighbor fd74:6572:6e31::1 as 64512;
+  connect retry time 1;
+  error wait time 1, 5;
+  ipv6 { import all; export all; };
+}
+`)
+	frr := routertest.StartFRR(t, frrNS, `frr defaults traditional
+hostname tor2
+log stdout informational
+ipv6 route fd74:6572:6e44:8::/64 blackhole
+router bgp 65002
+ bgp router-id 10.211.0.2
+ no bgp ebgp-requires-policy
+ no bgp network import-check
+ neighbor fd74:6572:6e32::1 remote-as 64512
+ neighbor fd74:6572:6e32::1 timers connect 1
+ address-family ipv6 unicast
+  neighbor fd74:6572:6e32::1 activate
+  network fd74:6572:6e44:8::/64
+  redistribute connected
+ exit-address-family
+`)
+	l.routerLog = func() string { return bird.Log() + frr.Log() }
+
+	l.startNode(helperConfig{
+		Global: Global{ASN: 64512, RouterID: netip.MustParseAddr("10.210.0.1"), ListenPort: 179},
+		Desired: Desired{
+			Peers: []Peer{
+				{Address: netip.MustParseAddr("10.210.0.2"), ASN: 65001, Kind: "peer"},
+				{Address: netip.MustParseAddr("fd74:6572:6e31::2"), ASN: 65001, Kind: "peer"},
+				{Address: netip.MustParseAddr("fd74:6572:6e32::2"), ASN: 65002, Kind: "peer"},
+			},
+			Announcements: []Announcement{
+				{Prefix: netip.MustParsePrefix("10.244.5.0/24"), NextHop: netip.MustParseAddr("10.210.0.1")},
+				{Prefix: netip.MustParsePrefix("fd74:6572:6e44:5::/64"), NextHop: netip.MustParseAddr("fd74:6572:6e31::1")},
+			},
+		},
+		Allowed: []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16"), netip.MustParsePrefix("fd74:6572:6e44::/56")},
+		Local:   []netip.Prefix{netip.MustParsePrefix("10.244.5.0/24"), netip.MustParsePrefix("fd74:6572:6e44:5::/64")},
+	})
+	l.eventually("three sessions established", 20*time.Second, func() bool {
+		st := l.status()
+		up := 0
+		for _, p := range st.Peers {
+			if p.State == "Established" {
+				up++
+			}
+		}
+		return up == 3
+	})
+	route6 := func(dst string) string {
+		out, _ := l.cmd(l.node, "ip", "-6", "route", "show", dst).CombinedOutput()
+		return string(out)
+	}
+	l.eventually("one IPv6 ECMP route through both routers' global addresses", 10*time.Second, func() bool {
+		s := route6("fd74:6572:6e44:8::/64")
+		return strings.Contains(s, "proto 96") && strings.Contains(s, "nexthop via fd74:6572:6e31::2 dev nd0") &&
+			strings.Contains(s, "nexthop via fd74:6572:6e32::2 dev nd1")
+	})
+	l.eventually("the IPv4 route over the IPv4 session", 10*time.Second, func() bool {
+		out, _ := l.cmd(l.node, "ip", "route", "show", "10.244.8.0/24").CombinedOutput()
+		return strings.Contains(string(out), "10.244.8.0/24 via 10.210.0.2 dev nd0 proto 96")
+	})
+	for _, r := range l.status().Routes {
+		for _, nh := range r.NextHops {
+			if nh.Is4() != r.Prefix.Addr().Is4() || nh.Is4In6() || nh.IsLinkLocalUnicast() {
+				t.Errorf("route %s learned with next hop %s: not a global address of its own family", r.Prefix, nh)
+			}
+		}
+	}
+	if out, _ := l.cmd(l.node, "ip", "-6", "route", "show", "proto", "96").CombinedOutput(); strings.Contains(string(out), "default") ||
+		strings.Contains(string(out), "fd74:6572:6e99::") || strings.Contains(string(out), "fd74:6572:6e31::/64") || strings.Contains(string(out), "fd74:6572:6e32::/64") {
+		t.Fatalf("a default route, a foreign prefix or a connected subnet was installed:\n%s", out)
+	}
+	l.eventually("BIRD learns the IPv6 pod CIDR over the IPv6 session only", 10*time.Second, func() bool {
+		r := bird.Birdc("show", "route", "for", "fd74:6572:6e44:5::/64", "all")
+		return strings.Contains(r, "node6") && !strings.Contains(r, "node4")
+	})
+	l.eventually("FRR learns the IPv6 pod CIDR with the next hop announced", 10*time.Second, func() bool {
+		return strings.Contains(frr.Vtysh("show bgp ipv6 unicast fd74:6572:6e44:5::/64"), "fd74:6572:6e31::1")
+	})
+	// The IPv4 session: tern offers IPv4 unicast alone, so BIRD's IPv6
+	// channel on it stays down.
+	p := bird.Birdc("show", "protocols", "all", "node4")
+	_, nb, _ := strings.Cut(p, "Neighbor capabilities")
+	if af, _, _ := strings.Cut(nb, "\n      Route refresh"); !strings.HasSuffix(strings.TrimSpace(af), "AF announced: ipv4") ||
+		!regexp.MustCompile(`Channel ipv6\s+State:\s+DOWN`).MatchString(p) {
+		t.Fatalf("the IPv4 session offers another family than IPv4:\n%s", p)
+	}
+	// BIRD goes: the IPv6 route narrows to FRR, the IPv4 one goes.
+	bird.Birdc("disable", "node6")
+	l.eventually("the IPv6 route narrows to FRR", 10*time.Second, func() bool {
+		return strings.Contains(route6("fd74:6572:6e44:8::/64"), "fd74:6572:6e44:8::/64 via fd74:6572:6e32::2 dev nd1 proto 96")
+	})
+	if strings.Contains(l.log("speaker.log"), "level=ERROR") {
+		t.Fatalf("speaker errors:\n%s", l.log("speaker.log"))
+	}
 }

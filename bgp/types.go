@@ -14,7 +14,7 @@ import (
 // Global is the speaker's own identity.
 type Global struct {
 	ASN         uint32
-	RouterID    netip.Addr // IPv4, usually the node's address
+	RouterID    netip.Addr // IPv4-formatted: the node's IPv4 address, or NodeInfo.ID
 	ListenPort  int32      // 179; -1: do not listen
 	ListenAddrs []netip.Addr
 	// GracefulRestart is announced to peers (0: off).
@@ -76,9 +76,11 @@ type LargeCommunity struct{ Global, Local1, Local2 uint32 }
 type Desired struct {
 	Peers         []Peer
 	Announcements []Announcement
-	// Unannounced are pod CIDRs the plan cannot announce: of the other
-	// address family than the node's address (no next hop for them yet).
+	// Unannounced are pod CIDRs the plan cannot announce: the node has no
+	// address of their family to be their next hop.
 	Unannounced []netip.Prefix
+	// Warnings are what the plan left out or found wrong, for the log.
+	Warnings []string
 }
 
 // Route is a learned best path: a prefix and its next hops (several when

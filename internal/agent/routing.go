@@ -26,6 +26,7 @@ type routing struct {
 	downSince    map[string]time.Time
 	warned       map[string]bool
 	warnedFamily bool
+	warnedPlan   map[string]bool // the plan's warnings of the last pass, logged once each
 	// leaving: since when the speaker's routes are withdrawn for a node gone
 	// from the API; its sessions close leaveDelay later, in another pass.
 	leaving time.Time
@@ -95,7 +96,17 @@ func (a *Agent) syncBGP(ctx context.Context) error {
 	}
 	if len(d.Unannounced) > 0 && !r.warnedFamily {
 		r.warnedFamily = true
-		a.log.Warn("pod CIDRs not announced: the node's BGP address is of the other family", "cidrs", d.Unannounced, "address", g.RouterID)
+		a.log.Warn("pod CIDRs not announced: the node has no address of their family (InternalIP, or the tern.io/address annotation)",
+			"cidrs", d.Unannounced, "ipv4", local.IPv4, "ipv6", local.IPv6)
+	}
+	for _, w := range d.Warnings {
+		if !r.warnedPlan[w] {
+			a.log.Warn("BGP: " + w)
+		}
+	}
+	r.warnedPlan = map[string]bool{}
+	for _, w := range d.Warnings {
+		r.warnedPlan[w] = true
 	}
 	routes, err := r.speaker.Routes(ctx)
 	if err != nil {

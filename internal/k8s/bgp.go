@@ -32,6 +32,9 @@ var ErrSecretsNotSynced = errors.New("waiting for the Secrets of BGP passwords")
 const (
 	ASNumberAnnotation       = "tern.io/as-number"
 	RouteReflectorAnnotation = "tern.io/route-reflector-cluster-id"
+	// RouterIDAnnotation sets the node's BGP router ID; without it, the
+	// node's IPv4 address, or on an IPv6-only node one derived from its name.
+	RouterIDAnnotation = "tern.io/router-id"
 )
 
 // bgpConfigurationSpec is the spec of tern.io/v1alpha1 BGPConfiguration.
@@ -150,7 +153,14 @@ func (w *Watcher) BGPInput() (nodes []bgp.NodeInfo, cfg bgp.Config, peers []bgp.
 
 // BGPNode is a node as the BGP plan sees it.
 func BGPNode(n Node) (bgp.NodeInfo, error) {
-	out := bgp.NodeInfo{Name: n.Name, Address: n.Address, PodCIDRs: n.PodCIDRs, Labels: n.Labels}
+	out := bgp.NodeInfo{Name: n.Name, IPv4: n.IPv4, IPv6: n.IPv6, PodCIDRs: n.PodCIDRs, Labels: n.Labels}
+	if v, ok := n.Annotations[RouterIDAnnotation]; ok {
+		id, err := netip.ParseAddr(v)
+		if err != nil || !id.Is4() || id.IsUnspecified() {
+			return out, fmt.Errorf("node %s: annotation %s=%q is not a router ID (a non-zero 32-bit ID written as an IPv4 address, such as 10.0.0.1)", n.Name, RouterIDAnnotation, v)
+		}
+		out.RouterID = id
+	}
 	if v, ok := n.Annotations[ASNumberAnnotation]; ok {
 		asn, err := strconv.ParseUint(v, 10, 32)
 		if err != nil || asn == 0 {

@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"slices"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -34,15 +35,19 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 )
 
-// AddressAnnotation on a Node overrides the address tern uses for it (by
-// default its InternalIP).
+// AddressAnnotation on a Node overrides the addresses tern uses for it (by
+// default its first InternalIP of each family): one address, or an IPv4 and
+// an IPv6 address separated by a comma. A family the annotation does not
+// name keeps the InternalIP of that family.
 const AddressAnnotation = "tern.io/address"
 
 // Node is what the agent needs of a Node object.
 type Node struct {
-	Name        string
-	PodCIDRs    []netip.Prefix
-	Address     netip.Addr // InternalIP, or AddressAnnotation
+	Name     string
+	PodCIDRs []netip.Prefix
+	// IPv4 and IPv6 are the node's addresses (AddressAnnotation, else the
+	// first InternalIP of each family); either may be unset.
+	IPv4, IPv6  netip.Addr
 	Labels      map[string]string
 	Annotations map[string]string
 	// NetworkAvailable: the node's NetworkUnavailable condition is False.
@@ -377,23 +382,42 @@ func NodeFromAPI(n *corev1.Node) (Node, error) {
 		}
 		out.PodCIDRs = append(out.PodCIDRs, p.Masked())
 	}
-	if a, ok := n.Annotations[AddressAnnotation]; ok {
-		ip, err := netip.ParseAddr(a)
-		if err != nil {
-			return out, fmt.Errorf("node %s: annotation %s=%q is not an IP address", n.Name, AddressAnnotation, a)
-		}
-		out.Address = ip
-		return out, nil
-	}
 	for _, a := range n.Status.Addresses {
-		if a.Type == corev1.NodeInternalIP {
-			if ip, err := netip.ParseAddr(a.Address); err == nil {
-				out.Address = ip
-				break
+		if a.Type != corev1.NodeInternalIP {
+			continue
+		}
+		if ip, err := netip.ParseAddr(a.Address); err == nil {
+			setAddr(&out, ip.Unmap(), false)
+		}
+	}
+	if a, ok := n.Annotations[AddressAnnotation]; ok {
+		var seen4, seen6 bool
+		for _, f := range strings.Split(a, ",") {
+			ip, err := netip.ParseAddr(strings.TrimSpace(f))
+			if err != nil || ip.Zone() != "" {
+				return out, fmt.Errorf("node %s: annotation %s=%q: %q is not an IP address (want one address, or an IPv4 and an IPv6 address separated by a comma)", n.Name, AddressAnnotation, a, f)
 			}
+			ip = ip.Unmap()
+			if (ip.Is4() && seen4) || (ip.Is6() && seen6) {
+				return out, fmt.Errorf("node %s: annotation %s=%q: two addresses of one family (want at most one IPv4 and one IPv6 address)", n.Name, AddressAnnotation, a)
+			}
+			seen4, seen6 = seen4 || ip.Is4(), seen6 || ip.Is6()
+			setAddr(&out, ip, true)
 		}
 	}
 	return out, nil
+}
+
+// setAddr sets the node's address of ip's family: the first one, or any
+// with override.
+func setAddr(n *Node, ip netip.Addr, override bool) {
+	dst := &n.IPv4
+	if ip.Is6() {
+		dst = &n.IPv6
+	}
+	if override || !dst.IsValid() {
+		*dst = ip
+	}
 }
 
 // indexNode indexes pods by spec.nodeName.

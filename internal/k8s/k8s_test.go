@@ -30,22 +30,37 @@ func TestNodeFromAPI(t *testing.T) {
 		}
 		return n
 	}
+	dual := func(n *corev1.Node) {
+		n.Status.Addresses = append(n.Status.Addresses, corev1.NodeAddress{Type: corev1.NodeInternalIP, Address: "fd74:6572:6e30::7"},
+			corev1.NodeAddress{Type: corev1.NodeInternalIP, Address: "10.250.0.8"})
+	}
+	ann := func(v string) func(n *corev1.Node) {
+		return func(n *corev1.Node) { dual(n); n.Annotations = map[string]string{AddressAnnotation: v} }
+	}
 	cases := []struct {
 		name    string
 		node    *corev1.Node
 		cidrs   []string
-		addr    string
+		addrs   string // IPv4,IPv6 ("" for unset)
 		wantErr string
 	}{
-		{"dual-stack, InternalIP", node(nil), []string{"10.244.1.0/24", "fd10:244:1::/64"}, "10.250.0.7", ""},
-		{"only spec.podCIDR", node(func(n *corev1.Node) { n.Spec.PodCIDRs = nil }), []string{"10.244.1.0/24"}, "10.250.0.7", ""},
-		{"no podCIDR yet", node(func(n *corev1.Node) { n.Spec = corev1.NodeSpec{} }), nil, "10.250.0.7", ""},
-		{"address annotation wins", node(func(n *corev1.Node) { n.Annotations = map[string]string{AddressAnnotation: "10.9.9.9"} }),
-			[]string{"10.244.1.0/24", "fd10:244:1::/64"}, "10.9.9.9", ""},
-		{"bad address annotation", node(func(n *corev1.Node) { n.Annotations = map[string]string{AddressAnnotation: "ten.nine"} }),
-			nil, "", `annotation tern.io/address="ten.nine" is not an IP address`},
+		{"dual-stack pod CIDRs, IPv4 InternalIP", node(nil), []string{"10.244.1.0/24", "fd10:244:1::/64"}, "10.250.0.7,", ""},
+		{"InternalIPs of both families: the first of each", node(dual), []string{"10.244.1.0/24", "fd10:244:1::/64"}, "10.250.0.7,fd74:6572:6e30::7", ""},
+		{"IPv6 only", node(func(n *corev1.Node) {
+			n.Status.Addresses = []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: "fd74:6572:6e30::7"}}
+			n.Spec.PodCIDR, n.Spec.PodCIDRs = "fd10:244:1::/64", nil
+		}), []string{"fd10:244:1::/64"}, ",fd74:6572:6e30::7", ""},
+		{"only spec.podCIDR", node(func(n *corev1.Node) { n.Spec.PodCIDRs = nil }), []string{"10.244.1.0/24"}, "10.250.0.7,", ""},
+		{"no podCIDR yet", node(func(n *corev1.Node) { n.Spec = corev1.NodeSpec{} }), nil, "10.250.0.7,", ""},
+		{"address annotation wins for its family, InternalIP for the other", node(ann("10.9.9.9")),
+			[]string{"10.244.1.0/24", "fd10:244:1::/64"}, "10.9.9.9,fd74:6572:6e30::7", ""},
+		{"address annotation of both families", node(ann("fd74:6572:6e30::99, 10.9.9.9")),
+			[]string{"10.244.1.0/24", "fd10:244:1::/64"}, "10.9.9.9,fd74:6572:6e30::99", ""},
+		{"bad address annotation", node(ann("ten.nine")), nil, "", `annotation tern.io/address="ten.nine": "ten.nine" is not an IP address`},
+		{"address annotation with two of one family", node(ann("10.9.9.9,10.9.9.8")), nil, "", `two addresses of one family`},
+		{"address annotation with a zone", node(ann("fe80::1%eth0")), nil, "", `is not an IP address`},
 		{"bad podCIDR", node(func(n *corev1.Node) { n.Spec.PodCIDRs = []string{"10.244.1.0/33"} }), nil, "", `podCIDR "10.244.1.0/33"`},
-		{"no InternalIP", node(func(n *corev1.Node) { n.Status.Addresses = nil }), []string{"10.244.1.0/24", "fd10:244:1::/64"}, "invalid IP", ""},
+		{"no InternalIP", node(func(n *corev1.Node) { n.Status.Addresses = nil }), []string{"10.244.1.0/24", "fd10:244:1::/64"}, ",", ""},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -66,12 +81,14 @@ func TestNodeFromAPI(t *testing.T) {
 			if !slices.Equal(cidrs, c.cidrs) {
 				t.Errorf("pod CIDRs %v, want %v", cidrs, c.cidrs)
 			}
-			want := netip.Addr{}
-			if c.addr != "invalid IP" {
-				want = netip.MustParseAddr(c.addr)
+			str := func(a netip.Addr) string {
+				if a.IsValid() {
+					return a.String()
+				}
+				return ""
 			}
-			if got.Address != want {
-				t.Errorf("address %v, want %v", got.Address, want)
+			if a := str(got.IPv4) + "," + str(got.IPv6); a != c.addrs {
+				t.Errorf("addresses %s, want %s", a, c.addrs)
 			}
 		})
 	}
@@ -158,5 +175,43 @@ func TestSlimPod(t *testing.T) {
 	}
 	if pod := podFromAPI(s); len(pod.UIDs) != 2 || len(pod.IPs) != 1 {
 		t.Errorf("podFromAPI of the slim pod: %+v", pod)
+	}
+}
+
+func TestBGPNodeAnnotations(t *testing.T) {
+	n := Node{Name: "n1", IPv6: netip.MustParseAddr("fd74:6572:6e30::7")}
+	for _, c := range []struct {
+		ann     map[string]string
+		wantID  string
+		wantErr string
+	}{
+		{nil, "", ""},
+		{map[string]string{RouterIDAnnotation: "10.1.2.3"}, "10.1.2.3", ""},
+		{map[string]string{RouterIDAnnotation: "fd00::1"}, "", `tern.io/router-id="fd00::1" is not a router ID`},
+		{map[string]string{RouterIDAnnotation: "0.0.0.0"}, "", `is not a router ID`},
+		{map[string]string{ASNumberAnnotation: "0"}, "", `is not an AS number`},
+		{map[string]string{RouteReflectorAnnotation: "fd00::1"}, "", `is not a cluster ID`},
+	} {
+		n.Annotations = c.ann
+		got, err := BGPNode(n)
+		if c.wantErr != "" {
+			if err == nil || !strings.Contains(err.Error(), c.wantErr) {
+				t.Errorf("%v: err %v, want %q", c.ann, err, c.wantErr)
+			}
+			continue
+		}
+		if err != nil {
+			t.Errorf("%v: %v", c.ann, err)
+			continue
+		}
+		if got.IPv6 != n.IPv6 || got.IPv4.IsValid() {
+			t.Errorf("%v: addresses %v %v", c.ann, got.IPv4, got.IPv6)
+		}
+		if c.wantID != "" && got.RouterID != netip.MustParseAddr(c.wantID) {
+			t.Errorf("%v: router ID %v, want %s", c.ann, got.RouterID, c.wantID)
+		}
+		if c.wantID == "" && got.RouterID.IsValid() {
+			t.Errorf("%v: router ID %v, want none (derived by the plan)", c.ann, got.RouterID)
+		}
 	}
 }

@@ -113,7 +113,15 @@ func StartFRR(t testing.TB, netns ns.NetNS, conf string) *FRR {
 		Start(t, netns, log, nil, "/usr/lib/frr/"+d, "-f", path, "-i", filepath.Join(dir, d+".pid"),
 			"-z", filepath.Join(dir, "zserv.api"), "--vty_socket", dir, "-u", "frr", "-g", "frr")
 		if d == "zebra" {
-			time.Sleep(300 * time.Millisecond) // the others connect to zebra's socket
+			// The others connect to zebra's socket: wait for it.
+			sock := filepath.Join(dir, "zserv.api")
+			deadline := time.Now().Add(10 * time.Second)
+			for _, err := os.Stat(sock); err != nil; _, err = os.Stat(sock) {
+				if time.Now().After(deadline) {
+					t.Fatalf("zebra has not opened %s after 10 s:\n%s", sock, readFile(log))
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
 		}
 	}
 	return f
