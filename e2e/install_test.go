@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"maps"
+	"net"
 	"net/netip"
 	"os/exec"
 	"slices"
@@ -100,7 +101,7 @@ func TestInstalledByDaemonSet(t *testing.T) {
 		}
 	}
 	for _, n := range s.Nodes {
-		want := fmt.Sprintf("%s true ghcr.io/tern-net/tern:e2e", n.Address)
+		want := fmt.Sprintf("%s true ghcr.io/tern-net/tern:e2e", n.Address())
 		if got[n.Name] != want {
 			t.Errorf("agent on %s: %q, want %q (pod IP = node address: host network)", n.Name, got[n.Name], want)
 		}
@@ -191,9 +192,9 @@ spec:
 	}
 	for _, n := range state(t).Nodes {
 		got, err := kubectlErr(t, "", "-n", "e2e-svc", "exec", pods[len(pods)-1].Name, "--", "curl", "-s", "--max-time", "5",
-			"http://"+n.Address.String()+":"+nodePort+"/hostname")
+			"http://"+net.JoinHostPort(n.Address().String(), nodePort)+"/hostname")
 		if err != nil || got != "p1" {
-			t.Errorf("NodePort %s:%s from %s: %q %v", n.Address, nodePort, pods[len(pods)-1].Name, got, err)
+			t.Errorf("NodePort %s:%s from %s: %q %v", n.Address(), nodePort, pods[len(pods)-1].Name, got, err)
 		}
 	}
 	// A policy on the backend that admits one client pod: that pod passes
@@ -319,7 +320,7 @@ spec:
 		var rack []string
 		for _, n := range s.Nodes {
 			if n.Rack == r.Rack {
-				rack = append(rack, n.Address.String())
+				rack = append(rack, n.Address().String())
 			}
 		}
 		err := kubetest.EventuallyErr(30*time.Second, func() error {

@@ -23,6 +23,11 @@
 #                    127.0.0.1: the lab runs the control plane in a network
 #                    namespace of its own, where nodes reach this address
 #   TERN_KUBE_SCHEDULER=1  with `up`: run kube-scheduler too (build node)
+#   TERN_KUBE_CLUSTER_CIDR, TERN_KUBE_SERVICE_CIDR  with `up`: the pod and
+#                    Service ranges, one CIDR or one per family separated by a
+#                    comma, the primary family first (default 10.244.0.0/16
+#                    and 10.96.0.0/16); nodes get a /24 of an IPv4 range and a
+#                    /64 of an IPv6 one
 #   TERN_KUBE_WATCH_PID  with `up`: once this PID is gone, stop the control
 #                    plane and remove its etcd data (the Go test helper passes
 #                    its own PID, so a killed test binary leaves nothing running)
@@ -58,9 +63,8 @@ declare -A PKGS=(
   [ginkgo]=github.com/onsi/ginkgo/v2/ginkgo
 )
 
-SERVICE_CIDR=10.96.0.0/16
-CLUSTER_CIDR=10.244.0.0/16
-NODE_CIDR_MASK=24
+SERVICE_CIDR=${TERN_KUBE_SERVICE_CIDR:-10.96.0.0/16}
+CLUSTER_CIDR=${TERN_KUBE_CLUSTER_CIDR:-10.244.0.0/16}
 SA_ISSUER=https://kubernetes.default.svc.cluster.local
 
 SELF=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)/$(basename "${BASH_SOURCE[0]}")
@@ -335,8 +339,8 @@ cmd_up() {
   have_binaries || die "no binaries in $BIN; run: $SELF build"
   local addr=${TERN_KUBE_ADDRESS:-} scheduler=${TERN_KUBE_SCHEDULER:-}
   if [[ -n $addr ]]; then
-    [[ $addr =~ ^[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+$ && $addr != 127.* ]] ||
-      die "TERN_KUBE_ADDRESS must be an IPv4 address other than loopback, not $addr"
+    [[ ($addr =~ ^[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+$ && $addr != 127.*) || ($addr =~ ^[0-9a-fA-F:]+$ && $addr == *:*:* && $addr != ::1) ]] ||
+      die "TERN_KUBE_ADDRESS must be an IPv4 or IPv6 address other than loopback, not $addr"
   fi
   [[ -z $scheduler || -x $BIN/kube-scheduler ]] || die "no $BIN/kube-scheduler; run: $SELF build node"
   running && die "a control plane is already running in $DIR; run: $SELF down $DIR"
@@ -363,10 +367,24 @@ cmd_up() {
     -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign,digitalSignature" \
     -out "$PKI/ca.crt" 2>/dev/null
   local loop="IP:127.0.0.1,DNS:localhost"
+  # The kubernetes Service's ClusterIP: the first address of the primary
+  # Service range (10.96.0.0/16 -> 10.96.0.1, fd74:6572:6e96::/112 ->
+  # fd74:6572:6e96::1); named for both ranges of a dual-stack cluster.
+  local svc_ips="" r net
+  for r in ${SERVICE_CIDR//,/ }; do
+    net=${r%/*}
+    if [[ $net == *:* ]]; then
+      [[ $net == *:: ]] || die "IPv6 Service range $r: want one whose address ends in :: (such as fd74:6572:6e96::/112)"
+      svc_ips+=",IP:${net}1"
+    else
+      [[ $net == *.0 ]] || die "IPv4 Service range $r: want one whose address ends in .0"
+      svc_ips+=",IP:${net%.0}.1"
+    fi
+  done
   cert etcd etcd "" "$loop" serverAuth,clientAuth
   cert apiserver-etcd-client kube-apiserver-etcd-client
   cert apiserver kube-apiserver "" \
-    "$loop${addr:+,IP:$addr},IP:10.96.0.1,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local" serverAuth
+    "$loop${addr:+,IP:$addr}$svc_ips,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local" serverAuth
   # The API server's client of kubelets (exec, logs, port-forward).
   cert apiserver-kubelet-client kube-apiserver-kubelet-client system:masters
   cert front-proxy-client front-proxy-client
@@ -415,7 +433,10 @@ cmd_up() {
   # On loopback alone the `kubernetes` Service can have no endpoint (the
   # reconciler refuses a loopback address): none is kept.
   local -a where=(--advertise-address=127.0.0.1 --bind-address=127.0.0.1 --endpoint-reconciler-type=none)
-  [[ -z $addr ]] || where=(--advertise-address="$addr" --bind-address=0.0.0.0 --endpoint-reconciler-type=lease)
+  # An IPv6 address is served on "::", which takes IPv4 too.
+  local any=0.0.0.0
+  [[ $addr != *:* ]] || any=::
+  [[ -z $addr ]] || where=(--advertise-address="$addr" --bind-address=$any --endpoint-reconciler-type=lease)
   start kube-apiserver "$BIN/kube-apiserver" \
     "${where[@]}" \
     --secure-port="$API_PORT" \
@@ -452,6 +473,18 @@ cmd_up() {
   wait_ok "https://127.0.0.1:$API_PORT/readyz" "${tls[@]}"
   local api_ready
   api_ready=$(since "$t0")
+  # A node's pod CIDR: a /24 of an IPv4 range, a /64 of an IPv6 one;
+  # dual-stack takes a size per family.
+  local -a masks=()
+  local c size
+  for c in ${CLUSTER_CIDR//,/ }; do
+    size=24 && [[ $c != *:* ]] || size=64
+    if [[ $CLUSTER_CIDR == *,* ]]; then
+      masks+=(--node-cidr-mask-size-ipv$([[ $c == *:* ]] && echo 6 || echo 4)=$size)
+    else
+      masks+=(--node-cidr-mask-size=$size)
+    fi
+  done
   start kube-controller-manager "$BIN/kube-controller-manager" \
     --kubeconfig="$DIR/controller-manager.kubeconfig" \
     --authentication-kubeconfig="$DIR/controller-manager.kubeconfig" \
@@ -465,7 +498,7 @@ cmd_up() {
     --service-account-private-key-file="$PKI/sa.key" \
     --allocate-node-cidrs \
     --cluster-cidr="$CLUSTER_CIDR" \
-    --node-cidr-mask-size="$NODE_CIDR_MASK" \
+    "${masks[@]}" \
     --service-cluster-ip-range="$SERVICE_CIDR" \
     --leader-elect=false \
     --kube-api-qps=200 \

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/netip"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -104,6 +105,7 @@ func run(args []string, out io.Writer) error {
 		fs.IntVar(&o.Racks, "racks", 1, "number of racks, each behind its own router")
 		fs.StringVar(&o.Router, "router", lab.RouterBIRD, "bird, frr, mixed (racks alternate) or none (one segment, node-to-node mesh)")
 		fs.IntVar(&o.RouteReflectors, "route-reflectors", 0, "nodes acting as route reflectors (the mesh goes off)")
+		fs.StringVar(&o.IPFamily, "ip-family", lab.IPv4, "the nodes', pods' and Services' IP families on real nodes: ipv4, ipv6 or dual (IPv4 primary)")
 		fs.StringVar(&o.ProxyMode, "proxy-mode", "", "kube-proxy's mode on real nodes: iptables (default) or nftables")
 		light := fs.Bool("light", false, "light nodes: tern's own kubelet (pods are network namespaces) and agents started by the lab, for 20- and 40-node labs on 2 cores; default: real nodes (kubelet, containerd and kube-proxy on each, tern installed by its DaemonSet; needs make image)")
 		if err := fs.Parse(args[1:]); err != nil {
@@ -218,7 +220,7 @@ func node(ctx context.Context, c *lab.Client, args []string, out io.Writer) erro
 		if err != nil {
 			return err
 		}
-		fmt.Fprintf(out, "node %s added (rack %d, %s, AS %d)\n", n.Name, n.Rack, n.Address, n.AS)
+		fmt.Fprintf(out, "node %s added (rack %d, %s, AS %d)\n", n.Name, n.Rack, joinAddrs(n.Addresses()), n.AS)
 		return nil
 	case "remove":
 		if len(args) != 2 {
@@ -251,7 +253,11 @@ func status(ctx context.Context, c *lab.Client, out io.Writer) error {
 				agent = "ready"
 			}
 			if len(st.PodCIDRs) > 0 {
-				cidr = st.PodCIDRs[0].String()
+				var cs []string
+				for _, c := range st.PodCIDRs {
+					cs = append(cs, c.String())
+				}
+				cidr = strings.Join(cs, ",")
 			}
 		}
 		if n.Restarts > 0 {
@@ -272,7 +278,7 @@ func status(ctx context.Context, c *lab.Client, out io.Writer) error {
 			}
 			routes = fmt.Sprint(len(b.Routes))
 		}
-		fmt.Fprintf(w, "%s\t%d\t%s\t%d\t%s\t%s\t%s\t%s\n", n.Name, n.Rack, n.Address, n.AS, cidr, agent, sessions, routes)
+		fmt.Fprintf(w, "%s\t%d\t%s\t%d\t%s\t%s\t%s\t%s\n", n.Name, n.Rack, joinAddrs(n.Addresses()), n.AS, cidr, agent, sessions, routes)
 	}
 	w.Flush()
 	if len(s.Routers) > 0 {
@@ -315,4 +321,12 @@ func serve(ctx context.Context, args []string) error {
 		ports = append(ports, p)
 	}
 	return lab.ServePod(ctx, slog.New(slog.NewTextHandler(os.Stderr, nil)), ns+"/"+name, ports)
+}
+
+func joinAddrs(as []netip.Addr) string {
+	var s []string
+	for _, a := range as {
+		s = append(s, a.String())
+	}
+	return strings.Join(s, ",")
 }

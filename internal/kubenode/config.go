@@ -70,7 +70,7 @@ failCgroupV1: false
 cgroupDriver: cgroupfs
 cgroupRoot: %[1]s
 containerRuntimeEndpoint: unix:///run/containerd/containerd.sock
-address: %[2]s
+address: %[2]q
 port: 10250
 readOnlyPort: 0
 healthzBindAddress: 127.0.0.1
@@ -93,7 +93,7 @@ resolvConf: %[6]q
 serializeImagePulls: false
 maxPods: %[7]d
 nodeStatusReportFrequency: 10s
-`, cgroupRoot, c.NodeIP, clientCA, c.clusterDomain(), strings.Join(dns, ", "), resolvConf, c.maxPods())
+`, cgroupRoot, c.bindAddress(), clientCA, c.clusterDomain(), strings.Join(dns, ", "), resolvConf, c.maxPods())
 }
 
 // resolvConf is the resolver configuration of the node's pods with
@@ -126,7 +126,7 @@ kind: KubeProxyConfiguration
 clientConnection:
   kubeconfig: %q
 hostnameOverride: %s
-bindAddress: %s
+bindAddress: %q
 clusterCIDR: %q
 mode: %s
 healthzBindAddress: 127.0.0.1:10256
@@ -136,5 +136,5 @@ conntrack:
   min: 0
   tcpEstablishedTimeout: 0s
   tcpCloseWaitTimeout: 0s
-`, c.ProxyKubeconfig, c.Name, c.NodeIP, c.ClusterCIDR, mode)
+`, c.ProxyKubeconfig, c.Name, c.NodeIPs[0], c.ClusterCIDR, mode)
 }

@@ -37,15 +37,17 @@ import (
 
 // Config describes one node.
 type Config struct {
-	Name       string     // the Node's name
-	NetNS      string     // path of the node's network namespace (made by the caller)
-	Dir        string     // the node's directories, configuration and logs
-	NodeIP     netip.Addr // the node's address in NetNS: its InternalIP
-	Kubeconfig string     // the kubelet's (system:node:<Name>); its server as NetNS reaches it
-	ClientCA   string     // CA of the clients the kubelet's server accepts (the API server's)
-	KubeBin    string     // kubelet (hack/kube-env.sh bindir)
-	NodeBin    string     // containerd, containerd-shim-runc-v2, runc, ctr (hack/node-env.sh bindir)
-	Images     []string   // image archives imported into containerd before the kubelet starts
+	Name  string // the Node's name
+	NetNS string // path of the node's network namespace (made by the caller)
+	Dir   string // the node's directories, configuration and logs
+	// NodeIPs are the node's addresses in NetNS, one per family, the
+	// primary first: its InternalIPs (kubelet's --node-ip).
+	NodeIPs    []netip.Addr
+	Kubeconfig string   // the kubelet's (system:node:<Name>); its server as NetNS reaches it
+	ClientCA   string   // CA of the clients the kubelet's server accepts (the API server's)
+	KubeBin    string   // kubelet (hack/kube-env.sh bindir)
+	NodeBin    string   // containerd, containerd-shim-runc-v2, runc, ctr (hack/node-env.sh bindir)
+	Images     []string // image archives imported into containerd before the kubelet starts
 	// Install are files the node's own system provides (a node path, such
 	// as /opt/cni/bin/loopback, to the host file copied there) before the
 	// kubelet starts.
@@ -54,7 +56,8 @@ type Config struct {
 
 	// ProxyKubeconfig, when set, runs kube-proxy on the node with this
 	// kubeconfig (user system:kube-proxy), in ProxyMode (iptables or
-	// nftables; default iptables), ClusterCIDR its --cluster-cidr.
+	// nftables; default iptables), ClusterCIDR its --cluster-cidr (one
+	// CIDR per family, comma-separated).
 	ProxyKubeconfig string
 	ProxyMode       string
 	ClusterCIDR     string
@@ -75,6 +78,24 @@ func (c Config) clusterDomain() string {
 	return c.ClusterDomain
 }
 
+// nodeIPList is kubelet's --node-ip: the addresses, comma-separated.
+func (c Config) nodeIPList() string {
+	var s []string
+	for _, a := range c.NodeIPs {
+		s = append(s, a.String())
+	}
+	return strings.Join(s, ",")
+}
+
+// bindAddress is where kubelet's server listens: the node's one address,
+// or with two families every address ("::" takes IPv4 too).
+func (c Config) bindAddress() netip.Addr {
+	if len(c.NodeIPs) == 1 {
+		return c.NodeIPs[0]
+	}
+	return netip.IPv6Unspecified()
+}
+
 func (c Config) maxPods() int {
 	if c.MaxPods == 0 {
 		return 110
@@ -93,8 +114,13 @@ func (c Config) validate() error {
 	if c.CgroupRoot != "" && (!strings.HasPrefix(c.CgroupRoot, "/") || strings.Count(c.CgroupRoot, "/") != 1) {
 		errs = append(errs, fmt.Errorf("cgroup root %q: want /name", c.CgroupRoot))
 	}
-	if !c.NodeIP.IsValid() {
-		errs = append(errs, errors.New("no node address"))
+	if len(c.NodeIPs) == 0 || len(c.NodeIPs) > 2 || (len(c.NodeIPs) == 2 && c.NodeIPs[0].Is4() == c.NodeIPs[1].Is4()) {
+		errs = append(errs, fmt.Errorf("node addresses %v: want one, or one of each family", c.NodeIPs))
+	}
+	for _, a := range c.NodeIPs {
+		if !a.IsValid() {
+			errs = append(errs, errors.New("an invalid node address"))
+		}
 	}
 	for _, f := range []struct{ what, path string }{
 		{"network namespace", c.NetNS}, {"kubeconfig", c.Kubeconfig}, {"client CA", c.ClientCA},
@@ -249,7 +275,7 @@ func (n *Node) start(ctx context.Context) error {
 // startKubelet starts the kubelet and waits until it is healthy.
 func (n *Node) startKubelet(ctx context.Context) error {
 	args := []string{"--config", n.path("kubelet.yaml"), "--kubeconfig", n.cfg.Kubeconfig,
-		"--hostname-override", n.cfg.Name, "--node-ip", n.cfg.NodeIP.String(),
+		"--hostname-override", n.cfg.Name, "--node-ip", n.cfg.nodeIPList(),
 		"-v", strconv.Itoa(n.cfg.Verbosity)}
 	var err error
 	n.kubelet, err = n.spawn("kubelet", filepath.Join(n.cfg.KubeBin, "kubelet"), args...)

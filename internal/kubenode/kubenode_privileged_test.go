@@ -105,7 +105,7 @@ func TestNodeRunsPods(t *testing.T) {
 		// kube-proxy in nftables mode: the e2e lab runs its default,
 		// iptables, so both modes run beside tern's iptables rules.
 		ProxyKubeconfig: proxyKubeconfig, ProxyMode: "nftables", ClusterCIDR: "10.83.0.0/16",
-		Name: name, NetNS: n.NS.Path(), Dir: filepath.Join(dir, "node"), NodeIP: netip.MustParseAddr("10.82.0.2"),
+		Name: name, NetNS: n.NS.Path(), Dir: filepath.Join(dir, "node"), NodeIPs: []netip.Addr{netip.MustParseAddr("10.82.0.2")},
 		Kubeconfig: kubeconfig, ClientCA: pki + "/ca.crt",
 		KubeBin: p.kubeBin, NodeBin: p.nodeBin,
 		Images:     []string{p.images + "/pause.tar", p.images + "/agnhost.tar"},

@@ -73,7 +73,7 @@ func (d *daemon) converged(ctx context.Context) (bool, string) {
 		nodes = append(nodes, ln)
 	}
 	d.mu.Unlock()
-	cidrs := map[string]string{}
+	cidrs := map[string][]string{}
 	for _, ln := range nodes {
 		cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 		st, err := agentapi.NewClient(filepath.Join(ln.dir, "run", "cni.sock"), 2*time.Second).Status(cctx)
@@ -81,22 +81,24 @@ func (d *daemon) converged(ctx context.Context) (bool, string) {
 		if err != nil || !st.Ready || len(st.PodCIDRs) == 0 {
 			return false, fmt.Sprintf("the agent of %s to be ready", ln.Name)
 		}
-		cidrs[ln.Name] = st.PodCIDRs[0].String()
+		cidrs[ln.Name] = []string{st.PodCIDRs[0].String()}
 	}
 	return routesIn(nodes, cidrs)
 }
 
 // routesIn reports whether every node has the pod CIDR of every other node
 // (cidrs: by node name) installed; if not, which it waits for.
-func routesIn(nodes []*labNode, cidrs map[string]string) (bool, string) {
+func routesIn(nodes []*labNode, cidrs map[string][]string) (bool, string) {
 	for _, ln := range nodes {
 		have, err := installedRoutes(ln.netns)
 		if err != nil {
 			return false, err.Error()
 		}
-		for other, c := range cidrs {
-			if other != ln.Name && !have[c] {
-				return false, fmt.Sprintf("%s to have %s's pod CIDR %s", ln.Name, other, c)
+		for other, cs := range cidrs {
+			for _, c := range cs {
+				if other != ln.Name && !have[c] {
+					return false, fmt.Sprintf("%s to have %s's pod CIDR %s", ln.Name, other, c)
+				}
 			}
 		}
 	}
@@ -112,7 +114,7 @@ func (d *daemon) nodeStarted(n Node, attrs ...any) {
 	d.timings.NodesStarted[n.Name] = time.Now()
 	d.mu.Unlock()
 	d.writeState()
-	d.log.Info("node started", append([]any{"node", n.Name, "rack", n.Rack, "address", n.Address, "as", n.AS, "reflector", n.Reflector}, attrs...)...)
+	d.log.Info("node started", append([]any{"node", n.Name, "rack", n.Rack, "address", n.Addresses(), "as", n.AS, "reflector", n.Reflector}, attrs...)...)
 }
 
 // installedRoutes lists the destinations of tern's routes in netns.
@@ -121,6 +123,11 @@ func installedRoutes(netns string) (map[string]bool, error) {
 	if err != nil {
 		return nil, err
 	}
+	out6, err := inNS(netns, "ip", "-6", "route", "show", "proto", "96")
+	if err != nil {
+		return nil, err
+	}
+	out += "\n" + out6
 	have := map[string]bool{}
 	for _, l := range strings.Split(out, "\n") {
 		f := strings.Fields(l)

@@ -93,7 +93,7 @@ func (k *kubelet) tryUpdateStatus(ctx context.Context) error {
 		return fmt.Errorf("get node %s: %w", k.node.Name, err)
 	}
 	now := metav1.Now()
-	n.Status.Addresses = []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: k.node.Address.String()}, {Type: corev1.NodeHostName, Address: k.node.Name}}
+	n.Status.Addresses = []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: k.node.Address().String()}, {Type: corev1.NodeHostName, Address: k.node.Name}}
 	n.Status.Capacity = corev1.ResourceList{corev1.ResourcePods: resource.MustParse("110"), corev1.ResourceCPU: resource.MustParse("2"), corev1.ResourceMemory: resource.MustParse("2Gi")}
 	n.Status.Allocatable = n.Status.Capacity
 	n.Status.NodeInfo.KubeletVersion = "tern-lab"
@@ -221,7 +221,7 @@ func (k *kubelet) sync(ctx context.Context, key string, pod *corev1.Pod) error {
 	}
 	if pod.Spec.HostNetwork {
 		if pod.Status.Phase != corev1.PodRunning {
-			return k.writeStatus(ctx, pod, []netip.Addr{k.node.Address})
+			return k.writeStatus(ctx, pod, []netip.Addr{k.node.Address()})
 		}
 		return nil
 	}
@@ -331,8 +331,8 @@ func (k *kubelet) writeStatus(ctx context.Context, pod *corev1.Pod, ips []netip.
 	p := pod.DeepCopy()
 	now := metav1.Now()
 	p.Status.Phase = corev1.PodRunning
-	p.Status.HostIP = k.node.Address.String()
-	p.Status.HostIPs = []corev1.HostIP{{IP: k.node.Address.String()}}
+	p.Status.HostIP = k.node.Address().String()
+	p.Status.HostIPs = []corev1.HostIP{{IP: k.node.Address().String()}}
 	p.Status.PodIPs = nil
 	for _, a := range ips {
 		p.Status.PodIPs = append(p.Status.PodIPs, corev1.PodIP{IP: a.String()})

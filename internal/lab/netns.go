@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -146,4 +147,24 @@ func labNamespaces(prefix string) []string {
 // veth creates a veth pair: a in netns nsA, b in nsB.
 func veth(nsA, a, nsB, b string) error {
 	return ip(nsA, "link", "add", a, "type", "veth", "peer", "name", b, "netns", nsB)
+}
+
+// addrStep is the `ip` step that puts a on eth0 with its segment's prefix
+// length (/24, /64), IPv6 without duplicate address detection (a lab
+// segment has no duplicates, and a tentative address cannot be used).
+func addrStep(a netip.Addr) []string { return addrStepOn(a, "eth0") }
+
+func addrStepOn(a netip.Addr, dev string) []string {
+	if a.Is6() {
+		return []string{"-6", "addr", "add", netip.PrefixFrom(a, 64).String(), "dev", dev, "nodad"}
+	}
+	return []string{"addr", "add", netip.PrefixFrom(a, 24).String(), "dev", dev}
+}
+
+// defaultRouteStep is the `ip` step of a default route via gw on dev.
+func defaultRouteStep(gw netip.Addr, dev string) []string {
+	if gw.Is6() {
+		return []string{"-6", "route", "add", "default", "via", gw.String(), "dev", dev}
+	}
+	return []string{"route", "add", "default", "via", gw.String(), "dev", dev, "onlink"}
 }

@@ -52,8 +52,11 @@ func (d *daemon) startRouters(initial []Node) error {
 		steps := [][]string{
 			{"link", "add", "br0", "type", "bridge"},
 			{"addr", "add", netip.PrefixFrom(r.Address, 24).String(), "dev", "br0"},
-			{"link", "set", "br0", "up"},
 		}
+		if r.Address6.IsValid() {
+			steps = append(steps, addrStepOn(r.Address6, "br0"))
+		}
+		steps = append(steps, []string{"link", "set", "br0", "up"})
 		for _, s := range steps {
 			if err := ip(lr.netns, s...); err != nil {
 				return err
@@ -69,13 +72,22 @@ func (d *daemon) startRouters(initial []Node) error {
 				return err
 			}
 		}
-		for _, s := range [][]string{{"addr", "add", netip.PrefixFrom(r.Spine, 24).String(), "dev", "spine"}, {"link", "set", "spine", "up"}} {
+		steps = [][]string{addrStepOn(r.Spine, "spine")}
+		if r.Spine6.IsValid() {
+			steps = append(steps, addrStepOn(r.Spine6, "spine"))
+		}
+		for _, s := range append(steps, []string{"link", "set", "spine", "up"}) {
 			if err := ip(lr.netns, s...); err != nil {
 				return err
 			}
 		}
 		if _, err := inNS(lr.netns, "sysctl", "-qw", "net.ipv4.ip_forward=1"); err != nil {
 			return err
+		}
+		if r.Address6.IsValid() {
+			if _, err := inNS(lr.netns, "sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"); err != nil {
+				return err
+			}
 		}
 		if err := d.startClient(lr); err != nil {
 			return err
@@ -109,13 +121,23 @@ func (d *daemon) startClient(lr *labRouter) error {
 		return err
 	}
 	gw := ClientPrefix(r.Rack).Addr().Next()
-	for _, s := range [][]string{{"addr", "add", netip.PrefixFrom(gw, 24).String(), "dev", "client"}, {"link", "set", "client", "up"}} {
+	routerSteps := [][]string{addrStepOn(gw, "client")}
+	clientSteps := [][]string{addrStep(r.Client)}
+	gw6 := ClientPrefix6(r.Rack).Addr().Next()
+	if r.Client6.IsValid() {
+		routerSteps = append(routerSteps, addrStepOn(gw6, "client"))
+		clientSteps = append(clientSteps, addrStep(r.Client6))
+	}
+	clientSteps = append(clientSteps, []string{"link", "set", "eth0", "up"}, []string{"link", "set", "lo", "up"}, defaultRouteStep(gw, "eth0"))
+	if r.Client6.IsValid() {
+		clientSteps = append(clientSteps, defaultRouteStep(gw6, "eth0"))
+	}
+	for _, s := range append(routerSteps, []string{"link", "set", "client", "up"}) {
 		if err := ip(lr.netns, s...); err != nil {
 			return err
 		}
 	}
-	for _, s := range [][]string{{"addr", "add", netip.PrefixFrom(r.Client, 24).String(), "dev", "eth0"}, {"link", "set", "eth0", "up"},
-		{"link", "set", "lo", "up"}, {"route", "add", "default", "via", gw.String()}} {
+	for _, s := range clientSteps {
 		if err := ip(lr.client, s...); err != nil {
 			return err
 		}

@@ -9,7 +9,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -49,16 +48,21 @@ func (d *daemon) plugNode(n Node) (*labNode, error) {
 	if err := ip(seg, "link", "set", port, "master", "br0", "up"); err != nil {
 		return nil, err
 	}
-	steps := [][]string{{"addr", "add", netip.PrefixFrom(n.Address, 24).String(), "dev", "eth0"}, {"link", "set", "eth0", "up"}}
-	switch {
-	case n.Gateway.IsValid():
-		steps = append(steps, []string{"route", "add", "default", "via", n.Gateway.String()})
-	case d.cfg.Real:
+	var steps [][]string
+	for _, a := range n.Addresses() {
+		steps = append(steps, addrStep(a))
+	}
+	steps = append(steps, []string{"link", "set", "eth0", "up"})
+	gws := validAddrs(n.Gateway4, n.Gateway6)
+	if len(gws) == 0 && d.cfg.Real {
 		// One segment, no router: a node still needs a default route, as
 		// any host has, for its Service traffic to be routed at all
 		// (kube-proxy rewrites the destination after the route lookup):
 		// the control plane's address on the segment.
-		steps = append(steps, []string{"route", "add", "default", "via", d.cfg.ControlPlaneAddress().String()})
+		gws = d.cfg.ControlPlaneAddresses()
+	}
+	for _, gw := range gws {
+		steps = append(steps, defaultRouteStep(gw, "eth0"))
 	}
 	for _, s := range steps {
 		if err := ip(ln.netns, s...); err != nil {

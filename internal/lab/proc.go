@@ -201,11 +201,21 @@ func reconfigureRouter(r Router, all []Router, nodes, before []Node, netns, dir 
 	}
 	for _, n := range before {
 		if !keep[n.Name] {
-			args = append(args, "-c", fmt.Sprintf("no neighbor %s", n.Address))
+			for _, a := range n.Addresses() {
+				args = append(args, "-c", fmt.Sprintf("no neighbor %s", a))
+			}
 		}
 	}
-	for _, l := range frrNeighborLines(r, nil, nodes) {
+	lines, v6 := frrNeighborLines(r, nil, nodes)
+	for _, l := range lines {
 		args = append(args, "-c", l)
+	}
+	if len(v6) > 0 {
+		args = append(args, "-c", "address-family ipv6 unicast")
+		for _, a := range v6 {
+			args = append(args, "-c", fmt.Sprintf("neighbor %s activate", a))
+		}
+		args = append(args, "-c", "exit-address-family")
 	}
 	if out, err := inNS(netns, args...); err != nil {
 		return fmt.Errorf("vtysh (rack %d): %w: %s", r.Rack, err, out)

@@ -44,15 +44,41 @@ const (
 	ServerImage = "tern-lab.local/server:v1"
 	ternImage   = "ghcr.io/tern-net/tern" // as manifests/04-daemonset.yaml names it
 	ClusterDNS  = "10.96.0.10"
+	// ClusterDNS6 is the cluster DNS of an IPv6-only lab.
+	ClusterDNS6 = "fd74:6572:6e96::a"
 )
 
-// ControlPlaneAddress is where the control plane's namespace sits: on the
-// routers' spine, or on the one segment of a lab without routers.
-func (o Options) ControlPlaneAddress() netip.Addr {
-	if o.Router == RouterNone {
-		return netip.AddrFrom4([4]byte{10, 30, 0, 250})
+// ClusterDNS is the kube-dns Service's address: of the primary family.
+func (o Options) ClusterDNS() netip.Addr {
+	if o.IPFamily == IPv6 {
+		return netip.MustParseAddr(ClusterDNS6)
 	}
-	return netip.AddrFrom4([4]byte{10, 31, 0, 250})
+	return netip.MustParseAddr(ClusterDNS)
+}
+
+// ControlPlaneAddress is where the control plane's namespace sits: on the
+// routers' spine, or on the one segment of a lab without routers; of the
+// lab's primary family (the API server advertises it: the kubernetes
+// Service's endpoint).
+func (o Options) ControlPlaneAddress() netip.Addr { return o.ControlPlaneAddresses()[0] }
+
+// ControlPlaneAddresses are the control plane's addresses, one per family of
+// the lab, the primary first.
+func (o Options) ControlPlaneAddresses() []netip.Addr {
+	var out []netip.Addr
+	for _, v6 := range o.Families() {
+		switch {
+		case v6 && o.Router == RouterNone:
+			out = append(out, addr6(0x30, 0, 0xfa))
+		case v6:
+			out = append(out, addr6(0x31, 0, 0xfa))
+		case o.Router == RouterNone:
+			out = append(out, netip.AddrFrom4([4]byte{10, 30, 0, 250}))
+		default:
+			out = append(out, netip.AddrFrom4([4]byte{10, 31, 0, 250}))
+		}
+	}
+	return out
 }
 
 // realParts are what real nodes run, from the caches of hack/kube-env.sh and
@@ -216,11 +242,21 @@ func (d *daemon) startControlPlaneNS(ctx context.Context) error {
 		return err
 	}
 	addr := d.cfg.ControlPlaneAddress()
-	steps := [][]string{{"addr", "add", netip.PrefixFrom(addr, 24).String(), "dev", "eth0"}, {"link", "set", "eth0", "up"}}
+	var steps [][]string
+	for _, a := range d.cfg.ControlPlaneAddresses() {
+		steps = append(steps, addrStep(a))
+	}
+	steps = append(steps, []string{"link", "set", "eth0", "up"})
 	if rs := d.cfg.Routers(); len(rs) > 0 {
 		// Everything else (the racks, the pods) through the first ToR,
 		// which learns it all over BGP.
-		steps = append(steps, []string{"route", "add", "default", "via", rs[0].Spine.String(), "dev", "eth0", "onlink"})
+		for _, v6 := range d.cfg.Families() {
+			gw := rs[0].Spine
+			if v6 {
+				gw = rs[0].Spine6
+			}
+			steps = append(steps, defaultRouteStep(gw, "eth0"))
+		}
 	}
 	for _, s := range steps {
 		if err := ip(netns, s...); err != nil {
@@ -236,7 +272,8 @@ func (d *daemon) startControlPlaneNS(ctx context.Context) error {
 		return err
 	}
 	t0 := time.Now()
-	kc, err := d.scriptIn(netns, []string{"TERN_KUBE_ADDRESS=" + addr.String(), "TERN_KUBE_SCHEDULER=1"}, "up", d.kubeDir)
+	kc, err := d.scriptIn(netns, []string{"TERN_KUBE_ADDRESS=" + addr.String(), "TERN_KUBE_SCHEDULER=1",
+		"TERN_KUBE_CLUSTER_CIDR=" + strings.Join(d.cfg.ClusterCIDRs(), ","), "TERN_KUBE_SERVICE_CIDR=" + strings.Join(d.cfg.ServiceCIDRs(), ",")}, "up", d.kubeDir)
 	if err != nil {
 		return err
 	}
@@ -306,15 +343,20 @@ func (d *daemon) installTern(ctx context.Context) error {
 		return fmt.Errorf("tern's image %s has no tag", ref)
 	}
 	repo, tag := ref[:i], ref[i+1:]
-	k := fmt.Sprintf("# Written by tern-lab: tern as a user installs it, with the image built here.\n"+
-		"resources: [%s]\nimages: [{name: %s, newName: %s, newTag: %q}]\n", manifests, ternImage, repo, tag)
+	// The ConfigMap's cluster-cidr is the cluster's, as README says to set
+	// it: one CIDR per family.
+	k := fmt.Sprintf("# Written by tern-lab: tern as a user installs it, with the image built here\n"+
+		"# and the cluster's pod ranges.\n"+
+		"resources: [%s]\nimages: [{name: %s, newName: %s, newTag: %q}]\n"+
+		"patches:\n- patch: |-\n    apiVersion: v1\n    kind: ConfigMap\n    metadata: {name: tern-config, namespace: tern-system}\n    data: {cluster-cidr: %q}\n",
+		manifests, ternImage, repo, tag, strings.Join(d.cfg.ClusterCIDRs(), ","))
 	if err := os.WriteFile(filepath.Join(dir, "kustomization.yaml"), []byte(k), 0o644); err != nil {
 		return err
 	}
 	if out, err := d.kubectlRun("", "apply", "-k", dir); err != nil {
 		return fmt.Errorf("kubectl apply -k %s: %w: %s", dir, err, out)
 	}
-	dns := strings.NewReplacer("COREDNS_IMAGE", d.parts.corednsRef, "CLUSTER_DNS", ClusterDNS).Replace(corednsManifest)
+	dns := strings.NewReplacer("COREDNS_IMAGE", d.parts.corednsRef, "CLUSTER_DNS", d.cfg.ClusterDNS().String()).Replace(corednsManifest)
 	if out, err := d.kubectlRun(dns, "apply", "-f", "-"); err != nil {
 		return fmt.Errorf("kubectl apply CoreDNS: %w: %s", err, out)
 	}
@@ -366,7 +408,7 @@ func (d *daemon) addRealNode(ctx context.Context, n Node) error {
 	}
 	p := d.parts
 	kn, err := kubenode.Start(ctx, kubenode.Config{
-		Name: n.Name, NetNS: NSPath(ln.netns), Dir: filepath.Join(ln.dir, "node"), NodeIP: n.Address,
+		Name: n.Name, NetNS: NSPath(ln.netns), Dir: filepath.Join(ln.dir, "node"), NodeIPs: n.Addresses(),
 		Kubeconfig: kubelet, ClientCA: pki + "/ca.crt", KubeBin: p.kubeBin, NodeBin: p.nodeBin,
 		Images:     p.nodeImages(),
 		PauseImage: PauseImage,
@@ -376,8 +418,8 @@ func (d *daemon) addRealNode(ctx context.Context, n Node) error {
 			"/opt/cni/bin/loopback": "/usr/lib/cni/loopback",
 			"/opt/cni/bin/portmap":  "/usr/lib/cni/portmap",
 		},
-		ProxyKubeconfig: proxy, ProxyMode: d.cfg.ProxyMode, ClusterCIDR: ClusterCIDR,
-		ClusterDNS: []netip.Addr{netip.MustParseAddr(ClusterDNS)},
+		ProxyKubeconfig: proxy, ProxyMode: d.cfg.ProxyMode, ClusterCIDR: strings.Join(d.cfg.ClusterCIDRs(), ","),
+		ClusterDNS: []netip.Addr{d.cfg.ClusterDNS()},
 		CgroupRoot: "/" + d.cfg.Prefix + "-" + n.Name,
 		Log:        d.log,
 	})
@@ -405,12 +447,15 @@ func (d *daemon) realConverged(ctx context.Context) (bool, string) {
 	if len(nodes.Items) < want {
 		return false, fmt.Sprintf("%d of %d nodes registered", len(nodes.Items), want)
 	}
-	cidrs := map[string]string{}
+	cidrs := map[string][]string{}
 	for _, n := range nodes.Items {
 		if n.Spec.PodCIDR == "" {
 			return false, n.Name + " to have a pod CIDR"
 		}
-		cidrs[n.Name] = n.Spec.PodCIDR
+		cidrs[n.Name] = n.Spec.PodCIDRs
+		if len(n.Spec.PodCIDRs) < len(d.cfg.Families()) {
+			return false, fmt.Sprintf("%s to have a pod CIDR of each family (has %v)", n.Name, n.Spec.PodCIDRs)
+		}
 		for _, c := range n.Status.Conditions {
 			if c.Type == corev1.NodeReady && c.Status != corev1.ConditionTrue {
 				return false, fmt.Sprintf("%s to be Ready (%s)", n.Name, c.Message)

@@ -2,6 +2,8 @@ package lab
 
 import (
 	"flag"
+	"fmt"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -45,6 +47,10 @@ func TestValidate(t *testing.T) {
 		{Options{Nodes: 3, Racks: 1, Router: "bird", Real: true, ProxyMode: "ipvs"}, `--proxy-mode "ipvs": want iptables or nftables`},
 		{Options{Nodes: 3, Racks: 1, Router: "bird", ProxyMode: "nftables"}, "light nodes run no kube-proxy"},
 		{Options{Nodes: 3, Racks: 1, Router: "bird", Real: true, ProxyMode: "nftables"}, ""},
+		{Options{Nodes: 3, Racks: 1, Router: "bird", Real: true, IPFamily: "dual"}, ""},
+		{Options{Nodes: 3, Racks: 1, Router: "bird", Real: true, IPFamily: "ipv6"}, ""},
+		{Options{Nodes: 3, Racks: 1, Router: "bird", IPFamily: "dual"}, "light nodes are IPv4 only"},
+		{Options{Nodes: 3, Racks: 1, Router: "bird", Real: true, IPFamily: "inet6"}, `--ip-family "inet6": want ipv4, ipv6 or dual`},
 	} {
 		err := tc.o.Validate()
 		if (tc.want == "") != (err == nil) || (err != nil && !strings.Contains(err.Error(), tc.want)) {
@@ -64,6 +70,10 @@ func TestTopology(t *testing.T) {
 		{"mesh", Options{Nodes: 3, Racks: 1, Router: RouterNone}},
 		{"racks", Options{Nodes: 4, Racks: 2, Router: RouterMixed}},
 		{"reflectors", Options{Nodes: 5, Racks: 2, Router: RouterBIRD, RouteReflectors: 2}},
+		{"racks-dual", Options{Nodes: 4, Racks: 2, Router: RouterMixed, Real: true, IPFamily: Dual}},
+		{"racks-ipv6", Options{Nodes: 4, Racks: 2, Router: RouterMixed, Real: true, IPFamily: IPv6}},
+		{"reflectors-dual", Options{Nodes: 3, Racks: 1, Router: RouterFRR, RouteReflectors: 1, Real: true, IPFamily: Dual}},
+		{"mesh-ipv6", Options{Nodes: 2, Racks: 1, Router: RouterNone, Real: true, IPFamily: IPv6}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var b strings.Builder
@@ -71,8 +81,10 @@ func TestTopology(t *testing.T) {
 			for i := 1; i <= tc.o.Nodes; i++ {
 				n := tc.o.PlanNode(i, 0)
 				nodes = append(nodes, n)
-				b.WriteString(strings.Join([]string{n.Name, "rack", itoa(n.Rack), n.Address.String(), "gw", n.Gateway.String(), "AS", itoa(int(n.AS)), "reflector", map[bool]string{true: "yes", false: "no"}[n.Reflector], "peers-with-router", map[bool]string{true: "yes", false: "no"}[tc.o.PeersWithRouter(n)]}, " ") + "\n")
+				b.WriteString(strings.Join([]string{n.Name, "rack", itoa(n.Rack), joinAddrs(n.Addresses()), "gw", joinAddrs(validAddrs(n.Gateway4, n.Gateway6)), "AS", itoa(int(n.AS)), "reflector", map[bool]string{true: "yes", false: "no"}[n.Reflector], "peers-with-router", map[bool]string{true: "yes", false: "no"}[tc.o.PeersWithRouter(n)]}, " ") + "\n")
 			}
+			fmt.Fprintf(&b, "control plane %s, cluster %s, services %s, DNS %s\n", joinAddrs(tc.o.ControlPlaneAddresses()),
+				strings.Join(tc.o.ClusterCIDRs(), ","), strings.Join(tc.o.ServiceCIDRs(), ","), tc.o.ClusterDNS())
 			b.WriteString("\n" + tc.o.BGPObjects())
 			for _, r := range tc.o.Routers() {
 				conf := ""
@@ -164,5 +176,57 @@ func TestDescribe(t *testing.T) {
 	s.Routers, s.Config.Router = nil, RouterNone
 	if got := describe(s); !strings.Contains(got, "node-to-node BGP mesh") {
 		t.Errorf("describe without routers: %q", got)
+	}
+}
+
+func joinAddrs(as []netip.Addr) string {
+	var s []string
+	for _, a := range as {
+		s = append(s, a.String())
+	}
+	return strings.Join(s, ",")
+}
+
+// Every IPv6 address a lab plans is in its unique-local range, never in the
+// machine's uplink fd00::/64.
+func TestAddressesIPv6(t *testing.T) {
+	o := Options{Nodes: 200, Racks: 50, Router: RouterBIRD, Real: true, IPFamily: Dual}
+	lab := netip.MustParsePrefix("fd74:6572:6e00::/40")
+	uplink := netip.MustParsePrefix("fd00::/64")
+	check := func(what string, a netip.Addr) {
+		if !a.Is6() || !lab.Contains(a) || uplink.Contains(a) {
+			t.Errorf("%s %s: not in %s", what, a, lab)
+		}
+	}
+	seen := map[netip.Addr]string{}
+	uniq := func(what string, a netip.Addr) {
+		if o, ok := seen[a]; ok {
+			t.Errorf("%s and %s share %s", what, o, a)
+		}
+		seen[a] = what
+	}
+	for i := 1; i <= o.Nodes; i++ {
+		n := o.PlanNode(i, 0)
+		check(n.Name, n.IPv6)
+		check(n.Name+" gateway", n.Gateway6)
+		uniq(n.Name, n.IPv6)
+		if !RackPrefix6(n.Rack).Contains(n.IPv6) || !RackPrefix6(n.Rack).Contains(n.Gateway6) {
+			t.Errorf("%s %s (gateway %s) outside its rack's %s", n.Name, n.IPv6, n.Gateway6, RackPrefix6(n.Rack))
+		}
+	}
+	for _, r := range o.Routers() {
+		for _, a := range []netip.Addr{r.Address6, r.Spine6, r.Client6} {
+			check(fmt.Sprintf("tor%d", r.Rack), a)
+			uniq(fmt.Sprintf("tor%d", r.Rack), a)
+		}
+		if !SpinePrefix6.Contains(r.Spine6) || !ClientPrefix6(r.Rack).Contains(r.Client6) {
+			t.Errorf("tor%d: spine %s, client %s", r.Rack, r.Spine6, r.Client6)
+		}
+	}
+	for _, c := range []string{ClusterCIDR6, ServiceCIDR6} {
+		p := netip.MustParsePrefix(c)
+		if !lab.Contains(p.Addr()) || p.Overlaps(uplink) {
+			t.Errorf("%s outside %s", c, lab)
+		}
 	}
 }
