@@ -20,9 +20,10 @@ const usage = `ternctl: look at a tern node
 
 usage:
   ternctl version                         this ternctl's version, and the agent's if it answers
-  ternctl [--socket PATH] status          the agent's readiness and pod CIDR usage
-  ternctl [--socket PATH] node status     this node's BGP sessions (address, AS, type, state, since, prefixes)
-  ternctl [--socket PATH] routes          the routes tern installed from BGP
+  ternctl [--socket PATH] status          the agent's readiness and pod CIDR usage per address family
+  ternctl [--socket PATH] node status     this node's addresses and BGP sessions (family, address, AS, type,
+                                          state, since, prefixes), with a summary per address family
+  ternctl [--socket PATH] routes          the routes tern installed from BGP, per address family
   ternctl [--socket PATH] policy show NAMESPACE/POD
                                           the NetworkPolicies selecting a pod of this node and its rules
   ternctl [--socket PATH] ipam show       every address allocation on this node
@@ -73,17 +74,7 @@ func run(args []string, out io.Writer) error {
 		if *format == "json" {
 			return printJSON(out, st)
 		}
-		ready := "yes"
-		if !st.Ready {
-			ready = "no: " + st.Reason
-		}
-		fmt.Fprintf(out, "node:   %s\nready:  %s\n\n", st.Node, ready)
-		w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(w, "POD CIDR\tIN USE\tSIZE")
-		for _, p := range st.Pools {
-			fmt.Fprintf(w, "%s\t%d\t%d\n", p.CIDR, p.InUse, p.Size)
-		}
-		return w.Flush()
+		return printStatus(out, st)
 	case cmd == "node status":
 		b, err := c.BGP(ctx)
 		if err != nil {
@@ -92,21 +83,7 @@ func run(args []string, out io.Writer) error {
 		if *format == "json" {
 			return printJSON(out, b)
 		}
-		if !b.Enabled {
-			fmt.Fprintln(out, "BGP is not running on this node (standalone mode, --bgp=false, or not ready yet)")
-			return nil
-		}
-		fmt.Fprintf(out, "BGP: AS %d, router ID %s\n\n", b.ASN, b.RouterID)
-		w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(w, "PEER ADDRESS\tAS\tTYPE\tSTATE\tSINCE\tRECEIVED\tSENT")
-		for _, p := range b.Peers {
-			since := "-"
-			if !p.Since.IsZero() {
-				since = time.Since(p.Since).Round(time.Second).String()
-			}
-			fmt.Fprintf(w, "%s\t%d\t%s\t%s\t%s\t%d\t%d\n", p.Address, p.ASN, p.Kind, p.State, since, p.Received, p.Sent)
-		}
-		return w.Flush()
+		return printNodeStatus(out, b, time.Now())
 	case cmd == "routes":
 		b, err := c.BGP(ctx)
 		if err != nil {
@@ -115,16 +92,7 @@ func run(args []string, out io.Writer) error {
 		if *format == "json" {
 			return printJSON(out, b.Routes)
 		}
-		w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(w, "DESTINATION\tVIA")
-		for _, r := range b.Routes {
-			gws := make([]string, len(r.Gateways))
-			for i, g := range r.Gateways {
-				gws[i] = g.String()
-			}
-			fmt.Fprintf(w, "%s\t%s\n", r.Dst, strings.Join(gws, ", "))
-		}
-		return w.Flush()
+		return printRoutes(out, b)
 	case strings.HasPrefix(cmd, "policy show "):
 		pod := strings.TrimPrefix(cmd, "policy show ")
 		v, err := c.Policy(ctx, pod)
@@ -147,15 +115,11 @@ func run(args []string, out io.Writer) error {
 		w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
 		fmt.Fprintln(w, "ADDRESSES\tPOD\tHOST VETH\tCONTAINER\tIFNAME\tAGE")
 		for _, al := range list {
-			ips := make([]string, len(al.IPs))
-			for i, ip := range al.IPs {
-				ips[i] = ip.String()
-			}
 			pod := "-"
 			if al.Pod != "" {
 				pod = al.Namespace + "/" + al.Pod
 			}
-			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\n", strings.Join(ips, ","), pod, al.HostIf,
+			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\n", joinAddrs(al.IPs, ","), pod, al.HostIf,
 				short(al.ContainerID), al.IfName, time.Since(al.Created).Round(time.Second))
 		}
 		return w.Flush()
@@ -198,11 +162,7 @@ func printJSON(out io.Writer, v any) error {
 
 // printPolicy prints which policies select a pod and the rules in force.
 func printPolicy(out io.Writer, v agentapi.PodPolicy) {
-	ips := make([]string, len(v.IPs))
-	for i, a := range v.IPs {
-		ips[i] = a.String()
-	}
-	fmt.Fprintf(out, "pod %s (host veth %s, %s)\n", v.Pod, v.HostIf, strings.Join(ips, ", "))
+	fmt.Fprintf(out, "pod %s (host veth %s, %s)\n", v.Pod, v.HostIf, joinAddrs(v.IPs, ", "))
 	for _, d := range []struct {
 		name, chain string
 		policies    []string

@@ -76,7 +76,7 @@ protocol bgp node { local 10.34.0.254 as 65001; neighbor 10.34.0.1 as 64512; pas
 	}); err != nil {
 		t.Fatalf("with a wrong password: state %q, %v\n%s", state(), err, nodetest.Tail(n.AgentLog(), 3000))
 	}
-	if _, metrics, _ := n.Health("/metrics"); !strings.Contains(metrics, `tern_bgp_session_up{kind="peer",peer="10.34.0.254"} 0`) {
+	if _, metrics, _ := n.Health("/metrics"); !strings.Contains(metrics, `tern_bgp_session_up{family="ipv4",kind="peer",peer="10.34.0.254"} 0`) {
 		t.Fatalf("metrics:\n%s", metrics)
 	}
 }

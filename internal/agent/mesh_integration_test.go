@@ -72,7 +72,7 @@ func TestBGPMesh(t *testing.T) {
 			t.Fatalf("ternctl node status on %s: %v\n%s", n.Name, err, out)
 		}
 		_, metrics, _ := n.Health("/metrics")
-		if !strings.Contains(metrics, `tern_bgp_session_up{kind="mesh",peer="`+other+`"} 1`) {
+		if !strings.Contains(metrics, `tern_bgp_session_up{family="ipv4",kind="mesh",peer="`+other+`"} 1`) {
 			t.Fatalf("metrics of %s lack the session:\n%s", n.Name, metrics)
 		}
 	}

@@ -140,14 +140,7 @@ func (a *Agent) syncBGP(ctx context.Context) error {
 	}
 	a.mu.Lock()
 	a.writes += uint64(st.Added + st.Replaced + st.Deleted)
-	view := agentapi.BGP{Enabled: true, ASN: g.ASN, RouterID: g.RouterID, Peers: []agentapi.BGPPeer{}, Routes: []agentapi.BGPRoute{}}
-	for _, p := range r.peers {
-		view.Peers = append(view.Peers, agentapi.BGPPeer(p))
-	}
-	for _, rt := range keep {
-		view.Routes = append(view.Routes, agentapi.BGPRoute{Dst: rt.Dst, Gateways: rt.Gateways})
-	}
-	a.bgpView = view
+	a.bgpView = bgpView(g, local, d, r.peers, keep)
 	a.mu.Unlock()
 	return errors.Join(errs...)
 }

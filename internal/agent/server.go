@@ -43,7 +43,7 @@ func (a *Agent) serveStatus(w http.ResponseWriter, _ *http.Request) {
 	st.DataplaneWrites = a.writes
 	a.mu.Unlock()
 	for _, u := range a.ipam.Usage() {
-		st.Pools = append(st.Pools, agentapi.PoolUsage{CIDR: u.Pool, Size: u.Size, InUse: u.InUse})
+		st.Pools = append(st.Pools, agentapi.PoolUsage{CIDR: u.Pool, Family: agentapi.Family(u.Pool.Addr()), Size: u.Size, InUse: u.InUse})
 	}
 	writeJSON(w, http.StatusOK, st)
 }

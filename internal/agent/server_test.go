@@ -540,6 +540,10 @@ func TestStatus(t *testing.T) {
 				if p.CIDR.String() != tt.wantCIDRs[i] || p.Size != tt.wantSize[i] || p.InUse != tt.wantInUse[i] {
 					t.Errorf("pools[%d] = %+v, want %s size %d in use %d", i, p, tt.wantCIDRs[i], tt.wantSize[i], tt.wantInUse[i])
 				}
+				// One pool per family, each saying which.
+				if want := []string{agentapi.FamilyIPv4, agentapi.FamilyIPv6}[i]; p.Family != want {
+					t.Errorf("pools[%d] (%s): family %q, want %q", i, p.CIDR, p.Family, want)
+				}
 			}
 		})
 	}
@@ -565,5 +569,38 @@ func TestMethodsAndPaths(t *testing.T) {
 				t.Errorf("status = %d, want %d", rec.Code, tt.status)
 			}
 		})
+	}
+}
+
+// TestBGPPerFamily: /v1/bgp of a dual-stack node gives its addresses, each
+// session and route under its family, and a summary per family; before the
+// first BGP pass it says BGP is off, with no families.
+func TestBGPPerFamily(t *testing.T) {
+	ta := newTestAgent(t, dualStack, ipam.NewMemStore())
+	off := decode[agentapi.BGP](t, ta.do(t, "GET", agentapi.PathBGP, ""), 200)
+	if off.Enabled || len(off.Families) != 0 {
+		t.Errorf("before any pass: %+v", off)
+	}
+	ta.a.bgpView = bgpView(dualStackPass())
+	b := decode[agentapi.BGP](t, ta.do(t, "GET", agentapi.PathBGP, ""), 200)
+	if b.IPv4.String() != "10.40.0.1" || b.IPv6.String() != "fd40::1" || b.RouterID.String() != "10.40.0.1" {
+		t.Errorf("addresses %s %s, router ID %s", b.IPv4, b.IPv6, b.RouterID)
+	}
+	var peers, routes []string
+	for _, p := range b.Peers {
+		peers = append(peers, p.Family+" "+p.Address.String())
+	}
+	for _, r := range b.Routes {
+		routes = append(routes, fmt.Sprint(r.Family, " ", r.Dst, " ", r.Gateways))
+	}
+	if want := []string{"ipv4 10.40.0.2", "ipv4 10.40.0.3", "ipv6 fd40::2", "ipv6 fd40::3"}; !slices.Equal(peers, want) {
+		t.Errorf("peers %v, want %v", peers, want)
+	}
+	if want := []string{"ipv4 10.244.2.0/24 [10.40.0.2]", "ipv4 10.244.3.0/24 [10.40.0.2 10.40.0.3]", "ipv6 fd10:244:2::/64 [fd40::2]"}; !slices.Equal(routes, want) {
+		t.Errorf("routes %v, want %v", routes, want)
+	}
+	if len(b.Families) != 2 || b.Families[0] != (agentapi.BGPFamily{Family: "ipv4", Configured: 2, Established: 2, Received: 3, Sent: 4, Routes: 2, Announced: 2}) ||
+		b.Families[1] != (agentapi.BGPFamily{Family: "ipv6", Configured: 3, Established: 1, Received: 4, Sent: 1, Routes: 1, Announced: 1}) {
+		t.Errorf("families %+v", b.Families)
 	}
 }

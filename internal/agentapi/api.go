@@ -78,18 +78,65 @@ type ReleaseRequest struct {
 	Dispose []hostveth.Link `json:"dispose,omitempty"`
 }
 
-// BGP is the agent's BGP speaker and what it installed.
+// Address families, as the API and the agent's metrics name them.
+const (
+	FamilyIPv4 = "ipv4"
+	FamilyIPv6 = "ipv6"
+)
+
+// Family is the address family of a: FamilyIPv4 (an IPv4-mapped IPv6
+// address too), FamilyIPv6, or "" for the zero Addr.
+func Family(a netip.Addr) string {
+	switch {
+	case !a.IsValid():
+		return ""
+	case a.Unmap().Is4():
+		return FamilyIPv4
+	default:
+		return FamilyIPv6
+	}
+}
+
+// BGP is the agent's BGP speaker and what it installed. The speaker runs one
+// session per address family, between two addresses of that family; each
+// peer and route says which family it is of, and Families sums them up.
 type BGP struct {
 	Enabled  bool       `json:"enabled"`
 	ASN      uint32     `json:"asn,omitempty"`
 	RouterID netip.Addr `json:"routerID,omitzero"`
-	Peers    []BGPPeer  `json:"peers"`
-	Routes   []BGPRoute `json:"routes"`
+	// IPv4 and IPv6 are the node's addresses, the local ends of its
+	// sessions of each family; either may be unset.
+	IPv4   netip.Addr `json:"ipv4,omitzero"`
+	IPv6   netip.Addr `json:"ipv6,omitzero"`
+	Peers  []BGPPeer  `json:"peers"`
+	Routes []BGPRoute `json:"routes"`
+	// Announced are the prefixes the node announces (its pod CIDRs, and the
+	// Service addresses the BGPConfiguration advertises).
+	Announced []netip.Prefix `json:"announced,omitempty"`
+	// Families has one entry per family the node has an address, a session,
+	// a route or an announcement of: IPv4 first.
+	Families []BGPFamily `json:"families,omitempty"`
+}
+
+// BGPFamily sums up one address family's sessions and routes.
+type BGPFamily struct {
+	Family string `json:"family"` // FamilyIPv4 or FamilyIPv6
+	// Configured sessions (the peers the node is to have), and of them the
+	// established ones.
+	Configured  int `json:"configured"`
+	Established int `json:"established"`
+	// Received and Sent: prefixes, over the family's sessions.
+	Received uint64 `json:"received"`
+	Sent     uint64 `json:"sent"`
+	// Routes learned and installed; Announced prefixes.
+	Routes    int `json:"routes"`
+	Announced int `json:"announced"`
 }
 
 // BGPPeer is one session.
 type BGPPeer struct {
 	Address  netip.Addr `json:"address"`
+	Family   string     `json:"family"` // of Address: the one family the session carries
 	ASN      uint32     `json:"asn"`
 	Kind     string     `json:"kind"` // mesh, peer, reflector, reflector-client
 	State    string     `json:"state"`
@@ -102,9 +149,11 @@ type BGPPeer struct {
 	EndOfRIB        bool `json:"endOfRib,omitempty"`
 }
 
-// BGPRoute is a route tern installed from BGP.
+// BGPRoute is a route tern installed from BGP; several gateways make an
+// ECMP route.
 type BGPRoute struct {
 	Dst      netip.Prefix `json:"dst"`
+	Family   string       `json:"family"`
 	Gateways []netip.Addr `json:"gateways"`
 }
 
@@ -121,11 +170,13 @@ type Status struct {
 	DataplaneWrites uint64 `json:"dataplaneWrites"`
 }
 
-// PoolUsage counts the addresses of one pod CIDR.
+// PoolUsage counts the addresses of one pod CIDR (a node has at most one
+// per family).
 type PoolUsage struct {
-	CIDR  netip.Prefix `json:"cidr"`
-	Size  uint64       `json:"size"`
-	InUse int          `json:"inUse"`
+	CIDR   netip.Prefix `json:"cidr"`
+	Family string       `json:"family"`
+	Size   uint64       `json:"size"`
+	InUse  int          `json:"inUse"`
 }
 
 // GCRequest lists the attachments of a network that the runtime still has.

@@ -7,8 +7,10 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -225,3 +227,66 @@ func TestClientWaitsForStartingAgent(t *testing.T) {
 }
 
 func jsonDecode(r *http.Request, v any) error { return json.NewDecoder(r.Body).Decode(v) }
+
+func TestFamily(t *testing.T) {
+	for _, tc := range []struct {
+		addr netip.Addr
+		want string
+	}{
+		{netip.MustParseAddr("10.0.0.1"), FamilyIPv4},
+		{netip.MustParseAddr("::ffff:10.0.0.1"), FamilyIPv4}, // IPv4-mapped: the kernel's IPv4
+		{netip.MustParseAddr("fd40::1"), FamilyIPv6},
+		{netip.MustParseAddr("fe80::1"), FamilyIPv6},
+		{netip.Addr{}, ""},
+	} {
+		if got := Family(tc.addr); got != tc.want {
+			t.Errorf("Family(%s) = %q, want %q", tc.addr, got, tc.want)
+		}
+	}
+}
+
+// The BGP view of a dual-stack node reaches the client with each session,
+// route and pool in its family; the answer of an agent from before the
+// family fields still decodes, with the families empty.
+func TestClientBGPPerFamily(t *testing.T) {
+	const dual = `{"enabled":true,"asn":64512,"routerID":"10.40.0.1","ipv4":"10.40.0.1","ipv6":"fd40::1",
+		"peers":[{"address":"10.40.0.2","family":"ipv4","asn":64512,"kind":"mesh","state":"Established","received":1,"sent":1},
+		         {"address":"fd40::2","family":"ipv6","asn":64512,"kind":"mesh","state":"Active","received":0,"sent":0}],
+		"routes":[{"dst":"10.244.2.0/24","family":"ipv4","gateways":["10.40.0.2","10.40.0.3"]},{"dst":"fd10:244:2::/64","family":"ipv6","gateways":["fd40::2"]}],
+		"announced":["10.244.1.0/24","fd10:244:1::/64"],
+		"families":[{"family":"ipv4","configured":1,"established":1,"received":1,"sent":1,"routes":1,"announced":1},
+		            {"family":"ipv6","configured":1,"established":0,"received":0,"sent":0,"routes":1,"announced":1}]}`
+	const old = `{"enabled":true,"asn":64512,"routerID":"10.40.0.1","peers":[{"address":"10.40.0.2","asn":64512,"kind":"mesh","state":"Established","received":1,"sent":1}],"routes":[]}`
+	body := dual
+	c := NewClient(serve(t, func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != PathBGP {
+			t.Errorf("path %s", r.URL.Path)
+		}
+		w.Write([]byte(body))
+	}), 5*time.Second)
+	b, err := c.BGP(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b.IPv4 != netip.MustParseAddr("10.40.0.1") || b.IPv6 != netip.MustParseAddr("fd40::1") {
+		t.Errorf("addresses %s %s", b.IPv4, b.IPv6)
+	}
+	if len(b.Peers) != 2 || b.Peers[0].Family != FamilyIPv4 || b.Peers[1].Family != FamilyIPv6 {
+		t.Errorf("peers %+v", b.Peers)
+	}
+	if len(b.Routes) != 2 || b.Routes[0].Family != FamilyIPv4 || len(b.Routes[0].Gateways) != 2 || b.Routes[1].Family != FamilyIPv6 {
+		t.Errorf("routes %+v", b.Routes)
+	}
+	want := []BGPFamily{
+		{Family: FamilyIPv4, Configured: 1, Established: 1, Received: 1, Sent: 1, Routes: 1, Announced: 1},
+		{Family: FamilyIPv6, Configured: 1, Routes: 1, Announced: 1},
+	}
+	if !slices.Equal(b.Families, want) || len(b.Announced) != 2 {
+		t.Errorf("families %+v, announced %v", b.Families, b.Announced)
+	}
+	body = old
+	b, err = c.BGP(context.Background())
+	if err != nil || len(b.Peers) != 1 || b.Peers[0].Family != "" || b.Families != nil || b.IPv6.IsValid() {
+		t.Fatalf("an older agent's answer: %+v %v", b, err)
+	}
+}
