@@ -37,7 +37,12 @@ spec:
 `, name, ns, name, node, lab.AgnhostImage)
 }
 
-type podInfo struct{ Name, Node, IP string }
+// podInfo is a pod as kubectl shows it: IP is its primary address, IPs
+// every address (one per family of the lab).
+type podInfo struct {
+	Name, Node, IP string
+	IPs            []string
+}
 
 // serverPods creates namespace ns with one server pod per node, and waits
 // until all are ready.
@@ -51,14 +56,15 @@ func serverPods(t *testing.T, ns string) []podInfo {
 	}
 	kubectl(t, yaml, "apply", "-f", "-")
 	kubectl(t, "", "-n", ns, "wait", "--for=condition=Ready", "pod", "--all", "--timeout=120s")
-	out := kubectl(t, "", "-n", ns, "get", "pods", "-o", `jsonpath={range .items[*]}{.metadata.name} {.spec.nodeName} {.status.podIP}{"\n"}{end}`)
+	out := kubectl(t, "", "-n", ns, "get", "pods", "-o", `jsonpath={range .items[*]}{.metadata.name} {.spec.nodeName} {.status.podIPs[*].ip}{"\n"}{end}`)
 	var pods []podInfo
+	fams := len(state(t).Config.Families())
 	for _, l := range strings.Split(strings.TrimSpace(out), "\n") {
 		f := strings.Fields(l)
-		if len(f) != 3 {
-			t.Fatalf("pod line %q", l)
+		if len(f) != 2+fams {
+			t.Fatalf("pod line %q: want a name, a node and %d addresses", l, fams)
 		}
-		pods = append(pods, podInfo{f[0], f[1], f[2]})
+		pods = append(pods, podInfo{f[0], f[1], f[2], f[2:]})
 	}
 	if len(pods) != len(state(t).Nodes) {
 		t.Fatalf("%d pods, want one per node", len(pods))
@@ -124,36 +130,44 @@ func TestInstalledByDaemonSet(t *testing.T) {
 // BIRD) and across racks (BIRD and FRR).
 func TestPodsAcrossRacks(t *testing.T) {
 	pods := serverPods(t, "e2e-racks")
-	cidrs := map[string]netip.Prefix{}
-	out := kubectl(t, "", "get", "nodes", "-o", `jsonpath={range .items[*]}{.metadata.name} {.spec.podCIDR}{"\n"}{end}`)
+	cidrs := map[string][]netip.Prefix{}
+	out := kubectl(t, "", "get", "nodes", "-o", `jsonpath={range .items[*]}{.metadata.name} {.spec.podCIDRs[*]}{"\n"}{end}`)
 	for _, l := range strings.Split(strings.TrimSpace(out), "\n") {
 		f := strings.Fields(l)
-		cidrs[f[0]] = netip.MustParsePrefix(f[1])
-	}
-	for _, p := range pods {
-		if a, err := netip.ParseAddr(p.IP); err != nil || !cidrs[p.Node].Contains(a) {
-			t.Errorf("%s on %s has %s, not from the node's pod CIDR %s", p.Name, p.Node, p.IP, cidrs[p.Node])
+		for _, c := range f[1:] {
+			cidrs[f[0]] = append(cidrs[f[0]], netip.MustParsePrefix(c))
 		}
 	}
+	for _, p := range pods {
+		for i, ip := range p.IPs {
+			if a, err := netip.ParseAddr(ip); err != nil || i >= len(cidrs[p.Node]) || !cidrs[p.Node][i].Contains(a) {
+				t.Errorf("%s on %s has %s, not from the node's pod CIDRs %v", p.Name, p.Node, ip, cidrs[p.Node])
+			}
+		}
+	}
+	// Every pod reaches every other at each of its addresses.
 	for _, from := range pods {
 		for _, to := range pods {
-			for _, c := range []struct {
-				proto string
-				port  int
-			}{{"http", 8080}, {"udp", 8081}} {
-				got, err := dial(t, "e2e-racks", from.Name, to.IP, c.port, c.proto)
-				if err != nil || got != to.Name {
-					t.Errorf("%s (%s) -> %s (%s) %s: %q %v", from.Name, from.Node, to.Name, to.Node, c.proto, got, err)
+			for _, ip := range to.IPs {
+				for _, c := range []struct {
+					proto string
+					port  int
+				}{{"http", 8080}, {"udp", 8081}} {
+					got, err := dial(t, "e2e-racks", from.Name, ip, c.port, c.proto)
+					if err != nil || got != to.Name {
+						t.Errorf("%s (%s) -> %s %s (%s) %s: %q %v", from.Name, from.Node, to.Name, ip, to.Node, c.proto, got, err)
+					}
 				}
 			}
 		}
 	}
 }
 
-// TestServices: a ClusterIP Service answers from every node's pods, a
-// NodePort on every node's address; the backend sees the client pod's own
-// address (pod-to-ClusterIP traffic is not masqueraded), so NetworkPolicy
-// can tell clients apart.
+// TestServices: a ClusterIP Service (dual-stack in a dual-stack lab: a
+// ClusterIP of each family) answers from every node's pods, a NodePort on
+// every node's addresses; the backend sees the client pod's own address
+// (pod-to-ClusterIP traffic is not masqueraded), so NetworkPolicy can tell
+// clients apart.
 func TestServices(t *testing.T) {
 	pods := serverPods(t, "e2e-svc")
 	kubectl(t, `apiVersion: v1
@@ -161,45 +175,32 @@ kind: Service
 metadata: {name: web, namespace: e2e-svc}
 spec:
   type: NodePort
+  ipFamilyPolicy: PreferDualStack
   selector: {pod: p1}
   ports: [{name: http, port: 80, targetPort: 8080}]
 `, "apply", "-f", "-")
-	ip := strings.TrimSpace(kubectl(t, "", "-n", "e2e-svc", "get", "svc", "web", "-o", "jsonpath={.spec.clusterIP}"))
+	ips := strings.Fields(kubectl(t, "", "-n", "e2e-svc", "get", "svc", "web", "-o", "jsonpath={.spec.clusterIPs[*]}"))
+	if len(ips) != len(pods[0].IPs) {
+		t.Fatalf("the Service has ClusterIPs %v, want one per family of the lab (%d)", ips, len(pods[0].IPs))
+	}
 	nodePort := strings.TrimSpace(kubectl(t, "", "-n", "e2e-svc", "get", "svc", "web", "-o", "jsonpath={.spec.ports[0].nodePort}"))
-	for _, from := range pods {
-		err := kubetest.EventuallyErr(30*time.Second, func() error {
-			out, err := kubectlErr(t, "", "-n", "e2e-svc", "exec", from.Name, "--", "curl", "-s", "--max-time", "5", "http://"+ip+"/clientip")
-			if err != nil {
-				return err
-			}
-			client, _, _ := strings.Cut(strings.TrimSpace(out), ":")
-			if from.Name == "p1" {
-				// The backend itself (hairpin): kube-proxy masquerades it, as
-				// on any cluster, so that the reply comes back through it.
-				if client == "" {
-					return fmt.Errorf("no answer: %q", out)
-				}
-				return nil
-			}
-			if client != from.IP {
-				return fmt.Errorf("the backend saw %q, not the client pod's address %s", out, from.IP)
-			}
-			return nil
-		})
-		if err != nil {
-			t.Errorf("ClusterIP %s from %s on %s: %v", ip, from.Name, from.Node, err)
+	for i, ip := range ips {
+		for _, from := range pods {
+			servicesClientIP(t, from, ip, from.IPs[i])
 		}
 	}
 	for _, n := range state(t).Nodes {
-		got, err := kubectlErr(t, "", "-n", "e2e-svc", "exec", pods[len(pods)-1].Name, "--", "curl", "-s", "--max-time", "5",
-			"http://"+net.JoinHostPort(n.Address().String(), nodePort)+"/hostname")
-		if err != nil || got != "p1" {
-			t.Errorf("NodePort %s:%s from %s: %q %v", n.Address(), nodePort, pods[len(pods)-1].Name, got, err)
+		for _, a := range n.Addresses() {
+			got, err := kubectlErr(t, "", "-n", "e2e-svc", "exec", pods[len(pods)-1].Name, "--", "curl", "-s", "--max-time", "5",
+				"http://"+net.JoinHostPort(a.String(), nodePort)+"/hostname")
+			if err != nil || got != "p1" {
+				t.Errorf("NodePort %s from %s: %q %v", net.JoinHostPort(a.String(), nodePort), pods[len(pods)-1].Name, got, err)
+			}
 		}
 	}
 	// A policy on the backend that admits one client pod: that pod passes
 	// through the ClusterIP, another is refused (the policy sees clients'
-	// own addresses, not a node's).
+	// own addresses, not a node's), in every family.
 	kubectl(t, `apiVersion: networking.k8s.io/v1
 kind: NetworkPolicy
 metadata: {name: only-p2, namespace: e2e-svc}
@@ -208,24 +209,54 @@ spec:
   policyTypes: [Ingress]
   ingress: [{from: [{podSelector: {matchLabels: {pod: p2}}}], ports: [{port: 8080}]}]
 `, "apply", "-f", "-")
-	get := func(from string) error {
-		out, err := kubectlErr(t, "", "-n", "e2e-svc", "exec", from, "--", "curl", "-s", "--max-time", "2", "http://"+ip+"/hostname")
-		if err == nil && out != "p1" {
-			err = fmt.Errorf("answered %q", out)
+	for _, ip := range ips {
+		get := func(from string) error {
+			out, err := kubectlErr(t, "", "-n", "e2e-svc", "exec", from, "--", "curl", "-s", "--max-time", "2", "http://"+net.JoinHostPort(ip, "80")+"/hostname")
+			if err == nil && out != "p1" {
+				err = fmt.Errorf("answered %q", out)
+			}
+			return err
 		}
-		return err
+		err := kubetest.EventuallyErr(30*time.Second, func() error {
+			if err := get("p3"); err == nil {
+				return fmt.Errorf("p3 still reaches the ClusterIP")
+			}
+			return nil
+		})
+		if err != nil {
+			t.Errorf("policy admitting p2 only, ClusterIP %s: %v", ip, err)
+		}
+		if err := get("p2"); err != nil {
+			t.Errorf("policy admitting p2 only: p2 through the ClusterIP %s: %v", ip, err)
+		}
 	}
+}
+
+// servicesClientIP checks that pod from reaches the Service at ip, and that
+// the backend sees from's own address of ip's family, want.
+func servicesClientIP(t *testing.T, from podInfo, ip, want string) {
+	t.Helper()
 	err := kubetest.EventuallyErr(30*time.Second, func() error {
-		if err := get("p3"); err == nil {
-			return fmt.Errorf("p3 still reaches the ClusterIP")
+		out, err := kubectlErr(t, "", "-n", "e2e-svc", "exec", from.Name, "--", "curl", "-s", "--max-time", "5", "http://"+net.JoinHostPort(ip, "80")+"/clientip")
+		if err != nil {
+			return err
+		}
+		client, _, _ := net.SplitHostPort(strings.TrimSpace(out))
+		if from.Name == "p1" {
+			// The backend itself (hairpin): kube-proxy masquerades it, as
+			// on any cluster, so that the reply comes back through it.
+			if client == "" {
+				return fmt.Errorf("no answer: %q", out)
+			}
+			return nil
+		}
+		if client != want {
+			return fmt.Errorf("the backend saw %q, not the client pod's address %s", out, want)
 		}
 		return nil
 	})
 	if err != nil {
-		t.Errorf("policy admitting p2 only: %v", err)
-	}
-	if err := get("p2"); err != nil {
-		t.Errorf("policy admitting p2 only: p2 through the ClusterIP: %v", err)
+		t.Errorf("ClusterIP %s from %s on %s: %v", ip, from.Name, from.Node, err)
 	}
 }
 
@@ -300,10 +331,11 @@ func TestClusterIPFromOutside(t *testing.T) {
 kind: Service
 metadata: {name: web, namespace: e2e-outside}
 spec:
+  ipFamilyPolicy: PreferDualStack
   selector: {app: web}
   ports: [{name: http, port: 80, targetPort: 8080}]
 `, "apply", "-f", "-")
-	ip := strings.TrimSpace(kubectl(t, "", "-n", "e2e-outside", "get", "svc", "web", "-o", "jsonpath={.spec.clusterIP}"))
+	ips := strings.Fields(kubectl(t, "", "-n", "e2e-outside", "get", "svc", "web", "-o", "jsonpath={.spec.clusterIPs[*]}"))
 	backends := map[string]bool{}
 	for _, p := range pods {
 		backends[p.Name] = true
@@ -312,66 +344,79 @@ spec:
 	if len(s.Routers) < 2 {
 		t.Fatalf("the lab has %d routers, want 2", len(s.Routers))
 	}
-	ipIn := func(netns string, args ...string) (string, error) {
-		out, err := exec.Command("ip", append([]string{"-n", netns}, args...)...).CombinedOutput()
+	ranges := s.Config.ServiceCIDRs()
+	if len(ips) != len(ranges) {
+		t.Fatalf("the Service has ClusterIPs %v, want one in each of %v", ips, ranges)
+	}
+	ipIn := func(netns, svcRange string) (string, error) {
+		fam := "-4"
+		if strings.Contains(svcRange, ":") {
+			fam = "-6"
+		}
+		out, err := exec.Command("ip", "-n", netns, fam, "route", "show", svcRange).CombinedOutput()
 		return string(out), err
 	}
-	for _, r := range s.Routers {
-		var rack []string
-		for _, n := range s.Nodes {
-			if n.Rack == r.Rack {
-				rack = append(rack, n.Address().String())
-			}
-		}
-		err := kubetest.EventuallyErr(30*time.Second, func() error {
-			out, err := ipIn(r.NetNS, "route", "show", lab.ServiceCIDR)
-			if err != nil {
-				return err
-			}
-			var hops []string
-			for _, f := range strings.Split(out, "\n") {
-				if fs := strings.Fields(f); len(fs) > 2 && (fs[0] == "nexthop" || fs[0] == lab.ServiceCIDR) && fs[1] == "via" {
-					hops = append(hops, fs[2])
+	for i, ip := range ips {
+		svcRange := ranges[i]
+		for _, r := range s.Routers {
+			var rack []string
+			for _, n := range s.Nodes {
+				if n.Rack == r.Rack {
+					rack = append(rack, n.Addresses()[i].String())
 				}
 			}
-			slices.Sort(hops)
-			if !slices.Equal(hops, rack) {
-				return fmt.Errorf("next hops %v, want the rack's nodes %v:\n%s", hops, rack, out)
-			}
-			return nil
-		})
-		if err != nil {
-			t.Errorf("%s router of rack %d, route to %s: %v", r.Kind, r.Rack, lab.ServiceCIDR, err)
-		}
-		client := lab.ClientName(r.Rack)
-		get := func() (string, error) {
-			out, err := tl.Cmd("exec", client, "--", "curl", "-s", "--max-time", "3", "http://"+ip+"/hostname").CombinedOutput()
+			slices.Sort(rack)
+			err := kubetest.EventuallyErr(30*time.Second, func() error {
+				out, err := ipIn(r.NetNS, svcRange)
+				if err != nil {
+					return err
+				}
+				var hops []string
+				for _, f := range strings.Split(out, "\n") {
+					if fs := strings.Fields(f); len(fs) > 2 && (fs[0] == "nexthop" || fs[0] == svcRange) && fs[1] == "via" {
+						hops = append(hops, fs[2])
+					}
+				}
+				slices.Sort(hops)
+				if !slices.Equal(hops, rack) {
+					return fmt.Errorf("next hops %v, want the rack's nodes %v:\n%s", hops, rack, out)
+				}
+				return nil
+			})
 			if err != nil {
-				return "", fmt.Errorf("%w: %s", err, out)
+				t.Errorf("%s router of rack %d, route to %s: %v", r.Kind, r.Rack, svcRange, err)
 			}
-			if !backends[string(out)] {
-				return "", fmt.Errorf("answered %q, not a backend of the Service", out)
+			client := lab.ClientName(r.Rack)
+			url := "http://" + net.JoinHostPort(ip, "80") + "/hostname"
+			get := func() (string, error) {
+				out, err := tl.Cmd("exec", client, "--", "curl", "-s", "--max-time", "3", url).CombinedOutput()
+				if err != nil {
+					return "", fmt.Errorf("%w: %s", err, out)
+				}
+				if !backends[string(out)] {
+					return "", fmt.Errorf("answered %q, not a backend of the Service", out)
+				}
+				return string(out), nil
 			}
-			return string(out), nil
-		}
-		if err := kubetest.EventuallyErr(30*time.Second, func() error { _, err := get(); return err }); err != nil {
-			t.Errorf("ClusterIP %s from %s (behind rack %d's %s router): %v", ip, client, r.Rack, r.Kind, err)
-			continue
-		}
-		seen := map[string]bool{}
-		for range 8 {
-			got, err := get()
-			if err != nil {
-				t.Errorf("ClusterIP %s from %s: %v", ip, client, err)
-				break
+			if err := kubetest.EventuallyErr(30*time.Second, func() error { _, err := get(); return err }); err != nil {
+				t.Errorf("ClusterIP %s from %s (behind rack %d's %s router): %v", ip, client, r.Rack, r.Kind, err)
+				continue
 			}
-			seen[got] = true
+			seen := map[string]bool{}
+			for range 8 {
+				got, err := get()
+				if err != nil {
+					t.Errorf("ClusterIP %s from %s: %v", ip, client, err)
+					break
+				}
+				seen[got] = true
+			}
+			t.Logf("ClusterIP %s from %s (rack %d, %s): answered by %v", ip, client, r.Rack, r.Kind, slices.Sorted(maps.Keys(seen)))
 		}
-		t.Logf("ClusterIP %s from %s (rack %d, %s): answered by %v", ip, client, r.Rack, r.Kind, slices.Sorted(maps.Keys(seen)))
-	}
-	for _, n := range s.Nodes {
-		if out, err := ipIn(n.NetNS, "route", "show", lab.ServiceCIDR); err != nil || strings.TrimSpace(out) != "" {
-			t.Errorf("%s has a route for the Service range %s (only kube-proxy should serve it): %q %v", n.Name, lab.ServiceCIDR, out, err)
+		for _, n := range s.Nodes {
+			if out, err := ipIn(n.NetNS, svcRange); err != nil || strings.TrimSpace(out) != "" {
+				t.Errorf("%s has a route for the Service range %s (only kube-proxy should serve it): %q %v", n.Name, svcRange, out, err)
+			}
 		}
 	}
 }

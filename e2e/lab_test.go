@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -78,8 +79,25 @@ func probe(t *testing.T, from lab.PodInfo, to lab.PodInfo, port uint16, proto st
 	return lab.Probe(ctx(t), from.NetNS, netip.AddrPortFrom(to.IPs[0], port), proto, 2*time.Second)
 }
 
+// families checks that pod p has one address of each of the lab's families,
+// the primary first, and returns them.
+func families(t *testing.T, p lab.PodInfo) []netip.Addr {
+	t.Helper()
+	fams := state(t).Config.Families()
+	if len(p.IPs) != len(fams) {
+		t.Fatalf("pod %s/%s has addresses %v, want one of each of the lab's %d families", p.Namespace, p.Name, p.IPs, len(fams))
+	}
+	for i, v6 := range fams {
+		if p.IPs[i].Is6() != v6 {
+			t.Fatalf("pod %s/%s has addresses %v, not in the lab's family order (%s)", p.Namespace, p.Name, p.IPs, ipFamily)
+		}
+	}
+	return p.IPs
+}
+
 // TestPodToPod: every pod reaches every other over TCP and UDP, across nodes
-// in a rack (behind BIRD), and across racks (BIRD and FRR).
+// in a rack (behind BIRD), and across racks (BIRD and FRR), at each of its
+// addresses (IPv4 and IPv6 in a dual-stack lab).
 func TestPodToPod(t *testing.T) {
 	s := state(t)
 	if len(s.Nodes) < 4 || len(s.Routers) != 2 {
@@ -97,10 +115,12 @@ func TestPodToPod(t *testing.T) {
 	pods := waitPods(t, ids...)
 	for _, from := range ids {
 		for _, to := range ids {
-			for _, proto := range []string{"TCP", "UDP"} {
-				got, err := probe(t, pods[from], pods[to], 80, proto)
-				if err != nil || got != to {
-					t.Errorf("%s -> %s:80/%s (%s to %s): %q %v", from, to, proto, pods[from].Node, pods[to].Node, got, err)
+			for _, ip := range families(t, pods[to]) {
+				for _, proto := range []string{"TCP", "UDP"} {
+					got, err := lab.Probe(ctx(t), pods[from].NetNS, netip.AddrPortFrom(ip, 80), proto, 2*time.Second)
+					if err != nil || got != to {
+						t.Errorf("%s -> %s %s:80/%s (%s to %s): %q %v", from, to, ip, proto, pods[from].Node, pods[to].Node, got, err)
+					}
 				}
 			}
 		}
@@ -146,6 +166,9 @@ func TestAgentKilled(t *testing.T) {
 	kubectl(t, podYAML("e2e-gr", "server", victim.Name, nil)+podYAML("e2e-gr", "client", other.Name, nil), "apply", "-f", "-")
 	pods := waitPods(t, "e2e-gr/server", "e2e-gr/client")
 
+	// A probe every 100 ms to each of the server's addresses (both
+	// families in a dual-stack lab).
+	serverIPs := families(t, pods["e2e-gr/server"])
 	var sent, lost atomic.Int64
 	var firstErr atomic.Value
 	stop := make(chan struct{})
@@ -160,17 +183,23 @@ func TestAgentKilled(t *testing.T) {
 				return
 			case <-tick.C:
 			}
-			sent.Add(1)
-			got, err := lab.Probe(context.Background(), pods["e2e-gr/client"].NetNS, netip.AddrPortFrom(pods["e2e-gr/server"].IPs[0], 80), "TCP", time.Second)
-			if err != nil || got != "e2e-gr/server" {
-				lost.Add(1)
-				firstErr.CompareAndSwap(nil, fmt.Sprintf("%s: %q %v", time.Now().Format("15:04:05.000"), got, err))
+			var wg sync.WaitGroup
+			for _, ip := range serverIPs {
+				sent.Add(1)
+				wg.Go(func() {
+					got, err := lab.Probe(context.Background(), pods["e2e-gr/client"].NetNS, netip.AddrPortFrom(ip, 80), "TCP", time.Second)
+					if err != nil || got != "e2e-gr/server" {
+						lost.Add(1)
+						firstErr.CompareAndSwap(nil, fmt.Sprintf("%s to %s: %q %v", time.Now().Format("15:04:05.000"), ip, got, err))
+					}
+				})
 			}
+			wg.Wait()
 		}
 	}()
-	// Kill once the probe has been seen working: ten probes sent.
+	// Kill once the probe has been seen working: ten rounds sent.
 	if err := kubetest.EventuallyErr(10*time.Second, func() error {
-		if n := sent.Load(); n < 10 {
+		if n := sent.Load(); n < 10*int64(len(serverIPs)) {
 			return fmt.Errorf("%d probes sent", n)
 		}
 		return nil
@@ -219,7 +248,7 @@ func TestAgentKilled(t *testing.T) {
 		if settled == nil {
 			after := sent.Load()
 			settled = kubetest.EventuallyErr(10*time.Second, func() error {
-				if n := sent.Load(); n < after+10 {
+				if n := sent.Load(); n < after+10*int64(len(serverIPs)) {
 					return fmt.Errorf("%d probes sent since the sessions came back", n-after)
 				}
 				return nil

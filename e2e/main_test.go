@@ -7,6 +7,7 @@
 package e2e
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"os"
@@ -20,16 +21,18 @@ import (
 )
 
 // The lab every test here shares: 4 nodes in 2 racks, rack 1 behind BIRD and
-// rack 2 behind FRR.
+// rack 2 behind FRR, of the IP families TERN_E2E_IP_FAMILY names (ipv4,
+// ipv6 or dual; default dual: every test then runs over both).
 var (
-	tl     *labtest.Lab
-	prefix = "tle2e"
+	tl       *labtest.Lab
+	prefix   = "tle2e"
+	ipFamily = cmp.Or(os.Getenv("TERN_E2E_IP_FAMILY"), lab.Dual)
 )
 
 func TestMain(m *testing.M) {
 	labtest.Main(m, labtest.Setup{
 		Name: "e2e", Prefix: prefix, Image: true,
-		Up:         []string{"--nodes", "4", "--racks", "2", "--router", "mixed"},
+		Up:         []string{"--nodes", "4", "--racks", "2", "--router", "mixed", "--ip-family", ipFamily},
 		AfterTests: crashAndRestart,
 	}, &tl)
 }
@@ -52,7 +55,7 @@ func crashAndRestart(tl *labtest.Lab, old lab.State) ([]lab.State, error) {
 		return nil, fmt.Errorf("the killed lab left no namespaces: the crash test tests nothing")
 	}
 	t0 := time.Now()
-	out, err := tl.Cmd("up", "--nodes", "2", "--router", "none").CombinedOutput()
+	out, err := tl.Cmd("up", "--nodes", "2", "--router", "none", "--ip-family", ipFamily).CombinedOutput()
 	if err != nil {
 		return nil, fmt.Errorf("tern-lab up after a crash: %w\n%s", err, out)
 	}

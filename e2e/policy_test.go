@@ -29,6 +29,7 @@ import (
 	"time"
 
 	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/tern-net/tern/internal/kubetest"
 	"github.com/tern-net/tern/internal/lab"
 )
 
@@ -44,6 +45,9 @@ var (
 type policyFixture struct {
 	pods []podRef
 	info map[string]lab.PodInfo
+	// cluster is the pod range of the lab's primary family, the family
+	// of the addresses the cases probe.
+	cluster netip.Prefix
 }
 
 var (
@@ -69,7 +73,7 @@ func setupPolicyPods(t *testing.T) *policyFixture {
 	}
 	var yaml strings.Builder
 	var ids []string
-	fx := &policyFixture{}
+	fx := &policyFixture{cluster: netip.MustParsePrefix(state(t).Config.ClusterCIDRs()[0])}
 	for i, nsName := range policyNamespaces {
 		fmt.Fprintf(&yaml, "apiVersion: v1\nkind: Namespace\nmetadata: {name: %q, labels: {ns: %q}}\n---\n", nsName, nsName)
 		for j, name := range policyPodNames {
@@ -85,7 +89,7 @@ func setupPolicyPods(t *testing.T) *policyFixture {
 	}
 	kubectl(t, yaml.String(), "apply", "-f", "-")
 	fx.info = waitPods(t, ids...)
-	cluster := netip.MustParsePrefix(lab.ClusterCIDR)
+	cluster := fx.cluster
 	var placed []string
 	for _, id := range ids {
 		p := fx.info[id]
@@ -144,6 +148,12 @@ func (fx *policyFixture) expect(t *testing.T, what string, m model) {
 
 // ip is a fixture pod's address.
 func (fx *policyFixture) ip(id string) netip.Addr { return fx.info[id].IPs[0] }
+
+// host is pod id's primary address as a one-address CIDR (/32, /128).
+func (fx *policyFixture) host(id string) netip.Prefix {
+	a := fx.ip(id)
+	return netip.PrefixFrom(a, a.BitLen())
+}
 
 // netpol is a NetworkPolicy manifest; spec is the YAML under "spec:",
 // indented by two spaces.
@@ -395,13 +405,13 @@ func TestPolicy(t *testing.T) {
   policyTypes: [Egress]
   egress:
   - to:
-    - ipBlock: {cidr: %s, except: [%s/32]}`, lab.ClusterCIDR, fx.ip("y/b"))),
+    - ipBlock: {cidr: %s, except: [%s]}`, fx.cluster, fx.host("y/b"))),
 			netpol("x", "b-to-z-c", fmt.Sprintf(`
   podSelector: {matchLabels: {pod: b}}
   policyTypes: [Egress]
   egress:
   - to:
-    - ipBlock: {cidr: %s/32}`, fx.ip("z/c"))))
+    - ipBlock: {cidr: %s}`, fx.host("z/c"))))
 		fx.expect(t, "x/a reaches all but y/b, x/b only z/c", func(from, to podRef, _ target) bool {
 			switch from.String() {
 			case "x/a":
@@ -423,14 +433,14 @@ func TestPolicy(t *testing.T) {
   policyTypes: [Egress]
   egress:
   - to:
-    - ipBlock: {cidr: %s, except: [%s/32]}`, lab.ClusterCIDR, fx.ip("y/b"))),
+    - ipBlock: {cidr: %s, except: [%s]}`, fx.cluster, fx.host("y/b"))),
 			netpol("x", "a-to-y-b-tcp-80", fmt.Sprintf(`
   podSelector: {matchLabels: {pod: a}}
   policyTypes: [Egress]
   egress:
   - to:
-    - ipBlock: {cidr: %s/32}
-    ports: [{protocol: TCP, port: 80}]`, fx.ip("y/b"))))
+    - ipBlock: {cidr: %s}
+    ports: [{protocol: TCP, port: 80}]`, fx.host("y/b"))))
 		fx.expect(t, "x/a reaches y/b on 80/TCP only, the rest everywhere", func(from, to podRef, tg target) bool {
 			return !is(from, "x/a") || !is(to, "y/b") || tg == target{80, "TCP"}
 		})
@@ -455,13 +465,12 @@ func TestPolicy(t *testing.T) {
 		// ipBlock, the pods whose addresses are in the block (and not in
 		// an except). tern once let this pair match nothing; the generated
 		// cases found it.
-		yb := fx.ip("y/b")
 		fx.apply(t, netpol("x", "a-to-block-serve-81-tcp", fmt.Sprintf(`
   podSelector: {matchLabels: {pod: a}}
   policyTypes: [Egress]
   egress:
   - to: [{ipBlock: {cidr: %s, except: [%s]}}]
-    ports: [{protocol: TCP, port: serve-81-tcp}]`, lab.ClusterCIDR, netip.PrefixFrom(yb, 32))))
+    ports: [{protocol: TCP, port: serve-81-tcp}]`, fx.cluster, fx.host("y/b"))))
 		fx.expect(t, "x/a reaches serve-81-tcp of every pod but y/b", func(from, to podRef, tg target) bool {
 			return !is(from, "x/a") || (tg == target{81, "TCP"} && !is(to, "y/b"))
 		})
@@ -669,5 +678,48 @@ func (c *lineConn) mustEcho(t *testing.T, line string) {
 	t.Helper()
 	if got, err := c.echo(line, 3*time.Second); err != nil || got != line {
 		t.Errorf("%s: echo of %q: %q %v", c.what, line, got, err)
+	}
+}
+
+// TestPolicyEveryFamily: a policy applies to every address of a pod (both
+// families in a dual-stack lab): a pod-selector peer admits its pods at
+// each of the isolated pod's addresses and refuses the others at each; an
+// ipBlock of one family admits that family only, never the other.
+func TestPolicyEveryFamily(t *testing.T) {
+	fx := policyCase(t)
+	fx.apply(t,
+		netpol("y", "b-from-x-a", `
+  podSelector: {matchLabels: {pod: b}}
+  ingress:
+  - from:
+    - namespaceSelector: {matchLabels: {ns: x}}
+      podSelector: {matchLabels: {pod: a}}`),
+		netpol("y", "c-from-primary-block", fmt.Sprintf(`
+  podSelector: {matchLabels: {pod: c}}
+  ingress:
+  - from:
+    - ipBlock: {cidr: %s}`, fx.cluster)))
+	type want struct {
+		from, to string
+		ip       netip.Addr
+		ok       bool
+	}
+	var wants []want
+	for i, ip := range families(t, fx.info["y/b"]) {
+		wants = append(wants, want{"x/a", "y/b", ip, true}, want{"z/c", "y/b", ip, false})
+		primary := i == 0
+		wants = append(wants, want{"x/a", "y/c", families(t, fx.info["y/c"])[i], primary}, want{"z/b", "y/c", families(t, fx.info["y/c"])[i], primary})
+	}
+	for _, w := range wants {
+		err := kubetest.EventuallyErr(30*time.Second, func() error {
+			got, err := lab.Probe(ctx(t), fx.info[w.from].NetNS, netip.AddrPortFrom(w.ip, 80), "TCP", probeTimeout)
+			if reached := err == nil && got == w.to; reached != w.ok {
+				return fmt.Errorf("reached %v (%q %v), want %v", reached, got, err, w.ok)
+			}
+			return nil
+		})
+		if err != nil {
+			t.Errorf("%s -> %s at %s: %v", w.from, w.to, w.ip, err)
+		}
 	}
 }
