@@ -444,12 +444,12 @@ func compileCases() []compileCase {
 	}
 }
 
-// dualStack gives the world's pods an IPv6 address each, but for
+// dualStack gives the world's IPv4-only pods an IPv6 address each, but
 // app/pending (none yet), app/host (host network) and ghost/x.
 func dualStack(in *Input) {
 	for i := range in.Pods {
 		p := &in.Pods[i]
-		if p.HostNetwork || len(p.IPs) == 0 || p.Namespace == "ghost" {
+		if p.HostNetwork || len(p.IPs) != 1 || !p.IPs[0].Is4() || p.Namespace == "ghost" {
 			continue
 		}
 		// 10.244.N.M becomes fd10::N:M (in hex digits as written).
