@@ -117,7 +117,7 @@ func (l *cutLab) nodeApply(t *testing.T, withPolicy, v6 bool) {
 		cidrs = append(cidrs, prefixes("fd10:244::/48")...)
 	}
 	if err := l.node.ns.Do(func(ns.NetNS) error {
-		_, err := nd.Apply(PlanNode(NodeConfig{PodCIDRs: cidrs, NATOutgoing: true, Policy: withPolicy}))
+		_, err := nd.Apply(PlanNode(NodeConfig{PodCIDRs: cidrs, NATOutgoing: true, NATOutgoingIPv6: v6, Policy: withPolicy}))
 		return err
 	}); err != nil {
 		t.Fatal(err)

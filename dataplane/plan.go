@@ -24,8 +24,13 @@ type NodeConfig struct {
 	// ClusterCIDRs are every pod CIDR of the cluster; traffic to them is not
 	// masqueraded. Empty means PodCIDRs.
 	ClusterCIDRs []netip.Prefix
-	// NATOutgoing masquerades pod traffic leaving ClusterCIDRs.
+	// NATOutgoing masquerades IPv4 pod traffic leaving ClusterCIDRs.
 	NATOutgoing bool
+	// NATOutgoingIPv6 masquerades IPv6 pod traffic leaving ClusterCIDRs.
+	// Off by default: IPv6 pod addresses are meant to be globally routable
+	// and announced by BGP, and masquerading hides pods behind the node's
+	// address; it is for ULA pod ranges that nothing routes back to.
+	NATOutgoingIPv6 bool
 	// Policy enforces NetworkPolicy: TERN-FORWARD's first rule jumps to
 	// policy.ChainPolicy, so policy sees pod traffic before TERN-FORWARD
 	// accepts it. The policy driver owns that chain and must have created it
@@ -109,7 +114,7 @@ func PlanNode(cfg NodeConfig) Plan {
 		)
 		p.Chains = append(p.Chains, fwd)
 		p.Jumps = append(p.Jumps, Jump{IPv6: v6, Table: "filter", From: "FORWARD", To: ChainForward, Comment: "tern: pod forwarding"})
-		if !cfg.NATOutgoing {
+		if (!v6 && !cfg.NATOutgoing) || (v6 && !cfg.NATOutgoingIPv6) {
 			continue
 		}
 		nat := Chain{IPv6: v6, Table: "nat", Name: ChainNATOutgoing}

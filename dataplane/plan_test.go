@@ -67,8 +67,17 @@ func TestPlanNodeGolden(t *testing.T) {
 		},
 		{
 			name: "dual_stack",
-			// IPv6 first, to show that routes come out sorted.
+			// IPv6 first, to show that routes come out sorted. IPv6 is not
+			// masqueraded by default.
 			cfg: NodeConfig{PodCIDRs: prefixes("fd00:10:244:1::/64", "10.244.1.0/24"), NATOutgoing: true},
+		},
+		{
+			name: "dual_stack_nat_ipv6",
+			cfg:  NodeConfig{PodCIDRs: prefixes("fd00:10:244:1::/64", "10.244.1.0/24"), NATOutgoing: true, NATOutgoingIPv6: true},
+		},
+		{
+			name: "nat_ipv6_only",
+			cfg:  NodeConfig{PodCIDRs: prefixes("10.244.1.0/24", "fd00:10:244:1::/64"), NATOutgoingIPv6: true},
 		},
 		{
 			name: "nat_off",
@@ -77,9 +86,10 @@ func TestPlanNodeGolden(t *testing.T) {
 		{
 			name: "cluster_cidrs_given",
 			cfg: NodeConfig{
-				PodCIDRs:     prefixes("10.244.1.0/24", "fd00:10:244:1::/64"),
-				ClusterCIDRs: prefixes("10.244.0.0/16", "fd00:10:244::/56", "100.64.0.0/16"),
-				NATOutgoing:  true,
+				PodCIDRs:        prefixes("10.244.1.0/24", "fd00:10:244:1::/64"),
+				ClusterCIDRs:    prefixes("10.244.0.0/16", "fd00:10:244::/56", "100.64.0.0/16"),
+				NATOutgoing:     true,
+				NATOutgoingIPv6: true,
 			},
 		},
 		{
@@ -93,14 +103,20 @@ func TestPlanNodeGolden(t *testing.T) {
 		{
 			name: "host_bits_cleared",
 			cfg: NodeConfig{
-				PodCIDRs:     prefixes("10.244.1.7/24", "fd00:10:244:1::7/64"),
-				ClusterCIDRs: prefixes("10.244.3.3/16", "fd00:10:244:5::1/56"),
-				NATOutgoing:  true,
+				PodCIDRs:        prefixes("10.244.1.7/24", "fd00:10:244:1::7/64"),
+				ClusterCIDRs:    prefixes("10.244.3.3/16", "fd00:10:244:5::1/56"),
+				NATOutgoing:     true,
+				NATOutgoingIPv6: true,
 			},
 		},
 		{
+			// --nat-outgoing alone masquerades no IPv6.
 			name: "v6_only",
 			cfg:  NodeConfig{PodCIDRs: prefixes("fd00:10:244:1::/64"), NATOutgoing: true},
+		},
+		{
+			name: "v6_only_nat_ipv6",
+			cfg:  NodeConfig{PodCIDRs: prefixes("fd00:10:244:1::/64"), NATOutgoingIPv6: true},
 		},
 		{
 			name: "empty",
@@ -148,9 +164,12 @@ func TestPlanNodeInvariants(t *testing.T) {
 		{PodCIDRs: prefixes("fd00::/64", "10.244.1.0/24"), ClusterCIDRs: prefixes("10.0.0.0/8", "fd00::/48"), NATOutgoing: true},
 		{PodCIDRs: prefixes("10.244.1.0/24", "fd00::/64"), NATOutgoing: true, Policy: true},
 		{PodCIDRs: prefixes("fd00::/64"), Policy: true},
+		{PodCIDRs: prefixes("10.244.1.0/24", "fd10:244:1::/64"), NATOutgoing: true, NATOutgoingIPv6: true},
+		{PodCIDRs: prefixes("10.244.1.0/24", "fd10:244:1::/64"), NATOutgoingIPv6: true, Policy: true},
+		{PodCIDRs: prefixes("fd10:244:1::/64"), ClusterCIDRs: prefixes("fd10:244::/48"), NATOutgoingIPv6: true},
 	}
 	for _, cfg := range cfgs {
-		t.Run(fmt.Sprint(cfg.PodCIDRs, cfg.ClusterCIDRs, cfg.NATOutgoing, cfg.Policy), func(t *testing.T) {
+		t.Run(fmt.Sprint(cfg.PodCIDRs, cfg.ClusterCIDRs, cfg.NATOutgoing, cfg.NATOutgoingIPv6, cfg.Policy), func(t *testing.T) {
 			p := PlanNode(cfg)
 			cluster := cfg.ClusterCIDRs
 			if len(cluster) == 0 {
@@ -199,9 +218,14 @@ func TestPlanNodeInvariants(t *testing.T) {
 				if !hasJump(p, v6, "filter", "FORWARD", ChainForward) {
 					t.Errorf("%s: no jump FORWARD -> %s", family(v6), ChainForward)
 				}
-				if hasNAT != cfg.NATOutgoing || hasJump(p, v6, "nat", "POSTROUTING", ChainNATOutgoing) != cfg.NATOutgoing {
+				// Each family's masquerade has a setting of its own.
+				natOn := cfg.NATOutgoing
+				if v6 {
+					natOn = cfg.NATOutgoingIPv6
+				}
+				if hasNAT != natOn || hasJump(p, v6, "nat", "POSTROUTING", ChainNATOutgoing) != natOn {
 					t.Errorf("%s: NAT chain/jump present = %t/%t, want %t", family(v6), hasNAT,
-						hasJump(p, v6, "nat", "POSTROUTING", ChainNATOutgoing), cfg.NATOutgoing)
+						hasJump(p, v6, "nat", "POSTROUTING", ChainNATOutgoing), natOn)
 				}
 				if !hasNAT {
 					continue
@@ -411,9 +435,10 @@ func TestDiffRoutesAddsADuplicatedDesiredRouteOnce(t *testing.T) {
 // pod CIDRs, so its pod-to-pod traffic is not masqueraded.
 func TestClusterCIDRsDefaultPerFamily(t *testing.T) {
 	p := PlanNode(NodeConfig{
-		PodCIDRs:     prefixes("10.244.1.0/24", "fd00:10:244:1::/64"),
-		ClusterCIDRs: prefixes("10.244.0.0/16"),
-		NATOutgoing:  true,
+		PodCIDRs:        prefixes("10.244.1.0/24", "fd00:10:244:1::/64"),
+		ClusterCIDRs:    prefixes("10.244.0.0/16"),
+		NATOutgoing:     true,
+		NATOutgoingIPv6: true,
 	})
 	c, ok := findChain(p, true, "nat", ChainNATOutgoing)
 	if !ok || len(c.Rules) != 2 || strings.Join(c.Rules[0], " ") != "-d fd00:10:244:1::/64 -j RETURN" {

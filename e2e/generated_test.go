@@ -92,7 +92,9 @@ func runGenerated(t *testing.T, fx *policyFixture, w netpolgen.World, c netpolge
 		byID[p.ID()] = p
 	}
 	fx.expect(t, what, func(from, to podRef, tg target) bool {
-		return netpolgen.Allowed(cw, c.Policies, byID[from.String()], byID[to.String()], netpolgen.Target{Port: int32(tg.Port), Protocol: corev1.Protocol(tg.Proto)})
+		src := byID[from.String()]
+		// The probes go to the pods' first addresses (the model's only ones).
+		return netpolgen.Allowed(cw, c.Policies, src, byID[to.String()], netpolgen.Target{Port: int32(tg.Port), Protocol: corev1.Protocol(tg.Proto), IPv6: src.IPs[0].Is6()})
 	})
 }
 
@@ -161,7 +163,7 @@ func fixtureWorld(t *testing.T, fx *policyFixture) netpolgen.World {
 			for _, c := range p.Spec.Containers {
 				ports = append(ports, c.Ports...)
 			}
-			w.Pods = append(w.Pods, netpolgen.Pod{Namespace: ns, Name: p.Name, Labels: p.Labels, IP: info.IPs[0], Ports: ports})
+			w.Pods = append(w.Pods, netpolgen.Pod{Namespace: ns, Name: p.Name, Labels: p.Labels, IPs: info.IPs[:1], Ports: ports})
 		}
 	}
 	if len(w.Pods) != len(fx.pods) {

@@ -6,8 +6,13 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	"sigs.k8s.io/yaml"
 
 	"github.com/tern-net/tern/internal/kubetest"
 )
@@ -159,5 +164,69 @@ func TestCustomResourcesValidate(t *testing.T) {
 	out, err := env.Kubectl(t, "apply", "--dry-run=server", "-o", "jsonpath={.spec}", "-f", f)
 	if err != nil || !strings.Contains(out, `"asNumber":64512`) || !strings.Contains(out, `"nodeToNodeMesh":true`) || !strings.Contains(out, `"gracefulRestartSeconds":120`) {
 		t.Fatalf("defaults: %v %s", err, out)
+	}
+}
+
+// TestDaemonSetReadsConfig checks, without an API server, that every
+// setting of the agent in the ConfigMap reaches it: each key the DaemonSet's
+// environment takes from tern-config exists there, each $(VAR) of the
+// agent's arguments is in its environment, and the NAT settings are passed
+// per family with their defaults (IPv4 on, IPv6 off: README, "IPv6 and NAT").
+func TestDaemonSetReadsConfig(t *testing.T) {
+	var cm corev1.ConfigMap
+	var ds appsv1.DaemonSet
+	for f, obj := range map[string]any{"03-config.yaml": &cm, "04-daemonset.yaml": &ds} {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := yaml.UnmarshalStrict(b, obj); err != nil {
+			t.Fatalf("%s: %v", f, err)
+		}
+	}
+	var agent *corev1.Container
+	for i, c := range ds.Spec.Template.Spec.Containers {
+		if c.Name == "agent" || strings.Contains(c.Image, "tern") {
+			agent = &ds.Spec.Template.Spec.Containers[i]
+			break
+		}
+	}
+	if agent == nil {
+		t.Fatal("no agent container in the DaemonSet")
+	}
+	env := map[string]string{} // variable → ConfigMap key
+	for _, e := range agent.Env {
+		env[e.Name] = ""
+		if r := e.ValueFrom; r != nil && r.ConfigMapKeyRef != nil && r.ConfigMapKeyRef.Name == cm.Name {
+			env[e.Name] = r.ConfigMapKeyRef.Key
+			if _, ok := cm.Data[r.ConfigMapKeyRef.Key]; !ok {
+				t.Errorf("env %s: key %q is not in ConfigMap %s", e.Name, r.ConfigMapKeyRef.Key, cm.Name)
+			}
+		}
+	}
+	args := map[string]string{} // flag → ConfigMap key
+	for _, a := range append(slices.Clone(agent.Command), agent.Args...) {
+		flag, val, ok := strings.Cut(a, "=")
+		if !ok || !strings.HasPrefix(val, "$(") {
+			continue
+		}
+		name := strings.TrimSuffix(strings.TrimPrefix(val, "$("), ")")
+		key, ok := env[name]
+		if !ok {
+			t.Errorf("argument %s: $(%s) is not in the agent's environment", a, name)
+		}
+		args[flag] = key
+	}
+	for flag, want := range map[string]struct{ key, value string }{
+		"--nat-outgoing":      {"nat-outgoing", "true"},
+		"--nat-outgoing-ipv6": {"nat-outgoing-ipv6", "false"},
+		"--cluster-cidr":      {"cluster-cidr", "10.244.0.0/16"},
+	} {
+		if args[flag] != want.key {
+			t.Errorf("%s comes from ConfigMap key %q, want %q", flag, args[flag], want.key)
+		}
+		if got := cm.Data[want.key]; got != want.value {
+			t.Errorf("ConfigMap %s: %s is %q, want %q", cm.Name, want.key, got, want.value)
+		}
 	}
 }

@@ -89,6 +89,8 @@ type compileCase struct {
 	edit  func(*Input)
 	v6    bool // flows are IPv6 (pods resolve to their IPv6 address)
 	flows []flow
+	// flows6 are judged over IPv6 besides flows (a dual-stack case).
+	flows6 []flow
 }
 
 func compileCases() []compileCase {
@@ -379,6 +381,58 @@ func compileCases() []compileCase {
 			},
 		},
 		{
+			// Every pod but pending, ghost/x and the host-network one is
+			// dual-stack: a policy polices both families of a pod, its pod
+			// peers are both addresses of theirs, and an ipBlock is of one
+			// family only.
+			name: "dual_stack",
+			policies: []*networkingv1.NetworkPolicy{
+				netpol("app", "web", sel("app=web"), ingressRules(
+					allow(peers(podPeer(sel("app=client"))), port(tcp, 80)),
+					allow(peers(blockPeer("10.244.2.0/24")), port(tcp, 8080)),
+					allow(peers(blockPeer("fd10::2:0/112", "fd10::2:20/128", "10.244.2.0/24")), namedPort(tcp, "http")))),
+				netpol("app", "db-out", sel("app=db"), types(tOut), egressRules(
+					allow(peers(blockPeer("fd10::/64", "fd10::1:0/112")), portRange(tcp, 8000, 8100)),
+					allow(peers(podNSPeer(sel("app=api"), sel("team=b"))), namedPort(tcp, "http")),
+					allow(peers(blockPeer("10.244.0.0/16")), port(udp, 53)))),
+			},
+			edit: dualStack,
+			flows: []flow{
+				ok(appClient, web1, tcp, 80), ok(otherClient, web1, tcp, 8080), no(otherClient, web1, tcp, 80),
+				ok(otherClient, web2, tcp, 8080), no(otherClient, web2, tcp, 9090), no(mon, web2, tcp, 9090),
+				ok(db, "10.244.9.9", udp, 53), no(db, "10.244.9.9", tcp, 8050), ok(db, api, tcp, 8443),
+				no(db, api, tcp, 8444), no(db, api, udp, 8444), no(db, web1, tcp, 8080),
+				ok(web1, api, tcp, 8443), ok(otherClient, api, udp, 53),
+			},
+			flows6: []flow{
+				ok(appClient, web1, tcp, 80), ok(appClient, web2, tcp, 80), no(otherClient, web1, tcp, 80),
+				no(otherClient, web1, tcp, 8080), no(otherClient, web2, tcp, 9090), // excepted
+				ok(mon, web2, tcp, 9090), no(mon, web2, tcp, 8080), ok(mon, web1, tcp, 8080), no(mon, web1, tcp, 9100),
+				ok("fd10::2:99", web1, tcp, 8080), no("fd10::3:99", web1, tcp, 8080),
+				ok(db, "fd10::9", tcp, 8050), ok(db, "fd10::9", tcp, 8100), no(db, "fd10::9", tcp, 8101),
+				no(db, "fd10::1:99", tcp, 8050), no(db, "fd10:1::1", tcp, 8050), no(db, "fd10::9", udp, 53),
+				ok(db, api, tcp, 8443), no(db, api, tcp, 8444), no(db, api, udp, 8444), no(db, web1, tcp, 8080),
+				ok(web1, api, tcp, 8443), ok(otherClient, api, udp, 53),
+			},
+		},
+		{
+			// Blocks in IPv4-mapped form (which strict API validation
+			// refuses): no address is in one, and no set holds one.
+			name: "ipv6_ipblock_mapped",
+			policies: []*networkingv1.NetworkPolicy{
+				netpol("app", "web", sel("app=web"), ingressRules(
+					allow(peers(blockPeer("::ffff:10.244.0.0/112"))),
+					allow(peers(blockPeer("::/0", "::ffff:0:0/96", "fd10::2:20/128")), port(tcp, 80)))),
+			},
+			edit: dualStack,
+			flows: []flow{
+				no(appClient, web1, tcp, 8080), no(otherClient, web2, tcp, 80),
+			},
+			flows6: []flow{
+				ok(appClient, web1, tcp, 80), no(otherClient, web1, tcp, 80), no(appClient, web1, tcp, 8080),
+			},
+		},
+		{
 			name:     "ipv6_requested_without_pods",
 			policies: []*networkingv1.NetworkPolicy{netpol("app", "deny", sel("app=db"), types(tIn))},
 			edit:     func(in *Input) { in.IPv6 = true },
@@ -387,6 +441,20 @@ func compileCases() []compileCase {
 			v6:    true,
 			flows: []flow{ok("fd10::2:1", "fd10::1:12", tcp, 80)},
 		},
+	}
+}
+
+// dualStack gives the world's IPv4-only pods an IPv6 address each, but
+// app/pending (none yet), app/host (host network) and ghost/x.
+func dualStack(in *Input) {
+	for i := range in.Pods {
+		p := &in.Pods[i]
+		if p.HostNetwork || len(p.IPs) != 1 || !p.IPs[0].Is4() || p.Namespace == "ghost" {
+			continue
+		}
+		// 10.244.N.M becomes fd10::N:M (in hex digits as written).
+		b := p.IPs[0].As4()
+		p.IPs = append(p.IPs, netip.MustParseAddr(fmt.Sprintf("fd10::%d:%d", b[2], b[3])))
 	}
 }
 
@@ -406,18 +474,26 @@ func TestCompile(t *testing.T) {
 			rs := Compile(in)
 			checkGolden(t, tc.name, rs.String())
 			checkValues(t, rs)
-			for _, f := range tc.flows {
-				fl := Flow{Src: resolve(t, in.Pods, f.src, tc.v6), Dst: resolve(t, in.Pods, f.dst, tc.v6), Protocol: f.proto, DstPort: f.port}
-				if fl.Src == fl.Dst {
-					// A pod talking to itself goes through lo, not FORWARD.
-					continue
-				}
-				got, why := rs.Allowed(fl)
-				if got != f.want {
-					t.Errorf("%s -> %s %s/%d: allowed %t (%s), want %t", f.src, f.dst, f.proto, f.port, got, why, f.want)
-				}
-				if want := referenceAllowed(in, fl); want != f.want {
-					t.Errorf("%s -> %s %s/%d: the reference says %t, the table %t", f.src, f.dst, f.proto, f.port, want, f.want)
+			for _, fam := range []struct {
+				v6    bool
+				flows []flow
+			}{{tc.v6, tc.flows}, {true, tc.flows6}} {
+				for _, f := range fam.flows {
+					fl := Flow{Src: resolve(t, in.Pods, f.src, fam.v6), Dst: resolve(t, in.Pods, f.dst, fam.v6), Protocol: f.proto, DstPort: f.port}
+					if fl.Src == fl.Dst {
+						// A pod talking to itself goes through lo, not FORWARD.
+						continue
+					}
+					if fl.Src.Is6() != fam.v6 || fl.Dst.Is6() != fam.v6 {
+						t.Fatalf("%s -> %s: not an %s flow", fl.Src, fl.Dst, ipFamily(fam.v6))
+					}
+					got, why := rs.Allowed(fl)
+					if got != f.want {
+						t.Errorf("%s -> %s (%s) %s/%d: allowed %t (%s), want %t", f.src, f.dst, ipFamily(fam.v6), f.proto, f.port, got, why, f.want)
+					}
+					if want := referenceAllowed(in, fl); want != f.want {
+						t.Errorf("%s -> %s (%s) %s/%d: the reference says %t, the table %t", f.src, f.dst, ipFamily(fam.v6), f.proto, f.port, want, f.want)
+					}
 				}
 			}
 		})
@@ -432,6 +508,13 @@ func checkValues(t *testing.T, rs Ruleset) {
 	podChains := map[string]bool{}
 	for _, pp := range rs.Pods {
 		podChains[pp.IngressChain], podChains[pp.EgressChain] = true, true
+	}
+	for _, s := range rs.Sets {
+		for _, m := range s.Members {
+			if err := memberOfFamily(s.Type, s.IPv6, m); err != nil {
+				t.Errorf("set %s (%s, %s): member %q: %v", s.Name, s.Type, familyName(s.IPv6), m, err)
+			}
+		}
 	}
 	used := map[string][]string{}
 	for _, c := range rs.Chains {
@@ -468,6 +551,29 @@ func checkValues(t *testing.T, rs Ruleset) {
 			t.Errorf("pod %s: sets %q, its chains match %q", key, pp.Sets, want)
 		}
 	}
+}
+
+// memberOfFamily checks that a set member is an address or prefix of the
+// set's family, as an ipset of that family holds it: not IPv4-mapped, no
+// zone, no /0.
+func memberOfFamily(typ string, v6 bool, m string) error {
+	text, _, _ := strings.Cut(m, " ")
+	if typ == "hash:ip,port" {
+		text, _, _ = strings.Cut(text, ",")
+	}
+	var a netip.Addr
+	if p, err := netip.ParsePrefix(text); err == nil && typ == "hash:net" {
+		if p.Bits() == 0 {
+			return fmt.Errorf("a /0")
+		}
+		a = p.Addr()
+	} else if a, err = netip.ParseAddr(text); err != nil {
+		return err
+	}
+	if a.Is6() != v6 || a.Is4In6() || a.Zone() != "" {
+		return fmt.Errorf("not an address of family %s", familyName(v6))
+	}
+	return nil
 }
 
 func TestDeterministic(t *testing.T) {

@@ -219,6 +219,9 @@ var (
 		blockPeer("10.244.1.0/24"), blockPeer("10.244.0.0/16", "10.244.1.0/25"),
 		blockPeer("0.0.0.0/0", "10.244.2.0/24", "10.244.1.12/32"), blockPeer("10.244.2.16/28"),
 		blockPeer("fd10::/64"), blockPeer("::/0", "fd10::1:0/112"),
+		blockPeer("fd10::/64", "fd10::1:10/128", "fd10::2:0/112"), blockPeer("fd10::2:0/112", "fd10::2:20/128"),
+		// IPv4-mapped: no address is in them (as the reference has it).
+		blockPeer("::ffff:10.244.0.0/112"), blockPeer("::/0", "::ffff:0:0/96", "fd10:1::/32"),
 	}
 	genPorts = []networkingv1.NetworkPolicyPort{
 		port(tcp, 80), port("", 8080), port(udp, 53), portRange(tcp, 8000, 8100), namedPort(tcp, "http"),
@@ -291,6 +294,16 @@ func referenceWorld() ([]Pod, []Namespace) {
 		pod("app", "web6", testNode, "fd10::1:13 10.244.1.13", "app=web,tier=front", withPorts(NamedPort{"http", tcp, 80}))), nss
 }
 
+// dualWorld is the reference world with an IPv6 address for every pod
+// that has an IPv4 address only (but ghost/x): dual-stack pods on both
+// ends, policed in both families.
+func dualWorld() ([]Pod, []Namespace) {
+	pods, nss := referenceWorld()
+	in := Input{Pods: pods}
+	dualStack(&in)
+	return in.Pods, nss
+}
+
 // hexIf is a host veth name of tern's shape starting with prefix (hex).
 func hexIf(prefix, seed string) string {
 	h := sha256.Sum256([]byte(seed))
@@ -331,7 +344,7 @@ func treeWorld() ([]Pod, []Namespace) {
 // the world's veths (exact rules at the dispatch roots) and with veths of
 // tern's shape (a dispatch tree three levels deep).
 func TestAgainstReference(t *testing.T) {
-	for name, mk := range map[string]func() ([]Pod, []Namespace){"flat": referenceWorld, "tree": treeWorld} {
+	for name, mk := range map[string]func() ([]Pod, []Namespace){"flat": referenceWorld, "tree": treeWorld, "dual": dualWorld} {
 		t.Run(name, func(t *testing.T) { testAgainstReference(t, mk) })
 	}
 }
@@ -344,15 +357,17 @@ func testAgainstReference(t *testing.T, mkWorld func() ([]Pod, []Namespace)) {
 		addrs = append(addrs, p.IPs...)
 	}
 	addrs = append(addrs, netip.MustParseAddr("10.244.1.200"), netip.MustParseAddr("10.244.2.17"),
-		netip.MustParseAddr("10.244.99.1"), netip.MustParseAddr("fd10::1:99"), netip.MustParseAddr("fd10:1::1"))
+		netip.MustParseAddr("10.244.99.1"), netip.MustParseAddr("fd10::1:99"), netip.MustParseAddr("fd10:1::1"),
+		netip.MustParseAddr("fd10::2:99"))
 	protos := []corev1.Protocol{tcp, udp, sctp}
 	dports := []int32{80, 8080, 8443, 9090, 53, 5432, 8000, 8100, 8101, 3868, 1}
 
-	checked := 0
+	checked, checkedFam := 0, map[bool]int{}
 	var comp Compiler
 	for iter := range 150 {
 		in := Input{Node: testNode, Pods: pods, Namespaces: nss, Policies: g.policies()}
 		rs := Compile(in)
+		checkValues(t, rs)
 		if got := comp.Compile(in); !reflect.DeepEqual(got, rs) {
 			t.Fatalf("iteration %d: a reused Compiler differs from Compile:\n%s\n--- Compile:\n%s", iter, got.String(), rs.String())
 		}
@@ -368,6 +383,7 @@ func testAgainstReference(t *testing.T, mkWorld func() ([]Pod, []Namespace)) {
 						got, why := rs.Allowed(f)
 						want := referenceAllowed(in, f)
 						checked++
+						checkedFam[s.Is6()]++
 						if evGot, evWhy := ev.Allowed(f); evGot != got || evWhy != why {
 							t.Fatalf("%s -> %s %s/%d: Evaluator says %t (%s), Allowed %t (%s)", s, d, proto, dp, evGot, evWhy, got, why)
 						}
@@ -380,7 +396,10 @@ func testAgainstReference(t *testing.T, mkWorld func() ([]Pod, []Namespace)) {
 			}
 		}
 	}
-	t.Logf("%d flows checked", checked)
+	t.Logf("%d flows checked, %d of them IPv6", checked, checkedFam[true])
+	if checkedFam[true] == 0 || checkedFam[false] == 0 {
+		t.Errorf("flows checked by family: %v, want both", checkedFam)
+	}
 }
 
 func TestNetSetContains(t *testing.T) {

@@ -173,13 +173,21 @@ func compilePeers(ns string, peers []networkingv1.NetworkPolicyPeer) []*peerSpec
 
 // compileIPBlock compiles an ipBlock. Excepts outside the CIDR are dropped;
 // an except covering the whole CIDR leaves nothing. It fails (the peer
-// matches nothing) on a CIDR or except that does not parse.
+// matches nothing) on a CIDR or except that does not parse, and on an
+// IPv4-mapped IPv6 CIDR (::ffff:10.0.0.0/104), which the API server's strict
+// validation refuses: no packet carries such an address (pods' addresses,
+// and the flows Allowed judges, are unmapped), and an inet6 ipset cannot
+// hold one. An IPv4-mapped except is dropped for the same reason: there is
+// nothing for it to take away.
 func compileIPBlock(b *networkingv1.IPBlock) (*peerSpec, bool) {
 	cidr, err := netip.ParsePrefix(strings.TrimSpace(b.CIDR))
 	if err != nil {
 		return nil, false
 	}
 	cidr = cidr.Masked()
+	if cidr.Addr().Is4In6() {
+		return nil, false
+	}
 	ps := &peerSpec{kind: peerIPBlock, cidr: cidr}
 	for _, e := range b.Except {
 		ex, err := netip.ParsePrefix(strings.TrimSpace(e))
@@ -188,6 +196,7 @@ func compileIPBlock(b *networkingv1.IPBlock) (*peerSpec, bool) {
 		}
 		ex = ex.Masked()
 		switch {
+		case ex.Addr().Is4In6():
 		case ex.Addr().Is4() != cidr.Addr().Is4():
 		case ex.Bits() <= cidr.Bits() && ex.Contains(cidr.Addr()):
 			return nil, false // nothing left

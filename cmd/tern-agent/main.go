@@ -48,7 +48,7 @@ func run(args []string) error {
 	var (
 		cfg         agent.Config
 		podCIDRs    = fs.String("pod-cidr", "", "standalone mode: this node's pod CIDRs, comma-separated, at most one per address family (on Kubernetes the node's spec.podCIDRs are used)")
-		clusterCIDR = fs.String("cluster-cidr", "", "the cluster's pod CIDRs, comma-separated; pod traffic to them is not masqueraded (default: the node's pod CIDRs)")
+		clusterCIDR = fs.String("cluster-cidr", "", "the cluster's pod CIDRs, comma-separated, one per address family (e.g. 10.244.0.0/16,2001:db8:42::/56); pod traffic to them is not masqueraded (default: the node's pod CIDRs)")
 		kubeconfig  = fs.String("kubeconfig", "", "kubeconfig of the API server (default: in-cluster configuration, unless --pod-cidr is set)")
 		logLevel    = fs.String("log-level", "info", "debug, info, warn or error")
 		logFormat   = fs.String("log-format", "text", "text or json")
@@ -59,7 +59,8 @@ func run(args []string) error {
 	fs.StringVar(&cfg.StateDir, "state-dir", "/var/lib/tern", "directory of the IPAM database")
 	fs.StringVar(&cfg.RunDir, "run-dir", "/run/tern", "directory of the CNI socket (cni.sock)")
 	fs.StringVar(&cfg.HealthAddr, "health-addr", ":9099", "address of /healthz, /readyz and /metrics (empty: off)")
-	fs.BoolVar(&cfg.NATOutgoing, "nat-outgoing", true, "masquerade pod traffic leaving the cluster's pod CIDRs")
+	fs.BoolVar(&cfg.NATOutgoing, "nat-outgoing", true, "masquerade IPv4 pod traffic leaving the cluster's pod CIDRs")
+	fs.BoolVar(&cfg.NATOutgoingIPv6, "nat-outgoing-ipv6", false, "masquerade IPv6 pod traffic leaving the cluster's pod CIDRs (only for pod ranges nothing routes back to, e.g. ULA)")
 	fs.DurationVar(&cfg.GCMinAge, "gc-min-age", time.Minute, "CNI GC spares allocations younger than this (an ADD may be in flight)")
 	fs.DurationVar(&cfg.PodReleaseGrace, "pod-release-grace", time.Minute, "release the address of a pod gone from the API after this long (Kubernetes mode)")
 	fs.BoolVar(&cfg.BGP, "bgp", true, "run the BGP speaker: announce this node's pod CIDRs, install the other nodes' (Kubernetes mode)")

@@ -32,8 +32,12 @@ type Config struct {
 	ClusterCIDRs []netip.Prefix
 	StateDir     string
 	RunDir       string
-	NATOutgoing  bool
-	Resync       time.Duration
+	// NATOutgoing masquerades IPv4 pod traffic leaving ClusterCIDRs,
+	// NATOutgoingIPv6 IPv6 pod traffic (off by default: see
+	// dataplane.NodeConfig).
+	NATOutgoing     bool
+	NATOutgoingIPv6 bool
+	Resync          time.Duration
 	// GCMinAge spares allocations younger than this from CNI GC, so a GC that
 	// races an ADD in flight does not release the new pod's address.
 	GCMinAge time.Duration
@@ -318,7 +322,8 @@ func (a *Agent) reconcile(ctx context.Context, resync bool) error {
 		a.node.Resync()
 	}
 	plan := dataplane.PlanNode(dataplane.NodeConfig{
-		PodCIDRs: a.ipam.Pools(), ClusterCIDRs: a.cfg.ClusterCIDRs, NATOutgoing: a.cfg.NATOutgoing, Policy: usePolicy,
+		PodCIDRs: a.ipam.Pools(), ClusterCIDRs: a.cfg.ClusterCIDRs, NATOutgoing: a.cfg.NATOutgoing, NATOutgoingIPv6: a.cfg.NATOutgoingIPv6,
+		Policy: usePolicy,
 	})
 	st, err := a.node.Apply(plan)
 	mtu := dataplane.UplinkMTU()

@@ -2,7 +2,6 @@ package netpolgen
 
 import (
 	"fmt"
-	"net/netip"
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
@@ -12,20 +11,25 @@ import (
 
 // TestCompilerAgrees compiles generated cases with tern's policy compiler
 // (incrementally, one case after the other, as the agent does) and judges
-// every flow of the world with the interpreter of the rules it emitted (policy.Ruleset.Allowed), against this package's model: two
-// implementations written apart, on thousands of flows, in a second. (The
-// end-to-end test makes the same comparison on a lab, packet by packet.)
+// every flow of the world with the interpreter of the rules it emitted
+// (policy.Ruleset.Allowed), against this package's model: two
+// implementations written apart, on thousands of flows, in a second. The
+// world is dual-stack (but for one IPv4-only pod), so flows go over both
+// families and the cases have blocks of both. (The end-to-end test makes
+// the same comparison on a lab, packet by packet.)
 func TestCompilerAgrees(t *testing.T) {
-	w := world()
+	w := dualWorld()
 	const node = "n1"
 	g := NewGenerator(2026, w)
 	targets := []Target{}
-	for _, proto := range []corev1.Protocol{corev1.ProtocolTCP, corev1.ProtocolUDP, corev1.ProtocolSCTP} {
-		for port := int32(78); port <= 83; port++ {
-			targets = append(targets, Target{port, proto})
+	for _, v6 := range []bool{false, true} {
+		for _, proto := range []corev1.Protocol{corev1.ProtocolTCP, corev1.ProtocolUDP, corev1.ProtocolSCTP} {
+			for port := int32(78); port <= 83; port++ {
+				targets = append(targets, Target{Port: port, Protocol: proto, IPv6: v6})
+			}
 		}
 	}
-	flows := 0
+	flows, byFamily := 0, map[bool]int{}
 	var comp policy.Compiler
 	for i := range 300 {
 		c := g.Next()
@@ -36,7 +40,7 @@ func TestCompilerAgrees(t *testing.T) {
 		}
 		for j, p := range cw.Pods {
 			pp := policy.Pod{Namespace: p.Namespace, Name: p.Name, Node: node, Labels: p.Labels,
-				IPs: []netip.Addr{p.IP}, HostIf: fmt.Sprintf("tern%02d", j)}
+				IPs: p.IPs, HostIf: fmt.Sprintf("tern%02d", j)}
 			for _, cp := range p.Ports {
 				pp.Ports = append(pp.Ports, policy.NamedPort{Name: cp.Name, Protocol: cp.Protocol, Port: cp.ContainerPort})
 			}
@@ -52,16 +56,25 @@ func TestCompilerAgrees(t *testing.T) {
 					continue
 				}
 				for _, tg := range targets {
+					src, ok1 := from.Addr(tg.IPv6)
+					dst, ok2 := to.Addr(tg.IPv6)
+					if !ok1 || !ok2 {
+						continue // no such connection
+					}
 					want := Allowed(cw, c.Policies, from, to, tg)
-					got, why := ev.Allowed(policy.Flow{Src: from.IP, Dst: to.IP, Protocol: tg.Protocol, DstPort: tg.Port})
+					got, why := ev.Allowed(policy.Flow{Src: src, Dst: dst, Protocol: tg.Protocol, DstPort: tg.Port})
 					flows++
+					byFamily[tg.IPv6]++
 					if got != want {
-						t.Fatalf("case %d: %s -> %s %d/%s: tern's rules say %v (%s), the model %v\nthe case:\n%s",
-							i, from.ID(), to.ID(), tg.Port, tg.Protocol, got, why, want, c)
+						t.Fatalf("case %d: %s -> %s (%s -> %s) %d/%s: tern's rules say %v (%s), the model %v\nthe case:\n%s",
+							i, from.ID(), to.ID(), src, dst, tg.Port, tg.Protocol, got, why, want, c)
 					}
 				}
 			}
 		}
 	}
-	t.Logf("%d flows agree", flows)
+	t.Logf("%d flows agree, %d of them IPv6", flows, byFamily[true])
+	if byFamily[true] == 0 || byFamily[false] == 0 {
+		t.Errorf("flows by family: %v, want both", byFamily)
+	}
 }

@@ -282,22 +282,35 @@ func (g *Generator) peers() []networkingv1.NetworkPolicyPeer {
 	return out
 }
 
-// ipBlock is a block around the world's pods: one pod's /32, the /24 of a
-// node, a /16 or everything, and sometimes excepts inside it (a pod's /32
-// or its /24).
+// ipBlock is a block around the world's pods, of the family of one pod's
+// address (IPv4 unless the pod has an IPv6 address too, and then half the
+// time): the address alone, the /24 (IPv6: /64) of a node, a /16 (/48) or
+// everything, and sometimes excepts inside it (a pod's address alone or
+// its /24 or /64).
 func (g *Generator) ipBlock() *networkingv1.IPBlock {
 	p := g.w.Pods[g.r.IntN(len(g.w.Pods))]
-	bits := []int{32, 24, 16, 0}[g.r.IntN(4)]
-	cidr := netip.PrefixFrom(p.IP, bits).Masked()
+	ip, v4 := p.Addr(false)
+	if !v4 {
+		ip = p.IPs[0]
+	}
+	if a, ok := p.Addr(true); ok && v4 && g.chance(0.5) {
+		ip = a
+	}
+	widths := []int{32, 24, 16, 0}
+	if ip.Is6() {
+		widths = []int{128, 64, 48, 0}
+	}
+	bits := widths[g.r.IntN(4)]
+	cidr := netip.PrefixFrom(ip, bits).Masked()
 	b := &networkingv1.IPBlock{CIDR: cidr.String()}
-	if bits < 32 && g.chance(0.6) {
+	if bits < ip.BitLen() && g.chance(0.6) {
 		for range 1 + g.r.IntN(2) {
-			q := g.w.Pods[g.r.IntN(len(g.w.Pods))]
-			eb := []int{32, 24}[g.r.IntN(2)]
-			if eb <= bits || !cidr.Contains(q.IP) {
+			q, ok := g.w.Pods[g.r.IntN(len(g.w.Pods))].Addr(ip.Is6())
+			eb := widths[g.r.IntN(2)]
+			if !ok || eb <= bits || !cidr.Contains(q) {
 				continue
 			}
-			e := netip.PrefixFrom(q.IP, eb).Masked().String()
+			e := netip.PrefixFrom(q, eb).Masked().String()
 			if !slices.Contains(b.Except, e) {
 				b.Except = append(b.Except, e)
 			}

@@ -21,17 +21,29 @@ type Namespace struct {
 	Labels map[string]string
 }
 
-// Pod is a pod of the world: its labels, address and declared ports (which
+// Pod is a pod of the world: its labels, addresses (at most one per family:
+// a dual-stack pod has an IPv4 and an IPv6 one) and declared ports (which
 // named ports in policies resolve to).
 type Pod struct {
 	Namespace, Name string
 	Labels          map[string]string
-	IP              netip.Addr
+	IPs             []netip.Addr
 	Ports           []corev1.ContainerPort
 }
 
 // ID is "namespace/name".
 func (p Pod) ID() string { return p.Namespace + "/" + p.Name }
+
+// Addr is the pod's address of a family (IPv6 or IPv4); false when it has
+// none.
+func (p Pod) Addr(ipv6 bool) (netip.Addr, bool) {
+	for _, a := range p.IPs {
+		if a.Is6() == ipv6 {
+			return a, true
+		}
+	}
+	return netip.Addr{}, false
+}
 
 // World is what policies are evaluated against.
 type World struct {
@@ -48,15 +60,18 @@ func (w World) namespace(name string) (Namespace, bool) {
 	return Namespace{}, false
 }
 
-// Target is a destination port and protocol.
+// Target is a destination port and protocol, and the family of the
+// connection: between the pods' IPv6 addresses, or their IPv4 ones.
 type Target struct {
 	Port     int32
 	Protocol corev1.Protocol
+	IPv6     bool
 }
 
 // Allowed says whether the policies allow a new connection from one pod of
 // the world to another on t. A pod's connection to itself is not judged
-// here (it never leaves the pod's network namespace).
+// here (it never leaves the pod's network namespace), nor one of a family
+// that either pod has no address of (there is no such connection: false).
 //
 // The semantics, from the API's documentation:
 //   - A policy selects the pods of its own namespace that its podSelector
@@ -71,11 +86,20 @@ type Target struct {
 //   - A peer: podSelector alone, the policy's namespace's pods; with a
 //     namespaceSelector, the pods it matches in the namespaces that match;
 //     namespaceSelector alone, every pod of the matching namespaces; ipBlock,
-//     addresses in cidr and in none of except.
+//     addresses in cidr and in none of except. A pod peer is the pod, in
+//     either family; a block is of one family, and the address it is
+//     matched against is the peer's of the connection's family (an IPv4
+//     block never matches an IPv6 connection, nor an IPv6 block an IPv4 one).
 //   - A port: protocol (TCP when unset), and a number (up to endPort when
 //     given), a name (the destination pod's container port of that name and
 //     protocol), or none (every port of the protocol).
 func Allowed(w World, pols []*networkingv1.NetworkPolicy, from, to Pod, t Target) bool {
+	if _, ok := from.Addr(t.IPv6); !ok {
+		return false
+	}
+	if _, ok := to.Addr(t.IPv6); !ok {
+		return false
+	}
 	return allowedDir(w, pols, from, to, t, networkingv1.PolicyTypeEgress) &&
 		allowedDir(w, pols, from, to, t, networkingv1.PolicyTypeIngress)
 }
@@ -93,13 +117,13 @@ func allowedDir(w World, pols []*networkingv1.NetworkPolicy, from, to Pod, t Tar
 		isolated = true
 		if dir == networkingv1.PolicyTypeIngress {
 			for _, r := range p.Spec.Ingress {
-				if peersMatch(w, p.Namespace, r.From, peer) && portsMatch(r.Ports, to, t) {
+				if peersMatch(w, p.Namespace, r.From, peer, t.IPv6) && portsMatch(r.Ports, to, t) {
 					return true
 				}
 			}
 		} else {
 			for _, r := range p.Spec.Egress {
-				if peersMatch(w, p.Namespace, r.To, peer) && portsMatch(r.Ports, to, t) {
+				if peersMatch(w, p.Namespace, r.To, peer, t.IPv6) && portsMatch(r.Ports, to, t) {
 					return true
 				}
 			}
@@ -135,26 +159,29 @@ func selects(sel metav1.LabelSelector, set map[string]string) bool {
 	return s.Matches(labels.Set(set))
 }
 
-func peersMatch(w World, policyNS string, peers []networkingv1.NetworkPolicyPeer, p Pod) bool {
+func peersMatch(w World, policyNS string, peers []networkingv1.NetworkPolicyPeer, p Pod, ipv6 bool) bool {
 	if len(peers) == 0 {
 		return true
 	}
 	for _, peer := range peers {
-		if peerMatches(w, policyNS, peer, p) {
+		if peerMatches(w, policyNS, peer, p, ipv6) {
 			return true
 		}
 	}
 	return false
 }
 
-func peerMatches(w World, policyNS string, peer networkingv1.NetworkPolicyPeer, p Pod) bool {
+// peerMatches: p is the peer pod, ipv6 the connection's family.
+func peerMatches(w World, policyNS string, peer networkingv1.NetworkPolicyPeer, p Pod, ipv6 bool) bool {
 	if peer.IPBlock != nil {
+		// netip's Contains is false across families.
+		ip, _ := p.Addr(ipv6)
 		cidr, err := netip.ParsePrefix(peer.IPBlock.CIDR)
-		if err != nil || !cidr.Contains(p.IP) {
+		if err != nil || !cidr.Contains(ip) {
 			return false
 		}
 		for _, e := range peer.IPBlock.Except {
-			if ex, err := netip.ParsePrefix(e); err == nil && ex.Contains(p.IP) {
+			if ex, err := netip.ParsePrefix(e); err == nil && ex.Contains(ip) {
 				return false
 			}
 		}

@@ -29,8 +29,24 @@ func world() World {
 				l["tier"] = "db"
 			}
 			w.Pods = append(w.Pods, Pod{Namespace: ns, Name: name, Labels: l,
-				IP: netip.AddrFrom4([4]byte{10, 244, byte(i), byte(10 + j)}), Ports: ports})
+				IPs: []netip.Addr{netip.AddrFrom4([4]byte{10, 244, byte(i), byte(10 + j)})}, Ports: ports})
 		}
+	}
+	return w
+}
+
+// dualWorld is world with an IPv6 address for every pod but z/c, which
+// stays IPv4-only: pod i of namespace n has fd10:244:0:n::(10+i) too, so
+// that a namespace is a /64 and the world a /48.
+func dualWorld() World {
+	w := world()
+	for k := range w.Pods {
+		p := &w.Pods[k]
+		if p.ID() == "z/c" {
+			continue
+		}
+		v4 := p.IPs[0].As4()
+		p.IPs = append(p.IPs, netip.AddrFrom16([16]byte{0xfd, 0x10, 0x02, 0x44, 7: v4[2], 15: v4[3]}))
 	}
 	return w
 }
@@ -55,15 +71,17 @@ func newPolicy(t *testing.T, ns, spec string) *networkingv1.NetworkPolicy {
 }
 
 var (
-	tcp80 = Target{80, corev1.ProtocolTCP}
-	tcp81 = Target{81, corev1.ProtocolTCP}
-	udp80 = Target{80, corev1.ProtocolUDP}
+	tcp80  = Target{Port: 80, Protocol: corev1.ProtocolTCP}
+	tcp81  = Target{Port: 81, Protocol: corev1.ProtocolTCP}
+	udp80  = Target{Port: 80, Protocol: corev1.ProtocolUDP}
+	tcp80b = Target{Port: 80, Protocol: corev1.ProtocolTCP, IPv6: true} // over IPv6
+	tcp81b = Target{Port: 81, Protocol: corev1.ProtocolTCP, IPv6: true}
 )
 
 // Cases written from the API's documentation, each with the flows that
 // show the rule.
 func TestAllowed(t *testing.T) {
-	w := world()
+	w := dualWorld()
 	type flow struct {
 		from, to string
 		t        Target
@@ -101,6 +119,19 @@ func TestAllowed(t *testing.T) {
 			{"y/a", "x/a", udp80, true}, {"y/a", "x/a", tcp81, false}}},
 		{"SCTP only opens no TCP", "x", `{"podSelector":{},"ingress":[{"ports":[{"port":80,"protocol":"SCTP"}]}]}`, []flow{
 			{"y/a", "x/a", tcp80, false}}},
+		{"no policy, both families", "x", `{"podSelector":{"matchLabels":{"pod":"none"}}}`, []flow{
+			{"y/a", "x/a", tcp80b, true}, {"y/a", "x/a", tcp80, true},
+			// z/c has no IPv6 address: no such connection
+			{"z/c", "x/a", tcp80b, false}, {"x/a", "z/c", tcp80b, false}, {"z/c", "x/a", tcp80, true}}},
+		{"pod peer in both families", "x", `{"podSelector":{},"ingress":[{"from":[{"podSelector":{"matchLabels":{"pod":"b"}}}],"ports":[{"port":80}]}]}`, []flow{
+			{"x/b", "x/a", tcp80, true}, {"x/b", "x/a", tcp80b, true}, {"x/c", "x/a", tcp80b, false}, {"x/b", "x/a", tcp81b, false}}},
+		{"IPv4 block, IPv6 connection", "x", `{"podSelector":{},"ingress":[{"from":[{"ipBlock":{"cidr":"10.244.0.0/16"}}]}]}`, []flow{
+			{"y/a", "x/a", tcp80, true}, {"y/a", "x/a", tcp80b, false}}},
+		{"IPv6 block except", "x", `{"podSelector":{},"ingress":[{"from":[{"ipBlock":{"cidr":"fd10:244::/48","except":["fd10:244:0:1::/64","fd10:244:0:2::b/128"]}}]}]}`, []flow{
+			{"z/a", "x/a", tcp80b, true}, {"y/a", "x/a", tcp80b, false}, {"z/b", "x/a", tcp80b, false},
+			{"z/a", "x/a", tcp80, false}, {"x/b", "x/a", tcp80b, true}}},
+		{"IPv6 everything, egress", "x", `{"podSelector":{"matchLabels":{"pod":"a"}},"policyTypes":["Egress"],"egress":[{"to":[{"ipBlock":{"cidr":"::/0"}}],"ports":[{"port":81,"endPort":82}]}]}`, []flow{
+			{"x/a", "y/b", tcp81b, true}, {"x/a", "y/b", tcp80b, false}, {"x/a", "y/b", tcp81, false}}},
 	} {
 		pols := []*networkingv1.NetworkPolicy{newPolicy(t, c.ns, c.spec)}
 		for _, f := range c.flows {
@@ -139,7 +170,7 @@ func TestGeneratorIsReproducible(t *testing.T) {
 // The generator reaches every feature it claims to, and its cases are
 // valid as the API server checks them (the parts that can go wrong here).
 func TestGeneratorCoverage(t *testing.T) {
-	w := world()
+	w := dualWorld()
 	g := NewGenerator(7, w)
 	seen := map[string]bool{}
 	for range 400 {
@@ -168,7 +199,7 @@ func TestGeneratorCoverage(t *testing.T) {
 		}
 	}
 	for _, want := range []string{"label change", "several policies", "inferred types", "In", "NotIn", "Exists", "DoesNotExist",
-		"pods", "namespaces", "pods and namespaces", "ipBlock", "except", "number", "range", "name", "protocol only", "UDP", "SCTP"} {
+		"pods", "namespaces", "pods and namespaces", "ipBlock", "except", "IPv6 ipBlock", "IPv6 except", "number", "range", "name", "protocol only", "UDP", "SCTP"} {
 		if !seen[want] {
 			t.Errorf("400 cases and no %s", want)
 		}
@@ -181,8 +212,13 @@ func checkPeers(t *testing.T, peers []networkingv1.NetworkPolicyPeer, seen map[s
 		case p.IPBlock != nil:
 			seen["ipBlock"] = true
 			cidr := netip.MustParsePrefix(p.IPBlock.CIDR)
+			v6 := ""
+			if cidr.Addr().Is6() {
+				v6 = "IPv6 "
+			}
+			seen[v6+"ipBlock"] = true
 			for _, e := range p.IPBlock.Except {
-				seen["except"] = true
+				seen[v6+"except"] = true
 				ex := netip.MustParsePrefix(e)
 				if ex.Bits() <= cidr.Bits() || !cidr.Contains(ex.Addr()) {
 					t.Errorf("except %s not strictly inside %s (the API server refuses it)", ex, cidr)
