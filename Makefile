@@ -52,16 +52,22 @@ kube-env: ## builds the test control plane into the cache
 e2e-suite: ## builds Kubernetes' e2e suite (e2e.test) and the ginkgo CLI into the cache
 	bash hack/kube-env.sh build e2e
 
-# make conformance: a lab of real nodes (4 nodes, 2 racks behind BIRD and
-# FRR), then Kubernetes' [sig-network] Netpol suite and sig-network's
-# [Conformance] specs, three runs each, and 100 generated policy cases.
+# make conformance: for each IP family (a dual-stack lab, then an IPv6-only
+# one), a lab of real nodes (4 nodes, 2 racks behind BIRD and FRR), then
+# Kubernetes' [sig-network] Netpol suite and sig-network's [Conformance]
+# specs, three runs each, and 100 generated policy cases; one report with a
+# column per family.
 CONFORMANCE_RUNS ?= 3
 NETPOL_CASES ?= 100
-conformance: deps build kube-env node-env e2e-suite ## Kubernetes' own network e2e suites on a real-node lab (root), 3 runs; writes CONFORMANCE.md, JUnit in conformance-out/
-	TERN_CONFORMANCE_SUITES=netpol,sig-network-conformance TERN_CONFORMANCE_RUNS=$(CONFORMANCE_RUNS) \
+CONFORMANCE_FAMILIES ?= dual ipv6
+conformance: deps build kube-env node-env e2e-suite ## Kubernetes' own network e2e suites on real-node labs of each IP family (root), 3 runs; writes CONFORMANCE.md, JUnit in conformance-out/
+	rm -rf $(CURDIR)/conformance-out
+	for f in $(CONFORMANCE_FAMILIES); do \
+	TERN_E2E_IP_FAMILY=$$f TERN_CONFORMANCE_SUITES=netpol,sig-network-conformance TERN_CONFORMANCE_RUNS=$(CONFORMANCE_RUNS) \
 	TERN_CONFORMANCE_REPORT=$(CURDIR)/CONFORMANCE.md TERN_CONFORMANCE_OUT=$(CURDIR)/conformance-out \
 	TERN_NETPOL_CASES=$(NETPOL_CASES) \
-	$(GO) test -count=1 -v -timeout 170m -run '^(TestGeneratedPolicies|TestUpstreamSuites)$$' ./e2e
+	$(GO) test -count=1 -v -timeout 170m -run '^(TestGeneratedPolicies|TestUpstreamSuites)$$' ./e2e || exit 1; \
+	done
 
 node-env: ## builds a real node's parts (kubelet, kube-proxy, containerd, runc, images) into the cache
 	bash hack/node-env.sh build

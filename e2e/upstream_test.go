@@ -33,10 +33,13 @@ func TestUpstreamSuites(t *testing.T) {
 	}
 	runs := envCount(t, "TERN_CONFORMANCE_RUNS", 1)
 	reportPath := os.Getenv("TERN_CONFORMANCE_REPORT")
-	out := t.TempDir()
+	out, outRoot := t.TempDir(), ""
 	if o := os.Getenv("TERN_CONFORMANCE_OUT"); o != "" {
-		// Kept: the JUnit files, ginkgo's output, the suite's artifacts.
-		out = o
+		// Kept: the JUnit files, ginkgo's output, the suite's artifacts,
+		// the report's runs (report.json), in a directory per IP family:
+		// the report takes in the runs of the other families found there
+		// (make conformance runs a lab of each, one after the other).
+		outRoot, out = o, filepath.Join(o, ipFamily)
 		if err := os.RemoveAll(out); err != nil {
 			t.Fatal(err)
 		}
@@ -59,9 +62,28 @@ func TestUpstreamSuites(t *testing.T) {
 	if reportPath != "" && len(rep.Runs) > 0 {
 		rep.Generated = time.Now()
 		if generated != "" {
-			rep.Notes = append(rep.Notes, "Besides the suites: "+generated+", each checked against a reference model of the API (internal/netpolgen).")
+			rep.Notes = append(rep.Notes, "Besides the suites, on the "+conformance.FamilyTitle(ipFamily)+" lab: "+generated+", each checked against a reference model of the API (internal/netpolgen).")
 		}
-		if err := rep.Write(reportPath); err != nil {
+		all := rep
+		if outRoot != "" {
+			if err := rep.WriteJSON(filepath.Join(out, "report.json")); err != nil {
+				t.Error(err)
+			}
+			others, _ := filepath.Glob(filepath.Join(outRoot, "*", "report.json"))
+			for _, p := range others {
+				if filepath.Dir(p) == out {
+					continue
+				}
+				o, err := conformance.ReadJSON(p)
+				if err != nil {
+					t.Error(err)
+					continue
+				}
+				all = o.Merge(all)
+				t.Logf("the report takes in the runs in %s", p)
+			}
+		}
+		if err := all.Write(reportPath); err != nil {
 			t.Error(err)
 		}
 		t.Logf("report in %s, JUnit and logs in %s", reportPath, out)

@@ -2,6 +2,8 @@ package conformance
 
 import (
 	"bytes"
+	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -162,7 +164,7 @@ func TestMarkdown(t *testing.T) {
 		t.Fatal(err)
 	}
 	md := b.String()
-	for _, w := range []string{"| Kubernetes | v1.37.2 |", "| [sig-network] Netpol | 1 |", "| 4 | 1 | 1 | 1 | 1 | 1 min 33 s |",
+	for _, w := range []string{"| Kubernetes | v1.37.2 |", "| [sig-network] Netpol | IPv4 | 1 |", "| 4 | 1 | 1 | 1 | 1 | 1 min 33 s |",
 		skipSCTP.Reason, "skipped itself when run: Requires at least 2 nodes", "## Failures", "Not every selected spec passed"} {
 		if !strings.Contains(md, w) {
 			t.Errorf("report lacks %q:\n%s", w, md)
@@ -177,5 +179,46 @@ func TestParseSuites(t *testing.T) {
 	}
 	if _, err := ParseSuites("netpol,nope"); err == nil || !strings.Contains(err.Error(), `"nope"`) {
 		t.Fatalf("an unknown suite: %v", err)
+	}
+}
+
+// The reports of a dual-stack and an IPv6-only lab, saved and read back,
+// make one report with a column per family.
+func TestMergeFamilies(t *testing.T) {
+	failed, err := ParseJUnit(strings.NewReader(report), Netpol)
+	if err != nil {
+		t.Fatal(err)
+	}
+	passed := failed
+	passed.Specs = slices.DeleteFunc(slices.Clone(failed.Specs), func(s Spec) bool { return s.State == Failed || s.State == SkippedAtRun })
+	passed.Setup = nil
+	dual := Report{Command: "make conformance", Lab: "dual lab", Runs: []Result{passed, passed}}
+	for i := range dual.Runs {
+		dual.Runs[i].Family = "dual"
+	}
+	v6 := Report{Lab: "IPv6-only lab", Notes: []string{"v6 note"}, Runs: []Result{failed}}
+	v6.Runs[0].Family = "ipv6"
+	path := filepath.Join(t.TempDir(), "report.json")
+	if err := v6.WriteJSON(path); err != nil {
+		t.Fatal(err)
+	}
+	back, err := ReadJSON(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b bytes.Buffer
+	if err := dual.Merge(back).Markdown(&b); err != nil {
+		t.Fatal(err)
+	}
+	md := b.String()
+	for _, w := range []string{"## By IP family", "| Suite | dual-stack | IPv6-only |",
+		"| [sig-network] Netpol | 1 of 1 passed (1 skipped), each of 2 runs | **failed in 1 of 1 runs** |",
+		"| [sig-network] Netpol | dual-stack | 2 |", "| [sig-network] Netpol | IPv6-only | 1 |", "dual lab\n\nIPv6-only lab", "- v6 note"} {
+		if !strings.Contains(md, w) {
+			t.Errorf("merged report lacks %q:\n%s", w, md)
+		}
+	}
+	if _, err := ReadJSON(filepath.Join(t.TempDir(), "none.json")); err == nil {
+		t.Error("no error reading a missing report")
 	}
 }

@@ -58,7 +58,9 @@ type Spec struct {
 
 // Result is one run of a suite.
 type Result struct {
-	Suite   Suite
+	Suite Suite
+	// Family is the IP family of the lab it ran on: ipv4, ipv6 or dual.
+	Family  string `json:",omitempty"`
 	Started time.Time
 	Wall    time.Duration
 	Specs   []Spec // the selected specs, by name

@@ -3,6 +3,7 @@ package conformance
 import (
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 	"time"
 )
@@ -50,11 +51,26 @@ func (r Report) Markdown(w io.Writer) error {
 		fmt.Fprintf(&b, "\n## The lab\n\n%s\n", r.Lab)
 	}
 
-	b.WriteString("\n## Runs\n\n| Suite | Run | Started (UTC) | Specs | Passed | Failed | Skipped (reason below) | Skipped at run | Wall time |\n|---|---|---|---|---|---|---|---|---|\n")
+	if fams := r.families(); len(fams) > 0 {
+		b.WriteString("\n## By IP family\n\n| Suite |")
+		for _, f := range fams {
+			fmt.Fprintf(&b, " %s |", FamilyTitle(f))
+		}
+		b.WriteString("\n|---|" + strings.Repeat("---|", len(fams)) + "\n")
+		for _, s := range r.suites() {
+			fmt.Fprintf(&b, "| %s |", cell(s.Title))
+			for _, f := range fams {
+				fmt.Fprintf(&b, " %s |", r.summary(s.Name, f))
+			}
+			b.WriteString("\n")
+		}
+	}
+
+	b.WriteString("\n## Runs\n\n| Suite | Family | Run | Started (UTC) | Specs | Passed | Failed | Skipped (reason below) | Skipped at run | Wall time |\n|---|---|---|---|---|---|---|---|---|---|\n")
 	runNo := map[string]int{}
 	for _, x := range r.Runs {
-		runNo[x.Suite.Name]++
-		fmt.Fprintf(&b, "| %s | %d | %s | %d | %d | %d | %d | %d | %s |\n", cell(x.Suite.Title), runNo[x.Suite.Name],
+		runNo[x.Suite.Name+"/"+x.Family]++
+		fmt.Fprintf(&b, "| %s | %s | %d | %s | %d | %d | %d | %d | %d | %s |\n", cell(x.Suite.Title), FamilyTitle(x.Family), runNo[x.Suite.Name+"/"+x.Family],
 			x.Started.UTC().Format("2006-01-02 15:04"), len(x.Specs), x.Count(Passed),
 			x.Count(Failed)+x.Count(NotRun)+len(x.Setup), x.Count(Skipped), x.Count(SkippedAtRun), minSec(x.Wall))
 	}
@@ -89,15 +105,15 @@ func (r Report) Markdown(w io.Writer) error {
 	var fails strings.Builder
 	runNo = map[string]int{}
 	for _, x := range r.Runs {
-		runNo[x.Suite.Name]++
+		runNo[x.Suite.Name+"/"+x.Family]++
 		for _, s := range append(append([]Spec{}, x.Setup...), x.Specs...) {
 			if s.State == Failed || s.State == NotRun || s.State == SkippedAtRun {
-				fmt.Fprintf(&fails, "| %s | %d | %s | %s |\n", cell(x.Suite.Title), runNo[x.Suite.Name], cell(s.Name), cell(s.Message))
+				fmt.Fprintf(&fails, "| %s | %s | %d | %s | %s |\n", cell(x.Suite.Title), FamilyTitle(x.Family), runNo[x.Suite.Name+"/"+x.Family], cell(s.Name), cell(s.Message))
 			}
 		}
 	}
 	if fails.Len() > 0 {
-		b.WriteString("\n## Failures (and specs that skipped themselves)\n\n| Suite | Run | Spec | Message |\n|---|---|---|---|\n")
+		b.WriteString("\n## Failures (and specs that skipped themselves)\n\n| Suite | Family | Run | Spec | Message |\n|---|---|---|---|---|\n")
 		b.WriteString(fails.String())
 	}
 
@@ -127,6 +143,71 @@ func (r Report) Markdown(w io.Writer) error {
 	}
 	_, err := io.WriteString(w, b.String())
 	return err
+}
+
+// FamilyTitle names a lab's IP family for a reader.
+func FamilyTitle(f string) string {
+	switch f {
+	case "ipv6":
+		return "IPv6-only"
+	case "dual":
+		return "dual-stack"
+	case "ipv4", "":
+		return "IPv4"
+	}
+	return f
+}
+
+// families are the IP families of the runs, in the order they first ran.
+func (r Report) families() []string {
+	var out []string
+	for _, x := range r.Runs {
+		if !slices.Contains(out, x.Family) {
+			out = append(out, x.Family)
+		}
+	}
+	return out
+}
+
+// suites are the suites of the runs, in the order they first ran.
+func (r Report) suites() []Suite {
+	var out []Suite
+	for _, x := range r.Runs {
+		if !slices.ContainsFunc(out, func(s Suite) bool { return s.Name == x.Suite.Name }) {
+			out = append(out, x.Suite)
+		}
+	}
+	return out
+}
+
+// summary is one cell of the table by family: how suite's runs on a lab of
+// family went.
+func (r Report) summary(suite, family string) string {
+	runs, failed, passed, specs, skipped := 0, 0, 0, 0, 0
+	for _, x := range r.Runs {
+		if x.Suite.Name != suite || x.Family != family {
+			continue
+		}
+		runs++
+		if !x.OK() {
+			failed++
+		}
+		passed, specs, skipped = x.Count(Passed), len(x.Specs), x.Count(Skipped)
+	}
+	switch {
+	case runs == 0:
+		return "not run"
+	case failed > 0:
+		return fmt.Sprintf("**failed in %d of %d runs**", failed, runs)
+	}
+	s := fmt.Sprintf("%d of %d passed", passed, specs-skipped)
+	if skipped > 0 {
+		s += fmt.Sprintf(" (%d skipped)", skipped)
+	}
+	if runs > 1 {
+		s += fmt.Sprintf(", each of %d runs", runs)
+	}
+	return s
 }
 
 // cell makes s safe inside a Markdown table cell.

@@ -2,13 +2,16 @@ package conformance
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -30,6 +33,8 @@ type Options struct {
 	OutDir string
 	// Timeout bounds the whole run (ginkgo's --timeout); 0: one hour.
 	Timeout time.Duration
+	// Family is the IP family of the lab (ipv4, ipv6, dual), for the report.
+	Family string
 	// Log, when set, also receives ginkgo's output as it runs.
 	Log io.Writer
 }
@@ -157,6 +162,7 @@ func RunAll(ctx context.Context, suites []Suite, runs int, o Options, rep *Repor
 			if err != nil {
 				return fmt.Errorf("%s, run %d: %w", s.Title, i, err)
 			}
+			res.Family = o.Family
 			rep.Runs = append(rep.Runs, res)
 			log(fmt.Sprintf("%s, run %d: %s", s.Title, i, res.Summary()))
 			for _, sp := range append(res.Setup, res.Specs...) {
@@ -167,6 +173,43 @@ func RunAll(ctx context.Context, suites []Suite, runs int, o Options, rep *Repor
 		}
 	}
 	return nil
+}
+
+// WriteJSON saves the report, for a later Merge (make conformance runs a
+// lab per IP family and writes one report of them all).
+func (r Report) WriteJSON(path string) error {
+	b, err := json.MarshalIndent(r, "", " ")
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(path, b, 0o644)
+}
+
+// ReadJSON reads a report WriteJSON saved.
+func ReadJSON(path string) (Report, error) {
+	var r Report
+	b, err := os.ReadFile(path)
+	if err == nil {
+		err = json.Unmarshal(b, &r)
+	}
+	if err != nil {
+		return r, fmt.Errorf("conformance report %s: %w", path, err)
+	}
+	return r, nil
+}
+
+// Merge adds the runs of o (on a lab of another family) to r: its runs,
+// its lab and its notes; r's versions stay (the same tree built both).
+func (r Report) Merge(o Report) Report {
+	r.Runs = append(slices.Clone(r.Runs), o.Runs...)
+	r.Notes = append(slices.Clone(r.Notes), o.Notes...)
+	if o.Lab != "" && o.Lab != r.Lab {
+		r.Lab = strings.TrimSpace(r.Lab + "\n\n" + o.Lab)
+	}
+	if o.Generated.After(r.Generated) {
+		r.Generated = o.Generated
+	}
+	return r
 }
 
 // Write writes the report's Markdown to path.

@@ -1,6 +1,7 @@
 package lab
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -49,6 +50,7 @@ func Conformance(ctx context.Context, s State, outDir string, procs int) (confor
 		NetNS:      NSPath(ControlPlaneNetNS(s.Config.Prefix)),
 		Procs:      procs,
 		OutDir:     outDir,
+		Family:     cmp.Or(s.Config.IPFamily, IPv4),
 	}
 
 	versions, err := hack("node-env.sh", "versions")
@@ -107,7 +109,9 @@ func describe(s State) string {
 	if proxy == "" {
 		proxy = "iptables"
 	}
-	fmt.Fprintf(&b, "`tern-lab up --nodes %d --racks %d --router %s`: %d real nodes (each its own kubelet, containerd, runc and kube-proxy in %s mode; tern installed by `kubectl apply -k` and run by its DaemonSet)", c.Nodes, c.Racks, c.Router, len(s.Nodes), proxy)
+	family := map[string]string{"": "IPv4", IPv4: "IPv4", IPv6: "IPv6-only", Dual: "dual-stack (IPv4 primary)"}[c.IPFamily]
+	fmt.Fprintf(&b, "`tern-lab up --nodes %d --racks %d --router %s --ip-family %s`: %d real %s nodes (each its own kubelet, containerd, runc and kube-proxy in %s mode; tern installed by `kubectl apply -k` and run by its DaemonSet)",
+		c.Nodes, c.Racks, c.Router, cmp.Or(c.IPFamily, IPv4), len(s.Nodes), family, proxy)
 	if len(s.Routers) == 0 {
 		b.WriteString(" on one segment, in a node-to-node BGP mesh.")
 	} else {
