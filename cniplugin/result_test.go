@@ -50,9 +50,9 @@ func TestBuildResult(t *testing.T) {
 		},
 		{
 			name:   "IPv6 only",
-			ips:    []netip.Addr{netip.MustParseAddr("fd00::5")},
+			ips:    []netip.Addr{netip.MustParseAddr("fd74:6572:6e00::5")},
 			mtu:    9000,
-			ipCfg:  []wantIP{{"fd00::5/128", "fe80::ecee:eeff:feee:eeee"}},
+			ipCfg:  []wantIP{{"fd74:6572:6e00::5/128", "fe80::ecee:eeff:feee:eeee"}},
 			routes: []wantRoute{{"::/0", "fe80::ecee:eeff:feee:eeee"}},
 		},
 	}

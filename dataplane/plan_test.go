@@ -159,11 +159,11 @@ func TestPlanNodeGolden(t *testing.T) {
 func TestPlanNodeInvariants(t *testing.T) {
 	cfgs := []NodeConfig{
 		{PodCIDRs: prefixes("10.244.1.0/24"), NATOutgoing: true},
-		{PodCIDRs: prefixes("10.244.1.0/24", "fd00::/64"), NATOutgoing: true},
-		{PodCIDRs: prefixes("10.244.1.0/24", "fd00::/64"), NATOutgoing: false},
-		{PodCIDRs: prefixes("fd00::/64", "10.244.1.0/24"), ClusterCIDRs: prefixes("10.0.0.0/8", "fd00::/48"), NATOutgoing: true},
-		{PodCIDRs: prefixes("10.244.1.0/24", "fd00::/64"), NATOutgoing: true, Policy: true},
-		{PodCIDRs: prefixes("fd00::/64"), Policy: true},
+		{PodCIDRs: prefixes("10.244.1.0/24", "fd74:6572:6e00::/64"), NATOutgoing: true},
+		{PodCIDRs: prefixes("10.244.1.0/24", "fd74:6572:6e00::/64"), NATOutgoing: false},
+		{PodCIDRs: prefixes("fd74:6572:6e00::/64", "10.244.1.0/24"), ClusterCIDRs: prefixes("10.0.0.0/8", "fd74:6572:6e00::/48"), NATOutgoing: true},
+		{PodCIDRs: prefixes("10.244.1.0/24", "fd74:6572:6e00::/64"), NATOutgoing: true, Policy: true},
+		{PodCIDRs: prefixes("fd74:6572:6e00::/64"), Policy: true},
 		{PodCIDRs: prefixes("10.244.1.0/24", "fd10:244:1::/64"), NATOutgoing: true, NATOutgoingIPv6: true},
 		{PodCIDRs: prefixes("10.244.1.0/24", "fd10:244:1::/64"), NATOutgoingIPv6: true, Policy: true},
 		{PodCIDRs: prefixes("fd10:244:1::/64"), ClusterCIDRs: prefixes("fd10:244::/48"), NATOutgoingIPv6: true},

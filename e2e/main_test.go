@@ -39,8 +39,10 @@ func TestMain(m *testing.M) {
 
 // crashAndRestart kills the lab daemon with SIGKILL, leaving its nodes,
 // routers, namespaces and control plane behind, and checks that `up` removes
-// everything the dead lab left and brings up a new one (the other topology:
-// one segment, node-to-node mesh).
+// everything the dead lab left and brings up a new one of the other
+// topology: one segment, the mesh off, a route reflector node (of every
+// family of the lab: `up` waits until every node has every other node's pod
+// CIDR of each family, through the reflector).
 func crashAndRestart(tl *labtest.Lab, old lab.State) ([]lab.State, error) {
 	if err := syscall.Kill(old.PID, syscall.SIGKILL); err != nil {
 		return nil, fmt.Errorf("kill the lab daemon: %w", err)
@@ -55,7 +57,7 @@ func crashAndRestart(tl *labtest.Lab, old lab.State) ([]lab.State, error) {
 		return nil, fmt.Errorf("the killed lab left no namespaces: the crash test tests nothing")
 	}
 	t0 := time.Now()
-	out, err := tl.Cmd("up", "--nodes", "2", "--router", "none", "--ip-family", ipFamily).CombinedOutput()
+	out, err := tl.Cmd("up", "--nodes", "3", "--router", "none", "--route-reflectors", "1", "--ip-family", ipFamily).CombinedOutput()
 	if err != nil {
 		return nil, fmt.Errorf("tern-lab up after a crash: %w\n%s", err, out)
 	}
@@ -65,9 +67,9 @@ func crashAndRestart(tl *labtest.Lab, old lab.State) ([]lab.State, error) {
 		}
 	}
 	s, err := tl.Client.State(context.Background())
-	if err != nil || len(s.Nodes) != 2 || len(s.Routers) != 0 {
+	if err != nil || len(s.Nodes) != 3 || len(s.Routers) != 0 {
 		return nil, fmt.Errorf("the new lab: %+v %v", s, err)
 	}
-	fmt.Fprintf(os.Stderr, "e2e: up after a crashed lab: cleaned and up again (2 nodes, mesh) in %s\n", time.Since(t0).Round(100*time.Millisecond))
+	fmt.Fprintf(os.Stderr, "e2e: up after a crashed lab: cleaned and up again (3 nodes, a route reflector, %s) in %s\n", ipFamily, time.Since(t0).Round(100*time.Millisecond))
 	return []lab.State{s}, nil
 }

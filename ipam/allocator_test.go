@@ -153,7 +153,7 @@ func TestAllocateSameKeyReturnsSameAddresses(t *testing.T) {
 		pools []string
 	}{
 		{"IPv4", []string{"10.0.0.0/24"}},
-		{"dual stack", []string{"10.0.0.0/24", "fd00::/120"}},
+		{"dual stack", []string{"10.0.0.0/24", "fd74:6572:6e00::/120"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -204,9 +204,9 @@ func TestAllocateSkipsNetworkAndBroadcast(t *testing.T) {
 		{"IPv4 /29", "10.0.0.8/29", addrs("10.0.0.9", "10.0.0.10", "10.0.0.11", "10.0.0.12", "10.0.0.13", "10.0.0.14")},
 		{"IPv4 /31 point-to-point", "10.0.0.4/31", addrs("10.0.0.4", "10.0.0.5")},
 		{"IPv4 /32", "10.0.0.7/32", addrs("10.0.0.7")},
-		{"IPv6 /126", "fd00::/126", addrs("fd00::1", "fd00::2", "fd00::3")},
-		{"IPv6 /127", "fd00::/127", addrs("fd00::1")},
-		{"IPv6 /128", "fd00::9/128", addrs("fd00::9")},
+		{"IPv6 /126", "fd74:6572:6e00::/126", addrs("fd74:6572:6e00::1", "fd74:6572:6e00::2", "fd74:6572:6e00::3")},
+		{"IPv6 /127", "fd74:6572:6e00::/127", addrs("fd74:6572:6e00::1")},
+		{"IPv6 /128", "fd74:6572:6e00::9/128", addrs("fd74:6572:6e00::9")},
 		{"IPv6 at top of space", "ffff:ffff:ffff:ffff:ffff:ffff:ffff:fffc/126",
 			addrs("ffff:ffff:ffff:ffff:ffff:ffff:ffff:fffd", "ffff:ffff:ffff:ffff:ffff:ffff:ffff:fffe", "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff")},
 	}
@@ -283,13 +283,13 @@ func TestAllocateRoundRobin(t *testing.T) {
 		},
 		{
 			name: "IPv6 wrap skips ::0",
-			pool: "fd00::/126",
+			pool: "fd74:6572:6e00::/126",
 			steps: []step{
-				{id: "a", want: "fd00::1"},
-				{id: "b", want: "fd00::2"},
-				{id: "c", want: "fd00::3"},
+				{id: "a", want: "fd74:6572:6e00::1"},
+				{id: "b", want: "fd74:6572:6e00::2"},
+				{id: "c", want: "fd74:6572:6e00::3"},
 				{release: true, id: "a"},
-				{id: "d", want: "fd00::1"},
+				{id: "d", want: "fd74:6572:6e00::1"},
 			},
 		},
 	}
@@ -325,11 +325,11 @@ func TestAllocatePoolFull(t *testing.T) {
 	}{
 		{"IPv4 /32", []string{"10.0.0.5/32"}, 1, "10.0.0.5/32", []int{1}},
 		{"IPv4 /30", []string{"192.168.7.0/30"}, 2, "192.168.7.0/30", []int{2}},
-		{"IPv6 /128", []string{"fd00::5/128"}, 1, "fd00::5/128", []int{1}},
+		{"IPv6 /128", []string{"fd74:6572:6e00::5/128"}, 1, "fd74:6572:6e00::5/128", []int{1}},
 		// The IPv4 address picked before the IPv6 pool turned out full must be
 		// given back.
-		{"dual stack, IPv6 full", []string{"10.0.0.0/24", "fd00::5/128"}, 1, "fd00::5/128", []int{1, 1}},
-		{"dual stack, IPv4 full", []string{"10.0.0.5/32", "fd00::/120"}, 1, "10.0.0.5/32", []int{1, 1}},
+		{"dual stack, IPv6 full", []string{"10.0.0.0/24", "fd74:6572:6e00::5/128"}, 1, "fd74:6572:6e00::5/128", []int{1, 1}},
+		{"dual stack, IPv4 full", []string{"10.0.0.5/32", "fd74:6572:6e00::/120"}, 1, "10.0.0.5/32", []int{1, 1}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -452,7 +452,7 @@ func TestRelease(t *testing.T) {
 		pools []string
 	}{
 		{"IPv4 /32", []string{"10.0.0.5/32"}},
-		{"dual stack /32 + /128", []string{"10.0.0.5/32", "fd00::5/128"}},
+		{"dual stack /32 + /128", []string{"10.0.0.5/32", "fd74:6572:6e00::5/128"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -496,7 +496,7 @@ func TestAllocatePutFailureLeavesNoTrace(t *testing.T) {
 	}{
 		{"IPv4 /32", []string{"10.0.0.5/32"}},
 		{"IPv4 /30", []string{"10.0.0.0/30"}},
-		{"dual stack", []string{"10.0.0.5/32", "fd00::5/128"}},
+		{"dual stack", []string{"10.0.0.5/32", "fd74:6572:6e00::5/128"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -599,15 +599,15 @@ func TestNewRebuildsIndex(t *testing.T) {
 		},
 		{
 			name:  "dual stack",
-			pools: []string{"10.0.0.0/24", "fd00::/120"},
+			pools: []string{"10.0.0.0/24", "fd74:6572:6e00::/120"},
 			stored: []Allocation{
-				{Key: key("b"), IPs: addrs("10.0.0.2", "fd00::7"), Created: at(2)},
-				{Key: key("a"), IPs: addrs("10.0.0.1", "fd00::8"), Created: at(1)},
+				{Key: key("b"), IPs: addrs("10.0.0.2", "fd74:6572:6e00::7"), Created: at(2)},
+				{Key: key("a"), IPs: addrs("10.0.0.1", "fd74:6572:6e00::8"), Created: at(1)},
 			},
 			wantOrder: []string{"a", "b"},
 			wantInUse: []int{2, 2},
-			// IPv6 cursor at fd00::7 (the newest), and fd00::8 is taken.
-			wantNext: addrs("10.0.0.3", "fd00::9"),
+			// IPv6 cursor at fd74:6572:6e00::7 (the newest), and fd74:6572:6e00::8 is taken.
+			wantNext: addrs("10.0.0.3", "fd74:6572:6e00::9"),
 		},
 		{
 			name:  "allocation outside the pools is kept",
@@ -682,11 +682,11 @@ func TestNewErrors(t *testing.T) {
 		{
 			name: "one IPv6 address held twice, outside the pools",
 			store: NewMemStore(
-				Allocation{Key: key("a"), IPs: addrs("10.0.0.1", "fd00::3"), Created: epoch},
-				Allocation{Key: key("b"), IPs: addrs("10.0.0.2", "fd00::3"), Created: epoch.Add(time.Second)},
+				Allocation{Key: key("a"), IPs: addrs("10.0.0.1", "fd74:6572:6e00::3"), Created: epoch},
+				Allocation{Key: key("b"), IPs: addrs("10.0.0.2", "fd74:6572:6e00::3"), Created: epoch.Add(time.Second)},
 			),
 			pools:   []string{"10.0.0.0/24"},
-			wantMsg: "fd00::3",
+			wantMsg: "fd74:6572:6e00::3",
 		},
 		{
 			name:    "load fails",
@@ -729,18 +729,18 @@ func TestSetPools(t *testing.T) {
 		wantErr bool
 	}{
 		{"one IPv4", []netip.Prefix{netip.MustParsePrefix("10.1.0.0/24")}, false},
-		{"one IPv6", []netip.Prefix{netip.MustParsePrefix("fd00::/64")}, false},
-		{"dual stack", []netip.Prefix{netip.MustParsePrefix("10.1.0.0/24"), netip.MustParsePrefix("fd00::/64")}, false},
+		{"one IPv6", []netip.Prefix{netip.MustParsePrefix("fd74:6572:6e00::/64")}, false},
+		{"dual stack", []netip.Prefix{netip.MustParsePrefix("10.1.0.0/24"), netip.MustParsePrefix("fd74:6572:6e00::/64")}, false},
 		{"none", nil, false},
 		{"IPv4 /32", []netip.Prefix{netip.MustParsePrefix("10.1.0.1/32")}, false},
-		{"IPv6 /128", []netip.Prefix{netip.MustParsePrefix("fd00::1/128")}, false},
+		{"IPv6 /128", []netip.Prefix{netip.MustParsePrefix("fd74:6572:6e00::1/128")}, false},
 		{"IPv4 not masked", []netip.Prefix{netip.MustParsePrefix("10.1.0.1/24")}, true},
-		{"IPv6 not masked", []netip.Prefix{netip.MustParsePrefix("fd00::1/64")}, true},
+		{"IPv6 not masked", []netip.Prefix{netip.MustParsePrefix("fd74:6572:6e00::1/64")}, true},
 		{"zero prefix", []netip.Prefix{{}}, true},
 		{"two IPv4", []netip.Prefix{netip.MustParsePrefix("10.1.0.0/24"), netip.MustParsePrefix("10.2.0.0/24")}, true},
-		{"two IPv6", []netip.Prefix{netip.MustParsePrefix("fd00::/64"), netip.MustParsePrefix("fd01::/64")}, true},
+		{"two IPv6", []netip.Prefix{netip.MustParsePrefix("fd74:6572:6e00::/64"), netip.MustParsePrefix("fd01::/64")}, true},
 		{"same IPv4 twice", []netip.Prefix{netip.MustParsePrefix("10.1.0.0/24"), netip.MustParsePrefix("10.1.0.0/24")}, true},
-		{"valid then not masked", []netip.Prefix{netip.MustParsePrefix("fd00::/64"), netip.MustParsePrefix("10.1.0.1/24")}, true},
+		{"valid then not masked", []netip.Prefix{netip.MustParsePrefix("fd74:6572:6e00::/64"), netip.MustParsePrefix("10.1.0.1/24")}, true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -805,11 +805,11 @@ func TestUsage(t *testing.T) {
 		{"empty IPv4 /24", []string{"10.0.0.0/24"}, 0, 0, []uint64{254}, []int{0}},
 		{"IPv4 /24 with 3", []string{"10.0.0.0/24"}, 3, 0, []uint64{254}, []int{3}},
 		{"IPv4 /24 with 3, 2 released", []string{"10.0.0.0/24"}, 3, 2, []uint64{254}, []int{1}},
-		{"dual stack", []string{"10.0.0.0/24", "fd00::/120"}, 5, 1, []uint64{254, 255}, []int{4, 4}},
+		{"dual stack", []string{"10.0.0.0/24", "fd74:6572:6e00::/120"}, 5, 1, []uint64{254, 255}, []int{4, 4}},
 		{"IPv4 /31", []string{"10.0.0.0/31"}, 2, 0, []uint64{2}, []int{2}},
 		{"IPv4 /16", []string{"10.0.0.0/16"}, 0, 0, []uint64{65534}, []int{0}},
-		{"IPv6 /66", []string{"fd00::/66"}, 1, 0, []uint64{1<<62 - 1}, []int{1}},
-		{"IPv6 /64 is capped", []string{"fd00::/64"}, 1, 0, []uint64{1 << 63}, []int{1}},
+		{"IPv6 /66", []string{"fd74:6572:6e00::/66"}, 1, 0, []uint64{1<<62 - 1}, []int{1}},
+		{"IPv6 /64 is capped", []string{"fd74:6572:6e00::/64"}, 1, 0, []uint64{1 << 63}, []int{1}},
 		{"IPv6 /0 is capped", []string{"::/0"}, 0, 0, []uint64{1 << 63}, []int{0}},
 		{"IPv4 /0", []string{"0.0.0.0/0"}, 1, 0, []uint64{1<<32 - 2}, []int{1}},
 		{"no pools", nil, 0, 0, nil, nil},
@@ -845,7 +845,7 @@ func TestUsage(t *testing.T) {
 func TestAllocateConcurrentDistinctKeys(t *testing.T) {
 	const n = 200
 	store := NewMemStore()
-	a := newTestAllocator(t, store, "10.0.0.0/24", "fd00::/120")
+	a := newTestAllocator(t, store, "10.0.0.0/24", "fd74:6572:6e00::/120")
 
 	results := make([]Allocation, n)
 	errs := make([]error, n)
@@ -894,7 +894,7 @@ func TestAllocateConcurrentSameKey(t *testing.T) {
 	// Hold the first Put open until every goroutine has had time to arrive, so
 	// the others find it in flight.
 	store.OnPut(func(Allocation) { time.Sleep(20 * time.Millisecond) })
-	a := newTestAllocator(t, store, "10.0.0.0/24", "fd00::/120")
+	a := newTestAllocator(t, store, "10.0.0.0/24", "fd74:6572:6e00::/120")
 
 	results := make([]Allocation, n)
 	errs := make([]error, n)

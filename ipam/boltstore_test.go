@@ -127,7 +127,7 @@ func TestBoltStoreRoundTrip(t *testing.T) {
 
 func TestBoltStoreSurvivesReopen(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "ipam.db")
-	keep := Allocation{Key: key("keep"), Pod: "p", IPs: addrs("10.0.0.1", "fd00::1"), Created: epoch}
+	keep := Allocation{Key: key("keep"), Pod: "p", IPs: addrs("10.0.0.1", "fd74:6572:6e00::1"), Created: epoch}
 	gone := Allocation{Key: key("gone"), IPs: addrs("10.0.0.2"), Created: epoch}
 
 	s := openTestStore(t, path)

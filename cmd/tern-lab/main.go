@@ -105,7 +105,7 @@ func run(args []string, out io.Writer) error {
 		fs.IntVar(&o.Racks, "racks", 1, "number of racks, each behind its own router")
 		fs.StringVar(&o.Router, "router", lab.RouterBIRD, "bird, frr, mixed (racks alternate) or none (one segment, node-to-node mesh)")
 		fs.IntVar(&o.RouteReflectors, "route-reflectors", 0, "nodes acting as route reflectors (the mesh goes off)")
-		fs.StringVar(&o.IPFamily, "ip-family", lab.IPv4, "the nodes', pods' and Services' IP families on real nodes: ipv4, ipv6 or dual (IPv4 primary)")
+		fs.StringVar(&o.IPFamily, "ip-family", "", "the nodes', pods' and Services' IP families: ipv4, ipv6 or dual (IPv4 primary; real nodes only); default dual on real nodes, ipv4 on light ones")
 		fs.StringVar(&o.ProxyMode, "proxy-mode", "", "kube-proxy's mode on real nodes: iptables (default) or nftables")
 		light := fs.Bool("light", false, "light nodes: tern's own kubelet (pods are network namespaces) and agents started by the lab, for 20- and 40-node labs on 2 cores; default: real nodes (kubelet, containerd and kube-proxy on each, tern installed by its DaemonSet; needs make image)")
 		if err := fs.Parse(args[1:]); err != nil {
@@ -115,6 +115,12 @@ func run(args []string, out io.Writer) error {
 			return fmt.Errorf("up: unexpected %q", fs.Args())
 		}
 		o.Real = !*light
+		if o.IPFamily == "" {
+			o.IPFamily = lab.IPv4
+			if o.Real {
+				o.IPFamily = lab.Dual
+			}
+		}
 		self, err := os.Executable()
 		if err != nil {
 			return err

@@ -204,11 +204,11 @@ func TestAllocateErrors(t *testing.T) {
 		},
 		{
 			name: "IPv6 pool full refuses the whole attachment",
-			cfg:  Config{PodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.1.0/24"), netip.MustParsePrefix("fd00::/127")}}, // ::1 only
+			cfg:  Config{PodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.1.0/24"), netip.MustParsePrefix("fd74:6572:6e00::/127")}}, // ::1 only
 			setup: func(t *testing.T, ta *testAgent) {
 				decode[agentapi.Allocation](t, ta.do(t, "POST", agentapi.PathAllocate, allocBody("a", "eth0", "terna")), 200)
 			},
-			body: allocBody("c", "eth0", "ternc"), status: 409, code: agentapi.CodePoolFull, msgHas: "fd00::/127",
+			body: allocBody("c", "eth0", "ternc"), status: 409, code: agentapi.CodePoolFull, msgHas: "fd74:6572:6e00::/127",
 		},
 		{name: "no pools", noPool: true, body: allocBody("c1", "eth0", hostveth.Prefix), status: 409, code: agentapi.CodePoolFull, msgHas: "no pod CIDR"},
 		{

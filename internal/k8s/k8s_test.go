@@ -187,10 +187,10 @@ func TestBGPNodeAnnotations(t *testing.T) {
 	}{
 		{nil, "", ""},
 		{map[string]string{RouterIDAnnotation: "10.1.2.3"}, "10.1.2.3", ""},
-		{map[string]string{RouterIDAnnotation: "fd00::1"}, "", `tern.io/router-id="fd00::1" is not a router ID`},
+		{map[string]string{RouterIDAnnotation: "fd74:6572:6e00::1"}, "", `tern.io/router-id="fd74:6572:6e00::1" is not a router ID`},
 		{map[string]string{RouterIDAnnotation: "0.0.0.0"}, "", `is not a router ID`},
 		{map[string]string{ASNumberAnnotation: "0"}, "", `is not an AS number`},
-		{map[string]string{RouteReflectorAnnotation: "fd00::1"}, "", `is not a cluster ID`},
+		{map[string]string{RouteReflectorAnnotation: "fd74:6572:6e00::1"}, "", `is not a cluster ID`},
 	} {
 		n.Annotations = c.ann
 		got, err := BGPNode(n)
