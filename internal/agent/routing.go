@@ -3,6 +3,8 @@ package agent
 import (
 	"context"
 	"errors"
+	"fmt"
+	"net/netip"
 	"slices"
 	"time"
 
@@ -99,13 +101,14 @@ func (a *Agent) syncBGP(ctx context.Context) error {
 		a.log.Warn("pod CIDRs not announced: the node has no address of their family (InternalIP, or the tern.io/address annotation)",
 			"cidrs", d.Unannounced, "ipv4", local.IPv4, "ipv6", local.IPv6)
 	}
-	for _, w := range d.Warnings {
+	warnings := append(slices.Clone(d.Warnings), outsideClusterCIDRs(nodes, a.cfg.ClusterCIDRs)...)
+	for _, w := range warnings {
 		if !r.warnedPlan[w] {
 			a.log.Warn("BGP: " + w)
 		}
 	}
 	r.warnedPlan = map[string]bool{}
-	for _, w := range d.Warnings {
+	for _, w := range warnings {
 		r.warnedPlan[w] = true
 	}
 	routes, err := r.speaker.Routes(ctx)
@@ -250,4 +253,23 @@ func (a *Agent) warnDownPeers(configured []bgp.Peer) {
 				"for", now.Sub(since).Round(time.Second), "hint", hint)
 		}
 	}
+}
+
+// outsideClusterCIDRs says which nodes' pod CIDRs lie outside the cluster
+// CIDRs the agent was given (--cluster-cidr, the ConfigMap's cluster-cidr):
+// their routes are not imported, and traffic to them is masqueraded. The
+// usual cause is a dual-stack cluster whose cluster-cidr names one family.
+func outsideClusterCIDRs(nodes []bgp.NodeInfo, cluster []netip.Prefix) []string {
+	if len(cluster) == 0 {
+		return nil
+	}
+	var out []string
+	for _, n := range nodes {
+		for _, c := range n.PodCIDRs {
+			if !slices.ContainsFunc(cluster, func(p netip.Prefix) bool { return p.Bits() <= c.Bits() && p.Contains(c.Addr()) }) {
+				out = append(out, fmt.Sprintf("node %s's pod CIDR %s is outside the cluster CIDRs %v: its routes are not imported and traffic to it is masqueraded; set the ConfigMap's cluster-cidr (--cluster-cidr) to every pod range of the cluster, one per family", n.Name, c, cluster))
+			}
+		}
+	}
+	return out
 }

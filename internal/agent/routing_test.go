@@ -1,6 +1,8 @@
 package agent
 
 import (
+	"net/netip"
+	"strings"
 	"testing"
 	"time"
 
@@ -42,5 +44,32 @@ func TestSettle(t *testing.T) {
 				t.Errorf("settled = %v, want %v", r.settled, tc.want)
 			}
 		})
+	}
+}
+
+func TestOutsideClusterCIDRs(t *testing.T) {
+	pfx := func(s ...string) []netip.Prefix {
+		var out []netip.Prefix
+		for _, x := range s {
+			out = append(out, netip.MustParsePrefix(x))
+		}
+		return out
+	}
+	nodes := []bgp.NodeInfo{
+		{Name: "a", PodCIDRs: pfx("10.244.1.0/24", "fd74:6572:6e44:1::/64")},
+		{Name: "b", PodCIDRs: pfx("10.244.2.0/24", "fd74:6572:6e44:2::/64")},
+	}
+	if w := outsideClusterCIDRs(nodes, nil); w != nil {
+		t.Errorf("no cluster CIDRs (the nodes' own are used): %q", w)
+	}
+	if w := outsideClusterCIDRs(nodes, pfx("10.244.0.0/16", "fd74:6572:6e44::/56")); w != nil {
+		t.Errorf("both families covered: %q", w)
+	}
+	w := outsideClusterCIDRs(nodes, pfx("10.244.0.0/16"))
+	if len(w) != 2 || !strings.Contains(w[0], "node a's pod CIDR fd74:6572:6e44:1::/64 is outside the cluster CIDRs [10.244.0.0/16]") || !strings.Contains(w[1], "node b's") {
+		t.Errorf("an IPv4-only cluster-cidr in a dual-stack cluster: %q", w)
+	}
+	if w := outsideClusterCIDRs(nodes, pfx("10.244.1.0/25", "fd74:6572:6e44::/56")); len(w) != 2 {
+		t.Errorf("a cluster CIDR narrower than a pod CIDR does not cover it: %q", w)
 	}
 }

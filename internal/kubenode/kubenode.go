@@ -263,11 +263,13 @@ func (n *Node) start(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	err = waitFor(ctx, 30*time.Second, n.proxy, func() bool {
+	// Healthy once it has programmed its rules; on a loaded 2-core machine
+	// with several nodes starting that can take tens of seconds.
+	err = waitFor(ctx, 60*time.Second, n.proxy, func() bool {
 		return n.inNode("curl", "-sf", "--max-time", "1", "http://127.0.0.1:10256/healthz").Run() == nil
 	})
 	if err != nil {
-		return fmt.Errorf("kube-proxy not healthy: %w (log: %s)", err, n.Log("kube-proxy"))
+		return fmt.Errorf("kube-proxy not healthy: %w (log: %s; it ends:\n%s)", err, n.Log("kube-proxy"), logTail(n.Log("kube-proxy"), 3000))
 	}
 	return nil
 }
@@ -450,6 +452,19 @@ func (n *Node) path(name string) string { return filepath.Join(n.cfg.Dir, name) 
 // Log is the path of the log of one of the node's daemons: containerd,
 // kubelet.
 func (n *Node) Log(name string) string { return n.path(name + ".log") }
+
+// logTail is the last max bytes of the log at path, for an error that must
+// outlive the node's directory.
+func logTail(path string, max int) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return err.Error()
+	}
+	if len(b) > max {
+		b = b[len(b)-max:]
+	}
+	return string(b)
+}
 
 // KubeletPID is the kubelet's process ID.
 func (n *Node) KubeletPID() int { return n.kubelet.cmd.Process.Pid }
