@@ -19,8 +19,6 @@ import (
 	"github.com/tern-net/tern/internal/nodetest"
 )
 
-func TestMain(m *testing.M) { kubetest.Main(m) }
-
 const (
 	coldNodes    = 1000
 	coldPods     = 10000

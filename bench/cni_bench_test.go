@@ -238,7 +238,10 @@ func writeTable(b *testing.B, rows []row) {
 }
 
 // appendOut adds to bench-out/cni.md under the module root and logs it.
-func appendOut(b *testing.B, text string) {
+func appendOut(b *testing.B, text string) { appendOutTo(b, "cni.md", text) }
+
+// appendOutTo adds to bench-out/name under the module root and logs it.
+func appendOutTo(b *testing.B, name, text string) {
 	b.Log("\n" + text)
 	root, err := nodetest.ModuleRoot()
 	if err != nil {
@@ -246,7 +249,7 @@ func appendOut(b *testing.B, text string) {
 	}
 	dir := filepath.Join(root, "bench-out")
 	_ = os.MkdirAll(dir, 0o755)
-	f, err := os.OpenFile(filepath.Join(dir, "cni.md"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
+	f, err := os.OpenFile(filepath.Join(dir, name), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
 	if err != nil {
 		b.Fatal(err)
 	}

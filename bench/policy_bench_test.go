@@ -45,10 +45,12 @@ const (
 // BenchmarkPolicy measures NetworkPolicy enforcement at one node's scale
 // (1,000 local pods of 5,000, 500 policies): a full sync from empty against
 // the floor of applying the same sets and rules with one `ipset restore` and
-// one iptables-restore; the latency of adding one pod; the TCP cost of the
-// installed rules between two pods routed through the node; and the memory
-// the compiled state holds. All kernel work happens in network namespaces of
-// its own. Results go to bench-out/policy.md.
+// one iptables-restore; the same two for a dual-stack node (every pod with
+// an IPv4 and an IPv6 address; the floor adds one ip6tables-restore); the
+// latency of adding one pod, on an IPv4 and on a dual-stack node; the TCP
+// cost of the installed rules between two pods routed through the node; and
+// the memory the compiled state holds. All kernel work happens in network
+// namespaces of its own. Results go to bench-out/policy.md.
 func BenchmarkPolicy(b *testing.B) {
 	if b.N > 1 {
 		b.Skip("one measured run: use -benchtime 1x (make bench does)")
@@ -72,30 +74,37 @@ func BenchmarkPolicy(b *testing.B) {
 		policytest.PerNode, policytest.Nodes*policytest.PerNode, policytest.Policies, policytest.Namespaces, backend.Mode, time.Now().UTC().Format(time.RFC3339))
 
 	mem := measurePolicyMemory(b, backend)
-	sync := measureFullSync(b, backend, bins)
-	inc := measureIncremental(b, backend)
+	sync := measureFullSync(b, backend, bins, false)
+	sync6 := measureFullSync(b, backend, bins, true)
+	inc := measureIncremental(b, backend, false)
+	inc6 := measureIncremental(b, backend, true)
 	pkt := measurePerPacket(b, backend, bins)
 
-	sync.write(&out)
-	inc.write(&out)
+	writeFullSync(&out, sync, sync6)
+	writeIncremental(&out, inc, inc6)
 	pkt.write(&out)
 	mem.write(&out)
 
-	b.Run("full-sync", func(b *testing.B) {
-		b.ReportMetric(ms(median(sync.total)), "tern-ms")
-		b.ReportMetric(ms(median(sync.floor)), "floor-ms")
-		b.ReportMetric(ms(median(sync.total))/ms(median(sync.floor)), "tern/floor-x")
-		b.ReportMetric(ms(median(sync.compile)), "compile-ms")
-		b.ReportMetric(ms(median(sync.noCut))/ms(median(sync.floor)), "no-conntrack-pass/floor-x")
-		b.ReportMetric(ms(median(sync.withEntry))/ms(median(sync.floor)), "conntrack-entry/floor-x")
-	})
-	for _, k := range []*incSeries{&inc.remote, &inc.local, &inc.localEntry, &inc.localNoCut} {
-		b.Run("incremental/"+k.name, func(b *testing.B) {
-			b.ReportMetric(ms(polQuantile(k.total, 0.50)), "p50-ms")
-			b.ReportMetric(ms(polQuantile(k.total, 0.90)), "p90-ms")
-			b.ReportMetric(ms(polQuantile(k.total, 0.99)), "p99-ms")
-			b.ReportMetric(ms(polQuantile(k.compile, 0.50)), "compile-p50-ms")
+	// Sub-benchmarks name the dual-stack node's results "...-dual-stack".
+	for _, r := range []syncResult{sync, sync6} {
+		b.Run("full-sync"+polSuffix(r.node), func(b *testing.B) {
+			b.ReportMetric(ms(median(r.total)), "tern-ms")
+			b.ReportMetric(ms(median(r.floor)), "floor-ms")
+			b.ReportMetric(ms(median(r.total))/ms(median(r.floor)), "tern/floor-x")
+			b.ReportMetric(ms(median(r.compile)), "compile-ms")
+			b.ReportMetric(ms(median(r.noCut))/ms(median(r.floor)), "no-conntrack-pass/floor-x")
+			b.ReportMetric(ms(median(r.withEntry))/ms(median(r.floor)), "conntrack-entry/floor-x")
 		})
+	}
+	for _, r := range []incResult{inc, inc6} {
+		for _, k := range []incSeries{r.remote, r.local, r.localEntry, r.localNoCut} {
+			b.Run("incremental"+polSuffix(r.node)+"/"+k.name, func(b *testing.B) {
+				b.ReportMetric(ms(polQuantile(k.total, 0.50)), "p50-ms")
+				b.ReportMetric(ms(polQuantile(k.total, 0.90)), "p90-ms")
+				b.ReportMetric(ms(polQuantile(k.total, 0.99)), "p99-ms")
+				b.ReportMetric(ms(polQuantile(k.compile, 0.50)), "compile-p50-ms")
+			})
+		}
 	}
 	b.Run("per-packet", func(b *testing.B) {
 		b.ReportMetric(pkt.ratio(0), "rr-x")
@@ -181,7 +190,7 @@ func polConntrackEntry() error {
 }
 
 // polBins are the commands of the floor, of the same backend as tern's.
-type polBins struct{ save, save6, restore string }
+type polBins struct{ save, save6, restore, restore6 string }
 
 func polBinsFor(b *testing.B, mode string) polBins {
 	look := func(names ...string) string {
@@ -194,9 +203,10 @@ func polBinsFor(b *testing.B, mode string) polBins {
 		return ""
 	}
 	return polBins{
-		save:    look("iptables-"+mode+"-save", "iptables-save"),
-		save6:   look("ip6tables-"+mode+"-save", "ip6tables-save"),
-		restore: look("iptables-"+mode+"-restore", "iptables-restore"),
+		save:     look("iptables-"+mode+"-save", "iptables-save"),
+		save6:    look("ip6tables-"+mode+"-save", "ip6tables-save"),
+		restore:  look("iptables-"+mode+"-restore", "iptables-restore"),
+		restore6: look("ip6tables-"+mode+"-restore", "ip6tables-restore"),
 	}
 }
 
@@ -215,11 +225,13 @@ func polRun(stdin []byte, name string, args ...string) ([]byte, error) {
 	return out, nil
 }
 
-// policyDump is what of a namespace's ipsets and filter table is the policy
-// driver's, in restore syntax.
-type policyDump struct{ sets, rules []byte }
+// policyDump is what of a namespace's ipsets and filter tables is the
+// policy driver's, in restore syntax: rules6 is nil when ip6tables holds
+// none of its chains.
+type policyDump struct{ sets, rules, rules6 []byte }
 
-// dumpPolicy reads tern's sets and the TERN-P chains of netns.
+// dumpPolicy reads tern's sets and the TERN-P chains of netns, of both
+// families.
 func dumpPolicy(b *testing.B, netns ns.NetNS, bins polBins) policyDump {
 	var d policyDump
 	polInNS(b, netns, func() error {
@@ -227,27 +239,40 @@ func dumpPolicy(b *testing.B, netns ns.NetNS, bins polBins) policyDump {
 		if err != nil {
 			return err
 		}
-		rules, err := polRun(nil, bins.save, "-t", "filter")
-		if err != nil {
-			return err
-		}
-		var s, r bytes.Buffer
+		var s bytes.Buffer
 		for _, l := range strings.Split(string(sets), "\n") {
 			if f := strings.Fields(l); len(f) >= 2 && strings.HasPrefix(f[1], policy.SetPrefix) {
 				s.WriteString(l + "\n")
 			}
 		}
-		r.WriteString("*filter\n")
-		for _, l := range strings.Split(string(rules), "\n") {
-			if strings.HasPrefix(l, ":"+policy.ChainPrefix) || strings.HasPrefix(l, "-A "+policy.ChainPrefix) {
-				r.WriteString(l + "\n")
-			}
+		d.sets = s.Bytes()
+		if d.rules, err = dumpChains(bins.save); err != nil {
+			return err
 		}
-		r.WriteString("COMMIT\n")
-		d.sets, d.rules = s.Bytes(), r.Bytes()
-		return nil
+		if d.rules6, err = dumpChains(bins.save6); err == nil && polCount(d.rules6, ":") == 0 {
+			d.rules6 = nil
+		}
+		return err
 	})
 	return d
+}
+
+// dumpChains is the TERN-P chains of the filter table that the save
+// command prints, in restore syntax.
+func dumpChains(save string) ([]byte, error) {
+	rules, err := polRun(nil, save, "-t", "filter")
+	if err != nil {
+		return nil, err
+	}
+	var r bytes.Buffer
+	r.WriteString("*filter\n")
+	for _, l := range strings.Split(string(rules), "\n") {
+		if strings.HasPrefix(l, ":"+policy.ChainPrefix) || strings.HasPrefix(l, "-A "+policy.ChainPrefix) {
+			r.WriteString(l + "\n")
+		}
+	}
+	r.WriteString("COMMIT\n")
+	return r.Bytes(), nil
 }
 
 // polCount counts the lines of text starting with prefix.
@@ -263,6 +288,7 @@ func polCount(text []byte, prefix string) int {
 
 // syncResult is the full sync from empty, tern against the floor.
 type syncResult struct {
+	node                  string // "IPv4", "dual-stack"
 	compile, total, floor []time.Duration
 	// noCut: tern's Compile + Apply without a denied function, so without
 	// the conntrack pass.
@@ -284,10 +310,13 @@ type syncResult struct {
 // tern's Compile + Apply from empty (with a denied function, also with one
 // conntrack entry in the namespace so that the pass reads the table, and
 // without) and the floor: tern's resulting sets and chains, dumped, fed to
-// one `ipset restore` and one iptables-restore --noflush.
-func measureFullSync(b *testing.B, backend dataplane.Backend, bins polBins) syncResult {
-	in := policytest.Cluster(policytest.Options{ResourceVersions: true})
-	var r syncResult
+// one `ipset restore` and one iptables-restore --noflush, and with dual
+// (every pod with an IPv4 and an IPv6 address, the node dual-stack: the
+// agent sets Input.IPv6) one ip6tables-restore --noflush too.
+func measureFullSync(b *testing.B, backend dataplane.Backend, bins polBins, dual bool) syncResult {
+	in := policytest.Cluster(policytest.Options{DualStack: dual, ResourceVersions: true})
+	in.IPv6 = dual
+	r := syncResult{node: polNode(dual)}
 	ternOnce := func(cut, entry bool) {
 		netns := clustertest.NewNS(b)
 		p := newPolicyDriver(backend)
@@ -325,6 +354,11 @@ func measureFullSync(b *testing.B, backend dataplane.Backend, bins polBins) sync
 			if _, err := polRun(r.dump.rules, bins.restore, "--noflush", "--wait", "10"); err != nil {
 				return err
 			}
+			if r.dump.rules6 != nil {
+				if _, err := polRun(r.dump.rules6, bins.restore6, "--noflush", "--wait", "10"); err != nil {
+					return err
+				}
+			}
 			r.floor = append(r.floor, time.Since(t0))
 			return nil
 		})
@@ -336,9 +370,12 @@ func measureFullSync(b *testing.B, backend dataplane.Backend, bins polBins) sync
 	ternOnce(false, false)
 	ternOnce(true, true)
 	check := floorOnce()
-	if got := dumpPolicy(b, check, bins); !bytes.Equal(got.sets, r.dump.sets) || !bytes.Equal(got.rules, r.dump.rules) {
-		b.Fatalf("the floor installs other content than tern: %d/%d bytes of sets, %d/%d bytes of rules",
-			len(got.sets), len(r.dump.sets), len(got.rules), len(r.dump.rules))
+	if got := dumpPolicy(b, check, bins); !bytes.Equal(got.sets, r.dump.sets) || !bytes.Equal(got.rules, r.dump.rules) || !bytes.Equal(got.rules6, r.dump.rules6) {
+		b.Fatalf("the floor installs other content than tern: %d/%d bytes of sets, %d/%d bytes of IPv4 rules, %d/%d bytes of IPv6 rules",
+			len(got.sets), len(r.dump.sets), len(got.rules), len(r.dump.rules), len(got.rules6), len(r.dump.rules6))
+	}
+	if dual && r.dump.rules6 == nil {
+		b.Fatal("a dual-stack node's policy wrote no ip6tables chain")
 	}
 	r.compile, r.total, r.noCut, r.withEntry, r.floor = nil, nil, nil, nil, nil
 	ops := []func(){func() { ternOnce(true, false) }, func() { ternOnce(false, false) }, func() { ternOnce(true, true) }, func() { floorOnce() }}
@@ -359,33 +396,65 @@ func measureFullSync(b *testing.B, backend dataplane.Backend, bins polBins) sync
 			return nil
 		})
 	}
-	r.dispatch = polCount(r.dump.rules, "-A "+policy.ChainPolicy+" ") + polCount(r.dump.rules, "-A "+policy.ChainPrefix+"D")
+	for _, rules := range [][]byte{r.dump.rules, r.dump.rules6} {
+		r.dispatch += polCount(rules, "-A "+policy.ChainPolicy+" ") + polCount(rules, "-A "+policy.ChainPrefix+"D")
+	}
 	return r
 }
 
-func (r syncResult) write(w *strings.Builder) {
-	tm, nm, fm := median(r.total), median(r.noCut), median(r.floor)
-	fmt.Fprintf(w, "\n## Full sync from empty\n\nThe ruleset: %d ipsets with %d members, %d chains with %d rules (%d of them in %s and the dispatch chains). "+
+// polSuffix is the sub-benchmarks' suffix for a node: none for IPv4,
+// "-dual-stack".
+func polSuffix(node string) string {
+	if node == "IPv4" {
+		return ""
+	}
+	return "-" + node
+}
+
+// polNode names the node of a measurement: IPv4, or dual-stack.
+func polNode(dual bool) string {
+	if dual {
+		return "dual-stack"
+	}
+	return "IPv4"
+}
+
+// writeFullSync writes the full syncs' table, rows per node (IPv4, then
+// dual-stack), each against the floor of the same node.
+func writeFullSync(w *strings.Builder, rs ...syncResult) {
+	w.WriteString("\n## Full sync from empty\n\n")
+	for _, r := range rs {
+		fmt.Fprintf(w, "The %s ruleset: %d ipsets with %d members, %d IPv4 chains with %d rules, %d IPv6 chains with %d rules (%d rules in %s and the dispatch chains). ",
+			r.node, polCount(r.dump.sets, "create "), polCount(r.dump.sets, "add "), polCount(r.dump.rules, ":"), polCount(r.dump.rules, "-A "),
+			polCount(r.dump.rules6, ":"), polCount(r.dump.rules6, "-A "), r.dispatch, policy.ChainPolicy)
+	}
+	fmt.Fprintf(w, "The dual-stack node's pods each have an IPv4 and an IPv6 address (policy.Input.IPv6 set, as the agent sets it on a node with an IPv6 pool). "+
 		"Each run in a fresh network namespace, %d of each in rotating order, after one untimed run each. "+
-		"The floor's input is tern's result read back with `ipset save` and iptables-save (checked to install the same content); "+
-		"the iptables backend was given to the driver, not detected.\n\n",
-		polCount(r.dump.sets, "create "), polCount(r.dump.sets, "add "), polCount(r.dump.rules, ":"), polCount(r.dump.rules, "-A "),
-		r.dispatch, policy.ChainPolicy, syncReps)
-	w.WriteString("| | median ms | / floor | runs, ms |\n|---|---|---|---|\n")
-	em := median(r.withEntry)
-	fmt.Fprintf(w, "| tern: policy.Compile + Policy.Apply, the agent's path (with a denied function), fresh namespace: empty conntrack table, not read | %.1f | **%.2fx** | %s |\n",
-		ms(tm), ms(tm)/ms(fm), polMsList(r.total))
-	fmt.Fprintf(w, "| of which policy.Compile | %.1f | | %s |\n", ms(median(r.compile)), polMsList(r.compile))
-	fmt.Fprintf(w, "| tern, the same with one conntrack entry in the namespace (as on a node: the table is read, %d dump for both families) | %.1f | **%.2fx** | %s |\n",
-		r.entryStats.ConntrackDumps, ms(em), ms(em)/ms(fm), polMsList(r.withEntry))
-	fmt.Fprintf(w, "| tern without the conntrack pass (denied nil) | %.1f | %.2fx | %s |\n", ms(nm), ms(nm)/ms(fm), polMsList(r.noCut))
-	fmt.Fprintf(w, "| Apply's read-back commands alone (`ipset save`, iptables-save, ip6tables-save), fresh namespace | %.1f | | %s |\n",
-		ms(median(r.readBack)), polMsList(r.readBack))
-	fmt.Fprintf(w, "| floor: one `ipset restore` + one `iptables-restore --noflush` of the same content | %.1f | 1 | %s |\n", ms(fm), polMsList(r.floor))
-	fmt.Fprintf(w, "\nTarget: at most 1.2x the floor. Apply ran %d `ipset restore` and %d iptables-restore after its read-back; "+
-		"with a denied function its first Apply also judges every established flow of a local pod: it reads the conntrack table "+
-		"(one dump, both families) unless the namespace holds no entry.\n",
-		r.stats.SetRestores, r.stats.Restores)
+		"The floor's input is tern's result read back with `ipset save`, iptables-save and ip6tables-save (checked to install the same content); "+
+		"the iptables backend was given to the driver, not detected.\n\n", syncReps)
+	w.WriteString("| node | | median ms | / floor | runs, ms |\n|---|---|---|---|---|\n")
+	for _, r := range rs {
+		tm, nm, fm, em := median(r.total), median(r.noCut), median(r.floor), median(r.withEntry)
+		fmt.Fprintf(w, "| %s | tern: policy.Compile + Policy.Apply, the agent's path (with a denied function), fresh namespace: empty conntrack table, not read | %.1f | **%.2fx** | %s |\n",
+			r.node, ms(tm), ms(tm)/ms(fm), polMsList(r.total))
+		fmt.Fprintf(w, "| %s | of which policy.Compile | %.1f | | %s |\n", r.node, ms(median(r.compile)), polMsList(r.compile))
+		fmt.Fprintf(w, "| %s | tern, the same with one conntrack entry in the namespace (as on a node: the table is read, %d dump for both families) | %.1f | **%.2fx** | %s |\n",
+			r.node, r.entryStats.ConntrackDumps, ms(em), ms(em)/ms(fm), polMsList(r.withEntry))
+		fmt.Fprintf(w, "| %s | tern without the conntrack pass (denied nil) | %.1f | %.2fx | %s |\n", r.node, ms(nm), ms(nm)/ms(fm), polMsList(r.noCut))
+		fmt.Fprintf(w, "| %s | Apply's read-back commands alone (`ipset save`, iptables-save, ip6tables-save), fresh namespace | %.1f | | %s |\n",
+			r.node, ms(median(r.readBack)), polMsList(r.readBack))
+		floor := "one `ipset restore` + one `iptables-restore --noflush`"
+		if r.dump.rules6 != nil {
+			floor += " + one `ip6tables-restore --noflush`"
+		}
+		fmt.Fprintf(w, "| %s | floor: %s of the same content | %.1f | 1 | %s |\n", r.node, floor, ms(fm), polMsList(r.floor))
+	}
+	w.WriteString("\nTarget: at most 1.2x the floor.")
+	for _, r := range rs {
+		fmt.Fprintf(w, " %s: Apply ran %d `ipset restore` and %d iptables-restore (both families) after its read-back.", r.node, r.stats.SetRestores, r.stats.Restores)
+	}
+	w.WriteString(" With a denied function its first Apply also judges every established flow of a local pod: it reads the conntrack table " +
+		"(one dump, both families) unless the namespace holds no entry.\n")
 }
 
 // incSeries is one kind of incremental change, one sample per new pod.
@@ -400,7 +469,10 @@ type incSeries struct {
 	chainsWritten  int
 }
 
-type incResult struct{ remote, local, localEntry, localNoCut incSeries }
+type incResult struct {
+	node                                  string // "IPv4", "dual-stack"
+	remote, local, localEntry, localNoCut incSeries
+}
 
 // measureIncremental adds pods one at a time to a node holding the full
 // ruleset and times Compile + Apply of each: first pods on another node
@@ -408,23 +480,30 @@ type incResult struct{ remote, local, localEntry, localNoCut incSeries }
 // and a leaf of each dispatch tree), in turn with an empty conntrack
 // table, with one entry in it, and without a denied function. The agent
 // keeps one policy.Compiler: so does this measurement, from the full sync on.
-func measureIncremental(b *testing.B, backend dataplane.Backend) incResult {
-	in := policytest.Cluster(policytest.Options{ResourceVersions: true})
+// With dual, the node and every pod, old and new, are dual-stack.
+func measureIncremental(b *testing.B, backend dataplane.Backend, dual bool) incResult {
+	in := policytest.Cluster(policytest.Options{DualStack: dual, ResourceVersions: true})
+	in.IPv6 = dual
 	in.Pods = slices.Clip(in.Pods)
 	netns := clustertest.NewNS(b)
 	p := newPolicyDriver(backend)
 	r := incResult{
+		node:       polNode(dual),
 		remote:     incSeries{name: "remote-pod", cut: true},
 		local:      incSeries{name: "local-pod", cut: true},
 		localEntry: incSeries{name: "local-pod-conntrack-entry", cut: true, entry: true},
 		localNoCut: incSeries{name: "local-pod-no-conntrack-pass"},
 	}
 	comp := &policy.Compiler{}
+	next := policytest.Nodes * policytest.PerNode
 	polInNS(b, netns, func() error {
 		if _, _, _, err := polSyncAt(p, comp, in, true); err != nil {
 			return err
 		}
 		add := func(s *incSeries, pod policy.Pod) error {
+			if dual {
+				pod.IPs = append(pod.IPs, policytest.PodIPv6(next))
+			}
 			in.Pods = append(in.Pods, pod)
 			if s.entry {
 				if err := polConntrackEntry(); err != nil {
@@ -440,7 +519,6 @@ func measureIncremental(b *testing.B, backend dataplane.Backend) incResult {
 			s.chainsWritten += st.ChainsWritten
 			return err
 		}
-		next := policytest.Nodes * policytest.PerNode
 		for k := range remoteAdds {
 			if err := add(&r.remote, policytest.Pod(next, 1, netip.AddrFrom4([4]byte{10, 244, byte(100 + k/250), byte(k%250 + 1)}))); err != nil {
 				return err
@@ -465,7 +543,9 @@ func polQuantile(d []time.Duration, q float64) time.Duration {
 	return s[min(len(s)-1, int(q*float64(len(s))))]
 }
 
-func (r incResult) write(w *strings.Builder) {
+// writeIncremental writes the incremental changes' table, rows per node
+// (IPv4, then dual-stack).
+func writeIncremental(w *strings.Builder, rs ...incResult) {
 	fmt.Fprintf(w, "\n## Incremental: one new pod matching existing selectors\n\n"+
 		"With the full ruleset applied, pods are added one at a time to the snapshot and each time the whole "+
 		"snapshot is compiled (by one policy.Compiler, kept from the full sync on, as the agent keeps one) and applied, "+
@@ -474,16 +554,18 @@ func (r incResult) write(w *strings.Builder) {
 		"included. First %d pods on another node (only set members change), then %d on this node (a new pod chain and "+
 		"a leaf of each dispatch tree under %s; its address must have its flows judged), in turn: in the fresh namespace "+
 		"(empty conntrack table, not read), with one conntrack entry in it (as on a node: the table is read), and without a "+
-		"denied function. ms:\n\n", remoteAdds, localAdds, policy.ChainPolicy)
-	w.WriteString("| new pod | samples | p50 | p90 | p99 | compile p50 | apply p50 | ipset restores | iptables-restores | chains written | conntrack dumps |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
-	for _, s := range []incSeries{r.remote, r.local, r.localEntry, r.localNoCut} {
-		apply := make([]time.Duration, len(s.total))
-		for i := range s.total {
-			apply[i] = s.total[i] - s.compile[i]
+		"denied function. On the dual-stack node every pod, old and new, has an IPv4 and an IPv6 address. ms:\n\n", remoteAdds, localAdds, policy.ChainPolicy)
+	w.WriteString("| node | new pod | samples | p50 | p90 | p99 | compile p50 | apply p50 | ipset restores | iptables-restores | chains written | conntrack dumps |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+	for _, r := range rs {
+		for _, s := range []incSeries{r.remote, r.local, r.localEntry, r.localNoCut} {
+			apply := make([]time.Duration, len(s.total))
+			for i := range s.total {
+				apply[i] = s.total[i] - s.compile[i]
+			}
+			fmt.Fprintf(w, "| %s | %s | %d | %.2f | %.2f | %.2f | %.2f | %.2f | %d | %d | %d | %d |\n", r.node, s.name, len(s.total),
+				ms(polQuantile(s.total, .5)), ms(polQuantile(s.total, .9)), ms(polQuantile(s.total, .99)),
+				ms(polQuantile(s.compile, .5)), ms(polQuantile(apply, .5)), s.setRestores, s.restores, s.chainsWritten, s.dumps)
 		}
-		fmt.Fprintf(w, "| %s | %d | %.2f | %.2f | %.2f | %.2f | %.2f | %d | %d | %d | %d |\n", s.name, len(s.total),
-			ms(polQuantile(s.total, .5)), ms(polQuantile(s.total, .9)), ms(polQuantile(s.total, .99)),
-			ms(polQuantile(s.compile, .5)), ms(polQuantile(apply, .5)), s.setRestores, s.restores, s.chainsWritten, s.dumps)
 	}
 	w.WriteString("\nTarget: p50 under 10 ms.\n")
 }

@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/containernetworking/cni/libcni"
@@ -85,15 +86,23 @@ func NewFabric(t testing.TB) *Fabric {
 	return f
 }
 
-// Join gives a node's namespace an interface eth0 on the fabric with addr (CIDR).
-func (f *Fabric) Join(n *nodetest.Node, port, addr string) { f.JoinNS(n.NS, port, addr) }
+// Join gives a node's namespace an interface eth0 on the fabric with addrs
+// (CIDRs), as JoinNS.
+func (f *Fabric) Join(n *nodetest.Node, port string, addrs ...string) { f.JoinNS(n.NS, port, addrs...) }
 
-// JoinNS gives netns an interface eth0 on the fabric with addr (CIDR).
-func (f *Fabric) JoinNS(netns ns.NetNS, port, addr string) {
+// JoinNS gives netns an interface eth0 on the fabric with addrs (CIDRs, of
+// either family; IPv6 ones usable at once: no duplicate address detection).
+func (f *Fabric) JoinNS(netns ns.NetNS, port string, addrs ...string) {
 	f.t.Helper()
 	Run(f.t, f.ns, "ip", "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", filepath.Base(netns.Path()))
 	Run(f.t, f.ns, "ip", "link", "set", port, "master", "br0", "up")
-	Run(f.t, netns, "ip", "addr", "add", addr, "dev", "eth0")
+	for _, a := range addrs {
+		args := []string{"ip", "addr", "add", a, "dev", "eth0"}
+		if strings.Contains(a, ":") {
+			args = append(args, "nodad")
+		}
+		Run(f.t, netns, args...)
+	}
 	Run(f.t, netns, "ip", "link", "set", "eth0", "up")
 }
 

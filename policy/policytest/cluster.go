@@ -54,7 +54,7 @@ func Cluster(o Options) policy.Input {
 			i := n*PerNode + j
 			p := Pod(i, n, netip.AddrFrom4([4]byte{10, 244, byte(n*4 + j/250), byte(j%250 + 1)}))
 			if o.DualStack {
-				p.IPs = append(p.IPs, netip.AddrFrom16([16]byte{0xfd, 0x10, 14: byte(i >> 8), 15: byte(i)}))
+				p.IPs = append(p.IPs, PodIPv6(i))
 			}
 			in.Pods = append(in.Pods, p)
 		}
@@ -68,6 +68,11 @@ func Cluster(o Options) policy.Input {
 		}
 	}
 	return in
+}
+
+// PodIPv6 is pod i's IPv6 address in a dual-stack cluster: fd10::i.
+func PodIPv6(i int) netip.Addr {
+	return netip.AddrFrom16([16]byte{0xfd, 0x10, 14: byte(i >> 8), 15: byte(i)})
 }
 
 // Pod is pod i of the cluster on node n (0 is Node, where it gets a host
