@@ -396,13 +396,13 @@ spec: {peerIP: 10.38.0.254, asNumber: 65001}
 	fab2.JoinNS(birdNode, "bird", "10.39.0.1/24")
 	t0 = time.Now()
 	bird4 := routertest.StartBIRD(b, birdNode, "router id 10.39.0.1;\nprotocol device { scan time 1; }\nprotocol kernel { ipv4 { export all; }; }\n"+
-		scaleSession{name: "tor", local: "10.39.0.1", localAS: 64513, neighbor: "10.39.0.254", neighborAS: 65001}.conf("connect retry time 1; error wait time 1, 5;"))
+		scaleSession{name: "tor", local: "10.39.0.1", localAS: 64513, neighbor: "10.39.0.254", neighborAS: 65001}.conf("connect delay time 0; connect retry time 1; error wait time 1, 5;"))
 	birdTime := waitCount("BIRD", birdNode, "-4", "bird", t0, bird4.Log)
 	bird6Node := clustertest.NewNS(b)
 	fab2.JoinNS(bird6Node, "bird6", scaleBIRDFab6+"1/64")
 	t0 = time.Now()
 	bird6 := routertest.StartBIRD(b, bird6Node, "router id 10.39.0.1;\nprotocol device { scan time 1; }\nprotocol kernel { ipv6 { export all; }; }\n"+
-		scaleSession{name: "tor", local: scaleBIRDFab6 + "1", localAS: 64513, neighbor: scaleBIRDFab6 + "fe", neighborAS: 65001}.conf("connect retry time 1; error wait time 1, 5;"))
+		scaleSession{name: "tor", local: scaleBIRDFab6 + "1", localAS: 64513, neighbor: scaleBIRDFab6 + "fe", neighborAS: 65001}.conf("connect delay time 0; connect retry time 1; error wait time 1, 5;"))
 	bird6Time := waitCount("BIRD (IPv6)", bird6Node, "-6", "bird", t0, bird6.Log)
 
 	b.ReportMetric(ternTime.Seconds(), "tern-s")
