@@ -164,24 +164,35 @@ func printJSON(out io.Writer, v any) error {
 func printPolicy(out io.Writer, v agentapi.PodPolicy) {
 	fmt.Fprintf(out, "pod %s (host veth %s, %s)\n", v.Pod, v.HostIf, joinAddrs(v.IPs, ", "))
 	for _, d := range []struct {
-		name, chain string
-		policies    []string
-		rules       []string
-	}{{"ingress", v.IngressChain, v.Ingress, v.IngressRules}, {"egress", v.EgressChain, v.Egress, v.EgressRules}} {
+		name, chain   string
+		policies      []string
+		rules, rules6 []string
+	}{{"ingress", v.IngressChain, v.Ingress, v.IngressRules, v.IngressRulesIPv6}, {"egress", v.EgressChain, v.Egress, v.EgressRules, v.EgressRulesIPv6}} {
 		if len(d.policies) == 0 {
 			fmt.Fprintf(out, "\n%s: open (no policy selects the pod for %s)\n", d.name, d.name)
 			continue
 		}
-		fmt.Fprintf(out, "\n%s: isolated by %s\n  chain %s:\n", d.name, strings.Join(d.policies, ", "), d.chain)
-		for _, r := range d.rules {
-			fmt.Fprintf(out, "    %s\n", r)
+		fmt.Fprintf(out, "\n%s: isolated by %s\n", d.name, strings.Join(d.policies, ", "))
+		// The IPv4 chain (iptables), and on a node with IPv6 pods the
+		// IPv6 chain of the same name (ip6tables).
+		for _, c := range []struct {
+			fam   string
+			rules []string
+		}{{"IPv4", d.rules}, {"IPv6", d.rules6}} {
+			if len(c.rules) == 0 {
+				continue
+			}
+			fmt.Fprintf(out, "  chain %s (%s):\n", d.chain, c.fam)
+			for _, r := range c.rules {
+				fmt.Fprintf(out, "    %s\n", r)
+			}
 		}
 	}
 	if len(v.Sets) > 0 {
 		fmt.Fprintln(out, "\nsets:")
 		w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
 		for _, s := range v.Sets {
-			fmt.Fprintf(w, "  %s\t%s\t%d members\t%s\n", s.Name, s.Type, s.Members, s.Comment)
+			fmt.Fprintf(w, "  %s\t%s\t%s\t%d members\t%s\n", s.Name, familyName(s.Family), s.Type, s.Members, s.Comment)
 		}
 		w.Flush()
 	}

@@ -186,3 +186,18 @@ func TestStatusPerFamily(t *testing.T) {
 		t.Errorf("status:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
 }
+
+// policy show labels each chain and set with its family.
+func TestPrintPolicyFamilies(t *testing.T) {
+	var b strings.Builder
+	printPolicy(&b, agentapi.PodPolicy{Pod: "x/a", HostIf: "terna", Ingress: []string{"x/from-b"}, IngressChain: "TERN-PI-x",
+		IngressRules: []string{"-m set --match-set tern-v4 src -j RETURN", "-j DROP"}, IngressRulesIPv6: []string{"-m set --match-set tern-v6 src -j RETURN", "-j DROP"},
+		Sets: []agentapi.PolicySet{{Name: "tern-v4", Type: "hash:ip", Family: agentapi.FamilyIPv4, Members: 1}, {Name: "tern-v6", Type: "hash:ip", Family: agentapi.FamilyIPv6, Members: 1}}})
+	out := b.String()
+	for _, w := range []string{"  chain TERN-PI-x (IPv4):\n    -m set --match-set tern-v4 src -j RETURN\n    -j DROP\n",
+		"  chain TERN-PI-x (IPv6):\n    -m set --match-set tern-v6 src -j RETURN\n", "tern-v6  IPv6  hash:ip"} {
+		if !strings.Contains(out, w) {
+			t.Errorf("policy show lacks %q:\n%s", w, out)
+		}
+	}
+}

@@ -251,15 +251,19 @@ func podPolicyView(rs *policy.Ruleset, id string) (agentapi.PodPolicy, error) {
 	}
 	v := agentapi.PodPolicy{Pod: id, HostIf: pp.HostIf, IPs: pp.IPs, Ingress: pp.Ingress, Egress: pp.Egress}
 	for _, d := range []struct {
-		chain string
-		out   *[]string
-	}{{pp.IngressChain, &v.IngressRules}, {pp.EgressChain, &v.EgressRules}} {
+		chain     string
+		out, out6 *[]string
+	}{{pp.IngressChain, &v.IngressRules, &v.IngressRulesIPv6}, {pp.EgressChain, &v.EgressRules, &v.EgressRulesIPv6}} {
 		for _, c := range rs.Chains {
 			if c.Name != d.chain || d.chain == "" {
 				continue
 			}
+			out := d.out
+			if c.IPv6 {
+				out = d.out6
+			}
 			for _, r := range c.Rules {
-				*d.out = append(*d.out, r.String())
+				*out = append(*out, r.String())
 			}
 		}
 	}
@@ -268,7 +272,11 @@ func podPolicyView(rs *policy.Ruleset, id string) (agentapi.PodPolicy, error) {
 		if i, ok := slices.BinarySearchFunc(rs.Sets, n, func(s policy.Set, n string) int { return strings.Compare(s.Name, n) }); ok {
 			s = rs.Sets[i]
 		}
-		v.Sets = append(v.Sets, agentapi.PolicySet{Name: n, Type: s.Type, Comment: s.Comment, Members: len(s.Members)})
+		fam := agentapi.FamilyIPv4
+		if s.IPv6 {
+			fam = agentapi.FamilyIPv6
+		}
+		v.Sets = append(v.Sets, agentapi.PolicySet{Name: n, Type: s.Type, Family: fam, Comment: s.Comment, Members: len(s.Members)})
 	}
 	v.IngressChain, v.EgressChain = pp.IngressChain, pp.EgressChain
 	return v, nil

@@ -16,6 +16,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/tern-net/tern/hostveth"
+	"github.com/tern-net/tern/internal/agentapi"
 	"github.com/tern-net/tern/internal/k8s"
 	"github.com/tern-net/tern/ipam"
 	"github.com/tern-net/tern/policy"
@@ -73,6 +74,25 @@ func TestPodPolicyView(t *testing.T) {
 	}
 	if last := v.IngressRules[len(v.IngressRules)-1]; last != "-j DROP" {
 		t.Errorf("last ingress rule %q, want the drop", last)
+	}
+	if len(v.IngressRulesIPv6) != 0 || v.Sets[0].Family != agentapi.FamilyIPv4 {
+		t.Errorf("IPv4-only node: IPv6 rules %q, set family %q", v.IngressRulesIPv6, v.Sets[0].Family)
+	}
+	// Dual-stack: the IPv6 chain of the same name, and a set per family.
+	in.IPv6 = true
+	in.Pods[0].IPs = append(in.Pods[0].IPs, netip.MustParseAddr("fd74:6572:6e44:1::5"))
+	in.Pods[1].IPs = append(in.Pods[1].IPs, netip.MustParseAddr("fd74:6572:6e44:2::5"))
+	rs6 := policy.Compile(in)
+	v6, err := podPolicyView(&rs6, "x/a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	fams := map[string]int{}
+	for _, s := range v6.Sets {
+		fams[s.Family] += s.Members
+	}
+	if len(v6.IngressRules) < 2 || len(v6.IngressRulesIPv6) != len(v6.IngressRules) || fams[agentapi.FamilyIPv4] != 1 || fams[agentapi.FamilyIPv6] != 1 {
+		t.Errorf("dual-stack view: rules %q / IPv6 %q, sets %+v", v6.IngressRules, v6.IngressRulesIPv6, v6.Sets)
 	}
 	if _, err := podPolicyView(&rs, "x/b"); err == nil || !strings.Contains(err.Error(), "not on this node") {
 		t.Errorf("remote pod: %v", err)

@@ -312,13 +312,18 @@ type PodPolicy struct {
 	EgressChain  string      `json:"egressChain,omitempty"`
 	IngressRules []string    `json:"ingressRules,omitempty"`
 	EgressRules  []string    `json:"egressRules,omitempty"`
-	Sets         []PolicySet `json:"sets,omitempty"`
+	// The rules of the IPv6 chains of the same names (ip6tables), on a
+	// node with IPv6 pods; the fields above are the IPv4 chains'.
+	IngressRulesIPv6 []string    `json:"ingressRulesIPv6,omitempty"`
+	EgressRulesIPv6  []string    `json:"egressRulesIPv6,omitempty"`
+	Sets             []PolicySet `json:"sets,omitempty"`
 }
 
 // PolicySet is an ipset the pod's rules use.
 type PolicySet struct {
 	Name    string `json:"name"`
 	Type    string `json:"type"`
+	Family  string `json:"family,omitempty"` // FamilyIPv4 or FamilyIPv6
 	Comment string `json:"comment"`
 	Members int    `json:"members"`
 }
