@@ -306,12 +306,12 @@ type PodPolicy struct {
 	IPs    []netip.Addr `json:"ips"`
 	// Ingress/Egress: the policies ("namespace/name") selecting the pod in
 	// that direction; none means the pod is open in that direction.
-	Ingress      []string    `json:"ingress"`
-	Egress       []string    `json:"egress"`
-	IngressChain string      `json:"ingressChain,omitempty"`
-	EgressChain  string      `json:"egressChain,omitempty"`
-	IngressRules []string    `json:"ingressRules,omitempty"`
-	EgressRules  []string    `json:"egressRules,omitempty"`
+	Ingress      []string `json:"ingress"`
+	Egress       []string `json:"egress"`
+	IngressChain string   `json:"ingressChain,omitempty"`
+	EgressChain  string   `json:"egressChain,omitempty"`
+	IngressRules []string `json:"ingressRules,omitempty"`
+	EgressRules  []string `json:"egressRules,omitempty"`
 	// The rules of the IPv6 chains of the same names (ip6tables), on a
 	// node with IPv6 pods; the fields above are the IPv4 chains'.
 	IngressRulesIPv6 []string    `json:"ingressRulesIPv6,omitempty"`
