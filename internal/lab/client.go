@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -206,16 +207,29 @@ func Cleanup(dir, prefix string, progress io.Writer) {
 			fmt.Fprintf(progress, format+"\n", a...)
 		}
 	}
+	var daemons []int
 	s, err := ReadState(dir)
 	if err == nil && alive(s.PID) && isLabDaemon(s.PID) {
-		say("stopping the previous lab daemon (PID %d)", s.PID)
-		_ = syscall.Kill(s.PID, syscall.SIGTERM)
+		daemons = append(daemons, s.PID)
+	}
+	// A daemon of the same name from another directory (a test binary
+	// killed while its lab came up leaves one behind): it supervises the
+	// namespaces of that name, and would restart its routers and agents
+	// into this lab's.
+	for _, pid := range labDaemons(prefix) {
+		if !slices.Contains(daemons, pid) {
+			daemons = append(daemons, pid)
+		}
+	}
+	for _, pid := range daemons {
+		say("stopping the previous lab daemon (PID %d)", pid)
+		_ = syscall.Kill(pid, syscall.SIGTERM)
 		deadline := time.Now().Add(60 * time.Second)
-		for alive(s.PID) && time.Now().Before(deadline) {
+		for alive(pid) && time.Now().Before(deadline) {
 			time.Sleep(100 * time.Millisecond)
 		}
-		if alive(s.PID) {
-			_ = syscall.Kill(s.PID, syscall.SIGKILL)
+		if alive(pid) {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
 		}
 	}
 	// Real nodes' containers (in namespaces of their own) by their cgroups.
@@ -261,6 +275,27 @@ func Cleanup(dir, prefix string, progress io.Writer) {
 	for _, p := range append(frr, tors...) {
 		_ = os.RemoveAll(p)
 	}
+}
+
+// labDaemons are the running lab daemons (other than this process) of the
+// lab named prefix, found by their command lines (`tern-lab daemon CONFIG`,
+// CONFIG the JSON of the lab's Config).
+func labDaemons(prefix string) []int {
+	ents, _ := os.ReadDir("/proc")
+	var out []int
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || pid == os.Getpid() || !isLabDaemon(pid) || !alive(pid) {
+			continue
+		}
+		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+		args := strings.Split(strings.TrimRight(string(b), "\x00"), "\x00")
+		var c struct{ Prefix string }
+		if len(args) > 2 && json.Unmarshal([]byte(args[2]), &c) == nil && c.Prefix == prefix {
+			out = append(out, pid)
+		}
+	}
+	return out
 }
 
 func isLabDaemon(pid int) bool {

@@ -27,10 +27,12 @@ type proc struct {
 	exited   chan struct{} // of the current run
 	done     chan struct{} // closed when supervision ends
 	restarts int
+	nsID     string // nsIdentity of netns when first started
 }
 
 func startProc(log *slog.Logger, name, netns, logPath string, restart bool, argv ...string) (*proc, error) {
 	p := &proc{log: log, name: name, netns: netns, logPath: logPath, argv: argv, restart: restart, done: make(chan struct{})}
+	p.nsID = nsIdentity(netns)
 	if err := p.start(); err != nil {
 		return nil, err
 	}
@@ -85,6 +87,13 @@ func (p *proc) supervise() {
 		}
 		p.restarts++
 		p.mu.Unlock()
+		// Only into the namespace it was started in: a namespace of that
+		// name made since is another lab's (this daemon's lab was torn down
+		// around it), and a process restarted there would fight that lab's.
+		if id := nsIdentity(p.netns); id != p.nsID {
+			p.log.Error("not restarting: its network namespace is gone or is another one now", "name", p.name, "netns", p.netns)
+			return
+		}
 		if err := p.start(); err != nil {
 			p.log.Error("restart failed", "name", p.name, "err", err)
 			return
@@ -221,4 +230,18 @@ func reconfigureRouter(r Router, all []Router, nodes, before []Node, netns, dir 
 		return fmt.Errorf("vtysh (rack %d): %w: %s", r.Rack, err, out)
 	}
 	return nil
+}
+
+// nsIdentity identifies the network namespace at netns (a name under
+// NetNSDir or a path): its device and inode, "" when there is none.
+func nsIdentity(netns string) string {
+	fi, err := os.Stat(NSPath(netns))
+	if err != nil {
+		return ""
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok {
+		return ""
+	}
+	return fmt.Sprintf("%d:%d", st.Dev, st.Ino)
 }
