@@ -171,14 +171,14 @@ func Plan(s Snapshot) (Global, Desired, error) {
 			nRR := n.RRCluster.IsValid()
 			switch {
 			case s.Config.NodeToNodeMesh:
-				add(Peer{Address: na, ASN: asn(n), Kind: "mesh", Passive: la.Less(na)})
+				add(Peer{Address: na, ASN: asn(n), Kind: "mesh", Passive: la.Less(na), LocalAddress: la})
 			case localRR && !nRR:
 				add(Peer{Address: na, ASN: asn(n), Kind: "reflector-client", RRClient: true, ClusterID: local.RRCluster,
-					Passive: la.Less(na)})
+					Passive: la.Less(na), LocalAddress: la})
 			case nRR:
 				// To a reflector (from a client, or between reflectors). As in the
 				// mesh, the lower address of a pair of tern nodes waits.
-				add(Peer{Address: na, ASN: asn(n), Kind: "reflector", Passive: la.Less(na)})
+				add(Peer{Address: na, ASN: asn(n), Kind: "reflector", Passive: la.Less(na), LocalAddress: la})
 			}
 		}
 	}

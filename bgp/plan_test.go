@@ -242,3 +242,28 @@ func TestRouterID(t *testing.T) {
 		t.Fatalf("warnings %q", d.Warnings)
 	}
 }
+
+// Sessions between tern nodes leave from the node's own address of their
+// family (the one the other side peers with); sessions to BGPPeers leave
+// from whatever address the route to the peer gives.
+func TestPlanLocalAddress(t *testing.T) {
+	d1 := node("d1", "10.30.0.1,fd74:6572:6e30::1", "")
+	d2 := node("d2", "10.30.0.2,fd74:6572:6e30::2", "")
+	tor := PeerSpec{Name: "tor", PeerIP: netip.MustParseAddr("fd74:6572:6e30::fe"), ASN: 65001}
+	_, d, err := Plan(Snapshot{Local: d1, Nodes: []NodeInfo{d1, d2}, Config: DefaultConfig(), Peers: []PeerSpec{tor}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(d.Peers) != 3 {
+		t.Fatalf("peers %+v", d.Peers)
+	}
+	for _, p := range d.Peers {
+		want := d1.Addr(p.Address.Is6())
+		if p.Kind == "peer" {
+			want = netip.Addr{}
+		}
+		if p.LocalAddress != want {
+			t.Errorf("peer %s (%s): local address %v, want %v", p.Address, p.Kind, p.LocalAddress, want)
+		}
+	}
+}

@@ -144,6 +144,9 @@ func (sp *Speaker) apiPeer(p Peer) *api.Peer {
 		Timers:    &api.Timers{Config: &api.TimersConfig{ConnectRetry: connectRetry, HoldTime: hold, KeepaliveInterval: ka}},
 		Transport: &api.Transport{PassiveMode: p.Passive},
 	}
+	if p.LocalAddress.IsValid() {
+		out.Transport.LocalAddress = p.LocalAddress.String()
+	}
 	if p.Multihop > 0 {
 		out.EbgpMultihop = &api.EbgpMultihop{Enabled: true, MultihopTtl: uint32(p.Multihop)}
 	}

@@ -490,7 +490,7 @@ router bgp 65002
 		!regexp.MustCompile(`Channel ipv6\s+State:\s+DOWN`).MatchString(p) {
 		t.Fatalf("the IPv4 session offers another family than IPv4:\n%s", p)
 	}
-	// BIRD goes: the IPv6 route narrows to FRR, the IPv4 one goes.
+	// BIRD's IPv6 session goes: the IPv6 route narrows to FRR.
 	bird.Birdc("disable", "node6")
 	l.eventually("the IPv6 route narrows to FRR", 10*time.Second, func() bool {
 		return strings.Contains(route6("fd74:6572:6e44:8::/64"), "fd74:6572:6e44:8::/64 via fd74:6572:6e32::2 dev nd1 proto 96")

@@ -31,6 +31,11 @@ type Peer struct {
 	HoldTime  time.Duration // 0: the default (90 s); NoHoldTime: none, no keepalives
 	Keepalive time.Duration
 	Multihop  uint8
+	// LocalAddress, when set, is the session's source address: the node's
+	// own address of the peer's family for a session between tern nodes,
+	// which each side knows the other by (a host with several IPv6
+	// addresses would otherwise connect from whichever the kernel picks).
+	LocalAddress netip.Addr
 	// RRClient makes this speaker a route reflector for the peer, with ClusterID.
 	RRClient  bool
 	ClusterID netip.Addr
@@ -130,7 +135,7 @@ func diffPeers(have, want map[netip.Addr]Peer) (add, del, change []Peer) {
 func samePeer(a, b Peer) bool {
 	return a.Address == b.Address && a.ASN == b.ASN && a.Kind == b.Kind && a.Passive == b.Passive &&
 		a.Password == b.Password && a.HoldTime == b.HoldTime && a.Keepalive == b.Keepalive &&
-		a.Multihop == b.Multihop && a.RRClient == b.RRClient && a.ClusterID == b.ClusterID &&
+		a.Multihop == b.Multihop && a.LocalAddress == b.LocalAddress && a.RRClient == b.RRClient && a.ClusterID == b.ClusterID &&
 		a.GracefulRestart == b.GracefulRestart
 }
 

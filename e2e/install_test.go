@@ -277,11 +277,16 @@ func TestRolloutRestart(t *testing.T) {
 	}
 	before := kubectl(t, "", "-n", "tern-system", "get", "pods", "-l", "app.kubernetes.io/name=tern-agent", "-o", "jsonpath={.items[*].metadata.uid}")
 	// The probe runs in the client pod until told to stop: one HTTP request
-	// each 100 ms, each line "ok" or "lost" with the time it was given up.
+	// each 100 ms to each of the server's addresses (both families in a
+	// dual-stack lab), each line "ok" or "lost" with the time it was given up.
 	// Lost means no answer within 2 s: on 2 cores busy with four agents
 	// starting, one answer in 88 once took longer than 1 s (CI, 2026-12-03)
 	// with no sign of a loss of routes or rules, which lasts longer than 2 s.
-	loop := fmt.Sprintf(`while [ ! -e /tmp/stop ]; do if curl -s -o /dev/null --max-time 2 http://%s:8080/hostname; then echo ok; else echo "lost $(date +%%T.%%N)"; fi; sleep 0.1; done`, to.IP)
+	var urls []string
+	for _, ip := range to.IPs {
+		urls = append(urls, "http://"+net.JoinHostPort(ip, "8080")+"/hostname")
+	}
+	loop := fmt.Sprintf(`while [ ! -e /tmp/stop ]; do for u in %s; do if curl -s -o /dev/null --max-time 2 "$u"; then echo ok; else echo "lost $u $(date +%%T.%%N)"; fi; done; sleep 0.1; done`, strings.Join(urls, " "))
 	type result struct {
 		out string
 		err error

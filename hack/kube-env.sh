@@ -339,9 +339,31 @@ cmd_up() {
   have_binaries || die "no binaries in $BIN; run: $SELF build"
   local addr=${TERN_KUBE_ADDRESS:-} scheduler=${TERN_KUBE_SCHEDULER:-}
   if [[ -n $addr ]]; then
-    [[ ($addr =~ ^[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+$ && $addr != 127.*) || ($addr =~ ^[0-9a-fA-F:]+$ && $addr == *:*:* && $addr != ::1) ]] ||
-      die "TERN_KUBE_ADDRESS must be an IPv4 or IPv6 address other than loopback, not $addr"
+    [[ ($addr =~ ^[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+$ && $addr != 127.* && $addr != 0.0.0.0) ||
+      ($addr =~ ^[0-9a-fA-F:]+$ && $addr == *:*:* && ! $addr =~ ^[0:]+1?$) ]] ||
+      die "TERN_KUBE_ADDRESS must be an IPv4 or IPv6 address other than loopback and unspecified, not $addr"
+    # The API server advertises it as the kubernetes Service's endpoint: of
+    # the family of the primary Service range.
+    local primary=${SERVICE_CIDR%%,*}
+    [[ ($addr == *:* && $primary == *:*) || ($addr != *:* && $primary != *:*) ]] ||
+      die "TERN_KUBE_ADDRESS $addr is not of the family of the primary Service range $primary (the first of TERN_KUBE_SERVICE_CIDR)"
   fi
+  # A node's pod CIDR: a /24 of an IPv4 range, a /64 of an IPv6 one;
+  # dual-stack takes a size per family.
+  local -a masks=()
+  local c size
+  for c in ${CLUSTER_CIDR//,/ }; do
+    size=24 && [[ $c != *:* ]] || size=64
+    # kube-controller-manager allows at most 16 bits between the range and
+    # a node's CIDR.
+    [[ ${c#*/} =~ ^[0-9]+$ ]] && ((${c#*/} <= size && size - ${c#*/} <= 16)) ||
+      die "cluster CIDR $c: a node gets a /$size of it, so its prefix must be /$((size - 16)) to /$size"
+    if [[ $CLUSTER_CIDR == *,* ]]; then
+      masks+=(--node-cidr-mask-size-ipv$([[ $c == *:* ]] && echo 6 || echo 4)=$size)
+    else
+      masks+=(--node-cidr-mask-size=$size)
+    fi
+  done
   [[ -z $scheduler || -x $BIN/kube-scheduler ]] || die "no $BIN/kube-scheduler; run: $SELF build node"
   running && die "a control plane is already running in $DIR; run: $SELF down $DIR"
   # A previous, dead run: stop its watchdog and remove its state.
@@ -473,18 +495,6 @@ cmd_up() {
   wait_ok "https://127.0.0.1:$API_PORT/readyz" "${tls[@]}"
   local api_ready
   api_ready=$(since "$t0")
-  # A node's pod CIDR: a /24 of an IPv4 range, a /64 of an IPv6 one;
-  # dual-stack takes a size per family.
-  local -a masks=()
-  local c size
-  for c in ${CLUSTER_CIDR//,/ }; do
-    size=24 && [[ $c != *:* ]] || size=64
-    if [[ $CLUSTER_CIDR == *,* ]]; then
-      masks+=(--node-cidr-mask-size-ipv$([[ $c == *:* ]] && echo 6 || echo 4)=$size)
-    else
-      masks+=(--node-cidr-mask-size=$size)
-    fi
-  done
   start kube-controller-manager "$BIN/kube-controller-manager" \
     --kubeconfig="$DIR/controller-manager.kubeconfig" \
     --authentication-kubeconfig="$DIR/controller-manager.kubeconfig" \

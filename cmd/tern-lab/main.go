@@ -28,8 +28,9 @@ import (
 const usage = `tern-lab: a real tern cluster in network namespaces on this machine (root)
 
 usage:
-  tern-lab up [--nodes N] [--racks R] [--router bird|frr|mixed|none] [--route-reflectors K] [--proxy-mode iptables|nftables] [--light]
-                                   start a lab (defaults: 3 real nodes, 1 rack, BIRD); cleans a previous one first
+  tern-lab up [--nodes N] [--racks R] [--router bird|frr|mixed|none] [--route-reflectors K] [--ip-family ipv4|ipv6|dual]
+             [--proxy-mode iptables|nftables] [--light]
+                                   start a lab (defaults: 3 real dual-stack nodes, 1 rack, BIRD); cleans a previous one first
   tern-lab down                    stop it and remove everything it made
   tern-lab status                  nodes, BGP sessions per node, pods
   tern-lab kubeconfig              the admin kubeconfig's path: export KUBECONFIG=$(tern-lab kubeconfig)

@@ -119,12 +119,7 @@ func (a *Agent) syncBGP(ctx context.Context) error {
 	r.settle(len(d.Peers), cfg.GracefulRestart)
 	a.warnDownPeers(d.Peers)
 
-	allowed := a.cfg.ClusterCIDRs
-	if len(allowed) == 0 {
-		for _, n := range nodes {
-			allowed = append(allowed, n.PodCIDRs...)
-		}
-	}
+	allowed := importRanges(nodes, a.cfg.ClusterCIDRs)
 	// Service ranges are never imported: every node announces the cluster
 	// IP range and kube-proxy serves it on every node, so a learned route
 	// for it could only carry a packet to an IP no Service holds from node
@@ -255,19 +250,40 @@ func (a *Agent) warnDownPeers(configured []bgp.Peer) {
 	}
 }
 
-// outsideClusterCIDRs says which nodes' pod CIDRs lie outside the cluster
-// CIDRs the agent was given (--cluster-cidr, the ConfigMap's cluster-cidr):
-// their routes are not imported, and traffic to them is masqueraded. The
-// usual cause is a dual-stack cluster whose cluster-cidr names one family.
-func outsideClusterCIDRs(nodes []bgp.NodeInfo, cluster []netip.Prefix) []string {
-	if len(cluster) == 0 {
-		return nil
+// importRanges are the prefixes routes may be imported for, per family:
+// the cluster CIDRs of that family (--cluster-cidr), or without one of
+// that family every node's pod CIDRs of it (as the node's NAT rules do), so
+// that a cluster-cidr naming IPv4 alone on a dual-stack cluster still lets
+// the IPv6 pod routes in.
+func importRanges(nodes []bgp.NodeInfo, cluster []netip.Prefix) []netip.Prefix {
+	out := slices.Clone(cluster)
+	for _, v6 := range []bool{false, true} {
+		if slices.ContainsFunc(cluster, func(p netip.Prefix) bool { return p.Addr().Is6() == v6 }) {
+			continue
+		}
+		for _, n := range nodes {
+			for _, c := range n.PodCIDRs {
+				if c.Addr().Is6() == v6 {
+					out = append(out, c)
+				}
+			}
+		}
 	}
+	return out
+}
+
+// outsideClusterCIDRs says which nodes' pod CIDRs lie outside the cluster
+// CIDRs of their family the agent was given (--cluster-cidr, the
+// ConfigMap's cluster-cidr): their routes are not imported, and with NAT on
+// for that family traffic to them is masqueraded. A family the cluster CIDRs
+// do not name falls back to the nodes' pod CIDRs (importRanges).
+func outsideClusterCIDRs(nodes []bgp.NodeInfo, cluster []netip.Prefix) []string {
 	var out []string
 	for _, n := range nodes {
 		for _, c := range n.PodCIDRs {
-			if !slices.ContainsFunc(cluster, func(p netip.Prefix) bool { return p.Bits() <= c.Bits() && p.Contains(c.Addr()) }) {
-				out = append(out, fmt.Sprintf("node %s's pod CIDR %s is outside the cluster CIDRs %v: its routes are not imported and traffic to it is masqueraded; set the ConfigMap's cluster-cidr (--cluster-cidr) to every pod range of the cluster, one per family", n.Name, c, cluster))
+			fam := slices.DeleteFunc(slices.Clone(cluster), func(p netip.Prefix) bool { return p.Addr().Is6() != c.Addr().Is6() })
+			if len(fam) > 0 && !slices.ContainsFunc(fam, func(p netip.Prefix) bool { return p.Bits() <= c.Bits() && p.Contains(c.Addr()) }) {
+				out = append(out, fmt.Sprintf("node %s's pod CIDR %s is outside the cluster CIDRs %v: its routes are not imported (and with NAT on for its family, traffic to it is masqueraded); set the ConfigMap's cluster-cidr (--cluster-cidr) to every pod range of the cluster, one per family", n.Name, c, fam))
 			}
 		}
 	}

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -65,11 +66,19 @@ func TestOutsideClusterCIDRs(t *testing.T) {
 	if w := outsideClusterCIDRs(nodes, pfx("10.244.0.0/16", "fd74:6572:6e44::/56")); w != nil {
 		t.Errorf("both families covered: %q", w)
 	}
-	w := outsideClusterCIDRs(nodes, pfx("10.244.0.0/16"))
-	if len(w) != 2 || !strings.Contains(w[0], "node a's pod CIDR fd74:6572:6e44:1::/64 is outside the cluster CIDRs [10.244.0.0/16]") || !strings.Contains(w[1], "node b's") {
+	// An IPv4-only cluster-cidr in a dual-stack cluster: IPv6 falls back to
+	// the nodes' pod CIDRs, both for the import and the warning.
+	if w := outsideClusterCIDRs(nodes, pfx("10.244.0.0/16")); w != nil {
 		t.Errorf("an IPv4-only cluster-cidr in a dual-stack cluster: %q", w)
 	}
-	if w := outsideClusterCIDRs(nodes, pfx("10.244.1.0/25", "fd74:6572:6e44::/56")); len(w) != 2 {
+	if got := importRanges(nodes, pfx("10.244.0.0/16")); !slices.Equal(got, pfx("10.244.0.0/16", "fd74:6572:6e44:1::/64", "fd74:6572:6e44:2::/64")) {
+		t.Errorf("import ranges, IPv4-only cluster-cidr: %v", got)
+	}
+	if got := importRanges(nodes, nil); !slices.Equal(got, pfx("10.244.1.0/24", "10.244.2.0/24", "fd74:6572:6e44:1::/64", "fd74:6572:6e44:2::/64")) {
+		t.Errorf("import ranges without cluster-cidr: %v", got)
+	}
+	w := outsideClusterCIDRs(nodes, pfx("10.244.1.0/25", "fd74:6572:6e44::/56"))
+	if len(w) != 2 || !strings.Contains(w[0], "node a's pod CIDR 10.244.1.0/24 is outside the cluster CIDRs [10.244.1.0/25]") {
 		t.Errorf("a cluster CIDR narrower than a pod CIDR does not cover it: %q", w)
 	}
 }

@@ -272,10 +272,14 @@ func bgpPeerFrom(u *unstructured.Unstructured) (bgp.PeerSpec, *secretRef, error)
 		return bgp.PeerSpec{}, nil, err
 	}
 	ip, err := netip.ParseAddr(s.PeerIP)
+	if err == nil && (ip.Zone() != "" || ip.IsUnspecified() || ip.IsLoopback() || ip.IsMulticast()) {
+		err = errors.New("not a unicast address of a peer (no zone, not unspecified, loopback or multicast)")
+	}
 	if err != nil {
 		return bgp.PeerSpec{}, nil, fmt.Errorf("peerIP %q: %w", s.PeerIP, err)
 	}
-	p := bgp.PeerSpec{Name: u.GetName(), PeerIP: ip, ASN: s.ASNumber, Node: s.Node,
+	// An IPv4-mapped IPv6 address is the IPv4 address: an IPv4 session.
+	p := bgp.PeerSpec{Name: u.GetName(), PeerIP: ip.Unmap(), ASN: s.ASNumber, Node: s.Node,
 		Keepalive: time.Duration(s.KeepaliveSeconds) * time.Second, Multihop: s.EBGPMultihop, RRClient: s.RouteReflectorClient}
 	switch {
 	case s.HoldTimeSeconds == nil:

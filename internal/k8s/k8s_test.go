@@ -115,8 +115,16 @@ func TestBGPPeerHoldTime(t *testing.T) {
 			t.Errorf("%v: hold %v (%v), want %v", c.spec, p.HoldTime, err, c.want)
 		}
 	}
-	if _, _, err := bgpPeerFrom(peer(map[string]any{"peerIP": "x"})); err == nil {
-		t.Error("peerIP x accepted")
+	for _, bad := range []string{"x", "::", "0.0.0.0", "::1", "fe80::1%eth0", "ff02::1"} {
+		if _, _, err := bgpPeerFrom(peer(map[string]any{"peerIP": bad})); err == nil {
+			t.Errorf("peerIP %s accepted", bad)
+		}
+	}
+	// An IPv6 peer is an IPv6 session; an IPv4-mapped one is IPv4.
+	for in, want := range map[string]string{"fd74:6572:6e30:1::fe": "fd74:6572:6e30:1::fe", "::ffff:10.30.1.254": "10.30.1.254"} {
+		if p, _, err := bgpPeerFrom(peer(map[string]any{"peerIP": in})); err != nil || p.PeerIP != netip.MustParseAddr(want) {
+			t.Errorf("peerIP %s: %v %v, want %s", in, p.PeerIP, err, want)
+		}
 	}
 }
 

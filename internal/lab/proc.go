@@ -220,7 +220,11 @@ func reconfigureRouter(r Router, all []Router, nodes, before []Node, netns, dir 
 		args = append(args, "-c", l)
 	}
 	if len(v6) > 0 {
-		args = append(args, "-c", "address-family ipv6 unicast")
+		args = append(args, "-c", "address-family ipv4 unicast")
+		for _, a := range v6 {
+			args = append(args, "-c", fmt.Sprintf("no neighbor %s activate", a))
+		}
+		args = append(args, "-c", "exit-address-family", "-c", "address-family ipv6 unicast")
 		for _, a := range v6 {
 			args = append(args, "-c", fmt.Sprintf("neighbor %s activate", a))
 		}

@@ -42,7 +42,7 @@ const (
 	ClusterCIDR  = "10.244.0.0/16"
 	ServiceCIDR  = "10.96.0.0/16" // hack/kube-env.sh's SERVICE_CIDR
 	ClusterCIDR6 = "fd74:6572:6e44::/56"
-	ServiceCIDR6 = "fd74:6572:6e96::/112" // hack/kube-env.sh's SERVICE_CIDR6
+	ServiceCIDR6 = "fd74:6572:6e96::/112" // given to hack/kube-env.sh as TERN_KUBE_SERVICE_CIDR's second range
 	// ReflectorClusterID is the route-reflector cluster ID of the reflector nodes.
 	ReflectorClusterID = "244.0.0.1"
 	// LabelRack is the node label that names a node's rack.
@@ -382,9 +382,9 @@ template bgp lab6 { local as %d; connect retry time 1; error wait time 1, 5; gra
 
 func birdName(node string) string { return strings.ReplaceAll(node, "-", "_") }
 
-// FRRConfig renders an integrated frr.conf for router r. IPv6 neighbours
-// are activated in the IPv6 address family (FRR offers IPv4 unicast to
-// every neighbour by default; tern's IPv6 sessions take IPv6 alone).
+// FRRConfig renders an integrated frr.conf for router r, a session per
+// family: IPv6 neighbours are activated in the IPv6 address family and
+// deactivated in IPv4's (where FRR activates every neighbour by default).
 func FRRConfig(r Router, all []Router, nodes []Node) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, `! tern-lab: top-of-rack router of rack %d
@@ -400,7 +400,11 @@ router bgp %d
 	for _, l := range lines {
 		fmt.Fprintf(&b, " %s\n", l)
 	}
-	b.WriteString(" address-family ipv4 unicast\n  redistribute connected\n  maximum-paths 8\n exit-address-family\n")
+	b.WriteString(" address-family ipv4 unicast\n")
+	for _, a := range v6 {
+		fmt.Fprintf(&b, "  no neighbor %s activate\n", a)
+	}
+	b.WriteString("  redistribute connected\n  maximum-paths 8\n exit-address-family\n")
 	if r.Address6.IsValid() {
 		b.WriteString(" address-family ipv6 unicast\n")
 		for _, a := range v6 {
