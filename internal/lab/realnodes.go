@@ -257,6 +257,15 @@ func (d *daemon) startControlPlaneNS(ctx context.Context) error {
 			}
 			steps = append(steps, defaultRouteStep(gw, "eth0"))
 		}
+	} else {
+		// No router to learn the pods' routes from: the pod ranges through
+		// the first node, which has every node's (a pod reaching the API
+		// server through the kubernetes Service is not masqueraded in
+		// IPv6, so the answer must find its way back).
+		first := d.cfg.PlanNode(1, 0)
+		for i, c := range d.cfg.ClusterCIDRs() {
+			steps = append(steps, []string{map[bool]string{false: "-4", true: "-6"}[strings.Contains(c, ":")], "route", "add", c, "via", first.Addresses()[i].String(), "dev", "eth0"})
+		}
 	}
 	for _, s := range steps {
 		if err := ip(netns, s...); err != nil {
