@@ -25,7 +25,11 @@ import (
 // (default: both) and TERN_CONFORMANCE_RUNS (default 1): every run of every
 // suite must pass, and the report is written whether they do or not.
 func TestUpstreamSuites(t *testing.T) {
-	suites := []conformance.Suite{conformance.Netpol, conformance.SigNetworkConformance}
+	// make test runs the NetworkPolicy suite (about 8 minutes on the
+	// dual-stack lab); with sig-network's Conformance specs too (about 5
+	// more) make test took 31 minutes, over its 30. make conformance runs
+	// both, on a lab of each family.
+	suites := []conformance.Suite{conformance.Netpol}
 	if s := os.Getenv("TERN_CONFORMANCE_SUITES"); s != "" {
 		var err error
 		if suites, err = conformance.ParseSuites(s); err != nil {
@@ -82,7 +86,7 @@ func TestUpstreamSuites(t *testing.T) {
 					t.Error(err)
 					continue
 				}
-				all = o.Merge(all)
+				all = all.Merge(o)
 				t.Logf("the report takes in the runs in %s", p)
 			}
 		}

@@ -199,7 +199,8 @@ func ReadJSON(path string) (Report, error) {
 }
 
 // Merge adds the runs of o (on a lab of another family) to r: its runs,
-// its lab and its notes; r's versions stay (the same tree built both).
+// its lab and its notes; r's versions and command stay (the same tree built
+// both; the later run's command says how the report was written).
 func (r Report) Merge(o Report) Report {
 	r.Runs = append(slices.Clone(r.Runs), o.Runs...)
 	r.Notes = append(slices.Clone(r.Notes), o.Notes...)

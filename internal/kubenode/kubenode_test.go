@@ -18,7 +18,7 @@ func TestStartRefusesBadConfig(t *testing.T) {
 		t.Fatal("Start accepted a config with nothing in it")
 	}
 	for _, want := range []string{
-		`node name "bad node"`, `node directory "relative" is not absolute`, "no node address",
+		`node name "bad node"`, `node directory "relative" is not absolute`, "node addresses []: want one, or one of each family",
 		"network namespace: stat /nonexistent/netns", "kubeconfig", "client CA", "kubelet: stat /nonexistent/kubelet",
 		"containerd: stat", "runc: stat", "image archive: stat /nonexistent/pause.tar", "no sandbox (pause) image",
 	} {

@@ -167,7 +167,7 @@ func TestDescribe(t *testing.T) {
 		s.Routers = append(s.Routers, RouterState{Router: r})
 	}
 	got := describe(s)
-	for _, want := range []string{"--nodes 4 --racks 2 --router mixed", "4 real nodes", "kube-proxy in iptables mode",
+	for _, want := range []string{"--nodes 4 --racks 2 --router mixed", "4 real IPv4 nodes", "--ip-family ipv4", "kube-proxy in iptables mode",
 		"rack 1 (2 nodes) behind BIRD", "rack 2 (2 nodes) behind FRR"} {
 		if !strings.Contains(got, want) {
 			t.Errorf("describe: %q lacks %q", got, want)
