@@ -257,15 +257,6 @@ func (d *daemon) startControlPlaneNS(ctx context.Context) error {
 			}
 			steps = append(steps, defaultRouteStep(gw, "eth0"))
 		}
-	} else {
-		// No router to learn the pods' routes from: the pod ranges through
-		// the first node, which has every node's (a pod reaching the API
-		// server through the kubernetes Service is not masqueraded in
-		// IPv6, so the answer must find its way back).
-		first := d.cfg.PlanNode(1, 0)
-		for i, c := range d.cfg.ClusterCIDRs() {
-			steps = append(steps, []string{map[bool]string{false: "-4", true: "-6"}[strings.Contains(c, ":")], "route", "add", c, "via", first.Addresses()[i].String(), "dev", "eth0"})
-		}
 	}
 	for _, s := range steps {
 		if err := ip(netns, s...); err != nil {
@@ -353,12 +344,16 @@ func (d *daemon) installTern(ctx context.Context) error {
 	}
 	repo, tag := ref[:i], ref[i+1:]
 	// The ConfigMap's cluster-cidr is the cluster's, as README says to set
-	// it: one CIDR per family.
+	// it: one CIDR per family. Without routers nothing outside the cluster
+	// (the control plane's namespace included) has a route back to the
+	// pods, so IPv6 pod traffic leaving the cluster is masqueraded as IPv4's
+	// is: README's case for nat-outgoing-ipv6.
+	nat6 := d.cfg.Router == RouterNone
 	k := fmt.Sprintf("# Written by tern-lab: tern as a user installs it, with the image built here\n"+
 		"# and the cluster's pod ranges.\n"+
 		"resources: [%s]\nimages: [{name: %s, newName: %s, newTag: %q}]\n"+
-		"patches:\n- patch: |-\n    apiVersion: v1\n    kind: ConfigMap\n    metadata: {name: tern-config, namespace: tern-system}\n    data: {cluster-cidr: %q}\n",
-		manifests, ternImage, repo, tag, strings.Join(d.cfg.ClusterCIDRs(), ","))
+		"patches:\n- patch: |-\n    apiVersion: v1\n    kind: ConfigMap\n    metadata: {name: tern-config, namespace: tern-system}\n    data: {cluster-cidr: %q, nat-outgoing-ipv6: \"%t\"}\n",
+		manifests, ternImage, repo, tag, strings.Join(d.cfg.ClusterCIDRs(), ","), nat6)
 	if err := os.WriteFile(filepath.Join(dir, "kustomization.yaml"), []byte(k), 0o644); err != nil {
 		return err
 	}
