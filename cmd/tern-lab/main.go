@@ -11,7 +11,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net/netip"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -227,7 +226,7 @@ func node(ctx context.Context, c *lab.Client, args []string, out io.Writer) erro
 		if err != nil {
 			return err
 		}
-		fmt.Fprintf(out, "node %s added (rack %d, %s, AS %d)\n", n.Name, n.Rack, joinAddrs(n.Addresses()), n.AS)
+		fmt.Fprintf(out, "node %s added (rack %d, %s, AS %d)\n", n.Name, n.Rack, lab.JoinAddrs(n.Addresses()), n.AS)
 		return nil
 	case "remove":
 		if len(args) != 2 {
@@ -285,7 +284,7 @@ func status(ctx context.Context, c *lab.Client, out io.Writer) error {
 			}
 			routes = fmt.Sprint(len(b.Routes))
 		}
-		fmt.Fprintf(w, "%s\t%d\t%s\t%d\t%s\t%s\t%s\t%s\n", n.Name, n.Rack, joinAddrs(n.Addresses()), n.AS, cidr, agent, sessions, routes)
+		fmt.Fprintf(w, "%s\t%d\t%s\t%d\t%s\t%s\t%s\t%s\n", n.Name, n.Rack, lab.JoinAddrs(n.Addresses()), n.AS, cidr, agent, sessions, routes)
 	}
 	w.Flush()
 	if len(s.Routers) > 0 {
@@ -328,12 +327,4 @@ func serve(ctx context.Context, args []string) error {
 		ports = append(ports, p)
 	}
 	return lab.ServePod(ctx, slog.New(slog.NewTextHandler(os.Stderr, nil)), ns+"/"+name, ports)
-}
-
-func joinAddrs(as []netip.Addr) string {
-	var s []string
-	for _, a := range as {
-		s = append(s, a.String())
-	}
-	return strings.Join(s, ",")
 }

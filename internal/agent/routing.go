@@ -25,10 +25,9 @@ type routing struct {
 	upSince time.Time
 	peers   []bgp.PeerStatus // as of the last pass
 	// downSince: peers not established, since when; warned: logged once.
-	downSince    map[string]time.Time
-	warned       map[string]bool
-	warnedFamily bool
-	warnedPlan   map[string]bool // the plan's warnings of the last pass, logged once each
+	downSince  map[string]time.Time
+	warned     map[string]bool
+	warnedPlan map[string]bool // the plan's warnings of the last pass, logged once each
 	// leaving: since when the speaker's routes are withdrawn for a node gone
 	// from the API; its sessions close leaveDelay later, in another pass.
 	leaving time.Time
@@ -96,12 +95,11 @@ func (a *Agent) syncBGP(ctx context.Context) error {
 	if err := r.speaker.Apply(ctx, d); err != nil {
 		errs = append(errs, err)
 	}
-	if len(d.Unannounced) > 0 && !r.warnedFamily {
-		r.warnedFamily = true
-		a.log.Warn("pod CIDRs not announced: the node has no address of their family (InternalIP, or the tern.io/address annotation)",
-			"cidrs", d.Unannounced, "ipv4", local.IPv4, "ipv6", local.IPv6)
-	}
 	warnings := append(slices.Clone(d.Warnings), outsideClusterCIDRs(nodes, a.cfg.ClusterCIDRs)...)
+	if len(d.Unannounced) > 0 {
+		warnings = append(warnings, fmt.Sprintf("pod CIDRs %v not announced: the node has no address of their family (IPv4 %v, IPv6 %v; InternalIP, or the tern.io/address annotation)",
+			d.Unannounced, local.IPv4, local.IPv6))
+	}
 	for _, w := range warnings {
 		if !r.warnedPlan[w] {
 			a.log.Warn("BGP: " + w)

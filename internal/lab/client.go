@@ -285,13 +285,12 @@ func labDaemons(prefix string) []int {
 	var out []int
 	for _, e := range ents {
 		pid, err := strconv.Atoi(e.Name())
-		if err != nil || pid == os.Getpid() || !isLabDaemon(pid) || !alive(pid) {
+		if err != nil || pid == os.Getpid() {
 			continue
 		}
-		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
-		args := strings.Split(strings.TrimRight(string(b), "\x00"), "\x00")
+		args, ok := daemonArgs(pid)
 		var c struct{ Prefix string }
-		if len(args) > 2 && json.Unmarshal([]byte(args[2]), &c) == nil && c.Prefix == prefix {
+		if ok && len(args) > 2 && alive(pid) && json.Unmarshal([]byte(args[2]), &c) == nil && c.Prefix == prefix {
 			out = append(out, pid)
 		}
 	}
@@ -299,12 +298,18 @@ func labDaemons(prefix string) []int {
 }
 
 func isLabDaemon(pid int) bool {
+	_, ok := daemonArgs(pid)
+	return ok
+}
+
+// daemonArgs is pid's command line if it is a lab daemon's.
+func daemonArgs(pid int) ([]string, bool) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
 	if err != nil {
-		return false
+		return nil, false
 	}
-	args := strings.Split(string(b), "\x00")
-	return len(args) > 1 && strings.HasSuffix(args[0], "tern-lab") && args[1] == "daemon"
+	args := strings.Split(strings.TrimRight(string(b), "\x00"), "\x00")
+	return args, len(args) > 1 && strings.HasSuffix(args[0], "tern-lab") && args[1] == "daemon"
 }
 
 // Resolve finds the namespace of NODE (a node name) or NS/POD.

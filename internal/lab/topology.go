@@ -188,6 +188,15 @@ func (n Node) Address() netip.Addr {
 // Addresses are the node's addresses, the primary first.
 func (n Node) Addresses() []netip.Addr { return validAddrs(n.IPv4, n.IPv6) }
 
+// JoinAddrs writes addresses comma-separated.
+func JoinAddrs(as []netip.Addr) string {
+	var s []string
+	for _, a := range as {
+		s = append(s, a.String())
+	}
+	return strings.Join(s, ",")
+}
+
 func validAddrs(as ...netip.Addr) []netip.Addr {
 	var out []netip.Addr
 	for _, a := range as {

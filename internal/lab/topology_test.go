@@ -81,9 +81,9 @@ func TestTopology(t *testing.T) {
 			for i := 1; i <= tc.o.Nodes; i++ {
 				n := tc.o.PlanNode(i, 0)
 				nodes = append(nodes, n)
-				b.WriteString(strings.Join([]string{n.Name, "rack", itoa(n.Rack), joinAddrs(n.Addresses()), "gw", joinAddrs(validAddrs(n.Gateway4, n.Gateway6)), "AS", itoa(int(n.AS)), "reflector", map[bool]string{true: "yes", false: "no"}[n.Reflector], "peers-with-router", map[bool]string{true: "yes", false: "no"}[tc.o.PeersWithRouter(n)]}, " ") + "\n")
+				b.WriteString(strings.Join([]string{n.Name, "rack", itoa(n.Rack), JoinAddrs(n.Addresses()), "gw", JoinAddrs(validAddrs(n.Gateway4, n.Gateway6)), "AS", itoa(int(n.AS)), "reflector", map[bool]string{true: "yes", false: "no"}[n.Reflector], "peers-with-router", map[bool]string{true: "yes", false: "no"}[tc.o.PeersWithRouter(n)]}, " ") + "\n")
 			}
-			fmt.Fprintf(&b, "control plane %s, cluster %s, services %s, DNS %s\n", joinAddrs(tc.o.ControlPlaneAddresses()),
+			fmt.Fprintf(&b, "control plane %s, cluster %s, services %s, DNS %s\n", JoinAddrs(tc.o.ControlPlaneAddresses()),
 				strings.Join(tc.o.ClusterCIDRs(), ","), strings.Join(tc.o.ServiceCIDRs(), ","), tc.o.ClusterDNS())
 			b.WriteString("\n" + tc.o.BGPObjects())
 			for _, r := range tc.o.Routers() {
@@ -177,14 +177,6 @@ func TestDescribe(t *testing.T) {
 	if got := describe(s); !strings.Contains(got, "node-to-node BGP mesh") {
 		t.Errorf("describe without routers: %q", got)
 	}
-}
-
-func joinAddrs(as []netip.Addr) string {
-	var s []string
-	for _, a := range as {
-		s = append(s, a.String())
-	}
-	return strings.Join(s, ",")
 }
 
 // Every IPv6 address a lab plans is in its unique-local range, never in the
