@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	networkingv1 "k8s.io/api/networking/v1"
+	cnpv1 "sigs.k8s.io/network-policy-api/apis/v1alpha2"
 )
 
 // Compile compiles the policies of a snapshot into the ruleset of in.Node.
@@ -57,8 +58,10 @@ type Compiler struct {
 	// byAddr indexes pods by address text, for patching sets; nil until
 	// needed.
 	byAddr map[string][]*podEntry
-	// policies of the last snapshot, by name.
+	// policies of the last snapshot, by name; cluster, its
+	// ClusterNetworkPolicies.
 	policies map[podID]*policyEntry
+	cluster  map[string]*clusterEntry
 	// st is what the last compile derived; nil before the first.
 	st *compileState
 	// stats count the compiles by the way they went, for tests.
@@ -76,6 +79,13 @@ type policyEntry struct {
 	pi *policyInfo
 }
 
+// clusterEntry is a ClusterNetworkPolicy object and what it compiled to.
+type clusterEntry struct {
+	cnp *cnpv1.ClusterNetworkPolicy
+	rv  string
+	pi  *policyInfo
+}
+
 // compileState is what a Compiler derived from its last snapshot: valid
 // while the policies, namespaces, Node, LogDrops and families stay the
 // same.
@@ -84,11 +94,14 @@ type compileState struct {
 	logDrops bool
 	v6       bool
 	nsLabels map[string]map[string]string
-	// policies sorted by "ns/name", the first of duplicate names; polByNS
-	// holds their indices by namespace, ascending; polUse counts, per
-	// policy and direction, the local pods it selects.
+	// policies sorted by "ns/name", the first of duplicate names, then
+	// the ClusterNetworkPolicies in the order they are evaluated; polByNS
+	// holds the NetworkPolicies' indices by namespace, ascending, cluster
+	// the ClusterNetworkPolicies'; polUse counts, per policy and
+	// direction, the local pods it selects.
 	policies []*policyInfo
 	polByNS  map[string][]int
+	cluster  []int
 	polUse   [][2]int
 	// local are the policed pods, sorted by HostIf, then key.
 	local []*localPod
@@ -120,10 +133,15 @@ func (d direction) String() string {
 
 // localPod is a pod this node polices.
 type localPod struct {
-	e        *podEntry
-	policies [2][]int    // indices into compileState.policies, ascending
-	chains   [2]string   // chain names, also when the pod is open
-	named    portsByName // declared ports, for named ingress ports
+	e *podEntry
+	// policies, admin, baseline: the NetworkPolicies and the
+	// ClusterNetworkPolicies of each tier whose rules of a direction apply
+	// to the pod, as indices into compileState.policies, ascending (the
+	// order of evaluation).
+	policies, admin, baseline [2][]int
+	chains                    [2]string   // chain names, also when the pod is open
+	tails                     [2]string   // tail chain names
+	named                     portsByName // declared ports, for named ingress ports
 	// sets collects the sets its chains match, from podChain to
 	// podPolicy.
 	sets []string
@@ -150,7 +168,7 @@ func (c *Compiler) Compile(in Input) Ruleset {
 	v6 := in.IPv6 || c.v6Pods > 0
 	st := c.st
 	if st == nil || many || st.node != in.Node || st.logDrops != in.LogDrops || st.v6 != v6 ||
-		!c.samePolicies(in.Policies) || !maps.EqualFunc(st.nsLabels, normalizeNamespaces(in.Namespaces, false), sameLabels) {
+		!c.samePolicies(in.Policies) || !c.sameClusterPolicies(in.ClusterPolicies) || !maps.EqualFunc(st.nsLabels, normalizeNamespaces(in.Namespaces, false), sameLabels) {
 		c.stats.fresh++
 		return c.fresh(in, v6)
 	}
@@ -180,6 +198,22 @@ func (c *Compiler) samePolicies(policies []*networkingv1.NetworkPolicy) bool {
 		}
 	}
 	return n == len(c.policies)
+}
+
+// sameClusterPolicies is samePolicies for ClusterNetworkPolicies.
+func (c *Compiler) sameClusterPolicies(policies []*cnpv1.ClusterNetworkPolicy) bool {
+	n := 0
+	for _, cnp := range policies {
+		if cnp == nil {
+			continue
+		}
+		n++
+		e := c.cluster[cnp.Name]
+		if e == nil || e.cnp != cnp || e.rv == "" || e.rv != cnp.ResourceVersion {
+			return false
+		}
+	}
+	return n == len(c.cluster)
 }
 
 func (st *compileState) families() []bool {
@@ -235,6 +269,30 @@ func (c *Compiler) fresh(in Input, v6 bool) Ruleset {
 		st.policies = append(st.policies, e.pi)
 	}
 	c.policies = memo
+
+	// ClusterNetworkPolicies, in the order of evaluation; the first of
+	// duplicate names wins.
+	cmemo := make(map[string]*clusterEntry, len(in.ClusterPolicies))
+	var cpis []*policyInfo
+	for _, cnp := range in.ClusterPolicies {
+		if cnp == nil || cmemo[cnp.Name] != nil {
+			continue
+		}
+		e := c.cluster[cnp.Name]
+		if e == nil || e.cnp != cnp || e.rv == "" || e.rv != cnp.ResourceVersion {
+			e = &clusterEntry{cnp: cnp, rv: cnp.ResourceVersion, pi: compileClusterPolicy(cnp)}
+		}
+		cmemo[cnp.Name] = e
+		cpis = append(cpis, e.pi)
+	}
+	c.cluster = cmemo
+	slices.SortFunc(cpis, compareClusterPolicies)
+	for _, pi := range cpis {
+		if pi.tier != tierNetworkPolicy {
+			st.cluster = append(st.cluster, len(st.policies))
+			st.policies = append(st.policies, pi)
+		}
+	}
 	st.polUse = make([][2]int, len(st.policies))
 
 	// Local pods, with the sets their policies refer to.
@@ -255,8 +313,8 @@ func (c *Compiler) fresh(in Input, v6 bool) Ruleset {
 	for _, v6 := range st.families() {
 		for _, d := range []direction{egress, ingress} {
 			for _, lp := range st.local {
-				if len(lp.policies[d]) > 0 {
-					rs.Chains = append(rs.Chains, st.podChain(v6, d, lp))
+				if lp.policed(d) {
+					rs.Chains = st.podChains(rs.Chains, v6, d, lp)
 				}
 			}
 		}
@@ -330,8 +388,11 @@ func (c *Compiler) patch(delta []podChange) {
 		for _, lp := range gone {
 			for _, v6 := range st.families() {
 				for _, d := range []direction{egress, ingress} {
-					if len(lp.policies[d]) > 0 {
+					if lp.policed(d) {
 						upd[chainKey{v6, lp.chains[d]}] = nil
+					}
+					if lp.hasTail(d) {
+						upd[chainKey{v6, lp.tails[d]}] = nil
 					}
 				}
 			}
@@ -340,9 +401,10 @@ func (c *Compiler) patch(delta []podChange) {
 		for _, lp := range came {
 			for _, v6 := range st.families() {
 				for _, d := range []direction{egress, ingress} {
-					if len(lp.policies[d]) > 0 {
-						ch := st.podChain(v6, d, lp)
-						upd[chainKey{v6, ch.Name}] = &ch
+					if lp.policed(d) {
+						for _, ch := range st.podChains(nil, v6, d, lp) {
+							upd[chainKey{v6, ch.Name}] = &ch
+						}
 					}
 				}
 			}
@@ -377,6 +439,7 @@ func (c *Compiler) patch(delta []podChange) {
 func (st *compileState) newLocal(e *podEntry) *localPod {
 	lp := &localPod{e: e}
 	lp.chains[ingress], lp.chains[egress] = podChainNames(e.key)
+	lp.tails[ingress], lp.tails[egress] = podTailChainNames(e.key)
 	for _, np := range e.snap.Ports {
 		proto, ok := protocolName(np.Protocol)
 		if !ok || np.Name == "" || np.Port < 1 || np.Port > 65535 {
@@ -402,7 +465,36 @@ func (st *compileState) newLocal(e *podEntry) *localPod {
 			}
 		}
 	}
+	nsLabels := st.nsLabels[e.snap.Namespace]
+	for _, idx := range st.cluster {
+		pi := st.policies[idx]
+		if !pi.selectsPod(nsLabels, e.snap.Labels) {
+			continue
+		}
+		for _, d := range []direction{ingress, egress} {
+			switch {
+			case !pi.dirs[d]:
+			case pi.tier == tierAdmin:
+				lp.admin[d] = append(lp.admin[d], idx)
+			case len(lp.policies[d]) == 0:
+				// NetworkPolicy decides for the pods it isolates.
+				lp.baseline[d] = append(lp.baseline[d], idx)
+			}
+		}
+	}
 	return lp
+}
+
+// policed reports whether some policy of some tier applies to the pod's
+// traffic in direction d.
+func (lp *localPod) policed(d direction) bool {
+	return len(lp.admin[d]) > 0 || len(lp.policies[d]) > 0 || len(lp.baseline[d]) > 0
+}
+
+// hasTail reports whether the pod has a tail chain in direction d: it has
+// Admin rules and rules of a later tier.
+func (lp *localPod) hasTail(d direction) bool {
+	return len(lp.admin[d]) > 0 && (len(lp.policies[d]) > 0 || len(lp.baseline[d]) > 0)
 }
 
 // use counts a local pod's policies in (by +1) or out (by -1); a set that
@@ -412,7 +504,7 @@ func (st *compileState) newLocal(e *podEntry) *localPod {
 func (c *Compiler) use(lp *localPod, by int, puts *[]Set) {
 	st := c.st
 	for _, d := range []direction{ingress, egress} {
-		for _, idx := range lp.policies[d] {
+		for _, idx := range slices.Concat(lp.admin[d], lp.policies[d], lp.baseline[d]) {
 			u := &st.polUse[idx][d]
 			*u += by
 			if (by > 0 && *u != 1) || (by < 0 && *u != 0) {
@@ -438,16 +530,26 @@ func (c *Compiler) use(lp *localPod, by int, puts *[]Set) {
 // podPolicy is what Ruleset.Pods says of a local pod.
 func (st *compileState) podPolicy(lp *localPod) PodPolicy {
 	pp := PodPolicy{
-		Ingress: policyKeys(st.policies, lp.policies[ingress]),
-		Egress:  policyKeys(st.policies, lp.policies[egress]),
-		HostIf:  lp.e.snap.HostIf,
-		IPs:     slices.Clone(lp.e.ips),
+		Ingress:         policyKeys(st.policies, lp.policies[ingress]),
+		Egress:          policyKeys(st.policies, lp.policies[egress]),
+		AdminIngress:    policyKeys(st.policies, lp.admin[ingress]),
+		AdminEgress:     policyKeys(st.policies, lp.admin[egress]),
+		BaselineIngress: policyKeys(st.policies, lp.baseline[ingress]),
+		BaselineEgress:  policyKeys(st.policies, lp.baseline[egress]),
+		HostIf:          lp.e.snap.HostIf,
+		IPs:             slices.Clone(lp.e.ips),
 	}
-	if len(lp.policies[ingress]) > 0 {
+	if lp.policed(ingress) {
 		pp.IngressChain = lp.chains[ingress]
 	}
-	if len(lp.policies[egress]) > 0 {
+	if lp.policed(egress) {
 		pp.EgressChain = lp.chains[egress]
+	}
+	if lp.hasTail(ingress) {
+		pp.IngressTailChain = lp.tails[ingress]
+	}
+	if lp.hasTail(egress) {
+		pp.EgressTailChain = lp.tails[egress]
 	}
 	if len(lp.sets) > 0 {
 		slices.Sort(lp.sets)
@@ -465,7 +567,7 @@ func (st *compileState) dispatchChains(v6 bool) []Chain {
 	for _, d := range []direction{egress, ingress} {
 		var entries []dispatchEntry
 		for _, lp := range st.local {
-			if len(lp.policies[d]) > 0 {
+			if lp.policed(d) {
 				entries = append(entries, dispatchEntry{hostIf: lp.e.snap.HostIf, chain: lp.chains[d]})
 			}
 		}
@@ -478,24 +580,79 @@ func (st *compileState) dispatchChains(v6 bool) []Chain {
 	return append(chains, entry)
 }
 
-// podChain renders the chain of a pod and direction: the allow rules of
-// every policy selecting it, first occurrence of each rule only, then the
-// optional log and the drop.
-func (st *compileState) podChain(v6 bool, d direction, lp *localPod) Chain {
-	ch := Chain{Name: lp.chains[d], IPv6: v6, Comment: d.String() + " of " + lp.e.key}
+// podChains appends the chains of a pod and direction to out: its chain
+// and, when it has one, its tail chain (see tiers.go).
+func (st *compileState) podChains(out []Chain, v6 bool, d direction, lp *localPod) []Chain {
+	main := Chain{Name: lp.chains[d], IPv6: v6, Comment: d.String() + " of " + lp.e.key}
+	if len(lp.admin[d]) == 0 {
+		st.tailRules(&main, v6, d, lp)
+		return append(out, main)
+	}
+	if !lp.hasTail(d) {
+		// Admin rules alone: what they do not decide is allowed.
+		st.addRules(&main, v6, d, lp, lp.admin[d], "RETURN")
+		return append(out, main)
+	}
+	st.addRules(&main, v6, d, lp, lp.admin[d], lp.tails[d])
+	main.Rules = append(main.Rules, Rule{Target: lp.tails[d], Goto: true}.Render())
+	tail := Chain{Name: lp.tails[d], IPv6: v6, Kind: TailChain, Comment: d.String() + " of " + lp.e.key + " after the Admin tier"}
+	st.tailRules(&tail, v6, d, lp)
+	return append(out, main, tail)
+}
+
+// tailRules appends the tiers after the Admin tier to ch: the allow rules
+// of the NetworkPolicies isolating the pod, the optional log and the drop;
+// or, when none does, the Baseline tier's rules (what they do not decide
+// falls off the chain's end: allowed).
+func (st *compileState) tailRules(ch *Chain, v6 bool, d direction, lp *localPod) {
+	if len(lp.policies[d]) == 0 {
+		st.addRules(ch, v6, d, lp, lp.baseline[d], "RETURN")
+		return
+	}
+	st.addRules(ch, v6, d, lp, lp.policies[d], "")
+	if st.logDrops {
+		ch.Rules = append(ch.Rules, st.logRule(d, lp, Rule{}))
+	}
+	ch.Rules = append(ch.Rules, dropRule)
+}
+
+// logRule is the rate-limited NFLOG rule of the pod's drops in direction
+// d, with the matches of r.
+func (st *compileState) logRule(d direction, lp *localPod, r Rule) Rule {
+	r.Limit, r.LimitBurst = "10/second", 20
+	r.Target, r.Goto, r.LogGroup, r.LogPrefix = "NFLOG", false, NFLOGGroup, logPrefix(d == ingress, lp.e.key)
+	return r.Render()
+}
+
+// addRules appends to ch the rules of the policies idx for the pod's
+// direction d, in order, the first occurrence of each rule only (a later
+// copy can match nothing the first did not). pass is the target of the
+// Admin tier's Pass rules: the tail chain (gone to) or RETURN. With
+// LogDrops, each Deny rule is preceded by a log rule of its matches.
+func (st *compileState) addRules(ch *Chain, v6 bool, d direction, lp *localPod, idx []int, pass string) {
 	seen := st.seen
 	clear(seen)
 	add := func(kr keyedRule) {
-		if !seen[kr.key] {
-			seen[kr.key] = true
-			ch.Rules = append(ch.Rules, kr.rule)
-			for _, m := range kr.rule.Sets {
-				lp.sets = append(lp.sets, m.Name)
-			}
+		if kr.rule.Target == passTarget {
+			r := kr.rule
+			r.Target, r.Goto = pass, pass != "RETURN"
+			kr = keyedRule{rule: r.Render()}
+			kr.key = strings.Join(kr.rule.Args, "\x00")
+		}
+		if seen[kr.key] {
+			return
+		}
+		seen[kr.key] = true
+		if kr.rule.Target == "DROP" && st.logDrops {
+			ch.Rules = append(ch.Rules, st.logRule(d, lp, kr.rule))
+		}
+		ch.Rules = append(ch.Rules, kr.rule)
+		for _, m := range kr.rule.Sets {
+			lp.sets = append(lp.sets, m.Name)
 		}
 	}
-	for _, idx := range lp.policies[d] {
-		pi := st.policies[idx]
+	for _, i := range idx {
+		pi := st.policies[i]
 		if pi.podDependent[d] {
 			renderPolicy(pi, d, v6, lp, add)
 			continue
@@ -510,14 +667,6 @@ func (st *compileState) podChain(v6 bool, d direction, lp *localPod) Chain {
 			add(kr)
 		}
 	}
-	if st.logDrops {
-		ch.Rules = append(ch.Rules, Rule{
-			Limit: "10/second", LimitBurst: 20,
-			Target: "NFLOG", LogGroup: NFLOGGroup, LogPrefix: logPrefix(d == ingress, lp.e.key),
-		}.Render())
-	}
-	ch.Rules = append(ch.Rules, dropRule)
-	return ch
 }
 
 func famIndex(v6 bool) int {
@@ -531,25 +680,33 @@ func famIndex(v6 bool) int {
 // direction. lp is the policed pod, needed only for named ingress ports.
 func renderPolicy(pi *policyInfo, d direction, v6 bool, lp *localPod, emit func(keyedRule)) {
 	for _, r := range pi.rules[d] {
+		target := "RETURN"
+		switch {
+		case r.action == actDeny:
+			target = "DROP"
+		case r.action == actPass && pi.tier == tierAdmin:
+			target = passTarget
+		}
 		peers, ports := r.expand()
 		for _, peer := range peers {
 			for _, port := range ports {
-				renderRule(d, v6, peer, port, lp, emit)
+				renderRule(d, v6, peer, port, lp, target, emit)
 			}
 		}
 	}
 }
 
-// renderRule emits the rules of one peer (nil: any) and port (zero: any).
-func renderRule(d direction, v6 bool, peer *peerSpec, port portSpec, lp *localPod, emit func(keyedRule)) {
+// renderRule emits the rules of one peer (nil: any) and port (zero: any),
+// with target.
+func renderRule(d direction, v6 bool, peer *peerSpec, port portSpec, lp *localPod, target string, emit func(keyedRule)) {
 	set := ruleSet(d, v6, peer, port)
 	if d == egress && port.name != "" {
 		if set != nil {
-			emitRule(emit, Rule{Sets: []SetMatch{{Name: set.name, Flags: "dst,dst"}}, Proto: port.proto, Target: "RETURN"})
+			emitRule(emit, Rule{Sets: []SetMatch{{Name: set.name, Flags: "dst,dst"}}, Proto: port.proto, Target: target})
 		}
 		return
 	}
-	r := Rule{Target: "RETURN"}
+	r := Rule{Target: target}
 	if peer != nil {
 		if set == nil {
 			return // an ipBlock of the other family
@@ -562,17 +719,22 @@ func renderRule(d direction, v6 bool, peer *peerSpec, port portSpec, lp *localPo
 	}
 	r.Proto = port.proto
 	switch {
-	case port.proto == "":
-		emitRule(emit, r)
 	case port.name != "": // ingress: the policed pod's own port numbers
 		if lp == nil {
 			return
 		}
-		for _, n := range lp.named[port.proto+"/"+port.name] {
-			r.DPort = n
-			emitRule(emit, r)
+		protos := []string{port.proto}
+		if port.proto == "" { // a ClusterNetworkPolicy's: any protocol
+			protos = []string{"tcp", "udp", "sctp"}
 		}
-	case port.port == 0:
+		for _, proto := range protos {
+			r.Proto = proto
+			for _, n := range lp.named[proto+"/"+port.name] {
+				r.DPort = n
+				emitRule(emit, r)
+			}
+		}
+	case port.proto == "", port.port == 0:
 		emitRule(emit, r)
 	default:
 		r.DPort, r.DPortEnd = port.port, port.end

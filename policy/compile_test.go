@@ -12,6 +12,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	cnpv1 "sigs.k8s.io/network-policy-api/apis/v1alpha2"
 )
 
 const testNode = "n1"
@@ -85,6 +86,7 @@ func resolve(t *testing.T, pods []Pod, s string, v6 bool) netip.Addr {
 type compileCase struct {
 	name     string
 	policies []*networkingv1.NetworkPolicy
+	cluster  []*cnpv1.ClusterNetworkPolicy
 	// edit changes the world's input (LogDrops, more pods, ...).
 	edit  func(*Input)
 	v6    bool // flows are IPv6 (pods resolve to their IPv6 address)
@@ -94,6 +96,10 @@ type compileCase struct {
 }
 
 func compileCases() []compileCase {
+	return append(netpolCases(), tierCases()...)
+}
+
+func netpolCases() []compileCase {
 	const (
 		web1, web2, db, pending = "app/web1", "app/web2", "app/db", "app/pending"
 		appClient, host         = "app/client", "app/host"
@@ -460,7 +466,7 @@ func dualStack(in *Input) {
 
 func caseInput(tc compileCase) Input {
 	pods, nss := world()
-	in := Input{Node: testNode, Pods: pods, Namespaces: nss, Policies: tc.policies}
+	in := Input{Node: testNode, Pods: pods, Namespaces: nss, Policies: tc.policies, ClusterPolicies: tc.cluster}
 	if tc.edit != nil {
 		tc.edit(&in)
 	}
@@ -505,9 +511,10 @@ func TestCompile(t *testing.T) {
 // its place, and each pod's Sets are the sets its chains match.
 func checkValues(t *testing.T, rs Ruleset) {
 	t.Helper()
-	podChains := map[string]bool{}
+	podChains, tailChains := map[string]bool{}, map[string]bool{}
 	for _, pp := range rs.Pods {
 		podChains[pp.IngressChain], podChains[pp.EgressChain] = true, true
+		tailChains[pp.IngressTailChain], tailChains[pp.EgressTailChain] = true, true
 	}
 	for _, s := range rs.Sets {
 		for _, m := range s.Members {
@@ -524,6 +531,8 @@ func checkValues(t *testing.T, rs Ruleset) {
 			want = EntryChain
 		case podChains[c.Name]:
 			want = PodChain
+		case tailChains[c.Name]:
+			want = TailChain
 		case !strings.HasPrefix(c.Name, dispatchFromPrefix) && !strings.HasPrefix(c.Name, dispatchToPrefix):
 			t.Errorf("chain %s: neither ChainPolicy, nor a pod's, nor dispatch", c.Name)
 		}
@@ -541,7 +550,7 @@ func checkValues(t *testing.T, rs Ruleset) {
 	}
 	for key, pp := range rs.Pods {
 		var want []string
-		for _, c := range []string{pp.IngressChain, pp.EgressChain} {
+		for _, c := range []string{pp.IngressChain, pp.EgressChain, pp.IngressTailChain, pp.EgressTailChain} {
 			if c != "" {
 				want = append(want, used[c]...)
 			}

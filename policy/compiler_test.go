@@ -12,6 +12,7 @@ import (
 
 	"github.com/tern-net/tern/hostveth"
 	networkingv1 "k8s.io/api/networking/v1"
+	cnpv1 "sigs.k8s.io/network-policy-api/apis/v1alpha2"
 )
 
 // mutator changes a snapshot at random, the way a cluster changes: mostly
@@ -34,7 +35,19 @@ func newMutator(seed uint64) *mutator {
 	for range 4 {
 		m.addPolicy()
 	}
+	m.addClusterPolicies()
 	return m
+}
+
+// addClusterPolicies adds random ClusterNetworkPolicies (or replaces those
+// of the same names).
+func (m *mutator) addClusterPolicies() {
+	for _, p := range m.g.clusterPolicies() {
+		m.rv++
+		p.ResourceVersion = strconv.Itoa(m.rv)
+		m.in.ClusterPolicies = slices.DeleteFunc(slices.Clone(m.in.ClusterPolicies), func(o *cnpv1.ClusterNetworkPolicy) bool { return o.Name == p.Name })
+		m.in.ClusterPolicies = append(m.in.ClusterPolicies, p)
+	}
 }
 
 func (m *mutator) addPolicy() {
@@ -183,6 +196,13 @@ func (m *mutator) step() string {
 		case k < 94:
 			in.IPv6 = !in.IPv6
 			what = append(what, "ipv6")
+		case k < 96:
+			m.addClusterPolicies()
+			what = append(what, "cluster policies")
+		case k < 97 && len(in.ClusterPolicies) > 0:
+			i := m.r.IntN(len(in.ClusterPolicies))
+			in.ClusterPolicies = slices.Delete(slices.Clone(in.ClusterPolicies), i, i+1)
+			what = append(what, "remove cluster policy")
 		default:
 			what = append(what, "nothing")
 		}

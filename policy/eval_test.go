@@ -32,10 +32,10 @@ func referenceAllowed(in Input, f Flow) bool {
 		proto = tcp
 	}
 	policed := func(p *Pod) bool { return p != nil && p.Node == in.Node && p.HostIf != "" }
-	if policed(srcPod) && !refDirectionAllows(in, srcPod, tOut, dst, dstPod, proto, f.DstPort) {
+	if policed(srcPod) && !refTiersAllow(in, srcPod, tOut, dst, dstPod, proto, f.DstPort) {
 		return false
 	}
-	if policed(dstPod) && !refDirectionAllows(in, dstPod, tIn, src, srcPod, proto, f.DstPort) {
+	if policed(dstPod) && !refTiersAllow(in, dstPod, tIn, src, srcPod, proto, f.DstPort) {
 		return false
 	}
 	return true
@@ -366,6 +366,9 @@ func testAgainstReference(t *testing.T, mkWorld func() ([]Pod, []Namespace)) {
 	var comp Compiler
 	for iter := range 150 {
 		in := Input{Node: testNode, Pods: pods, Namespaces: nss, Policies: g.policies()}
+		if iter%3 != 0 {
+			in.ClusterPolicies = g.clusterPolicies()
+		}
 		rs := Compile(in)
 		checkValues(t, rs)
 		if got := comp.Compile(in); !reflect.DeepEqual(got, rs) {

@@ -37,15 +37,31 @@ func (rs *Ruleset) String() string {
 			ips[i] = a.String()
 		}
 		fmt.Fprintf(&b, "pod %s hostIf %s ips [%s]\n", k, p.HostIf, strings.Join(ips, " "))
-		fmt.Fprintf(&b, "  ingress: %s\n", describeDirection(p.IngressChain, p.Ingress))
-		fmt.Fprintf(&b, "  egress: %s\n", describeDirection(p.EgressChain, p.Egress))
+		fmt.Fprintf(&b, "  ingress: %s\n", describeDirection(p.IngressChain, p.IngressTailChain, p.AdminIngress, p.Ingress, p.BaselineIngress))
+		fmt.Fprintf(&b, "  egress: %s\n", describeDirection(p.EgressChain, p.EgressTailChain, p.AdminEgress, p.Egress, p.BaselineEgress))
 	}
 	return b.String()
 }
 
-func describeDirection(chain string, policies []string) string {
-	if len(policies) == 0 {
+// describeDirection: "open", or the chains and the policies of each tier
+// in the order they are evaluated ("TERN-PI-x by ns/p" for NetworkPolicy
+// alone).
+func describeDirection(chain, tail string, admin, policies, baseline []string) string {
+	if chain == "" {
 		return "open"
 	}
-	return chain + " by " + strings.Join(policies, ", ")
+	var parts []string
+	if len(admin) > 0 {
+		parts = append(parts, "Admin "+strings.Join(admin, ", "))
+	}
+	if len(policies) > 0 {
+		parts = append(parts, "by "+strings.Join(policies, ", "))
+	}
+	if len(baseline) > 0 {
+		parts = append(parts, "Baseline "+strings.Join(baseline, ", "))
+	}
+	if tail != "" {
+		chain += " then " + tail
+	}
+	return chain + " " + strings.Join(parts, "; ")
 }

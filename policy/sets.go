@@ -1,6 +1,7 @@
 package policy
 
 import (
+	"cmp"
 	"net/netip"
 	"slices"
 	"strconv"
@@ -66,7 +67,7 @@ func namedPortSetDef(v6 bool, peer *peerSpec, port portSpec) *setDef {
 	if peer != nil {
 		of = peer.key
 	}
-	key := "named port " + port.proto + "/" + port.name + " of " + of
+	key := "named port " + cmp.Or(port.proto, "any") + "/" + port.name + " of " + of
 	return &setDef{name: setName(v6, key), typ: "hash:ip,port", comment: comment(key), v6: v6,
 		kind: setNamedPort, peer: peer, port: port}
 }
@@ -154,7 +155,7 @@ func namedPortMembers(out []string, p *podInfo, v6 bool, port portSpec, block *p
 	}
 	for _, np := range p.pod.Ports {
 		proto, ok := protocolName(np.Protocol)
-		if !ok || proto != port.proto || np.Name != port.name || np.Port < 1 || np.Port > 65535 {
+		if !ok || (port.proto != "" && proto != port.proto) || np.Name != port.name || np.Port < 1 || np.Port > 65535 {
 			continue
 		}
 		suffix := "," + proto + ":" + strconv.Itoa(int(np.Port))

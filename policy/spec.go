@@ -17,10 +17,18 @@ import (
 // policyInfo is a policy compiled as far as it does not depend on the pod
 // it polices or on the family.
 type policyInfo struct {
-	key   string // "ns/name"
-	sel   *selector
-	dirs  [2]bool
-	rules [2][]ruleSpec
+	key string // "ns/name"; a ClusterNetworkPolicy's "name"
+	sel *selector
+	// A ClusterNetworkPolicy's tier (tierNetworkPolicy for a
+	// NetworkPolicy), priority, the selector of its subject's namespaces
+	// (nil for a NetworkPolicy) and what in it is not enforced as written
+	// (see ClusterPolicyProblem).
+	tier     tier
+	priority int32
+	nsSel    *selector
+	problems []string
+	dirs     [2]bool
+	rules    [2][]ruleSpec
 	// podDependent says that a direction's rules use named ingress ports,
 	// which resolve per pod; other directions are rendered once per family.
 	podDependent [2]bool
@@ -36,6 +44,8 @@ type policyInfo struct {
 
 // ruleSpec is one ingress or egress rule of a policy.
 type ruleSpec struct {
+	// action: a NetworkPolicy rule's is actAllow.
+	action action
 	// peers nil means every peer (no from/to); a rule with from/to whose
 	// peers are all invalid has allPeers false and no peers: it matches
 	// nothing.
@@ -89,7 +99,8 @@ type peerSpec struct {
 }
 
 // portSpec is one port entry: proto "" means every protocol (a rule without
-// ports); port 0 every port of proto; name a named port.
+// ports, or a named port of any protocol); port 0 every port of proto;
+// name a named port.
 type portSpec struct {
 	proto     string // "tcp", "udp" or "sctp"
 	port, end int32

@@ -15,6 +15,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
+	cnpv1 "sigs.k8s.io/network-policy-api/apis/v1alpha2"
 )
 
 // Input is the snapshot a node's ruleset is compiled from.
@@ -29,6 +30,9 @@ type Input struct {
 	// Policies are the API objects as they are (already validated by the API
 	// server).
 	Policies []*networkingv1.NetworkPolicy
+	// ClusterPolicies are the ClusterNetworkPolicies (of the Admin and
+	// Baseline tiers) as they are.
+	ClusterPolicies []*cnpv1.ClusterNetworkPolicy
 	// LogDrops adds a rate-limited NFLOG rule before each drop.
 	LogDrops bool
 	// IPv6 also compiles the IPv6 ruleset even when no pod has an IPv6
@@ -139,14 +143,19 @@ type Chain struct {
 type ChainKind uint8
 
 const (
-	// PodChain polices one pod in one direction: allow rules, then the
-	// drop.
+	// PodChain polices one pod in one direction: its Admin tier's rules
+	// and then its tail chain, or, without Admin rules, what a tail chain
+	// holds.
 	PodChain ChainKind = iota
 	// EntryChain is ChainPolicy.
 	EntryChain
 	// DispatchChain is a chain of a dispatch tree (see dispatch.go): it
 	// sends a pod's packets to its pod chain by the host veth's name.
 	DispatchChain
+	// TailChain polices one pod in one direction after its Admin tier
+	// (see tiers.go): NetworkPolicy's allow rules and the drop, or the
+	// Baseline tier's rules.
+	TailChain
 )
 
 // Rule is one rule of a chain: as values, what it matches and where it
@@ -289,11 +298,20 @@ func (r Rule) MatchesOnlyInterfaces() bool {
 
 // PodPolicy is the policy state of one local pod.
 type PodPolicy struct {
-	// Ingress/Egress: policies ("ns/name") that select the pod for that
-	// direction; empty means the pod is open in that direction.
+	// Ingress/Egress: NetworkPolicies ("ns/name") that select the pod for
+	// that direction.
 	Ingress, Egress []string
+	// AdminIngress, AdminEgress, BaselineIngress, BaselineEgress:
+	// ClusterNetworkPolicies of each tier whose rules of that direction
+	// apply to the pod, in the order they are evaluated (the Baseline
+	// tier's only when no NetworkPolicy isolates the pod in that
+	// direction). A pod is open in a direction none of the four names.
+	AdminIngress, AdminEgress, BaselineIngress, BaselineEgress []string
 	// IngressChain/EgressChain police the pod's traffic ("" when open).
 	IngressChain, EgressChain string
+	// IngressTailChain/EgressTailChain hold the tiers after the Admin tier
+	// when the pod has both ("" otherwise).
+	IngressTailChain, EgressTailChain string
 	// Sets are the sets the rules of those chains match, sorted.
 	Sets   []string
 	HostIf string
