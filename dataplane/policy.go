@@ -499,7 +499,8 @@ type rulesetFacts struct {
 	// chain).
 	narrowOnAdd map[string]bool
 	// simple: every rule ends in RETURN, DROP, REJECT, a log, nothing, or a
-	// jump (not a goto) to a chain of the ruleset, and only dispatch rules
+	// jump (not a goto, but for one without matches that ends a chain other
+	// than ChainPolicy) to a chain of the ruleset, and only dispatch rules
 	// (isDispatchRule: an interface or prefix, then a jump or goto to a
 	// chain of the ruleset) in ChainPolicy or in dispatch chains (chains
 	// of nothing else) match interfaces, as Compile's rulesets do. A
@@ -552,7 +553,7 @@ func validateRuleset(rs policy.Ruleset, haveV6 bool) (rulesetFacts, error) {
 	}
 	for _, c := range rs.Chains {
 		tree := c.Name != policy.ChainPolicy && len(c.Rules) > 0 && !slices.ContainsFunc(c.Rules, func(r policy.Rule) bool { return !isDispatchRule(r) })
-		for _, r := range c.Rules {
+		for j, r := range c.Rules {
 			if len(r.Args) == 0 {
 				errs = append(errs, fmt.Errorf("chain %s: a rule without arguments (not rendered)", c.Name))
 			}
@@ -565,7 +566,11 @@ func validateRuleset(rs policy.Ruleset, haveV6 bool) (rulesetFacts, error) {
 			allows := true
 			if t := r.Target; t != "" {
 				allows = t == "RETURN" || t == "ACCEPT" || t == "NFLOG" || t == "LOG"
-				chain := (dispatch || !r.Goto) && strings.HasPrefix(t, policy.ChainPrefix)
+				// A goto that ends a chain (not ChainPolicy) and matches
+				// nothing returns where falling off would: a jump (a
+				// pod chain going to its tail chain).
+				final := r.Goto && j == len(c.Rules)-1 && c.Name != policy.ChainPolicy && r.In == "" && r.Out == "" && r.MatchesOnlyInterfaces()
+				chain := (dispatch || !r.Goto || final) && strings.HasPrefix(t, policy.ChainPrefix)
 				if !chain && (dispatch || t != "RETURN" && t != "DROP" && t != "REJECT" && t != "NFLOG" && t != "LOG") {
 					facts.simple = false
 				}

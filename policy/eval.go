@@ -214,7 +214,7 @@ func (e *judge) run(c *Chain, depth int) (verdict, error) {
 			}
 			return verdictReturn, nil
 		case "DROP":
-			e.dropReason = e.describeDrop(c)
+			e.dropReason = e.describeDrop(c, r)
 			return verdictDrop, nil
 		case "NFLOG", "":
 			continue // not terminating
@@ -232,20 +232,26 @@ func (e *judge) run(c *Chain, depth int) (verdict, error) {
 	return verdictReturn, nil
 }
 
-// describeDrop says which pod's policies denied the flow.
-func (e *judge) describeDrop(c *Chain) string {
+// describeDrop says which pod's policies denied the flow: a Deny rule of a
+// ClusterNetworkPolicy tier (a drop with matches, or one before the
+// chain's end), or the drop that ends NetworkPolicy's rules.
+func (e *judge) describeDrop(c *Chain, r Rule) string {
 	var policies []string
 	switch {
 	case c.Name == ChainPolicy:
 		return "denied: connection cut by a policy change"
-	case e.srcKey != "" && c.Name == e.srcPod.EgressChain:
+	case e.srcKey != "" && (c.Name == e.srcPod.EgressChain || c.Name == e.srcPod.EgressTailChain):
 		policies = e.srcPod.Egress
-	case e.dstKey != "" && c.Name == e.dstPod.IngressChain:
+	case e.dstKey != "" && (c.Name == e.dstPod.IngressChain || c.Name == e.dstPod.IngressTailChain):
 		policies = e.dstPod.Ingress
 	}
 	what := c.Comment
 	if what == "" {
 		what = c.Name
+	}
+	last := len(c.Rules) > 0 && c.Rules[len(c.Rules)-1].Equal(r) && r.MatchesOnlyInterfaces() && r.In == "" && r.Out == ""
+	if !last {
+		return what + ": denied by `" + r.String() + "`"
 	}
 	if len(policies) == 0 {
 		return what + ": denied"
