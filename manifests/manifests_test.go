@@ -47,7 +47,8 @@ func TestManifestsInstall(t *testing.T) {
 		}
 	}
 	kubectl("apply", "-f", ".")
-	kubectl("wait", "--for=condition=Established", "--timeout=30s", "crd/bgppeers.tern.io", "crd/bgpconfigurations.tern.io")
+	kubectl("wait", "--for=condition=Established", "--timeout=30s", "crd/bgppeers.tern.io", "crd/bgpconfigurations.tern.io",
+		"crd/clusternetworkpolicies.policy.networking.k8s.io")
 
 	for _, c := range []struct {
 		verb, resource, ns string
@@ -62,6 +63,16 @@ func TestManifestsInstall(t *testing.T) {
 		{"list", "networkpolicies.networking.k8s.io", "", "yes"},
 		{"list", "endpointslices.discovery.k8s.io", "", "yes"},
 		{"watch", "bgppeers.tern.io", "", "yes"},
+		{"watch", "clusternetworkpolicies.policy.networking.k8s.io", "", "yes"},
+		{"list", "clusternetworkpolicies.policy.networking.k8s.io", "", "yes"},
+		{"patch", "clusternetworkpolicies.policy.networking.k8s.io --subresource=status", "", "yes"},
+		{"patch", "clusternetworkpolicies.policy.networking.k8s.io", "", "no"},
+		{"create", "clusternetworkpolicies.policy.networking.k8s.io", "", "no"},
+		{"update", "leases.coordination.k8s.io/tern-agent-status", "tern-system", "yes"},
+		{"get", "leases.coordination.k8s.io/tern-agent-status", "tern-system", "yes"},
+		{"create", "leases.coordination.k8s.io", "tern-system", "yes"},
+		{"update", "leases.coordination.k8s.io/kube-controller-manager", "kube-system", "no"},
+		{"update", "leases.coordination.k8s.io/other", "tern-system", "no"},
 		{"patch", "nodes --subresource=status", "", "yes"},
 		{"update", "nodes --subresource=status", "", "no"},
 		{"list", "secrets", "tern-system", "yes"},

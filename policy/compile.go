@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"maps"
 	"slices"
+	"strconv"
 	"strings"
 
 	networkingv1 "k8s.io/api/networking/v1"
@@ -43,7 +44,8 @@ func Compile(in Input) Ruleset {
 // The Compiler relies on the API's conventions: a policy with a
 // ResourceVersion is not modified in place (a changed policy comes as a new
 // object or with a new ResourceVersion; one without a ResourceVersion is
-// compiled each time). Pods are compared by content. The results share
+// compiled each time); a ClusterNetworkPolicy's spec changes only with its
+// generation (one without a UID and generation is compiled each time). Pods are compared by content. The results share
 // memory with each other: treat them as read-only. The zero value is ready
 // to use; a Compiler is not safe for concurrent use.
 type Compiler struct {
@@ -79,11 +81,22 @@ type policyEntry struct {
 	pi *policyInfo
 }
 
-// clusterEntry is a ClusterNetworkPolicy object and what it compiled to.
+// clusterEntry is a ClusterNetworkPolicy's version and what it compiled
+// to.
 type clusterEntry struct {
-	cnp *cnpv1.ClusterNetworkPolicy
-	rv  string
-	pi  *policyInfo
+	version string
+	pi      *policyInfo
+}
+
+// clusterVersion tells versions of a ClusterNetworkPolicy's spec apart:
+// its UID and generation, which its status (written by an agent, new
+// objects for every other agent's cache) leaves as they are; "" (compiled
+// each time) for an object without them.
+func clusterVersion(cnp *cnpv1.ClusterNetworkPolicy) string {
+	if cnp.UID == "" || cnp.Generation == 0 {
+		return ""
+	}
+	return string(cnp.UID) + "/" + strconv.FormatInt(cnp.Generation, 10)
 }
 
 // compileState is what a Compiler derived from its last snapshot: valid
@@ -209,7 +222,7 @@ func (c *Compiler) sameClusterPolicies(policies []*cnpv1.ClusterNetworkPolicy) b
 		}
 		n++
 		e := c.cluster[cnp.Name]
-		if e == nil || e.cnp != cnp || e.rv == "" || e.rv != cnp.ResourceVersion {
+		if e == nil || e.version == "" || e.version != clusterVersion(cnp) {
 			return false
 		}
 	}
@@ -279,8 +292,8 @@ func (c *Compiler) fresh(in Input, v6 bool) Ruleset {
 			continue
 		}
 		e := c.cluster[cnp.Name]
-		if e == nil || e.cnp != cnp || e.rv == "" || e.rv != cnp.ResourceVersion {
-			e = &clusterEntry{cnp: cnp, rv: cnp.ResourceVersion, pi: compileClusterPolicy(cnp)}
+		if v := clusterVersion(cnp); e == nil || e.version == "" || e.version != v {
+			e = &clusterEntry{version: v, pi: compileClusterPolicy(cnp)}
 		}
 		cmemo[cnp.Name] = e
 		cpis = append(cpis, e.pi)

@@ -12,6 +12,7 @@ import (
 
 	"github.com/tern-net/tern/hostveth"
 	networkingv1 "k8s.io/api/networking/v1"
+	k8stypes "k8s.io/apimachinery/pkg/types"
 	cnpv1 "sigs.k8s.io/network-policy-api/apis/v1alpha2"
 )
 
@@ -44,7 +45,7 @@ func newMutator(seed uint64) *mutator {
 func (m *mutator) addClusterPolicies() {
 	for _, p := range m.g.clusterPolicies() {
 		m.rv++
-		p.ResourceVersion = strconv.Itoa(m.rv)
+		p.ResourceVersion, p.UID, p.Generation = strconv.Itoa(m.rv), k8stypes.UID("uid-"+p.Name), int64(m.rv)
 		m.in.ClusterPolicies = slices.DeleteFunc(slices.Clone(m.in.ClusterPolicies), func(o *cnpv1.ClusterNetworkPolicy) bool { return o.Name == p.Name })
 		m.in.ClusterPolicies = append(m.in.ClusterPolicies, p)
 	}

@@ -570,3 +570,29 @@ func tierCases() []compileCase {
 		},
 	}
 }
+
+// TestCompilerKeepsClusterPolicyOnStatusChange: a ClusterNetworkPolicy
+// whose status changed (a new object, a new resourceVersion, the same
+// generation) compiles to nothing new; a new generation compiles afresh.
+func TestCompilerKeepsClusterPolicyOnStatusChange(t *testing.T) {
+	pods, nss := world()
+	p := cnp("deny", admin, 1, sel(""), nil, cIngress(cr(deny, cpeers(cNS(sel("team=b"))))))
+	p.UID, p.Generation, p.ResourceVersion = "u1", 1, "10"
+	in := Input{Node: testNode, Pods: pods, Namespaces: nss, ClusterPolicies: []*cnpv1.ClusterNetworkPolicy{p}}
+	var c Compiler
+	first := c.Compile(in)
+	q := p.DeepCopy()
+	q.ResourceVersion = "11"
+	q.Status.Conditions = []metav1.Condition{{Type: "tern.io/Accepted", Status: metav1.ConditionTrue}}
+	in.ClusterPolicies = []*cnpv1.ClusterNetworkPolicy{q}
+	if got := c.Compile(in); c.stats.fresh != 1 || c.stats.same != 1 || !slices.EqualFunc(got.Chains, first.Chains, func(a, b Chain) bool { return a.Name == b.Name }) {
+		t.Fatalf("status change: %+v", c.stats)
+	}
+	r := q.DeepCopy()
+	r.Generation, r.ResourceVersion = 2, "12"
+	r.Spec.Ingress = nil
+	in.ClusterPolicies = []*cnpv1.ClusterNetworkPolicy{r}
+	if got := c.Compile(in); c.stats.fresh != 2 || len(got.Chains) != 1 || got.Chains[0].Name != ChainPolicy {
+		t.Fatalf("new generation: %+v, chains %d", c.stats, len(got.Chains))
+	}
+}

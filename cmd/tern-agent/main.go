@@ -106,7 +106,11 @@ func run(args []string) error {
 		if !cfg.BGP {
 			*secretNamespace = "" // no passwords to read
 		}
-		cluster = k8s.NewWatcher(client, dyn, cfg.NodeName, *secretNamespace, log)
+		w := k8s.NewWatcher(client, dyn, cfg.NodeName, *secretNamespace, log)
+		if cfg.NetworkPolicy {
+			w.WriteClusterPolicyStatus(envOr("POD_NAMESPACE", "tern-system"))
+		}
+		cluster = w
 	} else if *kubeconfig != "" {
 		return fmt.Errorf("--pod-cidr (standalone mode) and --kubeconfig exclude each other")
 	}

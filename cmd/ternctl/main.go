@@ -160,29 +160,54 @@ func printJSON(out io.Writer, v any) error {
 	return enc.Encode(v)
 }
 
-// printPolicy prints which policies select a pod and the rules in force.
+// printPolicy prints which policies apply to a pod, tier by tier in the
+// order they are evaluated, and the rules in force.
 func printPolicy(out io.Writer, v agentapi.PodPolicy) {
 	fmt.Fprintf(out, "pod %s (host veth %s, %s)\n", v.Pod, v.HostIf, joinAddrs(v.IPs, ", "))
 	for _, d := range []struct {
-		name, chain   string
-		policies      []string
-		rules, rules6 []string
-	}{{"ingress", v.IngressChain, v.Ingress, v.IngressRules, v.IngressRulesIPv6}, {"egress", v.EgressChain, v.Egress, v.EgressRules, v.EgressRulesIPv6}} {
-		if len(d.policies) == 0 {
-			fmt.Fprintf(out, "\n%s: open (no policy selects the pod for %s)\n", d.name, d.name)
+		name, chain, tail     string
+		admin, np, baseline   []string
+		rules, rules6         []string
+		tailRules, tailRules6 []string
+	}{
+		{"ingress", v.IngressChain, v.IngressTailChain, v.AdminIngress, v.Ingress, v.BaselineIngress,
+			v.IngressRules, v.IngressRulesIPv6, v.IngressTailRules, v.IngressTailRulesIPv6},
+		{"egress", v.EgressChain, v.EgressTailChain, v.AdminEgress, v.Egress, v.BaselineEgress,
+			v.EgressRules, v.EgressRulesIPv6, v.EgressTailRules, v.EgressTailRulesIPv6},
+	} {
+		if len(d.admin)+len(d.np)+len(d.baseline) == 0 {
+			fmt.Fprintf(out, "\n%s: open (no policy applies to the pod's %s)\n", d.name, d.name)
 			continue
 		}
-		fmt.Fprintf(out, "\n%s: isolated by %s\n", d.name, strings.Join(d.policies, ", "))
-		// The IPv4 chain (iptables), and on a node with IPv6 pods the
-		// IPv6 chain of the same name (ip6tables).
+		if len(d.admin)+len(d.baseline) == 0 {
+			fmt.Fprintf(out, "\n%s: isolated by %s\n", d.name, strings.Join(d.np, ", "))
+		} else {
+			// The tiers in evaluation order; NetworkPolicy decides for a
+			// pod it isolates, the default allows what no tier decided.
+			fmt.Fprintf(out, "\n%s:\n", d.name)
+			if len(d.admin) > 0 {
+				fmt.Fprintf(out, "  1. Admin tier: %s\n", strings.Join(d.admin, ", "))
+			}
+			if len(d.np) > 0 {
+				fmt.Fprintf(out, "  2. NetworkPolicy: isolated by %s (denies what they do not allow)\n", strings.Join(d.np, ", "))
+			} else {
+				fmt.Fprintf(out, "  2. NetworkPolicy: none selects the pod\n")
+				if len(d.baseline) > 0 {
+					fmt.Fprintf(out, "  3. Baseline tier: %s\n", strings.Join(d.baseline, ", "))
+				}
+				fmt.Fprintf(out, "  then: allowed\n")
+			}
+		}
+		// The IPv4 chains (iptables), and on a node with IPv6 pods the
+		// IPv6 chains of the same names (ip6tables).
 		for _, c := range []struct {
-			fam   string
-			rules []string
-		}{{"IPv4", d.rules}, {"IPv6", d.rules6}} {
+			chain, fam string
+			rules      []string
+		}{{d.chain, "IPv4", d.rules}, {d.chain, "IPv6", d.rules6}, {d.tail, "IPv4", d.tailRules}, {d.tail, "IPv6", d.tailRules6}} {
 			if len(c.rules) == 0 {
 				continue
 			}
-			fmt.Fprintf(out, "  chain %s (%s):\n", d.chain, c.fam)
+			fmt.Fprintf(out, "  chain %s (%s):\n", c.chain, c.fam)
 			for _, r := range c.rules {
 				fmt.Fprintf(out, "    %s\n", r)
 			}

@@ -201,3 +201,25 @@ func TestPrintPolicyFamilies(t *testing.T) {
 		}
 	}
 }
+
+// policy show lists the tiers in the order they are evaluated, then the
+// chain and the tail chain.
+func TestPrintPolicyTiers(t *testing.T) {
+	var b strings.Builder
+	printPolicy(&b, agentapi.PodPolicy{Pod: "x/a", HostIf: "terna",
+		AdminIngress: []string{"no-metadata", "tenants"}, Ingress: []string{"x/from-b"}, IngressChain: "TERN-PI-x", IngressTailChain: "TERN-PIT-x",
+		IngressRules: []string{"-m set --match-set tern-t src -j DROP", "-g TERN-PIT-x"}, IngressTailRules: []string{"-m set --match-set tern-b src -j RETURN", "-j DROP"},
+		AdminEgress: []string{"no-metadata"}, BaselineEgress: []string{"default-deny"}, EgressChain: "TERN-PE-x",
+		EgressRules: []string{"-m set --match-set tern-m dst -j DROP", "-j TERN-PET-x"}})
+	out := b.String()
+	for _, w := range []string{
+		"ingress:\n  1. Admin tier: no-metadata, tenants\n  2. NetworkPolicy: isolated by x/from-b (denies what they do not allow)\n" +
+			"  chain TERN-PI-x (IPv4):\n    -m set --match-set tern-t src -j DROP\n    -g TERN-PIT-x\n" +
+			"  chain TERN-PIT-x (IPv4):\n    -m set --match-set tern-b src -j RETURN\n    -j DROP\n",
+		"egress:\n  1. Admin tier: no-metadata\n  2. NetworkPolicy: none selects the pod\n  3. Baseline tier: default-deny\n  then: allowed\n",
+	} {
+		if !strings.Contains(out, w) {
+			t.Errorf("policy show lacks %q:\n%s", w, out)
+		}
+	}
+}

@@ -249,11 +249,14 @@ func podPolicyView(rs *policy.Ruleset, id string) (agentapi.PodPolicy, error) {
 		}
 		return agentapi.PodPolicy{}, fmt.Errorf("pod %s is not a pod of this node's network (not on this node, hostNetwork, or unknown)", id)
 	}
-	v := agentapi.PodPolicy{Pod: id, HostIf: pp.HostIf, IPs: pp.IPs, Ingress: pp.Ingress, Egress: pp.Egress}
+	v := agentapi.PodPolicy{Pod: id, HostIf: pp.HostIf, IPs: pp.IPs, Ingress: pp.Ingress, Egress: pp.Egress,
+		AdminIngress: pp.AdminIngress, AdminEgress: pp.AdminEgress, BaselineIngress: pp.BaselineIngress, BaselineEgress: pp.BaselineEgress,
+		IngressTailChain: pp.IngressTailChain, EgressTailChain: pp.EgressTailChain}
 	for _, d := range []struct {
 		chain     string
 		out, out6 *[]string
-	}{{pp.IngressChain, &v.IngressRules, &v.IngressRulesIPv6}, {pp.EgressChain, &v.EgressRules, &v.EgressRulesIPv6}} {
+	}{{pp.IngressChain, &v.IngressRules, &v.IngressRulesIPv6}, {pp.EgressChain, &v.EgressRules, &v.EgressRulesIPv6},
+		{pp.IngressTailChain, &v.IngressTailRules, &v.IngressTailRulesIPv6}, {pp.EgressTailChain, &v.EgressTailRules, &v.EgressTailRulesIPv6}} {
 		for _, c := range rs.Chains {
 			if c.Name != d.chain || d.chain == "" {
 				continue

@@ -304,19 +304,36 @@ type PodPolicy struct {
 	Pod    string       `json:"pod"`
 	HostIf string       `json:"hostIf"`
 	IPs    []netip.Addr `json:"ips"`
-	// Ingress/Egress: the policies ("namespace/name") selecting the pod in
-	// that direction; none means the pod is open in that direction.
-	Ingress      []string `json:"ingress"`
-	Egress       []string `json:"egress"`
-	IngressChain string   `json:"ingressChain,omitempty"`
-	EgressChain  string   `json:"egressChain,omitempty"`
-	IngressRules []string `json:"ingressRules,omitempty"`
-	EgressRules  []string `json:"egressRules,omitempty"`
+	// Ingress/Egress: the NetworkPolicies ("namespace/name") selecting the
+	// pod in that direction.
+	Ingress []string `json:"ingress"`
+	Egress  []string `json:"egress"`
+	// The ClusterNetworkPolicies whose rules of a direction apply to the
+	// pod, by tier, in the order they are evaluated (the Baseline tier's
+	// only when no NetworkPolicy isolates the pod). A direction none of
+	// these name is open.
+	AdminIngress    []string `json:"adminIngress,omitempty"`
+	AdminEgress     []string `json:"adminEgress,omitempty"`
+	BaselineIngress []string `json:"baselineIngress,omitempty"`
+	BaselineEgress  []string `json:"baselineEgress,omitempty"`
+	IngressChain    string   `json:"ingressChain,omitempty"`
+	EgressChain     string   `json:"egressChain,omitempty"`
+	IngressRules    []string `json:"ingressRules,omitempty"`
+	EgressRules     []string `json:"egressRules,omitempty"`
 	// The rules of the IPv6 chains of the same names (ip6tables), on a
 	// node with IPv6 pods; the fields above are the IPv4 chains'.
-	IngressRulesIPv6 []string    `json:"ingressRulesIPv6,omitempty"`
-	EgressRulesIPv6  []string    `json:"egressRulesIPv6,omitempty"`
-	Sets             []PolicySet `json:"sets,omitempty"`
+	IngressRulesIPv6 []string `json:"ingressRulesIPv6,omitempty"`
+	EgressRulesIPv6  []string `json:"egressRulesIPv6,omitempty"`
+	// The tail chains (the tiers after the Admin tier, gone to from the
+	// chains above) of a pod with Admin rules and later ones, with their
+	// rules of each family.
+	IngressTailChain     string      `json:"ingressTailChain,omitempty"`
+	EgressTailChain      string      `json:"egressTailChain,omitempty"`
+	IngressTailRules     []string    `json:"ingressTailRules,omitempty"`
+	EgressTailRules      []string    `json:"egressTailRules,omitempty"`
+	IngressTailRulesIPv6 []string    `json:"ingressTailRulesIPv6,omitempty"`
+	EgressTailRulesIPv6  []string    `json:"egressTailRulesIPv6,omitempty"`
+	Sets                 []PolicySet `json:"sets,omitempty"`
 }
 
 // PolicySet is an ipset the pod's rules use.

@@ -174,6 +174,9 @@ type Watcher struct {
 	crdsOn     atomic.Bool
 	crdsAbsent atomic.Bool // discovery says the API does not serve them (yet)
 
+	// ClusterNetworkPolicies (cnp.go).
+	cnp cnpWatch
+
 	// The Secrets of BGP passwords, in secretNamespace only; nil without one.
 	secretNamespace string
 	secretsInf      informers.SharedInformerFactory
@@ -255,6 +258,10 @@ func (w *Watcher) Start(ctx context.Context, changed func()) error {
 		}
 	}()
 	go w.watchCustomResources(ctx, h)
+	go w.watchClusterPolicies(ctx, h)
+	if w.cnp.statusNS != "" {
+		go w.runStatus(ctx)
+	}
 	if w.secretsInf != nil {
 		if _, err := w.secretsInf.Core().V1().Secrets().Informer().AddEventHandler(h); err != nil {
 			return fmt.Errorf("informer handler: %w", err)

@@ -8,12 +8,18 @@ import (
 	"github.com/tern-net/tern/policy"
 )
 
-// PolicyInput is the NetworkPolicy snapshot from the caches: every pod of the
+// PolicyInput is the policy snapshot from the caches: every pod of the
 // cluster that has or may get an address (not finished), every namespace's
-// labels, every NetworkPolicy. Node is this node; HostIf and the IPs of local
+// labels, every NetworkPolicy and ClusterNetworkPolicy (it fails with
+// ErrClusterPoliciesNotSynced until those are known). Node is this node; HostIf and the IPs of local
 // pods that the API does not show yet are the caller's to fill in.
 func (w *Watcher) PolicyInput() (policy.Input, error) {
 	in := policy.Input{Node: w.nodeName}
+	cnps, err := w.ClusterPolicies()
+	if err != nil {
+		return in, err
+	}
+	in.ClusterPolicies = cnps
 	for _, o := range w.podsInf.GetStore().List() {
 		p := o.(*corev1.Pod)
 		if p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed {
