@@ -4,8 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"log/slog"
 	"io"
+	"log/slog"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -92,7 +92,7 @@ func TestClusterPoliciesWatchedAndStatusWritten(t *testing.T) {
 			"protocols": []any{map[string]any{"tcp": map[string]any{"destinationPort": map[string]any{"range": map[string]any{"start": int64(8000), "end": int64(8100)}}}}}}}})
 	create("nodes-pass", map[string]any{"tier": "Baseline", "priority": int64(1),
 		"subject": map[string]any{"pods": map[string]any{"namespaceSelector": map[string]any{}, "podSelector": map[string]any{"matchLabels": map[string]any{"app": "db"}}}},
-		"egress": []any{map[string]any{"action": "Pass", "to": []any{map[string]any{"nodes": map[string]any{}}}}}})
+		"egress":  []any{map[string]any{"action": "Pass", "to": []any{map[string]any{"nodes": map[string]any{}}}}}})
 
 	// The snapshot has both, typed.
 	var got map[string]*cnpv1.ClusterNetworkPolicy
