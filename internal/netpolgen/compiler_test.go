@@ -20,7 +20,7 @@ import (
 func TestCompilerAgrees(t *testing.T) {
 	w := dualWorld()
 	const node = "n1"
-	g := NewGenerator(2026, w)
+	g := NewGenerator(2026, w).WithClusterPolicies(true)
 	targets := []Target{}
 	for _, v6 := range []bool{false, true} {
 		for _, proto := range []corev1.Protocol{corev1.ProtocolTCP, corev1.ProtocolUDP, corev1.ProtocolSCTP} {
@@ -34,7 +34,7 @@ func TestCompilerAgrees(t *testing.T) {
 	for i := range 300 {
 		c := g.Next()
 		cw := w.Apply(c.Labels)
-		in := policy.Input{Node: node, Policies: c.Policies}
+		in := policy.Input{Node: node, Policies: c.Policies, ClusterPolicies: c.ClusterPolicies}
 		for _, n := range cw.Namespaces {
 			in.Namespaces = append(in.Namespaces, policy.Namespace{Name: n.Name, Labels: n.Labels})
 		}
@@ -61,7 +61,7 @@ func TestCompilerAgrees(t *testing.T) {
 					if !ok1 || !ok2 {
 						continue // no such connection
 					}
-					want := Allowed(cw, c.Policies, from, to, tg)
+					want := c.Allowed(cw, from, to, tg)
 					got, why := ev.Allowed(policy.Flow{Src: src, Dst: dst, Protocol: tg.Protocol, DstPort: tg.Port})
 					flows++
 					byFamily[tg.IPv6]++

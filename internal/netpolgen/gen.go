@@ -14,6 +14,7 @@ import (
 	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
+	cnpv1 "sigs.k8s.io/network-policy-api/apis/v1alpha2"
 )
 
 // GenLabel is the label key a case adds to (and removes from) pods and
@@ -40,10 +41,18 @@ func (c LabelChange) String() string {
 	return fmt.Sprintf("%s: label %s=%s", what, c.Key, c.Value)
 }
 
-// Case is one generated case: label changes, then policies.
+// Case is one generated case: label changes, then policies (and, from a
+// generator WithClusterPolicies, ClusterNetworkPolicies).
 type Case struct {
-	Labels   []LabelChange
-	Policies []*networkingv1.NetworkPolicy
+	Labels          []LabelChange
+	Policies        []*networkingv1.NetworkPolicy
+	ClusterPolicies []*cnpv1.ClusterNetworkPolicy
+}
+
+// Allowed is the model's verdict on a connection under the case (in the
+// world after its label changes): AllowedAll.
+func (c Case) Allowed(w World, from, to Pod, t Target) bool {
+	return AllowedAll(w, c.Policies, c.ClusterPolicies, from, to, t)
 }
 
 // String is the case in full, for a failure message: the label changes and
@@ -53,7 +62,14 @@ func (c Case) String() string {
 	for _, l := range c.Labels {
 		fmt.Fprintf(&b, "%s\n", l)
 	}
+	var objs []any
 	for _, p := range c.Policies {
+		objs = append(objs, p)
+	}
+	for _, p := range c.ClusterPolicies {
+		objs = append(objs, p)
+	}
+	for _, p := range objs {
 		j, err := json.MarshalIndent(p, "", "  ")
 		if err != nil {
 			j = []byte(err.Error())
@@ -110,6 +126,17 @@ type Generator struct {
 	// the label keys and values that the world's pods and namespaces
 	// carry (and GenLabel), for selectors that sometimes match
 	podLabels, nsLabels map[string][]string
+	// cluster: cases have ClusterNetworkPolicies too; clusterNamed: with
+	// destinationNamedPort (the experimental channel's).
+	cluster, clusterNamed bool
+}
+
+// WithClusterPolicies makes the generator's cases have zero to two
+// ClusterNetworkPolicies besides the NetworkPolicies (namedPorts: some use
+// destinationNamedPort, which only the experimental channel's CRD keeps).
+func (g *Generator) WithClusterPolicies(namedPorts bool) *Generator {
+	g.cluster, g.clusterNamed = true, namedPorts
+	return g
 }
 
 // NewGenerator returns a generator of cases over w.
@@ -166,6 +193,11 @@ func (g *Generator) Next() Case {
 	n := 1 + g.r.IntN(3)
 	for i := range n {
 		c.Policies = append(c.Policies, g.policy(fmt.Sprintf("gen-%d", i)))
+	}
+	if g.cluster {
+		for i := range g.r.IntN(3) {
+			c.ClusterPolicies = append(c.ClusterPolicies, g.clusterPolicy(clusterPolicyName(i)))
+		}
 	}
 	return c
 }
