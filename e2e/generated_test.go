@@ -5,11 +5,13 @@ import (
 	"fmt"
 	"os"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
 
+	"github.com/tern-net/tern/internal/kubetest"
 	"github.com/tern-net/tern/internal/netpolgen"
 )
 
@@ -34,17 +36,22 @@ func TestGeneratedPolicies(t *testing.T) {
 	fx := policyPods(t)
 	w := fixtureWorld(t, fx)
 	t.Logf("seed %d, %d cases; replay: TERN_NETPOL_SEED=%d TERN_NETPOL_CASES=%d go test ./e2e -run TestGeneratedPolicies", seed, cases, seed, cases)
-	g := netpolgen.NewGenerator(seed, w)
+	// ClusterNetworkPolicies among the NetworkPolicies, without named
+	// ports (an experimental-channel field the lab's CRD does not keep).
+	g := netpolgen.NewGenerator(seed, w).WithClusterPolicies(false)
 	t0 := time.Now()
+	cnps := 0
 	for i := range cases {
 		c := g.Next()
+		cnps += len(c.ClusterPolicies)
 		ok := t.Run(fmt.Sprintf("case%d", i), func(t *testing.T) { runGenerated(t, fx, w, c, fmt.Sprintf("seed %d case %d", seed, i)) })
 		if !ok {
 			t.Fatalf("seed %d, case %d failed; replay: TERN_NETPOL_SEED=%d TERN_NETPOL_CASES=%d go test ./e2e -run TestGeneratedPolicies\nthe case:\n%s",
 				seed, i, seed, i+1, c)
 		}
 	}
-	generated = fmt.Sprintf("%d generated NetworkPolicy cases (e2e/generated_test.go, seed %d) passed in %s", cases, seed, time.Since(t0).Round(time.Second))
+	generated = fmt.Sprintf("%d generated cases of NetworkPolicies and ClusterNetworkPolicies (e2e/generated_test.go, seed %d; %d ClusterNetworkPolicies in all) passed in %s",
+		cases, seed, cnps, time.Since(t0).Round(time.Second))
 	t.Log(generated)
 }
 
@@ -78,7 +85,14 @@ func runGenerated(t *testing.T, fx *policyFixture, w netpolgen.World, c netpolge
 	for _, l := range c.Labels {
 		relabel(t, w, l, false)
 	}
-	list := map[string]any{"apiVersion": "v1", "kind": "List", "items": c.Policies}
+	items := []any{}
+	for _, p := range c.Policies {
+		items = append(items, p)
+	}
+	for _, p := range c.ClusterPolicies {
+		items = append(items, p)
+	}
+	list := map[string]any{"apiVersion": "v1", "kind": "List", "items": items}
 	j, err := json.Marshal(list)
 	if err != nil {
 		t.Fatal(err)
@@ -94,8 +108,24 @@ func runGenerated(t *testing.T, fx *policyFixture, w netpolgen.World, c netpolge
 	fx.expect(t, what, func(from, to podRef, tg target) bool {
 		src := byID[from.String()]
 		// The probes go to the pods' first addresses (the model's only ones).
-		return netpolgen.Allowed(cw, c.Policies, src, byID[to.String()], netpolgen.Target{Port: int32(tg.Port), Protocol: corev1.Protocol(tg.Proto), IPv6: src.IPs[0].Is6()})
+		return c.Allowed(cw, src, byID[to.String()], netpolgen.Target{Port: int32(tg.Port), Protocol: corev1.Protocol(tg.Proto), IPv6: src.IPs[0].Is6()})
 	})
+	// Every ClusterNetworkPolicy's status says tern enforces it as
+	// written (the agent holding the status Lease wrote it).
+	for _, p := range c.ClusterPolicies {
+		var got string
+		if err := kubetest.EventuallyErr(30*time.Second, func() error {
+			got = kubectl(t, "", "get", "clusternetworkpolicies.policy.networking.k8s.io", p.Name, "-o",
+				`jsonpath={.metadata.generation} {range .status.conditions[?(@.type=="tern.io/Accepted")]}{.observedGeneration} {.status} {.reason}{end}`)
+			f := strings.Fields(got)
+			if len(f) != 4 || f[0] != f[1] || f[2] != "True" || f[3] != "Enforced" {
+				return fmt.Errorf("%s: generation, condition: %q", p.Name, got)
+			}
+			return nil
+		}); err != nil {
+			t.Errorf("the status of a generated ClusterNetworkPolicy: %v", err)
+		}
+	}
 }
 
 // relabel makes a label change on the lab, or with undo puts back what w

@@ -131,6 +131,7 @@ func (fx *policyFixture) reset(t *testing.T) {
 	for _, n := range append(slices.Clone(policyNamespaces), "default") {
 		kubectl(t, "", "delete", "networkpolicy", "--all", "-n", n)
 	}
+	kubectl(t, "", "delete", "clusternetworkpolicies.policy.networking.k8s.io", "--all")
 	expectMatrix(t, fx.pods, fx.info, "policies deleted", allowAll)
 }
 
