@@ -25,6 +25,18 @@ func BenchmarkCompile(b *testing.B) {
 	b.ReportMetric(float64(len(rs.Sets)), "sets")
 }
 
+// BenchmarkCompileClusterPolicies is BenchmarkCompile with the 50
+// ClusterNetworkPolicies on top of the 500 NetworkPolicies.
+func BenchmarkCompileClusterPolicies(b *testing.B) {
+	in := policytest.Cluster(policytest.Options{ClusterPolicies: true})
+	var rs policy.Ruleset
+	for b.Loop() {
+		rs = policy.Compile(in)
+	}
+	b.ReportMetric(float64(len(rs.Chains)), "chains")
+	b.ReportMetric(float64(len(rs.Sets)), "sets")
+}
+
 func BenchmarkCompileDualStack(b *testing.B) {
 	in := policytest.Cluster(policytest.Options{DualStack: true})
 	for b.Loop() {

@@ -13,12 +13,19 @@ import (
 )
 
 // TestCompilerAtScale: the benchmarks' cluster, then pods added, changed
-// and removed one at a time, remote and local.
+// and removed one at a time, remote and local; without and with its
+// ClusterNetworkPolicies.
 func TestCompilerAtScale(t *testing.T) {
 	if testing.Short() {
 		t.Skip("compiles the benchmarks' cluster 60 times")
 	}
-	in := policytest.Cluster(policytest.Options{ResourceVersions: true})
+	for _, cluster := range []bool{false, true} {
+		t.Run(fmt.Sprintf("cluster-policies=%t", cluster), func(t *testing.T) { testCompilerAtScale(t, cluster) })
+	}
+}
+
+func testCompilerAtScale(t *testing.T, cluster bool) {
+	in := policytest.Cluster(policytest.Options{ResourceVersions: true, ClusterPolicies: cluster})
 	template := in.Pods
 	var c policy.Compiler
 	check := func(what string) {

@@ -13,7 +13,9 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	k8stypes "k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/intstr"
+	cnpv1 "sigs.k8s.io/network-policy-api/apis/v1alpha2"
 
 	"github.com/tern-net/tern/hostveth"
 	"github.com/tern-net/tern/policy"
@@ -35,9 +37,17 @@ type Options struct {
 	// DualStack gives every pod an IPv6 address after its IPv4 one.
 	DualStack bool
 	// ResourceVersions gives every policy a ResourceVersion, as from the
-	// API (a reused policy.Compiler relies on them); without, none has one.
+	// API (a reused policy.Compiler relies on them), and every
+	// ClusterNetworkPolicy a UID and generation; without, none has one.
 	ResourceVersions bool
+	// ClusterPolicies adds ClusterPolicyCount ClusterNetworkPolicies, half
+	// of each tier (ClusterPolicies).
+	ClusterPolicies bool
 }
+
+// ClusterPolicyCount is how many ClusterNetworkPolicies
+// Options.ClusterPolicies adds.
+const ClusterPolicyCount = 50
 
 // Cluster is the synthetic cluster as seen from Node. Pod j of node n is
 // Pod(n*PerNode+j, n, 10.244.(n*4+j/250).(j%250+1)).
@@ -62,12 +72,85 @@ func Cluster(o Options) policy.Input {
 	for i := range Namespaces {
 		in.Policies = append(in.Policies, policies(i)...)
 	}
+	if o.ClusterPolicies {
+		in.ClusterPolicies = ClusterPolicies()
+	}
 	if o.ResourceVersions {
 		for k, np := range in.Policies {
 			np.ResourceVersion = strconv.Itoa(1000 + k)
 		}
+		for k, p := range in.ClusterPolicies {
+			p.ResourceVersion, p.UID, p.Generation = strconv.Itoa(5000+k), k8stypes.UID("cnp-"+p.Name), 1
+		}
 	}
 	return in
+}
+
+// ClusterPolicies are ClusterPolicyCount ClusterNetworkPolicies of ten
+// shapes, five per tier, the shapes an operator writes: a metadata and a
+// node-range deny for every pod, tenant isolation by team with a Pass for
+// the same team, monitoring let in, and, in the Baseline tier, default
+// denies between namespaces that NetworkPolicy may open, and DNS let out.
+func ClusterPolicies() []*cnpv1.ClusterNetworkPolicy {
+	var out []*cnpv1.ClusterNetworkPolicy
+	for i := range ClusterPolicyCount / 10 {
+		team := fmt.Sprintf("t%d", i%5)
+		teamNS := &metav1.LabelSelector{MatchLabels: map[string]string{"team": team}}
+		all := &metav1.LabelSelector{}
+		nsPeer := func(s *metav1.LabelSelector) cnpv1.ClusterNetworkPolicyIngressPeer {
+			return cnpv1.ClusterNetworkPolicyIngressPeer{Namespaces: s}
+		}
+		tcpPort := func(n int32) []cnpv1.ClusterNetworkPolicyProtocol {
+			return []cnpv1.ClusterNetworkPolicyProtocol{{TCP: &cnpv1.ClusterNetworkPolicyProtocolTCP{DestinationPort: &cnpv1.Port{Number: n}}}}
+		}
+		mk := func(name string, tier cnpv1.Tier, prio int32, subject cnpv1.ClusterNetworkPolicySubject) *cnpv1.ClusterNetworkPolicy {
+			p := &cnpv1.ClusterNetworkPolicy{ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("%s-%d", name, i)}}
+			p.Spec.Tier, p.Spec.Priority, p.Spec.Subject = tier, prio, subject
+			out = append(out, p)
+			return p
+		}
+		p := mk("no-metadata", cnpv1.AdminTier, int32(i), cnpv1.ClusterNetworkPolicySubject{Namespaces: all})
+		p.Spec.Egress = []cnpv1.ClusterNetworkPolicyEgressRule{{Action: cnpv1.ClusterNetworkPolicyRuleActionDeny,
+			To: []cnpv1.ClusterNetworkPolicyEgressPeer{{Networks: []cnpv1.CIDR{cnpv1.CIDR(fmt.Sprintf("169.254.169.%d/32", 250+i))}}}}}
+		p = mk("no-node-range", cnpv1.AdminTier, int32(10+i), cnpv1.ClusterNetworkPolicySubject{Pods: &cnpv1.NamespacedPod{
+			NamespaceSelector: *teamNS, PodSelector: metav1.LabelSelector{MatchLabels: map[string]string{"tier": "front"}}}})
+		p.Spec.Egress = []cnpv1.ClusterNetworkPolicyEgressRule{{Action: cnpv1.ClusterNetworkPolicyRuleActionDeny,
+			To: []cnpv1.ClusterNetworkPolicyEgressPeer{{Networks: []cnpv1.CIDR{"10.96.0.0/12", "172.16.0.0/12"}}}, Protocols: tcpPort(22)}}
+		p = mk("tenant", cnpv1.AdminTier, int32(20+i), cnpv1.ClusterNetworkPolicySubject{Namespaces: teamNS})
+		p.Spec.Ingress = []cnpv1.ClusterNetworkPolicyIngressRule{
+			{Action: cnpv1.ClusterNetworkPolicyRuleActionPass, From: []cnpv1.ClusterNetworkPolicyIngressPeer{nsPeer(teamNS)}},
+			{Action: cnpv1.ClusterNetworkPolicyRuleActionDeny, From: []cnpv1.ClusterNetworkPolicyIngressPeer{nsPeer(all)}},
+		}
+		p = mk("monitoring", cnpv1.AdminTier, int32(5+i), cnpv1.ClusterNetworkPolicySubject{Namespaces: all})
+		p.Spec.Ingress = []cnpv1.ClusterNetworkPolicyIngressRule{{Action: cnpv1.ClusterNetworkPolicyRuleActionAccept,
+			From: []cnpv1.ClusterNetworkPolicyIngressPeer{{Pods: &cnpv1.NamespacedPod{NamespaceSelector: metav1.LabelSelector{MatchLabels: map[string]string{"env": "prod"}},
+				PodSelector: metav1.LabelSelector{MatchLabels: map[string]string{"app": fmt.Sprintf("app%d", i)}}}}},
+			Protocols: tcpPort(9100)}}
+		p = mk("admin-range", cnpv1.AdminTier, int32(30+i), cnpv1.ClusterNetworkPolicySubject{Namespaces: &metav1.LabelSelector{MatchLabels: map[string]string{"env": "dev"}}})
+		p.Spec.Ingress = []cnpv1.ClusterNetworkPolicyIngressRule{{Action: cnpv1.ClusterNetworkPolicyRuleActionDeny,
+			From:      []cnpv1.ClusterNetworkPolicyIngressPeer{nsPeer(&metav1.LabelSelector{MatchLabels: map[string]string{"env": "prod"}})},
+			Protocols: []cnpv1.ClusterNetworkPolicyProtocol{{TCP: &cnpv1.ClusterNetworkPolicyProtocolTCP{DestinationPort: &cnpv1.Port{Range: &cnpv1.PortRange{Start: 30000, End: 32767}}}}}}}
+
+		p = mk("baseline-deny", cnpv1.BaselineTier, int32(i), cnpv1.ClusterNetworkPolicySubject{Namespaces: teamNS})
+		p.Spec.Ingress = []cnpv1.ClusterNetworkPolicyIngressRule{{Action: cnpv1.ClusterNetworkPolicyRuleActionDeny, From: []cnpv1.ClusterNetworkPolicyIngressPeer{nsPeer(all)}}}
+		p = mk("baseline-dns", cnpv1.BaselineTier, int32(10+i), cnpv1.ClusterNetworkPolicySubject{Namespaces: all})
+		p.Spec.Egress = []cnpv1.ClusterNetworkPolicyEgressRule{{Action: cnpv1.ClusterNetworkPolicyRuleActionAccept,
+			To:        []cnpv1.ClusterNetworkPolicyEgressPeer{{Namespaces: &metav1.LabelSelector{MatchLabels: map[string]string{"team": "t0"}}}},
+			Protocols: []cnpv1.ClusterNetworkPolicyProtocol{{UDP: &cnpv1.ClusterNetworkPolicyProtocolUDP{DestinationPort: &cnpv1.Port{Number: 53}}}}}}
+		p = mk("baseline-same-team", cnpv1.BaselineTier, int32(20+i), cnpv1.ClusterNetworkPolicySubject{Namespaces: teamNS})
+		p.Spec.Ingress = []cnpv1.ClusterNetworkPolicyIngressRule{{Action: cnpv1.ClusterNetworkPolicyRuleActionAccept, From: []cnpv1.ClusterNetworkPolicyIngressPeer{nsPeer(teamNS)}}}
+		p = mk("baseline-egress", cnpv1.BaselineTier, int32(30+i), cnpv1.ClusterNetworkPolicySubject{Pods: &cnpv1.NamespacedPod{
+			NamespaceSelector: *all, PodSelector: metav1.LabelSelector{MatchLabels: map[string]string{"app": fmt.Sprintf("app%d", 10+i)}}}})
+		p.Spec.Egress = []cnpv1.ClusterNetworkPolicyEgressRule{
+			{Action: cnpv1.ClusterNetworkPolicyRuleActionAccept, To: []cnpv1.ClusterNetworkPolicyEgressPeer{{Networks: []cnpv1.CIDR{"10.244.0.0/16"}}}},
+			{Action: cnpv1.ClusterNetworkPolicyRuleActionDeny, To: []cnpv1.ClusterNetworkPolicyEgressPeer{{Networks: []cnpv1.CIDR{"0.0.0.0/0"}}}},
+		}
+		p = mk("baseline-pass", cnpv1.BaselineTier, int32(40+i), cnpv1.ClusterNetworkPolicySubject{Namespaces: &metav1.LabelSelector{MatchLabels: map[string]string{"env": "prod"}}})
+		p.Spec.Ingress = []cnpv1.ClusterNetworkPolicyIngressRule{{Action: cnpv1.ClusterNetworkPolicyRuleActionPass,
+			From:      []cnpv1.ClusterNetworkPolicyIngressPeer{{Pods: &cnpv1.NamespacedPod{NamespaceSelector: *all, PodSelector: metav1.LabelSelector{MatchLabels: map[string]string{"tier": "front"}}}}},
+			Protocols: tcpPort(8080)}}
+	}
+	return out
 }
 
 // PodIPv6 is pod i's IPv6 address in a dual-stack cluster: fd10::i.
