@@ -74,19 +74,21 @@ func BenchmarkPolicy(b *testing.B) {
 		policytest.PerNode, policytest.Nodes*policytest.PerNode, policytest.Policies, policytest.Namespaces, backend.Mode, time.Now().UTC().Format(time.RFC3339))
 
 	mem := measurePolicyMemory(b, backend)
-	sync := measureFullSync(b, backend, bins, false)
-	sync6 := measureFullSync(b, backend, bins, true)
-	inc := measureIncremental(b, backend, false)
-	inc6 := measureIncremental(b, backend, true)
+	sync := measureFullSync(b, backend, bins, polCase{})
+	sync6 := measureFullSync(b, backend, bins, polCase{dual: true})
+	syncC := measureFullSync(b, backend, bins, polCase{cluster: true})
+	inc := measureIncremental(b, backend, polCase{})
+	inc6 := measureIncremental(b, backend, polCase{dual: true})
+	incC := measureIncremental(b, backend, polCase{cluster: true})
 	pkt := measurePerPacket(b, backend, bins)
 
-	writeFullSync(&out, sync, sync6)
-	writeIncremental(&out, inc, inc6)
+	writeFullSync(&out, sync, sync6, syncC)
+	writeIncremental(&out, inc, inc6, incC)
 	pkt.write(&out)
 	mem.write(&out)
 
 	// Sub-benchmarks name the dual-stack node's results "...-dual-stack".
-	for _, r := range []syncResult{sync, sync6} {
+	for _, r := range []syncResult{sync, sync6, syncC} {
 		b.Run("full-sync"+polSuffix(r.node), func(b *testing.B) {
 			b.ReportMetric(ms(median(r.total)), "tern-ms")
 			b.ReportMetric(ms(median(r.floor)), "floor-ms")
@@ -96,7 +98,7 @@ func BenchmarkPolicy(b *testing.B) {
 			b.ReportMetric(ms(median(r.withEntry))/ms(median(r.floor)), "conntrack-entry/floor-x")
 		})
 	}
-	for _, r := range []incResult{inc, inc6} {
+	for _, r := range []incResult{inc, inc6, incC} {
 		for _, k := range []incSeries{r.remote, r.local, r.localEntry, r.localNoCut} {
 			b.Run("incremental"+polSuffix(r.node)+"/"+k.name, func(b *testing.B) {
 				b.ReportMetric(ms(polQuantile(k.total, 0.50)), "p50-ms")
@@ -313,10 +315,11 @@ type syncResult struct {
 // one `ipset restore` and one iptables-restore --noflush, and with dual
 // (every pod with an IPv4 and an IPv6 address, the node dual-stack: the
 // agent sets Input.IPv6) one ip6tables-restore --noflush too.
-func measureFullSync(b *testing.B, backend dataplane.Backend, bins polBins, dual bool) syncResult {
-	in := policytest.Cluster(policytest.Options{DualStack: dual, ResourceVersions: true})
+func measureFullSync(b *testing.B, backend dataplane.Backend, bins polBins, pc polCase) syncResult {
+	dual := pc.dual
+	in := policytest.Cluster(policytest.Options{DualStack: dual, ResourceVersions: true, ClusterPolicies: pc.cluster})
 	in.IPv6 = dual
-	r := syncResult{node: polNode(dual)}
+	r := syncResult{node: pc.node()}
 	ternOnce := func(cut, entry bool) {
 		netns := clustertest.NewNS(b)
 		p := newPolicyDriver(backend)
@@ -403,17 +406,30 @@ func measureFullSync(b *testing.B, backend dataplane.Backend, bins polBins, dual
 }
 
 // polSuffix is the sub-benchmarks' suffix for a node: none for IPv4,
-// "-dual-stack".
+// "-dual-stack", "-cluster-policies".
 func polSuffix(node string) string {
-	if node == "IPv4" {
+	switch node {
+	case "IPv4":
 		return ""
+	case polClusterNode:
+		return "-cluster-policies"
 	}
 	return "-" + node
 }
 
-// polNode names the node of a measurement: IPv4, or dual-stack.
-func polNode(dual bool) string {
-	if dual {
+// polCase is the node and cluster of a measurement: IPv4 or dual-stack,
+// with or without the ClusterNetworkPolicies (on the IPv4 node).
+type polCase struct{ dual, cluster bool }
+
+// polClusterNode names the IPv4 node with the ClusterNetworkPolicies.
+var polClusterNode = fmt.Sprintf("IPv4 + %d ClusterNetworkPolicies", policytest.ClusterPolicyCount)
+
+// node names the node of a measurement.
+func (c polCase) node() string {
+	switch {
+	case c.cluster:
+		return polClusterNode
+	case c.dual:
 		return "dual-stack"
 	}
 	return "IPv4"
@@ -429,9 +445,10 @@ func writeFullSync(w *strings.Builder, rs ...syncResult) {
 			polCount(r.dump.rules6, ":"), polCount(r.dump.rules6, "-A "), r.dispatch, policy.ChainPolicy)
 	}
 	fmt.Fprintf(w, "The dual-stack node's pods each have an IPv4 and an IPv6 address (policy.Input.IPv6 set, as the agent sets it on a node with an IPv6 pool). "+
+		"The last node has %d ClusterNetworkPolicies of ten shapes (policytest.ClusterPolicies: half Admin, half Baseline) on top of the same NetworkPolicies. "+
 		"Each run in a fresh network namespace, %d of each in rotating order, after one untimed run each. "+
 		"The floor's input is tern's result read back with `ipset save`, iptables-save and ip6tables-save (checked to install the same content); "+
-		"the iptables backend was given to the driver, not detected.\n\n", syncReps)
+		"the iptables backend was given to the driver, not detected.\n\n", policytest.ClusterPolicyCount, syncReps)
 	w.WriteString("| node | | median ms | / floor | runs, ms |\n|---|---|---|---|---|\n")
 	for _, r := range rs {
 		tm, nm, fm, em := median(r.total), median(r.noCut), median(r.floor), median(r.withEntry)
@@ -481,14 +498,15 @@ type incResult struct {
 // table, with one entry in it, and without a denied function. The agent
 // keeps one policy.Compiler: so does this measurement, from the full sync on.
 // With dual, the node and every pod, old and new, are dual-stack.
-func measureIncremental(b *testing.B, backend dataplane.Backend, dual bool) incResult {
-	in := policytest.Cluster(policytest.Options{DualStack: dual, ResourceVersions: true})
+func measureIncremental(b *testing.B, backend dataplane.Backend, pc polCase) incResult {
+	dual := pc.dual
+	in := policytest.Cluster(policytest.Options{DualStack: dual, ResourceVersions: true, ClusterPolicies: pc.cluster})
 	in.IPv6 = dual
 	in.Pods = slices.Clip(in.Pods)
 	netns := clustertest.NewNS(b)
 	p := newPolicyDriver(backend)
 	r := incResult{
-		node:       polNode(dual),
+		node:       pc.node(),
 		remote:     incSeries{name: "remote-pod", cut: true},
 		local:      incSeries{name: "local-pod", cut: true},
 		localEntry: incSeries{name: "local-pod-conntrack-entry", cut: true, entry: true},
