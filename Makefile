@@ -10,7 +10,7 @@ export PATH := $(BIN):$(PATH)
 
 IMAGE ?= ghcr.io/tern-net/tern:$(VERSION)
 
-.PHONY: help build deps test test-unit lint bench tools image lab lab-down e2e conformance e2e-suite
+.PHONY: help build deps test test-unit lint bench tools image lab lab-down e2e conformance e2e-suite npapi-suite
 .DEFAULT_GOAL := help
 
 help: ## list the targets
@@ -26,7 +26,7 @@ lab: deps build kube-env node-env image ## a real cluster on this machine (root)
 lab-down: ## stop the lab and remove everything it made
 	$(BIN)/tern-lab down
 
-e2e: deps build kube-env node-env e2e-suite ## end-to-end tests on a lab (root), also part of make test
+e2e: deps build kube-env node-env e2e-suite npapi-suite ## end-to-end tests on a lab (root), also part of make test
 	$(GO) test -count=1 -v -timeout 40m ./e2e/...
 
 build: ## build bin/tern-agent, bin/tern-cni, bin/ternctl, bin/tern-lab
@@ -39,7 +39,7 @@ deps: ## install the Debian packages the tests need (root; quiet when present)
 tools: ## install cnitool into bin/ from the Go module proxy
 	@test -x $(BIN)/cnitool || GOBIN=$(BIN) $(GO) install github.com/containernetworking/cni/cnitool@$(CNITOOL_VERSION)
 
-test: deps build tools kube-env node-env e2e-suite ## run every test this machine can run (as root: the network-namespace tests too)
+test: deps build tools kube-env node-env e2e-suite npapi-suite ## run every test this machine can run (as root: the network-namespace tests too)
 	@# One package at a time: several start a control plane of their own and
 	@# time-sensitive BGP sessions; side by side on two cores they starve each other.
 	$(GO) test -count=1 -p 1 -timeout 40m ./...
@@ -52,21 +52,27 @@ kube-env: ## builds the test control plane into the cache
 e2e-suite: ## builds Kubernetes' e2e suite (e2e.test) and the ginkgo CLI into the cache
 	bash hack/kube-env.sh build e2e
 
+npapi-suite: ## builds network-policy-api's conformance suite (ClusterNetworkPolicy) into the cache
+	bash hack/npapi.sh build
+
 # make conformance: for each IP family (a dual-stack lab, then an IPv6-only
 # one), a lab of real nodes (4 nodes, 2 racks behind BIRD and FRR), then
 # Kubernetes' [sig-network] Netpol suite and sig-network's [Conformance]
-# specs, three runs each, and 100 generated policy cases; one report with a
-# column per family.
+# specs, three runs each, 100 generated policy cases, and network-policy-api's
+# ClusterNetworkPolicy conformance suite (its report in
+# conformance/network-policy-api-FAMILY.yaml); one report with a column per
+# family.
 CONFORMANCE_RUNS ?= 3
 NETPOL_CASES ?= 100
 CONFORMANCE_FAMILIES ?= dual ipv6
-conformance: deps build kube-env node-env e2e-suite ## Kubernetes' own network e2e suites on real-node labs of each IP family (root), 3 runs; writes CONFORMANCE.md, JUnit in conformance-out/
+conformance: deps build kube-env node-env e2e-suite npapi-suite ## Kubernetes' own network e2e suites on real-node labs of each IP family (root), 3 runs; writes CONFORMANCE.md, JUnit in conformance-out/
 	rm -rf $(CURDIR)/conformance-out
+	mkdir -p $(CURDIR)/conformance
 	for f in $(CONFORMANCE_FAMILIES); do \
 	TERN_E2E_IP_FAMILY=$$f TERN_CONFORMANCE_SUITES=netpol,sig-network-conformance TERN_CONFORMANCE_RUNS=$(CONFORMANCE_RUNS) \
 	TERN_CONFORMANCE_REPORT=$(CURDIR)/CONFORMANCE.md TERN_CONFORMANCE_OUT=$(CURDIR)/conformance-out \
-	TERN_NETPOL_CASES=$(NETPOL_CASES) \
-	$(GO) test -count=1 -v -timeout 170m -run '^(TestGeneratedPolicies|TestUpstreamSuites)$$' ./e2e || exit 1; \
+	TERN_NETPOL_CASES=$(NETPOL_CASES) TERN_NPAPI_TESTS=all TERN_NPAPI_REPORT=$(CURDIR)/conformance/network-policy-api-$$f.yaml \
+	$(GO) test -count=1 -v -timeout 170m -run '^(TestGeneratedPolicies|TestUpstreamSuites|TestClusterNetworkPolicyConformance)$$' ./e2e || exit 1; \
 	done
 
 node-env: ## builds a real node's parts (kubelet, kube-proxy, containerd, runc, images) into the cache

@@ -29,6 +29,12 @@
 #                                  Debian with dnsutils and CoreDNS at /coredns,
 #                                  as test/images/glibc-dns-testing (the DNS
 #                                  specs' glibc querier)
+#   registry.k8s.io/e2e-test-images/agnhost:2.45
+#                                  the agnhost image above under the tag
+#                                  network-policy-api's conformance suite
+#                                  names, with hack/images/agnhost-npapi.sh
+#                                  as /agnhost (its porter waits instead of
+#                                  exiting where the kernel has no SCTP)
 # Environment: TERN_CACHE, K8S_VERSION as for kube-env.sh.
 set -euo pipefail
 
@@ -43,12 +49,16 @@ PAUSE_TAG=3.10.2
 AGNHOST_TAG=2.66.1
 NGINX_TAG=1.27.0-2
 GLIBC_DNS_TAG=2.1.1
+# The agnhost of sigs.k8s.io/network-policy-api's conformance suite
+# (conformance/base/manifests.yaml at the version go.mod pins).
+NPAPI_AGNHOST_TAG=2.45
 # kubeadm's CoreDNSVersion at K8S_VERSION (checked by `build` too).
 COREDNS_VERSION=v1.14.6
 PAUSE_IMAGE=registry.k8s.io/pause:$PAUSE_TAG
 AGNHOST_IMAGE=registry.k8s.io/e2e-test-images/agnhost:$AGNHOST_TAG
 NGINX_IMAGE=registry.k8s.io/e2e-test-images/nginx:$NGINX_TAG
 GLIBC_DNS_IMAGE=registry.k8s.io/e2e-test-images/glibc-dns-testing:$GLIBC_DNS_TAG
+NPAPI_AGNHOST_IMAGE=registry.k8s.io/e2e-test-images/agnhost:$NPAPI_AGNHOST_TAG
 COREDNS_IMAGE=registry.k8s.io/coredns/coredns:$COREDNS_VERSION
 
 CACHE=${TERN_CACHE:-$HOME/.cache/tern}
@@ -159,6 +169,21 @@ image_agnhost() {
   rm -rf "$tmp"
 }
 
+image_agnhost_npapi() {
+  local out=$IMAGES/agnhost-npapi.tar
+  [[ -s $out ]] && return
+  local kbin rootfs src
+  kbin=$(bash "$ROOT/hack/kube-env.sh" bindir)
+  rootfs=$(bash "$ROOT/hack/image.sh" rootfs "$ROOT/hack/images/agnhost.packages" "$ROOT/hack/images/agnhost.setup")
+  src=$(k8s_src)/test/images/agnhost
+  "$(ocibuild)" -tag "$NPAPI_AGNHOST_IMAGE" -layer "$rootfs" \
+    -file "$kbin/agnhost=/agnhost-bin:0755" -file "$ROOT/hack/images/agnhost-npapi.sh=/agnhost:0755" \
+    -file "$src/porter/localhost.crt=/localhost.crt:0644" \
+    -file "$src/porter/localhost.key=/localhost.key:0644" \
+    -dir /uploads -entrypoint '["/agnhost"]' -cmd '["pause"]' -o "$out.tmp" >&2
+  mv "$out.tmp" "$out"
+}
+
 # coredns: the CoreDNS binary, built once from its module into the cache.
 coredns() {
   local bin=$CACHE/node/coredns-$COREDNS_VERSION
@@ -223,6 +248,7 @@ cmd_build() {
   image_coredns
   image_nginx
   image_glibc_dns
+  image_agnhost_npapi
 }
 
 cmd_versions() {
@@ -235,6 +261,7 @@ cmd_versions() {
   echo "coredns $COREDNS_IMAGE"
   echo "nginx $NGINX_IMAGE (Debian's nginx)"
   echo "glibc-dns-testing $GLIBC_DNS_IMAGE"
+  echo "agnhost-npapi $NPAPI_AGNHOST_IMAGE (agnhost $AGNHOST_TAG; porter waits without SCTP)"
 }
 
 case ${1:-} in

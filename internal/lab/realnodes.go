@@ -374,11 +374,11 @@ var corednsManifest string
 
 // nodeImages are the image archives every node imports before its kubelet
 // starts, as no registry has them: the sandbox's pause, tern's, the lab
-// server's, CoreDNS, and the images Kubernetes' e2e suite runs (agnhost,
-// nginx, glibc-dns-testing).
+// server's, CoreDNS, the images Kubernetes' e2e suite runs (agnhost,
+// nginx, glibc-dns-testing) and network-policy-api's (agnhost-npapi).
 func (p realParts) nodeImages() []string {
 	imgs := []string{p.ternArchive, p.serverArchive}
-	for _, n := range []string{"pause", "coredns", "agnhost", "nginx", "glibc-dns-testing"} {
+	for _, n := range []string{"pause", "coredns", "agnhost", "nginx", "glibc-dns-testing", "agnhost-npapi"} {
 		imgs = append(imgs, filepath.Join(p.images, n+".tar"))
 	}
 	return imgs

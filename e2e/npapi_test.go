@@ -1,0 +1,92 @@
+package e2e
+
+import (
+	"bytes"
+	"cmp"
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// The network-policy-api conformance tests (profile ClusterNetworkPolicy)
+// that need SCTP sockets, which this machine's kernel lacks: the SCTP ones,
+// and those whose cases poke TCP, UDP and SCTP servers in one step (gress,
+// port ranges, the CIDR peers).
+var npapiSCTPTests = []string{
+	"CNPAdminTierEgressSCTP", "CNPAdminTierIngressSCTP", "CNPAdminTierGress", "CNPAdminTierPortRange", "CNPAdminTierEgressInlineCIDRPeers",
+	"CNPBaselineTierEgressSCTP", "CNPBaselineTierIngressSCTP", "CNPBaselineTierGress", "CNPBaselineTierPortRange", "CNPBaselineTierEgressInlineCIDRPeers",
+}
+
+// npapiSubset is what make test runs of the suite: an Admin tier test of
+// priorities, the three tiers together, and a Baseline tier test.
+const npapiSubset = "CNPAdminTierPriorityField,CNPAdminTierIntegration,CNPBaselineTierIngressTCP"
+
+// TestClusterNetworkPolicyConformance runs sigs.k8s.io/network-policy-api's
+// conformance suite (profile ClusterNetworkPolicy, standard features;
+// hack/npapi.sh builds it) against the lab: the tests TERN_NPAPI_TESTS
+// names (comma-separated; "all": every one), by default a subset, and never
+// those that need SCTP. TERN_NPAPI_REPORT is where its report goes.
+func TestClusterNetworkPolicyConformance(t *testing.T) {
+	root, err := filepath.Abs("..")
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command("bash", filepath.Join(root, "hack/npapi.sh"), "bin").Output()
+	if err != nil {
+		t.Fatalf("hack/npapi.sh bin: %v", err)
+	}
+	bin := strings.TrimSpace(string(out))
+	if _, err := os.Stat(bin); err != nil {
+		t.Fatalf("the network-policy-api conformance suite is not built (make npapi-suite): %v", err)
+	}
+	report := cmp.Or(os.Getenv("TERN_NPAPI_REPORT"), filepath.Join(t.TempDir(), "report.yaml"))
+	only := cmp.Or(os.Getenv("TERN_NPAPI_TESTS"), npapiSubset)
+	if only == "all" {
+		only = ""
+	}
+	version := "unknown"
+	if v, err := exec.Command("git", "-C", root, "describe", "--always", "--dirty").Output(); err == nil {
+		version = strings.TrimSpace(string(v))
+	}
+	args := []string{"-test.v", "-test.timeout", "50m", "-test.run", "^TestConformanceProfiles$",
+		"-conformance-profiles", "ClusterNetworkPolicy", "-supported-features", "ClusterNetworkPolicy",
+		"-organization", "tern-net", "-project", "tern", "-url", "https://github.com/tern-net/tern",
+		"-version", version, "-contact", "https://github.com/tern-net/tern/issues",
+		"-additional-info", "tern-lab: 4 real nodes (kubelet, containerd, kube-proxy) in 2 racks behind BIRD and FRR; make conformance",
+		"-skip-tests", strings.Join(npapiSCTPTests, ","), "-report-output", report}
+	if only != "" {
+		args = append(args, "-only-tests", only)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 55*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bin, args...)
+	cmd.Env = append(os.Environ(), "KUBECONFIG="+tl.State(t).Kubeconfig)
+	var buf bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &buf, &buf
+	t0 := time.Now()
+	err = cmd.Run()
+	text := buf.String()
+	if err != nil {
+		t.Fatalf("the suite failed after %s: %v\n%s", time.Since(t0).Round(time.Second), err, tail(text, 20000))
+	}
+	if !strings.Contains(text, "--- PASS: TestConformanceProfiles") {
+		t.Fatalf("the suite passed nothing:\n%s", tail(text, 20000))
+	}
+	rep, err := os.ReadFile(report)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("network-policy-api conformance passed in %s (tests %q, SCTP ones skipped); report in %s:\n%s", time.Since(t0).Round(time.Second), cmp.Or(only, "all"), report, rep)
+}
+
+// tail is the last n bytes of s.
+func tail(s string, n int) string {
+	if len(s) > n {
+		return s[len(s)-n:]
+	}
+	return s
+}
