@@ -52,7 +52,7 @@ func (a *Agent) syncPolicy(resync bool) error {
 	a.ruleset = &rs
 	a.mu.Unlock()
 	if st.Changed() {
-		a.log.Info("network policy applied", "policies", len(in.Policies), "localPods", len(rs.Pods), "sets", len(rs.Sets), "chains", len(rs.Chains),
+		a.log.Info("network policy applied", "policies", len(in.Policies), "clusterPolicies", len(in.ClusterPolicies), "localPods", len(rs.Pods), "sets", len(rs.Sets), "chains", len(rs.Chains),
 			"compile", compiled.Round(time.Microsecond), "apply", (time.Since(t0) - compiled).Round(time.Microsecond),
 			"membersAdded", st.MembersAdded, "membersDeleted", st.MembersDeleted, "chainsWritten", st.ChainsWritten, "flowsCut", st.FlowsCut)
 	}
