@@ -123,7 +123,7 @@ func NewCluster(t testing.TB) *Cluster {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, f := range []string{"00-namespace.yaml", "01-crds.yaml", "02-rbac.yaml"} {
+	for _, f := range []string{"00-namespace.yaml", "01-crds.yaml", "01-crds-network-policy-api.yaml", "02-rbac.yaml"} {
 		if out, err := env.Kubectl(t, "apply", "-f", filepath.Join(root, "manifests", f)); err != nil {
 			t.Fatalf("apply %s: %v\n%s", f, err, out)
 		}

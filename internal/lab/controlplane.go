@@ -71,7 +71,7 @@ func (d *daemon) startControlPlane(ctx context.Context) error {
 	if err := d.useAdmin(cfg); err != nil {
 		return err
 	}
-	for _, f := range []string{"00-namespace.yaml", "01-crds.yaml", "02-rbac.yaml"} {
+	for _, f := range []string{"00-namespace.yaml", "01-crds.yaml", "01-crds-network-policy-api.yaml", "02-rbac.yaml"} {
 		if out, err := d.kubectlRun("", "apply", "-f", filepath.Join(d.cfg.Root, "manifests", f)); err != nil {
 			return fmt.Errorf("kubectl apply %s: %w: %s", f, err, out)
 		}
