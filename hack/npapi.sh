@@ -42,7 +42,7 @@ cmd_build() {
   out=$(bin)
   [[ -x $out ]] && return
   mkdir -p "$(dirname "$out")"
-  log "go test -c $MODULE/conformance@$(version) (cold: ~3 min)"
+  log "go test -c hack/npapi: the conformance tests of $MODULE $(version) (cold: ~3 min)"
   (cd "$ROOT/hack/npapi" && GOWORK=off GOFLAGS=-mod=readonly CGO_ENABLED=0 "$GO" test -c -trimpath -o "$out.tmp" .) >&2 ||
     die "building the conformance suite failed"
   # The agnhost the suite's pods run must be the one node-env.sh builds.
