@@ -4,12 +4,15 @@ import (
 	"bytes"
 	"cmp"
 	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"sigs.k8s.io/yaml"
 )
 
 // The network-policy-api conformance tests (profile ClusterNetworkPolicy)
@@ -90,7 +93,32 @@ func TestClusterNetworkPolicyConformance(t *testing.T) {
 	}
 	t.Logf("network-policy-api conformance passed in %s (tests %q, SCTP ones skipped):\n%s\nreport in %s:\n%s",
 		time.Since(t0).Round(time.Second), cmp.Or(only, "all"), strings.Join(results, "\n"), report, rep)
+	var r struct {
+		Version  string `json:"networkPolicyBundleVersion"`
+		Profiles []struct {
+			Name     string `json:"name"`
+			Standard struct {
+				Statistics struct{ Passed, Failed, Skipped int } `json:"statistics"`
+			} `json:"standard"`
+		} `json:"profiles"`
+	}
+	if err := yaml.Unmarshal(rep, &r); err != nil || len(r.Profiles) == 0 {
+		t.Fatalf("the suite's report: %v\n%s", err, rep)
+	}
+	st := r.Profiles[0].Standard.Statistics
+	if st.Failed != 0 || st.Passed == 0 {
+		t.Fatalf("the suite's report counts %d passed and %d failed:\n%s", st.Passed, st.Failed, rep)
+	}
+	if os.Getenv("TERN_NPAPI_REPORT") != "" {
+		npapiSummary = fmt.Sprintf("network-policy-api %s conformance suite, profile %s, standard features (e2e/npapi_test.go): %d passed, %d failed, %d skipped "+
+			"(the 10 that need SCTP sockets: %s), in %s; its report is %s.", r.Version, r.Profiles[0].Name, st.Passed, st.Failed, st.Skipped,
+			strings.Join(npapiSCTPTests, ", "), time.Since(t0).Round(time.Second), filepath.Join("conformance", filepath.Base(report)))
+	}
 }
+
+// npapiSummary is what TestClusterNetworkPolicyConformance passed, for the
+// conformance report (TestUpstreamSuites runs after it).
+var npapiSummary string
 
 // tail is the last n bytes of s.
 func tail(s string, n int) string {

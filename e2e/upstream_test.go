@@ -71,6 +71,9 @@ func TestUpstreamSuites(t *testing.T) {
 		if generated != "" {
 			rep.Notes = append(rep.Notes, "Besides the suites, on the "+conformance.FamilyTitle(ipFamily)+" lab: "+generated+", each checked against a reference model of the API (internal/netpolgen).")
 		}
+		if npapiSummary != "" {
+			rep.Notes = append(rep.Notes, "On the "+conformance.FamilyTitle(ipFamily)+" lab: "+npapiSummary)
+		}
 		all := rep
 		if outRoot != "" {
 			if err := rep.WriteJSON(filepath.Join(out, "report.json")); err != nil {

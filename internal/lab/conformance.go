@@ -70,6 +70,9 @@ func Conformance(ctx context.Context, s State, outDir string, procs int) (confor
 			r.Versions = append(r.Versions, [2]string{name, v})
 		}
 	}
+	if v, err := hack("npapi.sh", "version"); err == nil {
+		r.Versions = append(r.Versions, [2]string{"network-policy-api (ClusterNetworkPolicy CRD and conformance suite)", v})
+	}
 	if out, err := exec.CommandContext(ctx, o.Ginkgo, "version").Output(); err == nil {
 		r.Versions = append(r.Versions, [2]string{"ginkgo", strings.TrimSpace(string(out))})
 	}
