@@ -32,14 +32,15 @@ version() {
 # bin is the test binary's path in the cache, by the module's version and
 # the harness's sources.
 bin() {
-  local sum
+  local sum v
+  v=$(version) || exit 1
   sum=$(cat "$ROOT"/hack/npapi/go.mod "$ROOT"/hack/npapi/go.sum "$ROOT"/hack/npapi/*.go | sha256sum | cut -c1-12)
-  echo "$CACHE/npapi/$(version)-$sum/npapi-conformance.test"
+  echo "$CACHE/npapi/$v-$sum/npapi-conformance.test"
 }
 
 cmd_build() {
   local out dir
-  out=$(bin)
+  out=$(bin) || exit 1
   [[ -x $out ]] && return
   mkdir -p "$(dirname "$out")"
   log "go test -c hack/npapi: the conformance tests of $MODULE $(version) (cold: ~3 min)"
@@ -57,6 +58,6 @@ cmd_build() {
 case ${1:-} in
   build) cmd_build ;;
   bin) bin ;;
-  version) version ;;
+  version) version || exit 1 ;;
   *) usage ;;
 esac

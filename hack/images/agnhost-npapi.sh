@@ -11,7 +11,11 @@ if [[ ${1:-} == porter && ! -e /proc/net/sctp ]] && env | grep -q '^SERVE_SCTP_P
   echo "agnhost porter: this kernel has no SCTP: not serving $(env | grep -o '^SERVE_SCTP_PORT_[0-9]*' | tr '\n' ' ')" >&2
   for v in $(env | grep -o '^SERVE_SCTP_PORT_[0-9]*'); do unset "$v"; done
   if ! env | grep -q '^SERVE_'; then
-    exec sleep infinity
+    # Not PID 1's default: a TERM ends the wait at once.
+    trap 'exit 0' TERM
+    sleep infinity &
+    wait
+    exit 0
   fi
 fi
 exec /agnhost-bin "$@"

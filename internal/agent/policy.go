@@ -14,6 +14,7 @@ import (
 	"github.com/tern-net/tern/dataplane"
 	"github.com/tern-net/tern/hostveth"
 	"github.com/tern-net/tern/internal/agentapi"
+	"github.com/tern-net/tern/internal/k8s"
 	"github.com/tern-net/tern/policy"
 )
 
@@ -23,6 +24,9 @@ import (
 // TERN-FORWARD jumps to TERN-POLICY first).
 func (a *Agent) syncPolicy(resync bool) error {
 	in, err := a.cluster.PolicyInput()
+	if errors.Is(err, k8s.ErrClusterPoliciesNotSynced) {
+		return errNotSynced // the watch asks for a pass once they are listed
+	}
 	if err != nil {
 		return fmt.Errorf("policy snapshot: %w", err)
 	}

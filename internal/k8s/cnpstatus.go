@@ -106,6 +106,9 @@ func (w *Watcher) writeStatus(ctx context.Context) {
 		return
 	}
 	for _, p := range policies {
+		if ctx.Err() != nil {
+			return // the Lease was lost, or the agent stops
+		}
 		want := ClusterPolicyStatus(p)
 		if have := apimeta.FindStatusCondition(p.Status.Conditions, want.Type); have != nil &&
 			have.Status == want.Status && have.Reason == want.Reason && have.Message == want.Message && have.ObservedGeneration == want.ObservedGeneration {
