@@ -240,18 +240,18 @@ func (g *Generator) clusterPeer(egress bool) cnpv1.ClusterNetworkPolicyEgressPee
 	return cnpv1.ClusterNetworkPolicyEgressPeer{Networks: slices.Compact(nets)}
 }
 
-// protocols: none (everything) half the time, else one or two entries.
+// protocols: none (everything) half the time, else one or two entries,
+// each with a destination port or range, or a named port.
 func (g *Generator) protocols(noNamed bool) []cnpv1.ClusterNetworkPolicyProtocol {
 	if g.chance(0.5) {
 		return nil
 	}
 	var out []cnpv1.ClusterNetworkPolicyProtocol
 	for range 1 + g.r.IntN(2) {
-		var port *cnpv1.Port
-		switch g.r.IntN(3) {
-		case 0:
-			port = &cnpv1.Port{Number: int32(80 + g.r.IntN(2))}
-		case 1:
+		// The API asks for a destination port (a protocol entry without
+		// one is refused).
+		port := &cnpv1.Port{Number: int32(80 + g.r.IntN(2))}
+		if g.chance(0.5) {
 			lo := int32(79 + g.r.IntN(2))
 			port = &cnpv1.Port{Range: &cnpv1.PortRange{Start: lo, End: lo + int32(g.r.IntN(3))}}
 		}
