@@ -253,7 +253,7 @@ func (g *Generator) protocols(noNamed bool) []cnpv1.ClusterNetworkPolicyProtocol
 		port := &cnpv1.Port{Number: int32(80 + g.r.IntN(2))}
 		if g.chance(0.5) {
 			lo := int32(79 + g.r.IntN(2))
-			port = &cnpv1.Port{Range: &cnpv1.PortRange{Start: lo, End: lo + int32(g.r.IntN(3))}}
+			port = &cnpv1.Port{Range: &cnpv1.PortRange{Start: lo, End: lo + 1 + int32(g.r.IntN(2))}} // the API wants Start < End
 		}
 		var pr cnpv1.ClusterNetworkPolicyProtocol
 		switch k := g.r.IntN(5); {
