@@ -45,17 +45,7 @@ func referenceAllowed(in Input, f Flow) bool {
 func refDirectionAllows(in Input, pod *Pod, dir networkingv1.PolicyType, peer netip.Addr, peerPod *Pod, proto corev1.Protocol, dport int32) bool {
 	isolated := false
 	for _, np := range in.Policies {
-		if np == nil || np.Namespace != pod.Namespace || !refSelects(&np.Spec.PodSelector, pod.Labels) {
-			continue
-		}
-		types := np.Spec.PolicyTypes
-		if len(types) == 0 {
-			types = []networkingv1.PolicyType{tIn}
-			if len(np.Spec.Egress) > 0 {
-				types = append(types, tOut)
-			}
-		}
-		if !slices.Contains(types, dir) {
+		if !refIsolates(np, pod, dir) {
 			continue
 		}
 		isolated = true

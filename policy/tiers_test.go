@@ -148,22 +148,23 @@ func refTiersAllow(in Input, pod *Pod, dir networkingv1.PolicyType, peer netip.A
 
 // refIsolated: some NetworkPolicy selects pod for dir.
 func refIsolated(in Input, pod *Pod, dir networkingv1.PolicyType) bool {
-	for _, np := range in.Policies {
-		if np == nil || np.Namespace != pod.Namespace || !refSelects(&np.Spec.PodSelector, pod.Labels) {
-			continue
-		}
-		types := np.Spec.PolicyTypes
-		if len(types) == 0 {
-			types = []networkingv1.PolicyType{tIn}
-			if len(np.Spec.Egress) > 0 {
-				types = append(types, tOut)
-			}
-		}
-		if slices.Contains(types, dir) {
-			return true
+	return slices.ContainsFunc(in.Policies, func(np *networkingv1.NetworkPolicy) bool { return refIsolates(np, pod, dir) })
+}
+
+// refIsolates: np selects pod for dir (policyTypes as the API server
+// defaults them when empty).
+func refIsolates(np *networkingv1.NetworkPolicy, pod *Pod, dir networkingv1.PolicyType) bool {
+	if np == nil || np.Namespace != pod.Namespace || !refSelects(&np.Spec.PodSelector, pod.Labels) {
+		return false
+	}
+	types := np.Spec.PolicyTypes
+	if len(types) == 0 {
+		types = []networkingv1.PolicyType{tIn}
+		if len(np.Spec.Egress) > 0 {
+			types = append(types, tOut)
 		}
 	}
-	return false
+	return slices.Contains(types, dir)
 }
 
 func refNSLabels(in Input, ns string) map[string]string {
